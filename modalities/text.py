@@ -1,0 +1,320 @@
+"""Text: the token-embedding adapter, corpus loading, WordPiece tokenizer training, packing, collation.
+
+Corpora load through HF ``datasets`` from ``.txt/.json/.jsonl/.csv/.parquet`` files, folders of them, a saved
+dataset folder or a Hub name, in memory or streamed. The built-in default corpus is CPython's
+``pydoc_data.topics`` (about 460,000 characters of English prose), so a recipe runs with no data at all.
+"""
+from __future__ import annotations
+
+from argparse import Namespace
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.data import check_files, files_in_dir, suffix_of
+from selfsup.errors import SelfsupError
+from selfsup.types import Adapter, Batch, Tokens
+
+BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+class TextAdapter(Adapter):
+    """Token ids -> embeddings (BERT style): word (+ token type 0) embeddings; then learned positions and,
+    if ``embedding_norm``, LayerNorm and dropout.
+
+    batch: ``input_ids`` (B, N) long and optionally ``attention_mask`` (B, N), 1 = real token.
+    """
+
+    def __init__(self, vocab_size: int, hidden_size: int, max_positions: int = 512, type_vocab_size: int = 2,
+                 pad_token_id: int = 0, dropout: float = 0.1, layer_norm_eps: float = 1e-12,
+                 embedding_norm: bool = True) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
+        self.position_embeddings = nn.Embedding(max_positions, hidden_size)
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden_size) if type_vocab_size else None
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if embedding_norm else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        for emb in (self.word_embeddings, self.position_embeddings, self.token_type_embeddings):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.02)
+        self.word_embeddings.weight.data[pad_token_id].zero_()
+
+    @property
+    def max_positions(self) -> int:
+        return self.position_embeddings.num_embeddings
+
+    def embed(self, batch: Batch) -> Tokens:
+        ids: Tensor = batch["input_ids"]
+        if ids.shape[1] > self.max_positions:
+            raise ValueError(f"sequence length {ids.shape[1]} exceeds max_positions {self.max_positions}")
+        x = self.word_embeddings(ids)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings.weight[0]
+        mask = batch.get("attention_mask")
+        padding_mask = None if mask is None else mask == 0
+        return Tokens(x=x, padding_mask=padding_mask, targets={"ids": ids})
+
+    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        return self.dropout(self.norm(x + self.position_embeddings.weight[: x.shape[1]]))
+
+
+# -- corpus loading ---------------------------------------------------------------------------------------------
+def check_text_file(path: Path, probe_bytes: int = 1 << 22) -> None:
+    """A one-line error if ``path`` looks binary or is not UTF-8 (checked on its first 4 MiB)."""
+    if suffix_of(path) == ".parquet":
+        return
+    with open(path, "rb") as f:
+        head = f.read(probe_bytes)
+    if b"\x00" in head:
+        raise SelfsupError(f"{path}: looks like a binary file, not text (contains NUL bytes)")
+    try:
+        head.decode("utf-8") if len(head) < probe_bytes else _decode_prefix(head)
+    except UnicodeDecodeError as err:
+        raise SelfsupError(f"{path}: not UTF-8 text (invalid byte at offset {err.start})") from None
+
+
+def _decode_prefix(head: bytes) -> None:
+    import codecs
+
+    codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+
+
+def corpus_files(args: Namespace, files: Sequence[str] | None = None, folder: str | None = None) -> list[Path]:
+    """The checked list of corpus files from ``--train_file``/``--train_dir`` (or the given ones)."""
+    paths = check_files(files, extensions=list(BUILDERS), what="text file") if files else \
+        files_in_dir(folder, list(BUILDERS))
+    for p in paths:
+        if p.stat().st_size == 0:
+            raise SelfsupError(f"{p}: text file is empty")
+        check_text_file(p)
+    kinds = {BUILDERS[suffix_of(p)] for p in paths}
+    if len(kinds) > 1:
+        raise SelfsupError(f"{paths[0].parent}: mixes file types {sorted(kinds)}; use one type per corpus")
+    return paths
+
+
+def load_files(paths: list[Path], streaming: bool):
+    import datasets
+
+    builder = BUILDERS[suffix_of(paths[0])]
+    try:
+        ds = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", streaming=streaming)
+    except Exception as err:  # noqa: BLE001 - any reader error becomes one line naming the files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SelfsupError(f"{paths[0]}{' (and others)' if len(paths) > 1 else ''}: cannot be read as "
+                           f"{builder} ({first})") from None
+    return ds
+
+
+def load_named(name: str, config: str | None, streaming: bool):
+    """A dataset folder written by ``save_to_disk``, a local dataset script-free folder, or a Hub name."""
+    import datasets
+
+    path = Path(name)
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+            ds = datasets.load_from_disk(str(path))
+            if streaming:
+                ds = ds.to_iterable_dataset() if isinstance(ds, datasets.Dataset) else ds
+        else:
+            ds = datasets.load_dataset(name, config, streaming=streaming)
+    except Exception as err:  # noqa: BLE001
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SelfsupError(f"{name}: cannot load dataset ({first})") from None
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if "train" not in ds:
+            raise SelfsupError(f"{name}: dataset has no 'train' split (splits: {', '.join(ds)})")
+        return ds["train"], ds.get("validation")
+    return ds, None
+
+
+def builtin_corpus():
+    """CPython's ``pydoc_data.topics``: the Python reference's prose, one paragraph an example."""
+    import datasets
+    from pydoc_data.topics import topics
+
+    paragraphs = [p.strip() for key in sorted(topics) for p in topics[key].split("\n\n") if p.strip()]
+    return datasets.Dataset.from_dict({"text": paragraphs})
+
+
+def text_column(ds, source: str, column: str | None) -> str:
+    names = list(ds.column_names or [])
+    if column:
+        if column not in names:
+            raise SelfsupError(f"{source}: no column {column!r} (columns: {', '.join(names)})")
+        return column
+    if "text" in names:
+        return "text"
+    if len(names) == 1:
+        return names[0]
+    raise SelfsupError(f"{source}: no 'text' column; name one with --text_column (columns: {', '.join(names)})")
+
+
+def load_corpus(args: Namespace):
+    """(train, validation, source) with one ``text`` column each; blank lines dropped.
+
+    Validation comes from ``--validation_file``, the dataset's own split, or ``--validation_split_percentage``.
+    """
+    streaming = getattr(args, "streaming", False)
+    val = None
+    if args.train_file or args.train_dir:
+        paths = corpus_files(args, args.train_file, args.train_dir)
+        source = str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}"
+        train = load_files(paths, streaming)
+    elif args.dataset_name:
+        source = args.dataset_name
+        train, val = load_named(args.dataset_name, args.dataset_config_name, streaming)
+    else:
+        source = "builtin:pydoc_data.topics"
+        train = builtin_corpus()
+        if streaming:
+            train = train.to_iterable_dataset()
+    if args.validation_file:
+        val = load_files(corpus_files(args, args.validation_file), streaming)
+    col = text_column(train, source, getattr(args, "text_column", None))
+    train = clean(train, col)
+    if val is not None:
+        val = clean(val, text_column(val, "validation data", getattr(args, "text_column", None)))
+    if not streaming:
+        if len(train) == 0:
+            raise SelfsupError(f"{source}: contains no text (only blank lines)")
+        if args.max_train_samples:
+            train = train.select(range(min(args.max_train_samples, len(train))))
+        if val is None:
+            share = args.validation_split_percentage / 100
+            if share <= 0 or len(train) < 20:
+                raise SelfsupError(f"{source}: too little text to hold out validation data; "
+                                   "give --validation_file or more text")
+            split = train.train_test_split(test_size=share, seed=args.seed, shuffle=True)
+            train, val = split["train"], split["test"]
+    else:
+        if next(iter(train), None) is None:
+            raise SelfsupError(f"{source}: contains no text (only blank lines)")
+        if val is None:
+            n = getattr(args, "streaming_validation_examples", 1000)
+            train, val = train.skip(n), train.take(n)
+    return train, val, source
+
+
+def clean(ds, column: str):
+    """Keep only ``column``, renamed ``text``, without blank entries."""
+    if column != "text":
+        ds = ds.rename_column(column, "text")
+    drop = [c for c in (ds.column_names or []) if c != "text"]
+    if drop:
+        ds = ds.remove_columns(drop)
+    return ds.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True)
+
+
+# -- tokenizer --------------------------------------------------------------------------------------------------
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, lowercase: bool = True, max_length: int = 512):
+    """A BERT-style WordPiece tokenizer trained on ``texts`` with HF ``tokenizers``; a transformers tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2)
+    tok.train_from_iterator(texts, trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
+
+
+def load_tokenizer(path: str):
+    """A tokenizer saved with ``save_pretrained`` (local folder; remote code stays off)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    if not folder.exists():
+        raise SelfsupError(f"{path}: tokenizer not found")
+    if not folder.is_dir() or not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt",
+                                                                         "tokenizer_config.json")):
+        raise SelfsupError(f"{path}: not a tokenizer folder (no tokenizer.json, vocab.txt or tokenizer_config.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001
+        raise SelfsupError(f"{path}: cannot load tokenizer ({str(err).strip().splitlines()[0]})") from None
+    if tok.mask_token_id is None or tok.pad_token_id is None:
+        raise SelfsupError(f"{path}: tokenizer has no mask or pad token; masked LM needs both")
+    return tok
+
+
+def sample_texts(ds, limit: int) -> Iterator[str]:
+    for i, example in enumerate(ds):
+        if i >= limit:
+            return
+        yield example["text"]
+
+
+# -- packing and collation ----------------------------------------------------------------------------------------
+def pack_function(tokenizer, block_size: int):
+    """A batched ``datasets.map`` function: tokenize, join documents with [SEP], cut into blocks of
+    ``block_size`` ids that each start with [CLS] and end with [SEP]; the tail shorter than a block is dropped."""
+    inner = block_size - 2
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+
+    def pack(batch: dict[str, list]) -> dict[str, list]:
+        if backend is not None:  # the Rust tokenizer directly: faster, and no over-length warnings
+            ids = [e.ids for e in backend.encode_batch(batch["text"], add_special_tokens=False)]
+        else:
+            ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        stream = [t for doc in ids for t in (*doc, sep)]
+        n = len(stream) // inner * inner
+        return {"input_ids": [[cls, *stream[i:i + inner], sep] for i in range(0, n, inner)]}
+
+    return pack
+
+
+def pack_corpus(ds, tokenizer, block_size: int, desc: str = "tokenize and pack"):
+    """Tokenized fixed-length blocks (cached by ``datasets`` for file-backed corpora)."""
+    kwargs: dict[str, Any] = dict(batched=True, batch_size=1000, remove_columns=["text"])
+    if not hasattr(ds, "n_shards") or hasattr(ds, "cache_files"):
+        kwargs["desc"] = desc
+    return ds.map(pack_function(tokenizer, block_size), **kwargs)
+
+
+def collate_blocks(examples: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """Fixed-length blocks -> ``{"input_ids": (B, N)}`` (no padding needed)."""
+    return {"input_ids": torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)}
+
+
+def collate_texts(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, Tensor]:
+    """Sentences -> padded ``input_ids`` and ``attention_mask`` (B, N)."""
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def load_labelled_text(path: str) -> tuple[list[str], list[int]]:
+    """Labelled sentences for probes: ``label sentence`` lines (SST-2 style) or csv/json with text + label."""
+    file = check_files([path], extensions=list(BUILDERS), what="labelled text file")[0]
+    check_text_file(file)
+    if BUILDERS[suffix_of(file)] == "text":
+        texts, labels = [], []
+        for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            head, _, sentence = line.strip().partition(" ")
+            if not head.lstrip("-").isdigit() or not sentence:
+                raise SelfsupError(f"{path}:{n}: expected 'label sentence', got {line[:40]!r}")
+            labels.append(int(head))
+            texts.append(sentence)
+    else:
+        ds = load_files([file], streaming=False)
+        col = text_column(ds.remove_columns([c for c in ds.column_names if c == "label"]), path, None)
+        if "label" not in ds.column_names:
+            raise SelfsupError(f"{path}: no 'label' column")
+        texts, labels = list(ds[col]), [int(v) for v in ds["label"]]
+    if len(set(labels)) < 2:
+        raise SelfsupError(f"{path}: needs at least two classes, found {len(set(labels))}")
+    return texts, labels

@@ -1,0 +1,119 @@
+"""Atomic checkpoints that load without executing pickled code.
+
+A checkpoint is a folder ``checkpoint-{step}`` holding
+
+* ``model.safetensors``  the whole objective (adapters, backbone, heads, EMA teachers, queues: every buffer);
+* ``optimizer.pt``, ``scheduler.pt``  state dicts (tensors and plain Python values, read with
+  ``weights_only=True``);
+* ``rng_state_{rank}.pt``  each process's Python, NumPy and torch generators;
+* ``trainer_state.json``  step, epoch, position in the data (in examples) and the objective's extra state.
+
+It is written under ``checkpoint-{step}.tmp`` and renamed when complete, so a killed run never leaves a
+half-written checkpoint that ``--resume_from_checkpoint latest`` would pick.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from selfsup.errors import SelfsupError
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(spec: str | None, output_dir: str | Path) -> Path | None:
+    """``latest`` -> newest checkpoint in output_dir (None when there is none yet); a path -> that path."""
+    if not spec:
+        return None
+    if spec == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(spec)
+    if not (path / "trainer_state.json").is_file():
+        raise SelfsupError(f"{spec}: not a checkpoint folder (no trainer_state.json)")
+    return path
+
+
+def save_checkpoint(accelerator, objective: torch.nn.Module, optimizer, scheduler, state: dict[str, Any],
+                    output_dir: str | Path, keep: int) -> Path:
+    """Write ``checkpoint-{state['step']}`` atomically (every process calls this)."""
+    final = Path(output_dir) / f"checkpoint-{state['step']}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        save_model(objective, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(path: Path, accelerator, objective: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
+    """Restore everything :func:`save_checkpoint` wrote; returns the trainer state."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        missing, unexpected = load_model(objective, str(path / "model.safetensors"), strict=False)
+        if missing or unexpected:
+            raise SelfsupError(f"{path}: checkpoint does not fit this model "
+                               f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
+        rng_file = path / f"rng_state_{accelerator.process_index}.pt"
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=True))
+        elif accelerator.is_main_process:
+            print(f"warning: {rng_file} missing (different number of processes?); random state not restored")
+    except SelfsupError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged checkpoint is a user-facing problem
+        raise SelfsupError(f"{path}: cannot load checkpoint ({type(err).__name__}: {err})") from None
+    return state

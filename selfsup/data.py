@@ -1,0 +1,158 @@
+"""Data plumbing shared by every modality: resumable, world-size-aware batching and file checks.
+
+Every process sees the same sequence of *global* batches (``per_device_batch_size x num_processes``
+examples, reshuffled each epoch from the seed) and takes its own slice of each, so a run on two processes
+sees exactly the examples a one-process run sees with twice the per-device batch size. The position in the
+data is counted in examples, so a run resumes at the same example even on a different number of processes.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, Sampler
+
+from selfsup.errors import SelfsupError
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Yields this process's slice of each global batch of a map-style data set.
+
+    Global batch g of epoch e holds ``perm_e[g*G:(g+1)*G]`` with ``G = batch_size * num_processes`` and
+    ``perm_e`` a permutation drawn from ``seed + e``; process r takes ``[r*batch_size:(r+1)*batch_size]`` of it.
+    Incomplete global batches at the end of an epoch are dropped.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
+                 seed: int = 0, shuffle: bool = True) -> None:
+        self.num_examples, self.batch_size = num_examples, batch_size
+        self.num_processes, self.process_index = num_processes, process_index
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch, self.start_batch = 0, 0
+        if len(self) == 0:
+            raise SelfsupError(
+                f"only {num_examples} training examples: fewer than one global batch of "
+                f"{batch_size * num_processes}; lower --per_device_train_batch_size or add data")
+
+    def __len__(self) -> int:
+        return self.num_examples // (self.batch_size * self.num_processes)
+
+    def set_position(self, epoch: int, start_batch: int) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_examples, generator=g).tolist()
+        else:
+            order = list(range(self.num_examples))
+        gb = self.batch_size * self.num_processes
+        for b in range(self.start_batch, len(self)):
+            start = b * gb + self.process_index * self.batch_size
+            yield order[start:start + self.batch_size]
+
+
+class ShardedStream(IterableDataset):
+    """The streaming counterpart: groups a stream into global batches and yields this process's slice.
+
+    ``make_stream(epoch)`` returns a fresh iterator over examples (shuffled by epoch if the caller wants).
+    """
+
+    def __init__(self, make_stream: Callable[[int], Iterable[Any]], batch_size: int, num_processes: int = 1,
+                 process_index: int = 0, collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
+        self.make_stream, self.batch_size = make_stream, batch_size
+        self.num_processes, self.process_index = num_processes, process_index
+        self.collate_fn = collate_fn or (lambda x: x)
+        self.epoch, self.start_batch = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[Any]:
+        gb = self.batch_size * self.num_processes
+        buf: list[Any] = []
+        index = 0
+        for example in self.make_stream(self.epoch):
+            buf.append(example)
+            if len(buf) == gb:
+                if index >= self.start_batch:
+                    lo = self.process_index * self.batch_size
+                    yield self.collate_fn(buf[lo:lo + self.batch_size])
+                index += 1
+                buf = []
+
+
+def make_train_loader(dataset: Any, collate_fn: Callable, batch_size: int, num_processes: int, process_index: int,
+                      seed: int, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over a map-style data set, or over a :class:`ShardedStream` for streaming data."""
+    if isinstance(dataset, ShardedStream):
+        return DataLoader(dataset, batch_size=None)
+    sampler = ShardedBatchSampler(len(dataset), batch_size, num_processes, process_index, seed)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
+                      persistent_workers=False)
+
+
+def set_loader_position(loader: DataLoader, epoch: int, start_batch: int) -> None:
+    """Point a loader from :func:`make_train_loader` at global batch ``start_batch`` of ``epoch``."""
+    target = loader.batch_sampler if isinstance(loader.batch_sampler, ShardedBatchSampler) else loader.dataset
+    target.set_position(epoch, start_batch)
+
+
+def loader_length(loader: DataLoader) -> int | None:
+    """Global batches per epoch, or None for a stream of unknown length."""
+    return len(loader.batch_sampler) if isinstance(loader.batch_sampler, ShardedBatchSampler) else None
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) batch to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def check_files(paths: Sequence[str | Path], extensions: Sequence[str] | None = None,
+                what: str = "data file") -> list[Path]:
+    """Each path must be an existing, non-empty file (with one of ``extensions``); raises a one-line error."""
+    out = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise SelfsupError(f"{raw}: {what} not found")
+        if path.is_dir():
+            raise SelfsupError(f"{raw}: is a folder; pass folders with --train_dir")
+        if path.stat().st_size == 0:
+            raise SelfsupError(f"{raw}: {what} is empty")
+        if extensions is not None and suffix_of(path) not in extensions:
+            raise SelfsupError(f"{raw}: unsupported {what} type {suffix_of(path) or '(none)'}; "
+                               f"expected one of {', '.join(extensions)}")
+        out.append(path)
+    return out
+
+
+def suffix_of(path: Path) -> str:
+    """Lower-case suffix, looking through compression suffixes (``a.jsonl.gz`` -> ``.jsonl``)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst"):
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+def files_in_dir(folder: str | Path, extensions: Sequence[str]) -> list[Path]:
+    """Every file below ``folder`` with one of ``extensions``, sorted; an error when there is none."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise SelfsupError(f"{folder}: folder not found")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and suffix_of(p) in extensions)
+    if not files:
+        raise SelfsupError(f"{folder}: no files of type {', '.join(extensions)} in this folder")
+    return files
+
+
+def ceil_div(a: int, b: int) -> int:
+    return math.ceil(a / b)

@@ -1,0 +1,129 @@
+"""Conversion between :class:`MaskedLanguageModeling` and ``transformers``' ``BertForMaskedLM``.
+
+Our fused QKV projection is split into BERT's query / key / value matrices on export and joined on import.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from selfsup.backbones.transformer import TransformerConfig
+from selfsup.errors import SelfsupError
+from selfsup.objectives.mlm import MaskedLanguageModeling
+
+LAYER_MAP = {  # ours -> BertLayer
+    "attn.out": "attention.output.dense",
+    "norm1": "attention.output.LayerNorm",
+    "fc1": "intermediate.dense",
+    "fc2": "output.dense",
+    "norm2": "output.LayerNorm",
+}
+EMBED_MAP = {
+    "adapter.word_embeddings": "bert.embeddings.word_embeddings",
+    "adapter.position_embeddings": "bert.embeddings.position_embeddings",
+    "adapter.token_type_embeddings": "bert.embeddings.token_type_embeddings",
+    "adapter.norm": "bert.embeddings.LayerNorm",
+    "head.dense": "cls.predictions.transform.dense",
+    "head.norm": "cls.predictions.transform.LayerNorm",
+}
+
+
+def bert_config(objective: MaskedLanguageModeling):
+    from transformers import BertConfig
+
+    cfg = objective.config
+    if cfg.norm_first or cfg.causal or cfg.final_norm:
+        raise SelfsupError("only post-LN, bidirectional encoders without a final norm export as BERT")
+    return BertConfig(
+        vocab_size=objective.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, hidden_act=cfg.activation,
+        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.attention_dropout,
+        max_position_embeddings=objective.adapter.max_positions, type_vocab_size=2,
+        layer_norm_eps=cfg.layer_norm_eps, pad_token_id=objective.pad_token_id,
+    )
+
+
+def to_bert_state_dict(objective: MaskedLanguageModeling) -> dict[str, torch.Tensor]:
+    ours = objective.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for src, dst in EMBED_MAP.items():
+        for kind in ("weight", "bias"):
+            if f"{src}.{kind}" in ours:
+                out[f"{dst}.{kind}"] = ours[f"{src}.{kind}"]
+    for i in range(objective.config.num_layers):
+        pre, hf = f"backbone.layers.{i}.", f"bert.encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            q, k, v = ours[f"{pre}attn.qkv.{kind}"].chunk(3, dim=0)
+            for name, t in (("query", q), ("key", k), ("value", v)):
+                out[f"{hf}attention.self.{name}.{kind}"] = t.clone()
+            for src, dst in LAYER_MAP.items():
+                out[f"{hf}{dst}.{kind}"] = ours[f"{pre}{src}.{kind}"]
+    out["cls.predictions.bias"] = ours["head.bias"]
+    out["cls.predictions.decoder.bias"] = ours["head.bias"]
+    out["cls.predictions.decoder.weight"] = ours["adapter.word_embeddings.weight"]
+    return out
+
+
+def to_transformers(objective: MaskedLanguageModeling):
+    """A ``BertForMaskedLM`` holding the same weights (float32, eval mode)."""
+    from transformers import BertForMaskedLM
+
+    model = BertForMaskedLM(bert_config(objective))
+    state = {k: v.detach().float().clone() for k, v in to_bert_state_dict(objective).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not m.endswith(("position_ids", "token_type_ids"))]
+    if missing or unexpected:
+        raise RuntimeError(f"BERT export mismatch: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    return model.eval()
+
+
+def from_bert_state_dict(objective: MaskedLanguageModeling, hf: dict[str, torch.Tensor]) -> None:
+    ours = {}
+    for dst, src in EMBED_MAP.items():
+        for kind in ("weight", "bias"):
+            if f"{src}.{kind}" in hf:
+                ours[f"{dst}.{kind}"] = hf[f"{src}.{kind}"]
+    for i in range(objective.config.num_layers):
+        pre, h = f"backbone.layers.{i}.", f"bert.encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            ours[f"{pre}attn.qkv.{kind}"] = torch.cat(
+                [hf[f"{h}attention.self.{n}.{kind}"] for n in ("query", "key", "value")], dim=0)
+            for dst, src in LAYER_MAP.items():
+                ours[f"{pre}{dst}.{kind}"] = hf[f"{h}{src}.{kind}"]
+    ours["head.bias"] = hf.get("cls.predictions.bias", hf.get("cls.predictions.decoder.bias"))
+    missing, unexpected = objective.load_state_dict(ours, strict=False)
+    if missing or unexpected:
+        raise SelfsupError(f"checkpoint does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def from_transformers(path: str | Path, mlm_probability: float = 0.15, dropout: float | None = None,
+                      special_token_ids=(), mask_token_id: int | None = None,
+                      continuation_ids=None) -> MaskedLanguageModeling:
+    """Build our objective from a BERT checkpoint folder (``--init_from``); the MLM head is kept if present."""
+    from transformers import AutoConfig, BertForMaskedLM
+
+    try:
+        hf_cfg = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001
+        raise SelfsupError(f"{path}: not a transformers checkpoint ({str(err).strip().splitlines()[0]})") from None
+    if hf_cfg.model_type != "bert":
+        raise SelfsupError(f"{path}: model type {hf_cfg.model_type!r}; --init_from here needs a BERT checkpoint")
+    model = BertForMaskedLM.from_pretrained(str(path), trust_remote_code=False)
+    cfg = TransformerConfig(
+        hidden_size=hf_cfg.hidden_size, num_layers=hf_cfg.num_hidden_layers, num_heads=hf_cfg.num_attention_heads,
+        intermediate_size=hf_cfg.intermediate_size, activation=hf_cfg.hidden_act,
+        dropout=hf_cfg.hidden_dropout_prob if dropout is None else dropout,
+        attention_dropout=hf_cfg.attention_probs_dropout_prob if dropout is None else dropout,
+        layer_norm_eps=hf_cfg.layer_norm_eps,
+    )
+    if hf_cfg.type_vocab_size != 2:
+        raise SelfsupError(f"{path}: type_vocab_size {hf_cfg.type_vocab_size} is not supported (expected 2)")
+    objective = MaskedLanguageModeling(
+        cfg, hf_cfg.vocab_size, mask_token_id=mask_token_id if mask_token_id is not None else 4,
+        pad_token_id=hf_cfg.pad_token_id or 0, special_token_ids=special_token_ids,
+        max_positions=hf_cfg.max_position_embeddings, mlm_probability=mlm_probability,
+        continuation_ids=continuation_ids)
+    from_bert_state_dict(objective, model.state_dict())
+    return objective

@@ -1,0 +1,278 @@
+"""The one training loop every recipe shares, under HF Accelerate.
+
+Mixed precision, gradient accumulation, warmup + cosine/linear decay, clipping, a tqdm bar on the main
+process, tensorboard/wandb logging, periodic evaluation, atomic checkpoints and exact resume.
+
+Loss normalisation: an objective that returns ``num_targets`` returns a *summed* loss. The loop back-propagates
+the sums of every micro-batch, then scales the gradients by ``num_processes / T`` with ``T`` the number of
+targets summed over the accumulation window and over all processes (DDP averages gradients over processes).
+The update is then exactly that of the mean loss over the global batch, however the targets are spread.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from argparse import Namespace
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from selfsup.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from selfsup.data import loader_length, set_loader_position, to_device
+from selfsup.errors import SelfsupError
+from selfsup.types import Objective, ObjectiveOutput
+
+MAX_NONFINITE_STEPS = 10
+
+
+def make_accelerator(args: Namespace) -> Accelerator:
+    """An Accelerator for the recipe flags; on a machine with no GPU, a CPU one (works under torchrun too)."""
+    trackers = [] if args.report_to in (None, "none") else args.report_to
+    kwargs: dict[str, Any] = dict(log_with=trackers or None, project_dir=args.output_dir)
+    if args.mixed_precision is not None:
+        kwargs["mixed_precision"] = args.mixed_precision
+    if not torch.cuda.is_available():
+        kwargs["cpu"] = True
+    if kwargs.get("mixed_precision") == "fp16" and not torch.cuda.is_available():
+        raise SelfsupError("--mixed_precision fp16 needs a GPU; use bf16 on CPU")
+    try:
+        return Accelerator(**kwargs)
+    except (ValueError, ImportError) as err:
+        raise SelfsupError(f"cannot set up training: {err}") from None
+
+
+def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warmup over ``warmup`` steps, then cosine / linear decay to 0 or constant."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+
+    return f
+
+
+def make_optimizer(objective: torch.nn.Module, args: Namespace, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norms (parameters with fewer than 2 dimensions)."""
+    params = [p for p in objective.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                             eps=args.adam_epsilon, fused=fused)
+
+
+class Trainer:
+    """Runs ``args.max_steps`` optimizer steps of ``objective`` on ``train_loader``.
+
+    eval_fn(objective) -> dict of figures, called on the main process every ``--eval_steps`` and at the end.
+    run_config: JSON-able description of the run, logged to the trackers and kept in checkpoints.
+    """
+
+    def __init__(self, objective: Objective, train_loader: DataLoader, args: Namespace, accelerator: Accelerator,
+                 eval_fn: Callable[[Objective], dict[str, float]] | None = None,
+                 run_config: dict[str, Any] | None = None) -> None:
+        self.args, self.accelerator, self.eval_fn = args, accelerator, eval_fn
+        self.loader = train_loader
+        self.run_config = run_config or {}
+        self.optimizer = make_optimizer(objective, args, accelerator.device)
+        warmup = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_ratio * args.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(args.lr_scheduler_type, warmup, args.max_steps))
+        self.model, self.optimizer = accelerator.prepare(objective, self.optimizer)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.history: list[float] = []
+
+    @property
+    def objective(self) -> Objective:
+        return self.accelerator.unwrap_model(self.model)
+
+    # -- data -------------------------------------------------------------------------------------------
+    def batches(self):
+        """Endless local micro-batches, tracking (epoch, global batch in epoch) for resume."""
+        per_epoch = loader_length(self.loader)
+        while True:
+            set_loader_position(self.loader, self.epoch, self.batch_in_epoch)
+            got = False
+            for batch in self.loader:
+                got = True
+                self.batch_in_epoch += 1
+                yield to_device(batch, self.accelerator.device)
+            if not got and self.batch_in_epoch == 0:
+                raise SelfsupError("the training data yielded no batch; is it smaller than one global batch?")
+            if per_epoch is None or self.batch_in_epoch >= per_epoch:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    # -- one optimizer step ---------------------------------------------------------------------------------
+    def accumulate(self, micro_batches: list[Any]) -> tuple[float, dict[str, float], int]:
+        """Forward/backward over an accumulation window with global normalisation (see module doc).
+
+        Returns the global mean loss, the micro-batch-mean metrics of this process, and the number of
+        targets over all processes (0 when the objective reports none).
+        """
+        acc, model = self.accelerator, self.model
+        loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+        targets = torch.zeros((), dtype=torch.float64, device=acc.device)
+        metrics: dict[str, float] = {}
+        summed = None
+        for i, batch in enumerate(micro_batches):
+            sync = i == len(micro_batches) - 1
+            with acc.no_sync(model) if not sync and acc.num_processes > 1 else nullcontext():
+                out: ObjectiveOutput = model(batch)
+                acc.backward(out.loss)
+            summed = out.num_targets is not None if summed is None else summed
+            loss_sum += out.loss.detach().double()
+            if summed:
+                targets += torch.as_tensor(out.num_targets, dtype=torch.float64, device=acc.device)
+            for k, v in out.metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) / len(micro_batches)
+        totals = acc.reduce(torch.stack([loss_sum, targets]), reduction="sum")
+        if summed:
+            count = float(totals[1])
+            scale = acc.num_processes / count if count > 0 else 0.0
+            loss = float(totals[0]) / count if count > 0 else 0.0
+        else:
+            count, scale = 0.0, 1.0 / len(micro_batches)
+            loss = float(totals[0]) / (acc.num_processes * len(micro_batches))
+        if scale != 1.0:
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        return loss, metrics, int(count)
+
+    def optimizer_step(self) -> float | None:
+        grad_norm = None
+        if self.args.max_grad_norm and self.args.max_grad_norm > 0:
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    # -- state ----------------------------------------------------------------------------------------------
+    def trainer_state(self) -> dict[str, Any]:
+        gb = self.args.per_device_train_batch_size * self.accelerator.num_processes
+        return {"step": self.step, "epoch": self.epoch, "examples_in_epoch": self.batch_in_epoch * gb,
+                "num_processes": self.accelerator.num_processes, "run_config": self.run_config,
+                "objective_state": getattr(self.objective, "extra_state", lambda: {})()}
+
+    def maybe_resume(self) -> None:
+        path = resolve_checkpoint(self.args.resume_from_checkpoint, self.args.output_dir)
+        if path is None:
+            if self.args.resume_from_checkpoint:
+                self.accelerator.print(f"no checkpoint in {self.args.output_dir} yet; starting from step 0")
+            return
+        state = load_checkpoint(path, self.accelerator, self.objective, self.optimizer, self.scheduler)
+        gb = self.args.per_device_train_batch_size * self.accelerator.num_processes
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch, rest = divmod(int(state["examples_in_epoch"]), gb)
+        if rest:
+            self.accelerator.print(f"warning: global batch size changed; resuming {rest} examples early")
+        if hasattr(self.objective, "load_extra_state"):
+            self.objective.load_extra_state(state.get("objective_state", {}))
+        self.accelerator.print(f"resumed from {path} at step {self.step}")
+
+    def save(self) -> Path:
+        return save_checkpoint(self.accelerator, self.objective, self.optimizer, self.scheduler,
+                               self.trainer_state(), self.args.output_dir, self.args.checkpoints_total_limit)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_fn is None:
+            return {}
+        result: dict[str, float] = {}
+        if self.accelerator.is_main_process:
+            self.model.eval()
+            with torch.no_grad(), self.accelerator.autocast():
+                result = self.eval_fn(self.objective)
+            self.model.train()
+            self.accelerator.log(result, step=self.step)
+        self.accelerator.wait_for_everyone()
+        return result
+
+    def train(self) -> dict[str, Any]:
+        """Train to ``max_steps``; returns the figures for ``metrics.json``."""
+        args, acc = self.args, self.accelerator
+        self.maybe_resume()
+        if acc.is_main_process and args.report_to not in (None, "none"):
+            acc.init_trackers("selfsup", config=flat_config(vars(args)))
+        data = self.batches()
+        bar = tqdm(total=args.max_steps, initial=self.step, disable=not acc.is_main_process, desc="train",
+                   dynamic_ncols=True)
+        self.model.train()
+        samples, train_time, nonfinite, evals = 0, 0.0, 0, {}
+        gb = args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps
+        while self.step < args.max_steps:
+            t0 = time.perf_counter()
+            micro = [next(data) for _ in range(args.gradient_accumulation_steps)]
+            loss, metrics, _ = self.accumulate(micro)
+            if not math.isfinite(loss):
+                nonfinite += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                acc.print(f"warning: non-finite loss at step {self.step + 1}; update skipped")
+                if nonfinite >= MAX_NONFINITE_STEPS:
+                    raise SelfsupError(f"loss was not finite for {nonfinite} steps in a row; lower "
+                                       "--learning_rate or use --mixed_precision bf16 instead of fp16")
+                continue
+            nonfinite = 0
+            grad_norm = self.optimizer_step()
+            self.step += 1
+            self.objective.on_step_end(self.step)
+            train_time += time.perf_counter() - t0
+            samples += gb
+            self.history.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples / max(train_time, 1e-9):.1f}")
+            if self.step % args.logging_steps == 0 or self.step == args.max_steps:
+                logs = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0],
+                        "train/samples_per_second": samples / max(train_time, 1e-9), "train/epoch": self.epoch}
+                if grad_norm is not None:
+                    logs["train/grad_norm"] = grad_norm
+                logs.update({f"train/{k}": v for k, v in metrics.items()})
+                acc.log(logs, step=self.step)
+            if args.eval_steps and self.step % args.eval_steps == 0 and self.step < args.max_steps:
+                evals = self.evaluate()
+                bar.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in evals.items()))
+            if args.checkpointing_steps and self.step % args.checkpointing_steps == 0:
+                self.save()
+        bar.close()
+        evals = self.evaluate()
+        window = self.history[-max(1, args.logging_steps):]
+        result = {"num_processes": acc.num_processes, "steps": self.step,
+                  "train_loss": sum(window) / len(window) if window else float("nan"),
+                  "samples_per_second": samples / train_time if train_time else 0.0,
+                  "global_batch_size": gb, **evals}
+        return result
+
+
+def flat_config(d: dict[str, Any]) -> dict[str, Any]:
+    """Tracker-friendly copy of a config: scalars kept, everything else as a string."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in d.items()}
+
+
+def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write ``OUTPUT_DIR/metrics.json`` (a flat JSON object) atomically."""
+    path = Path(output_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=float))
+    os.replace(tmp, path)
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch identically on every process (masks come from the objective's RNG)."""
+    set_seed(seed)

@@ -1,0 +1,119 @@
+"""The three contracts every part of selfsup is built on.
+
+* An **adapter** (``selfsup.modalities``) turns a raw batch into :class:`Tokens` in two stages:
+  ``embed(batch) -> Tokens`` (content embeddings and prediction targets) and
+  ``add_positions(x, padding_mask) -> x`` (position information), so that objectives can corrupt or drop
+  tokens in between.
+* A **backbone** (``selfsup.backbones``) maps ``(B, N, D)`` to ``(B, N, D)`` and knows nothing of modalities:
+  ``forward(x, padding_mask=None, output_hidden_states=False) -> BackboneOutput``.
+* An **objective** (``selfsup.objectives``) owns adapter, backbone and heads:
+  ``forward(batch) -> ObjectiveOutput``; ``on_step_end(step)``; ``encoder() -> Encoder``.
+
+See ``docs/architecture.md``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+Batch = Mapping[str, Any]
+
+
+@dataclass
+class Tokens:
+    """What an adapter hands a backbone.
+
+    x: (B, N, D) content embeddings, no positions yet.
+    padding_mask: (B, N) bool, True where padded; None when nothing is padded.
+    targets: per-token prediction targets, e.g. ``"ids"`` (B, N) for text.
+    """
+
+    x: Tensor
+    padding_mask: Tensor | None = None
+    targets: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class BackboneOutput:
+    """last_hidden_state: (B, N, D); hidden_states: input + every layer's output when asked for."""
+
+    last_hidden_state: Tensor
+    hidden_states: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class ObjectiveOutput:
+    """What an objective's ``forward`` returns.
+
+    loss: a scalar. When ``num_targets`` is given, ``loss`` is the **sum** of the per-target losses and the
+        engine divides by the number of targets summed over every micro-batch and every process, so the
+        gradient is that of the global mean. When ``num_targets`` is None, ``loss`` is already a mean.
+    num_targets: how many targets ``loss`` sums over (int or 0-dim tensor), or None.
+    metrics: detached scalars to log (means over this micro-batch).
+    """
+
+    loss: Tensor
+    num_targets: Tensor | int | None = None
+    metrics: dict[str, Tensor | float] = field(default_factory=dict)
+
+
+class Adapter(nn.Module):
+    """Base of modality adapters: raw batch -> :class:`Tokens`. Knows nothing of objectives."""
+
+    hidden_size: int
+
+    def embed(self, batch: Batch) -> Tokens:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> Tokens:
+        """Both stages at once: content embeddings with positions added."""
+        tokens = self.embed(batch)
+        tokens.x = self.add_positions(tokens.x, tokens.padding_mask)
+        return tokens
+
+
+class Encoder(nn.Module):
+    """Adapter + backbone: what an objective's ``encoder()`` returns and what evaluation and export use."""
+
+    def __init__(self, adapter: Adapter, backbone: nn.Module) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.backbone = backbone
+
+    def forward(self, batch: Batch, output_hidden_states: bool = False) -> tuple[BackboneOutput, Tensor | None]:
+        """Returns the backbone output and the (B, N) padding mask."""
+        tokens = self.adapter(batch)
+        return self.backbone(tokens.x, tokens.padding_mask, output_hidden_states), tokens.padding_mask
+
+    @torch.no_grad()
+    def pooled(self, batch: Batch) -> Tensor:
+        """(B, D) mean of the last hidden state over the tokens that are not padding."""
+        out, padding_mask = self(batch)
+        return masked_mean(out.last_hidden_state, padding_mask)
+
+
+def masked_mean(x: Tensor, padding_mask: Tensor | None) -> Tensor:
+    """Mean of x (B, N, D) over N, ignoring positions where padding_mask (B, N) is True."""
+    if padding_mask is None:
+        return x.mean(dim=1)
+    keep = (~padding_mask).unsqueeze(-1).to(x.dtype)
+    return (x * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+
+
+class Objective(nn.Module):
+    """Base of objectives. Subclasses implement ``forward`` and ``encoder``; no other inheritance."""
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def on_step_end(self, step: int) -> None:
+        """Called by the engine after every optimizer step (EMA teachers, temperatures, queues)."""
+
+    def encoder(self) -> Encoder:  # pragma: no cover - interface
+        raise NotImplementedError
