@@ -1,0 +1,72 @@
+"""Two processes on CPU give the same loss and gradients as one process on the same global batch.
+
+`accelerate launch --cpu --num_processes 2` silently starts one process on a CPU-only machine, so these tests
+launch with torchrun and assert the world size each run really had.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+
+WORKER = ROOT / "tests" / "grad_worker.py"
+
+
+def launch(nproc: int, *argv: str, script: Path = WORKER, timeout: int = 300) -> subprocess.CompletedProcess:
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not on PATH")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", str(script), *argv]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def grads_of(tmp_path: Path, nproc: int, global_batch: int, grad_accum: int) -> dict[str, torch.Tensor]:
+    out = tmp_path / f"grads_{nproc}_{grad_accum}.safetensors"
+    launch(nproc, str(out), str(global_batch), str(grad_accum))
+    result = load_file(out)
+    assert int(result["__world_size"]) == nproc, "the launcher did not start the processes asked for"
+    return result
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory):
+    return grads_of(tmp_path_factory.mktemp("one"), 1, 8, 1)
+
+
+def test_two_processes_match_one_on_the_same_global_batch(tmp_path, one):
+    two = grads_of(tmp_path, 2, 8, 1)
+    assert int(one["__num_targets"]) == int(two["__num_targets"]) == 7 + 16
+    assert torch.allclose(one["__loss"], two["__loss"], atol=1e-6)
+    names = [k for k in one if not k.startswith("__")]
+    assert len(names) > 20 and set(names) == {k for k in two if not k.startswith("__")}
+    for name in names:
+        assert torch.allclose(one[name], two[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_two_processes_with_accumulation_match_one(tmp_path, one):
+    two_acc = grads_of(tmp_path, 2, 8, 2)
+    assert torch.allclose(one["__loss"], two_acc["__loss"], atol=1e-6)
+    for name in (k for k in one if not k.startswith("__")):
+        assert torch.allclose(one[name], two_acc[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_recipe_runs_in_two_processes(tmp_path):
+    import json
+
+    from tests.conftest import tiny_argv
+
+    out = tmp_path / "run"
+    launch(2, *tiny_argv(out, "--checkpointing_steps", "2", steps=2), script=ROOT / "recipes" / "bert_mlm.py")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 2
+    assert (out / "checkpoint-2" / "rng_state_1.pt").is_file()
+    assert (out / "export" / "model.safetensors").is_file()

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from selfsup.backbones.transformer import PRESETS, TransformerConfig, TransformerEncoder, preset
+
+
+def make(**kw) -> TransformerEncoder:
+    torch.manual_seed(0)
+    return TransformerEncoder(TransformerConfig(**{**PRESETS["tiny"], "dropout": 0.0, "attention_dropout": 0.0,
+                                                   **kw})).eval()
+
+
+def test_shapes_and_hidden_states():
+    enc = make(final_norm=True, norm_first=True)
+    x = torch.randn(3, 7, 64)
+    out = enc(x, output_hidden_states=True)
+    assert out.last_hidden_state.shape == (3, 7, 64)
+    assert len(out.hidden_states) == 3 and out.hidden_states[0] is x
+    # last hidden state is the final norm of the last layer's output
+    assert torch.allclose(out.last_hidden_state, enc.norm(out.hidden_states[-1]))
+    assert enc(x).hidden_states is None
+
+
+def test_padding_mask_hides_padded_tokens():
+    enc = make()
+    x = torch.randn(2, 6, 64)
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[0, 4:] = True
+    y1 = enc(x, pad).last_hidden_state
+    x2 = x.clone()
+    x2[0, 4:] = torch.randn(2, 64) * 10
+    y2 = enc(x2, pad).last_hidden_state
+    assert torch.allclose(y1[0, :4], y2[0, :4], atol=1e-5)
+    assert torch.allclose(y1[1], y2[1])
+    # without the mask the change leaks into the real tokens
+    assert not torch.allclose(enc(x).last_hidden_state[0, :4], enc(x2).last_hidden_state[0, :4], atol=1e-3)
+
+
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_causal_attention_sees_only_the_past(with_padding):
+    enc = make(causal=True, norm_first=True, final_norm=True)
+    x = torch.randn(1, 8, 64)
+    pad = torch.zeros(1, 8, dtype=torch.bool) if with_padding else None
+    x2 = x.clone()
+    x2[0, 5:] += torch.randn(3, 64)
+    y1, y2 = enc(x, pad).last_hidden_state, enc(x2, pad).last_hidden_state
+    assert torch.allclose(y1[0, :5], y2[0, :5], atol=1e-5)
+    assert not torch.allclose(y1[0, 5:], y2[0, 5:], atol=1e-3)
+
+
+def test_pre_and_post_ln_differ():
+    x = torch.randn(2, 5, 64)
+    torch.manual_seed(0)
+    post = make(norm_first=False)
+    pre = make(norm_first=True)
+    pre.load_state_dict(post.state_dict())
+    assert not torch.allclose(pre(x).last_hidden_state, post(x).last_hidden_state, atol=1e-3)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    x = torch.randn(2, 5, 64)
+    grads = []
+    for ckpt in (False, True):
+        enc = make(gradient_checkpointing=ckpt).train()
+        enc(x).last_hidden_state.square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in enc.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_presets_and_bad_configs():
+    assert preset("base").hidden_size == 768 and preset("small", num_layers=2).num_layers == 2
+    with pytest.raises(ValueError):
+        preset("huge")
+    with pytest.raises(ValueError):
+        TransformerConfig(hidden_size=65, num_heads=2)
+    with pytest.raises(ValueError):
+        TransformerConfig(activation="nope")
+
+
+def test_bf16_autocast_runs_on_cpu():
+    enc = make()
+    x = torch.randn(2, 5, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn = enc.layers[0].attn(x, None)
+        y = enc(x).last_hidden_state
+    assert attn.dtype == torch.bfloat16  # the matmuls really ran in bf16
+    assert torch.isfinite(y.float()).all()
+    assert (y.float() - enc(x).last_hidden_state).abs().max() < 0.1
