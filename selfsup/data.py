@@ -87,11 +87,14 @@ class ShardedStream(IterableDataset):
 def make_train_loader(dataset: Any, collate_fn: Callable, batch_size: int, num_processes: int, process_index: int,
                       seed: int, num_workers: int = 0) -> DataLoader:
     """A DataLoader over a map-style data set, or over a :class:`ShardedStream` for streaming data."""
+    # The loader gets a generator of its own: creating an iterator must not draw from the global RNG, or a
+    # resumed run (which creates its iterator at another step) would see other masks and dropout.
+    own = torch.Generator().manual_seed(seed)
     if isinstance(dataset, ShardedStream):
-        return DataLoader(dataset, batch_size=None)
+        return DataLoader(dataset, batch_size=None, generator=own)
     sampler = ShardedBatchSampler(len(dataset), batch_size, num_processes, process_index, seed)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
-                      persistent_workers=False)
+                      persistent_workers=False, generator=own)
 
 
 def set_loader_position(loader: DataLoader, epoch: int, start_batch: int) -> None:
