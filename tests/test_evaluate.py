@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+
+from selfsup.evaluate import knn_accuracy, linear_probe, probe_encoders
+from selfsup.types import Adapter, Encoder, Tokens
+
+
+def blobs(n: int, seed: int, separable: bool = True):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    centers = np.eye(3, 16) * (6.0 if separable else 0.0)
+    return (centers[y] + rng.normal(size=(n, 16))).astype(np.float32), y
+
+
+def test_probe_and_knn_separate_blobs_but_not_noise():
+    xtr, ytr = blobs(300, 0)
+    xte, yte = blobs(200, 1)
+    assert linear_probe(xtr, ytr, xte, yte) > 0.95
+    assert knn_accuracy(xtr, ytr, xte, yte) > 0.95
+    ntr, _ = blobs(300, 0, separable=False)
+    nte, _ = blobs(200, 1, separable=False)
+    assert linear_probe(ntr, ytr, nte, yte) < 0.55
+    assert knn_accuracy(ntr, ytr, nte, yte) < 0.55
+
+
+class Lookup(Adapter):
+    """Features given in the batch, as one token each."""
+
+    hidden_size = 16
+
+    def embed(self, batch):
+        return Tokens(x=batch["x"][:, None, :], padding_mask=None)
+
+    def add_positions(self, x, padding_mask=None):
+        return x
+
+
+def test_probe_encoders_reports_both_encoders():
+    xtr, ytr = blobs(120, 0)
+    xte, yte = blobs(60, 1)
+    data = {"train": xtr, "test": xte}
+
+    class Scramble(torch.nn.Module):
+        def forward(self, x, padding_mask=None, output_hidden_states=False):
+            from selfsup.types import BackboneOutput
+
+            return BackboneOutput(torch.randn_like(x))
+
+    class Identity(torch.nn.Module):
+        def forward(self, x, padding_mask=None, output_hidden_states=False):
+            from selfsup.types import BackboneOutput
+
+            return BackboneOutput(x)
+
+    out = probe_encoders({"": Encoder(Lookup(), Identity()), "random_init_": Encoder(Lookup(), Scramble())},
+                         lambda split: [{"x": torch.as_tensor(data[split])}], ytr, yte)
+    assert set(out) == {"probe/accuracy", "probe/random_init_accuracy", "knn/accuracy", "knn/random_init_accuracy"}
+    assert out["probe/accuracy"] > 0.9 > 0.6 > out["probe/random_init_accuracy"]
