@@ -21,7 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 from recipes import bert_mlm  # noqa: E402
+from selfsup.train import cpu_has_native_bf16  # noqa: E402
 
 
 def strip_labels(src: Path, dst: Path) -> int:
@@ -37,13 +40,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--max_steps", type=int, default=None)
     p.add_argument("--model_size", default=None)
-    p.add_argument("--mixed_precision", default="bf16")
+    p.add_argument("--mixed_precision", default=None, help="default: bf16 where the CPU/GPU runs it natively, else no")
     p.add_argument("--output_dir", default=None)
     args = p.parse_args(argv)
     data = Path(args.data_dir)
     if not (data / "train.txt").is_file():
         sys.exit(f"error: {data}: SST-2 not found (expected train.txt and test.txt)")
-    steps = args.max_steps or (30 if args.quick else 1500)
+    if args.mixed_precision is None:
+        args.mixed_precision = "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "no"
+    steps = args.max_steps or (30 if args.quick else 400)
     size = args.model_size or ("tiny" if args.quick else "small")
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="mlm_learning_"))
     corpus = out / "sst2_sentences.txt"

@@ -31,7 +31,7 @@ from selfsup.train import Trainer, make_accelerator, seed_everything, write_metr
 
 
 def build_parser() -> ArgumentParser:
-    p = base_parser(__doc__.splitlines()[0], output_dir="outputs/bert_mlm", max_steps=300, learning_rate=5e-4)
+    p = base_parser(__doc__.splitlines()[0], output_dir="outputs/bert_mlm", max_steps=120, learning_rate=5e-4)
     g = p.add_argument_group("masked language modelling")
     g.add_argument("--tokenizer_name", default=None, help="tokenizer folder (default: train WordPiece on the corpus)")
     g.add_argument("--vocab_size", type=int, default=8000, help="size of a tokenizer trained here")

@@ -44,9 +44,21 @@ def make_accelerator(args: Namespace) -> Accelerator:
     if kwargs.get("mixed_precision") == "fp16" and not torch.cuda.is_available():
         raise SelfsupError("--mixed_precision fp16 needs a GPU; use bf16 on CPU")
     try:
-        return Accelerator(**kwargs)
+        accelerator = Accelerator(**kwargs)
     except (ValueError, ImportError) as err:
         raise SelfsupError(f"cannot set up training: {err}") from None
+    if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_native_bf16():
+        accelerator.print("warning: this CPU has no native bf16 (no AVX-512 BF16 / AMX); bf16 runs emulated and "
+                          "is much slower than fp32 here; use --mixed_precision no")
+    return accelerator
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN runs bf16 matmuls natively on this CPU (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
