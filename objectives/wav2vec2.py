@@ -1,0 +1,251 @@
+"""wav2vec 2.0 pre-training (Baevski et al., 2020, arXiv:2006.11477).
+
+masker x target x loss = span masking of the latent frames x Gumbel-quantized latents x contrastive +
+diversity. The conv features of every frame are quantized (G codebooks of V entries, section 3.2); masked
+frames are replaced by a learned embedding *before* the convolutional position embedding; the Transformer's
+output at each masked frame must pick its own quantized latent among K distractors from masked frames of the
+same utterance (eq. 3, cosine similarity / temperature); the diversity loss pushes the average codebook usage
+towards uniform (eq. 4). Equals ``transformers``' ``Wav2Vec2ForPreTraining`` on the same weights and masks
+(``tests/test_wav2vec2.py``); the quantized codevectors are gathered with one einsum instead of HF's
+(frames x G*V x d) broadcast product.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, preset
+from selfsup.modalities.audio import AudioAdapter, AudioConfig, audio_preset
+from selfsup.objectives.masking import compute_span_mask, sample_negatives
+from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
+
+
+@dataclass
+class Wav2Vec2ObjectiveConfig:
+    """Quantizer, loss and masking settings (defaults: wav2vec2-base pre-training, fairseq / HF names in
+    comments). ``dropout_features`` is fairseq's ``dropout_features`` = HF ``feat_quantizer_dropout``."""
+
+    num_codevector_groups: int = 2            # G (latent_groups)
+    num_codevectors_per_group: int = 320      # V (latent_vars)
+    codevector_dim: int = 256                 # quantized vector width, G * (codevector_dim / G)
+    proj_codevector_dim: int = 256            # final_dim: where predictions and targets are compared
+    num_negatives: int = 100                  # K
+    contrastive_temperature: float = 0.1      # kappa (contrastive_logits_temperature)
+    diversity_loss_weight: float = 0.1        # alpha
+    feature_penalty_weight: float = 0.0       # fairseq's features_pen weight (10 for wav2vec2-base there)
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    min_masks: int = 2
+    dropout_features: float = 0.1
+    max_gumbel_temperature: float = 2.0
+    min_gumbel_temperature: float = 0.5
+    gumbel_temperature_decay: float = 0.999995
+    collapse_threshold: float = 0.1           # warn when perplexity < this fraction of G * V ...
+    collapse_after_steps: int = 100           # ... after this many steps
+
+    def __post_init__(self) -> None:
+        if self.num_negatives < 1:
+            raise ValueError(f"num_negatives must be at least 1, got {self.num_negatives}")
+        if not 0 <= self.mask_prob <= 1:
+            raise ValueError(f"mask_prob must be in [0, 1], got {self.mask_prob}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def codebook_perplexity(probs: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Sum over groups of exp(entropy of the codebook usage averaged over the (masked) frames).
+
+    probs: (N, G, V) per-frame distributions; mask: (N,) bool frames to average over, or None for all.
+    """
+    if mask is not None:
+        probs = torch.where(mask[:, None, None], probs, torch.zeros_like(probs))
+        marginal = probs.sum(dim=0) / mask.sum().clamp_min(1)
+    else:
+        marginal = probs.mean(dim=0)
+    return torch.exp(-torch.xlogy(marginal, marginal).sum(dim=-1)).sum()
+
+
+class GumbelQuantizer(nn.Module):
+    """Product quantization with Gumbel-softmax (Jang et al., 2016): G codebooks of V entries of width d/G.
+
+    Training: straight-through hard Gumbel-softmax at ``temperature`` and the perplexity of the *soft*
+    distributions; eval: argmax and the perplexity of the one-hot choices. ``temperature`` is a buffer (so
+    checkpoints restore it), annealed by :meth:`set_step` to ``max(max_temp * decay**step, min_temp)``.
+    """
+
+    def __init__(self, in_dim: int, groups: int, entries: int, codevector_dim: int, max_temperature: float = 2.0,
+                 min_temperature: float = 0.5, decay: float = 0.999995) -> None:
+        super().__init__()
+        if codevector_dim % groups:
+            raise ValueError(f"codevector_dim {codevector_dim} is not a multiple of num_codevector_groups {groups}")
+        self.groups, self.entries = groups, entries
+        self.max_temperature, self.min_temperature, self.decay = max_temperature, min_temperature, decay
+        self.weight_proj = nn.Linear(in_dim, groups * entries)
+        self.codevectors = nn.Parameter(torch.empty(groups * entries, codevector_dim // groups))
+        nn.init.normal_(self.weight_proj.weight, mean=0.0, std=1.0)
+        nn.init.zeros_(self.weight_proj.bias)
+        nn.init.uniform_(self.codevectors)
+        self.register_buffer("temperature", torch.tensor(float(max_temperature)))
+
+    @property
+    def num_codevectors(self) -> int:
+        return self.groups * self.entries
+
+    def set_step(self, step: int) -> None:
+        self.temperature.fill_(max(self.max_temperature * self.decay ** step, self.min_temperature))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x: (B, F, C) features; mask: (B, F) bool frames for the perplexity.
+
+        Returns quantized vectors (B, F, codevector_dim) and the codebook perplexity (scalar).
+        """
+        b, f, _ = x.shape
+        logits = self.weight_proj(x).view(b * f, self.groups, self.entries)
+        flat_mask = None if mask is None else mask.reshape(-1)
+        if self.training:
+            probs = F.gumbel_softmax(logits.float(), tau=self.temperature, hard=True).type_as(logits)
+            perplexity = codebook_perplexity(torch.softmax(logits.float(), dim=-1), flat_mask)
+        else:
+            probs = F.one_hot(logits.argmax(dim=-1), self.entries).type_as(logits)
+            perplexity = codebook_perplexity(probs, flat_mask)
+        codebook = self.codevectors.view(self.groups, self.entries, -1).type_as(probs)
+        return torch.einsum("ngv,gvd->ngd", probs, codebook).reshape(b, f, -1), perplexity
+
+
+def contrastive_logits(predicted: Tensor, positives: Tensor, negatives: Tensor, temperature: float) -> Tensor:
+    """Eq. 3's logits: cosine similarity of each prediction with [its positive, K negatives] / temperature.
+
+    predicted, positives: (M, P); negatives: (M, K, P). Returns (M, 1 + K) float logits, with -inf where a
+    negative is identical to the positive (collapsed codebooks; as fairseq and HF do).
+    """
+    targets = torch.cat([positives[:, None], negatives], dim=1)
+    logits = torch.cosine_similarity(predicted[:, None].float(), targets.float(), dim=-1) / temperature
+    same = (negatives == positives[:, None]).all(dim=-1)
+    return torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, float("-inf"))], dim=1)
+
+
+class Wav2Vec2Objective(Objective):
+    """wav2vec 2.0 over an :class:`AudioAdapter` and a :class:`TransformerEncoder`.
+
+    batch: ``input_values`` (B, T), optional ``attention_mask`` (B, T); optional precomputed
+    ``mask_time_indices`` (B, F) bool and ``sampled_negative_indices`` (B, F, K) (flattened over the batch, as
+    in ``transformers``) for fixed masks; otherwise the objective draws them. The loss is summed over the
+    masked frames (``num_targets``): contrastive + alpha * diversity (+ feature penalty).
+    """
+
+    def __init__(self, audio: AudioConfig, backbone: TransformerConfig,
+                 config: Wav2Vec2ObjectiveConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or Wav2Vec2ObjectiveConfig()
+        self.adapter = AudioAdapter(audio, backbone.hidden_size, dropout=backbone.dropout,
+                                    layer_norm_eps=backbone.layer_norm_eps, encoder_norm=not backbone.norm_first)
+        self.backbone = TransformerEncoder(backbone)
+        self.mask_embedding = nn.Parameter(torch.empty(backbone.hidden_size).uniform_())
+        self.dropout_features = nn.Dropout(config.dropout_features)
+        self.quantizer = GumbelQuantizer(
+            self.adapter.feature_size, config.num_codevector_groups, config.num_codevectors_per_group,
+            config.codevector_dim, config.max_gumbel_temperature, config.min_gumbel_temperature,
+            config.gumbel_temperature_decay)
+        self.project_hid = nn.Linear(backbone.hidden_size, config.proj_codevector_dim)
+        self.project_q = nn.Linear(config.codevector_dim, config.proj_codevector_dim)
+        self._last_perplexity: Tensor | None = None
+        self._warned_collapse = False
+
+    def draw_masks(self, padding_mask: Tensor | None, shape: tuple[int, int], device: torch.device,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Span mask (B, F) over the real frames and negatives (B, F, K) among the masked frames."""
+        c = self.config
+        lengths = None if padding_mask is None else (~padding_mask).sum(dim=1)
+        mask = compute_span_mask(shape, c.mask_prob, c.mask_length, lengths, c.min_masks, generator, device)
+        return mask, sample_negatives(mask, c.num_negatives, generator)
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        tokens = self.adapter.embed(batch)
+        x, padding_mask = tokens.x, tokens.padding_mask
+        mask, negatives = batch.get("mask_time_indices"), batch.get("sampled_negative_indices")
+        if mask is None:
+            mask, negatives = self.draw_masks(padding_mask, x.shape[:2], x.device)
+        mask = mask.to(device=x.device, dtype=torch.bool)
+        if negatives is None:
+            negatives = sample_negatives(mask, self.config.num_negatives)
+        x = torch.where(mask[:, :, None], self.mask_embedding.to(x.dtype), x)
+        h = self.backbone(self.adapter.add_positions(x, padding_mask), padding_mask).last_hidden_state
+        features = self.dropout_features(tokens.targets["features"])
+        quantized, perplexity = self.quantizer(features, mask)
+        quantized = self.project_q(quantized.to(self.project_q.weight.dtype))            # (B, F, P)
+        flat_q = quantized.flatten(0, 1)
+        logits = contrastive_logits(self.project_hid(h[mask]), quantized[mask],
+                                    flat_q[negatives.to(x.device)[mask].long()], self.config.contrastive_temperature)
+        return self.loss(logits, perplexity, mask, tokens.targets["conv_features"], padding_mask)
+
+    def loss(self, logits: Tensor, perplexity: Tensor, mask: Tensor, conv_features: Tensor,
+             padding_mask: Tensor | None) -> ObjectiveOutput:
+        """logits: (M, 1 + K), positive first; sums over the M masked frames."""
+        c, n = self.config, mask.sum()
+        contrastive = F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device),
+                                      reduction="sum")
+        v = self.quantizer.num_codevectors
+        diversity = (v - perplexity) / v
+        total = contrastive + c.diversity_loss_weight * diversity * n
+        metrics: dict[str, Tensor | float] = {}
+        if c.feature_penalty_weight > 0:
+            real = conv_features if padding_mask is None else conv_features[~padding_mask]
+            penalty = real.float().pow(2).mean()
+            total = total + c.feature_penalty_weight * penalty * n
+            metrics["feature_penalty"] = penalty.detach()
+        with torch.no_grad():
+            m = n.clamp_min(1)
+            correct = (logits[:, 0] > logits[:, 1:].amax(dim=-1)).sum()  # strictly: ties are not correct
+            metrics.update(contrastive_loss=contrastive.detach() / m, diversity_loss=diversity.detach(),
+                           contrastive_accuracy=correct.float() / m, codebook_perplexity=perplexity.detach(),
+                           gumbel_temperature=self.quantizer.temperature.detach().clone())
+        if self.training:
+            self._last_perplexity = perplexity.detach()
+        return ObjectiveOutput(loss=total, num_targets=n, metrics=metrics)
+
+    def on_step_end(self, step: int) -> None:
+        """Anneal the Gumbel temperature; warn once if the codebooks have collapsed."""
+        self.quantizer.set_step(step)
+        c, ppl = self.config, self._last_perplexity
+        if self._warned_collapse or ppl is None or step < c.collapse_after_steps:
+            return
+        v = self.quantizer.num_codevectors
+        if float(ppl) < c.collapse_threshold * v:
+            self._warned_collapse = True
+            warnings.warn(
+                f"wav2vec 2.0: codebook perplexity {float(ppl):.1f} is below {c.collapse_threshold:.0%} of the "
+                f"{v} codevectors at step {step}: the quantizer is collapsing onto few codes. Raise "
+                f"diversity_loss_weight (now {c.diversity_loss_weight}) or lower the learning rate.",
+                RuntimeWarning, stacklevel=2)
+
+    def encoder(self) -> Encoder:
+        return Encoder(self.adapter, self.backbone)
+
+
+# Sizes: `tiny` for tests (seconds), `small` for CPU, `base` = wav2vec2-base (Baevski et al., table 9).
+QUANTIZER_PRESETS: dict[str, dict] = {
+    "tiny": dict(num_codevectors_per_group=32, codevector_dim=32, proj_codevector_dim=32, num_negatives=20),
+    "small": dict(num_codevectors_per_group=160, codevector_dim=128, proj_codevector_dim=128, num_negatives=50),
+    "base": dict(),
+}
+
+
+def build(size: str = "base", stable_layer_norm: bool = False, audio: dict | None = None,
+          backbone: dict | None = None, **objective) -> Wav2Vec2Objective:
+    """A :class:`Wav2Vec2Objective` of a named size. ``stable_layer_norm``: pre-LN Transformer with a final
+    norm and LayerNorm in every conv layer (wav2vec2-large-lv60 style) instead of wav2vec2-base's post-LN."""
+    stable = {"feat_extract_norm": "layer", "conv_bias": True} if stable_layer_norm else {}
+    audio_cfg = audio_preset(size, **{**stable, **(audio or {})})
+    backbone_cfg = preset(size, **{"layer_norm_eps": 1e-5, "norm_first": stable_layer_norm,
+                                   "final_norm": stable_layer_norm, **(backbone or {})})
+    config = replace(Wav2Vec2ObjectiveConfig(**QUANTIZER_PRESETS[size]), **objective)
+    return Wav2Vec2Objective(audio_cfg, backbone_cfg, config)
+
+
+__all__ = ["Wav2Vec2Objective", "Wav2Vec2ObjectiveConfig", "GumbelQuantizer", "codebook_perplexity",
+           "contrastive_logits", "build", "QUANTIZER_PRESETS"]
