@@ -7,10 +7,11 @@ import soundfile
 import torch
 
 from selfsup.errors import SelfsupError
-from selfsup.modalities import audio_data
 from selfsup.modalities.audio_data import (AudioDataset, AudioEntry, collate_audio, decode, find_audio,
-                                           fsdd_entries, fsdd_speaker_folds, fsdd_split, length_grouped_order,
-                                           read_audio, synthetic_entries, synthetic_speech_corpus)
+                                           length_grouped_order, read_audio)
+from selfsup.modalities import audio_corpora
+from selfsup.modalities.audio_corpora import (fsdd_entries, fsdd_speaker_folds, fsdd_split, synthetic_entries,
+                                              synthetic_speech_corpus)
 
 
 def sine(freq: float, seconds: float, sr: int, amp: float = 0.5) -> np.ndarray:
@@ -257,7 +258,7 @@ def test_synthetic_corpus_is_deterministic_labelled_and_learnable(capsys, monkey
     assert "SYNTHETIC" in capsys.readouterr().out and entries[0].path == "synthetic[0]"
     ds = AudioDataset(entries)
     assert ds[3]["label"] == 3 and ds.skipped.skipped == 0
-    monkeypatch.setattr(audio_data, "synthetic_entries", lambda: entries)  # a smaller default, same wiring
+    monkeypatch.setattr(audio_corpora, "synthetic_entries", lambda: entries)  # a smaller default, same wiring
     assert find_audio() is entries  # no source given: the synthetic corpus
 
 

@@ -6,7 +6,6 @@ launch with torchrun and assert the world size each run really had.
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 
 from selfsup.evaluate import knn_accuracy, linear_probe, probe_encoders

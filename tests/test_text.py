@@ -6,7 +6,6 @@ import sys
 from argparse import Namespace
 
 import pytest
-import torch
 
 from selfsup.errors import SelfsupError
 from selfsup.modalities.text import collate_texts, load_corpus, load_labelled_text, pack_function, train_tokenizer
