@@ -55,9 +55,10 @@ class AudioConfig:
 
 
 BASE_KERNEL, BASE_STRIDE = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
-# `tiny` for tests (3 narrow layers, 20x downsampling), `small` for CPU, `base` = wav2vec2-base (320x, 20 ms).
+# `tiny` for tests (5 narrow layers, 80x downsampling: 200 frames a second), `small` for CPU, `base` =
+# wav2vec2-base (7 layers, 320x: a frame every 20 ms).
 AUDIO_PRESETS: dict[str, dict] = {
-    "tiny": dict(conv_dim=(32, 32, 32), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2),
+    "tiny": dict(conv_dim=(32,) * 5, conv_kernel=(10, 3, 3, 3, 2), conv_stride=(5, 2, 2, 2, 2),
                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2),
     "small": dict(conv_dim=(256,) * 7, conv_kernel=BASE_KERNEL, conv_stride=BASE_STRIDE,
                   num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16),

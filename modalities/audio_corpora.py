@@ -36,7 +36,7 @@ def _syllable(syl: dict[str, Any], f0: float, tract: float, rate: float, rng: np
     n = int(syl["dur"] * rate * sr)
     pitch = np.linspace(syl["f0"][0], syl["f0"][1], n) * f0
     phase = 2 * np.pi * np.cumsum(pitch) / sr
-    k = np.arange(1, int(0.45 * sr / pitch.max()) + 1)[:, None]
+    k = np.arange(1, int(min(0.45 * sr, 4000) / pitch.max()) + 1)[:, None]  # harmonics up to 4 kHz
     gain = sum(1 / (1 + ((k * pitch.mean() - F * tract) / (60 + 0.1 * F)) ** 2) for F in syl["vowel"]) / k ** 0.5
     voiced = (gain * np.sin(k * phase)).sum(0)
     t = np.arange(n) / n

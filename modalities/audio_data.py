@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from selfsup.data import check_files, files_in_dir, suffix_of
+from selfsup.data import check_files, files_in_dir, length_grouped_order, suffix_of  # noqa: F401 (re-export)
 from selfsup.errors import SelfsupError
 
 TARGET_SR = 16_000
@@ -407,21 +407,3 @@ def collate_audio(examples: Sequence[dict[str, Any]], normalize: bool = True,
     if all("label" in e for e in examples):
         batch["labels"] = torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)
     return batch
-
-
-def length_grouped_order(lengths: Sequence[int | float], batch_size: int, seed: int = 0, epoch: int = 0,
-                         mega: int = 50) -> list[int]:
-    """An epoch's order that puts clips of similar length in the same batch (HF ``LengthGroupedSampler``).
-
-    A permutation drawn from ``seed + epoch`` (as ``ShardedBatchSampler``) is cut into mega-batches of
-    ``mega * batch_size``, each sorted longest first; the longest clip of all goes first, so an out-of-memory
-    batch shows at once. With several processes pass the *global* batch size.
-    """
-    g = torch.Generator().manual_seed(seed + epoch)
-    order = torch.randperm(len(lengths), generator=g).tolist()
-    size = max(1, mega * batch_size)
-    megas = [sorted(order[i:i + size], key=lambda j: lengths[j], reverse=True) for i in range(0, len(order), size)]
-    if megas:
-        top = max(range(len(megas)), key=lambda m: lengths[megas[m][0]])
-        megas[0][0], megas[top][0] = megas[top][0], megas[0][0]
-    return [i for m in megas for i in m]

@@ -7,7 +7,6 @@ data is counted in examples, so a run resumes at the same example even on a diff
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -17,17 +16,36 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler
 from selfsup.errors import SelfsupError
 
 
+def length_grouped_order(lengths: Sequence[int | float], batch_size: int, seed: int = 0, epoch: int = 0,
+                         mega: int = 50) -> list[int]:
+    """An epoch's order that puts clips of similar length in the same batch (HF ``LengthGroupedSampler``).
+
+    A permutation drawn from ``seed + epoch`` (as :class:`ShardedBatchSampler`) is cut into mega-batches of
+    ``mega * batch_size``, each sorted longest first; the longest clip of all goes first, so an out-of-memory
+    batch shows at once. With several processes pass the *global* batch size.
+    """
+    g = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(len(lengths), generator=g).tolist()
+    size = max(1, mega * batch_size)
+    megas = [sorted(order[i:i + size], key=lambda j: lengths[j], reverse=True) for i in range(0, len(order), size)]
+    if megas:
+        top = max(range(len(megas)), key=lambda m: lengths[megas[m][0]])
+        megas[0][0], megas[top][0] = megas[top][0], megas[0][0]
+    return [i for m in megas for i in m]
+
+
 class ShardedBatchSampler(Sampler[list[int]]):
     """Yields this process's slice of each global batch of a map-style data set.
 
     Global batch g of epoch e holds ``perm_e[g*G:(g+1)*G]`` with ``G = batch_size * num_processes`` and
     ``perm_e`` a permutation drawn from ``seed + e``; process r takes ``[r*batch_size:(r+1)*batch_size]`` of it.
-    Incomplete global batches at the end of an epoch are dropped.
+    Incomplete global batches at the end of an epoch are dropped. With ``lengths`` the epoch's order is
+    :func:`length_grouped_order` over global batches, so that little of each batch is padding.
     """
 
     def __init__(self, num_examples: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
-                 seed: int = 0, shuffle: bool = True) -> None:
-        self.num_examples, self.batch_size = num_examples, batch_size
+                 seed: int = 0, shuffle: bool = True, lengths: Sequence[int | float] | None = None) -> None:
+        self.num_examples, self.batch_size, self.lengths = num_examples, batch_size, lengths
         self.num_processes, self.process_index = num_processes, process_index
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.start_batch = 0, 0
@@ -43,12 +61,14 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self.epoch, self.start_batch = epoch, start_batch
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
+        gb = self.batch_size * self.num_processes
+        if self.lengths is not None:
+            order = length_grouped_order(self.lengths, gb, self.seed, self.epoch)
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.num_examples, generator=g).tolist()
         else:
             order = list(range(self.num_examples))
-        gb = self.batch_size * self.num_processes
         for b in range(self.start_batch, len(self)):
             start = b * gb + self.process_index * self.batch_size
             yield order[start:start + self.batch_size]
@@ -85,22 +105,26 @@ class ShardedStream(IterableDataset):
 
 
 def make_train_loader(dataset: Any, collate_fn: Callable, batch_size: int, num_processes: int, process_index: int,
-                      seed: int, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over a map-style data set, or over a :class:`ShardedStream` for streaming data."""
+                      seed: int, num_workers: int = 0, lengths: Sequence[int | float] | None = None) -> DataLoader:
+    """A DataLoader over a map-style data set, or over a :class:`ShardedStream` for streaming data.
+    ``lengths`` (per example) turns on length-grouped batching."""
     # The loader gets a generator of its own: creating an iterator must not draw from the global RNG, or a
     # resumed run (which creates its iterator at another step) would see other masks and dropout.
     own = torch.Generator().manual_seed(seed)
     if isinstance(dataset, ShardedStream):
         return DataLoader(dataset, batch_size=None, generator=own)
-    sampler = ShardedBatchSampler(len(dataset), batch_size, num_processes, process_index, seed)
+    sampler = ShardedBatchSampler(len(dataset), batch_size, num_processes, process_index, seed, lengths=lengths)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
                       persistent_workers=False, generator=own)
 
 
 def set_loader_position(loader: DataLoader, epoch: int, start_batch: int) -> None:
-    """Point a loader from :func:`make_train_loader` at global batch ``start_batch`` of ``epoch``."""
+    """Point a loader from :func:`make_train_loader` at global batch ``start_batch`` of ``epoch``; a data set
+    with ``set_epoch`` (random crops drawn per epoch) is told the epoch too."""
     target = loader.batch_sampler if isinstance(loader.batch_sampler, ShardedBatchSampler) else loader.dataset
     target.set_position(epoch, start_batch)
+    if hasattr(loader.dataset, "set_epoch") and not isinstance(loader.dataset, ShardedStream):
+        loader.dataset.set_epoch(epoch)
 
 
 def loader_length(loader: DataLoader) -> int | None:
@@ -156,6 +180,3 @@ def files_in_dir(folder: str | Path, extensions: Sequence[str]) -> list[Path]:
         raise SelfsupError(f"{folder}: no files of type {', '.join(extensions)} in this folder")
     return files
 
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)

@@ -1,0 +1,191 @@
+"""Audio for data2vec (Baevski et al., 2022, arXiv:2202.03555): the wav2vec 2.0 feature encoder with LayerNorm in
+every conv layer, and a *deep* convolutional position embedding.
+
+``embed``: strided 1-D convolutions, each followed by LayerNorm over the channels and GELU (fairseq
+``extractor_mode: layer_norm``), LayerNorm, a linear projection to the model width and dropout (fairseq
+``dropout_input``, 0 for data2vec). ``add_positions``: padded frames zeroed, ``+`` the position embedding, the
+encoder LayerNorm (data2vec audio is post-LN), dropout. The position embedding is
+:class:`MultiLayerConvPositionalEmbedding`: ``depth`` grouped convolutions of kernel ``kernel`` with "same"
+padding, each followed by a LayerNorm without affine parameters and GELU (fairseq ``pos_conv_depth: 5`` with
+``conv_pos: 95``, i.e. kernel ``95 // 5 = 19``), instead of wav2vec 2.0's single weight-normed convolution.
+Together they equal ``transformers``' ``Data2VecAudioFeatureEncoder`` + ``Data2VecAudioFeatureProjection`` + the
+part of ``Data2VecAudioEncoder`` before its layers (``tests/test_data2vec.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.backbones.transformer import ACTIVATIONS
+from selfsup.modalities.audio import AUDIO_PRESETS, ConvLayer
+from selfsup.types import Adapter, Batch, Tokens
+
+
+@dataclass
+class Data2VecAudioAdapterConfig:
+    """Feature encoder and position embedding; names as in ``transformers``' ``Data2VecAudioConfig``.
+
+    num_conv_pos_embeddings: how many position convolutions are stacked (fairseq ``pos_conv_depth``) — *not*
+    a kernel size as in ``Wav2Vec2Config``. conv_bias: fairseq and HF default to no bias (data2vec-audio-base).
+    """
+
+    conv_dim: tuple[int, ...] = (512,) * 7
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    conv_bias: bool = False
+    activation: str = "gelu"
+    num_conv_pos_embeddings: int = 5
+    conv_pos_kernel_size: int = 19
+    num_conv_pos_embedding_groups: int = 16
+    feat_proj_dropout: float = 0.0
+    sampling_rate: int = 16000
+
+    def __post_init__(self) -> None:
+        self.conv_dim, self.conv_kernel, self.conv_stride = (
+            tuple(int(v) for v in t) for t in (self.conv_dim, self.conv_kernel, self.conv_stride))
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            raise ValueError("conv_dim, conv_kernel and conv_stride need one entry per conv layer")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose from {sorted(ACTIVATIONS)}")
+        if self.num_conv_pos_embeddings < 1 or self.conv_pos_kernel_size < 1:
+            raise ValueError("num_conv_pos_embeddings (depth) and conv_pos_kernel_size must be at least 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _conv_stack(size: str) -> dict:
+    return {k: AUDIO_PRESETS[size][k] for k in ("conv_dim", "conv_kernel", "conv_stride")}
+
+
+# `tiny` for tests, `small` for CPU, `base` = data2vec-audio-base (fairseq base_librispeech.yaml).
+DATA2VEC_AUDIO_PRESETS: dict[str, dict] = {
+    "tiny": dict(**_conv_stack("tiny"), num_conv_pos_embeddings=2, conv_pos_kernel_size=5,
+                 num_conv_pos_embedding_groups=2),
+    "small": dict(**_conv_stack("small"), num_conv_pos_embeddings=5, conv_pos_kernel_size=19,
+                  num_conv_pos_embedding_groups=16),
+    "base": dict(**_conv_stack("base"), num_conv_pos_embeddings=5, conv_pos_kernel_size=19,
+                 num_conv_pos_embedding_groups=16),
+}
+
+
+def data2vec_audio_preset(size: str, **overrides) -> Data2VecAudioAdapterConfig:
+    """A :class:`Data2VecAudioAdapterConfig` of a named size (``tiny``, ``small``, ``base``) with overrides."""
+    if size not in DATA2VEC_AUDIO_PRESETS:
+        raise ValueError(f"unknown model size {size!r}; choose from {sorted(DATA2VEC_AUDIO_PRESETS)}")
+    return replace(Data2VecAudioAdapterConfig(**DATA2VEC_AUDIO_PRESETS[size]), **overrides)
+
+
+class MultiLayerConvPositionalEmbedding(nn.Module):
+    """data2vec's relative position embedding: ``depth`` x [grouped Conv1d with "same" padding (one frame dropped
+    for even kernels) -> LayerNorm over channels without affine parameters -> activation].
+
+    Parameters: ``convs.{i}.weight`` (D, D / groups, K) and ``convs.{i}.bias`` (D,), PyTorch's default init
+    (as fairseq). The LayerNorm eps is 1e-5, fixed, as in fairseq and ``transformers``.
+    """
+
+    def __init__(self, hidden_size: int, depth: int, kernel: int, groups: int, activation: str = "gelu") -> None:
+        super().__init__()
+        if hidden_size % groups:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_conv_pos_embedding_groups {groups}")
+        self.convs = nn.ModuleList(
+            nn.Conv1d(hidden_size, hidden_size, kernel, padding=kernel // 2, groups=groups) for _ in range(depth))
+        self.trim = 1 if kernel % 2 == 0 else 0
+        self.act = ACTIVATIONS[activation]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, N, D) -> (B, N, D)."""
+        y = x.transpose(1, 2)
+        for conv in self.convs:
+            y = conv(y)
+            if self.trim:
+                y = y[:, :, :-self.trim]
+            y = F.layer_norm(y.transpose(1, 2), y.shape[1:2], eps=1e-5).transpose(1, 2)
+            y = self.act(y)
+        return y.transpose(1, 2)
+
+
+class Data2VecAudioAdapter(Adapter):
+    """Raw waveforms -> frame embeddings, data2vec audio style (post-LN: the encoder LayerNorm is applied here).
+
+    batch: ``input_values`` (B, T) float waveforms and optionally ``attention_mask`` (B, T), 1 = real sample
+    (right padding). Same ``embed`` / ``add_positions`` contract as :class:`~selfsup.modalities.audio.AudioAdapter`.
+    """
+
+    def __init__(self, config: Data2VecAudioAdapterConfig, hidden_size: int, dropout: float = 0.1,
+                 layer_norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.config, self.hidden_size = config, hidden_size
+        dims = (1, *config.conv_dim)
+        self.conv_layers = nn.ModuleList(
+            ConvLayer(dims[i], dims[i + 1], k, s, config.conv_bias, "layer", config.activation)
+            for i, (k, s) in enumerate(zip(config.conv_kernel, config.conv_stride)))
+        self.projection_norm = nn.LayerNorm(dims[-1], eps=layer_norm_eps)
+        self.projection = nn.Linear(dims[-1], hidden_size)
+        self.projection_dropout = nn.Dropout(config.feat_proj_dropout)
+        bound = (1 / dims[-1]) ** 0.5
+        nn.init.uniform_(self.projection.weight, -bound, bound)
+        nn.init.uniform_(self.projection.bias, -bound, bound)
+        self.pos_conv = MultiLayerConvPositionalEmbedding(
+            hidden_size, config.num_conv_pos_embeddings, config.conv_pos_kernel_size,
+            config.num_conv_pos_embedding_groups, config.activation)
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+
+    @property
+    def feature_size(self) -> int:
+        """C, the width of the conv features (``targets["features"]``)."""
+        return self.config.conv_dim[-1]
+
+    @property
+    def receptive_field(self) -> int:
+        """The fewest samples that give one frame."""
+        field, jump = 1, 1
+        for k, s in zip(self.config.conv_kernel, self.config.conv_stride):
+            field, jump = field + (k - 1) * jump, jump * s
+        return field
+
+    def feature_lengths(self, lengths: Tensor | int) -> Tensor | int:
+        """Frames the feature encoder makes of ``lengths`` samples: ``floor((L - k) / s) + 1`` per layer."""
+        for k, s in zip(self.config.conv_kernel, self.config.conv_stride):
+            lengths = (torch.div(lengths - k, s, rounding_mode="floor") + 1 if isinstance(lengths, Tensor)
+                       else (lengths - k) // s + 1)
+        return lengths.clamp_min(0) if isinstance(lengths, Tensor) else max(lengths, 0)
+
+    def frame_padding_mask(self, attention_mask: Tensor, num_frames: int) -> Tensor:
+        """(B, T) sample mask (1 = real) -> (B, F) bool, True at frames past each waveform's feature length."""
+        lengths = self.feature_lengths(attention_mask.long().sum(dim=-1))
+        return torch.arange(num_frames, device=attention_mask.device)[None, :] >= lengths[:, None]
+
+    def conv_features(self, waveforms: Tensor) -> Tensor:
+        """(B, T) -> (B, F, C) output of the conv stack (before the projection LayerNorm)."""
+        if waveforms.dim() != 2:
+            raise ValueError(f"input_values must be (batch, samples) raw waveforms; got shape {tuple(waveforms.shape)}")
+        if waveforms.shape[1] < self.receptive_field:
+            raise ValueError(f"waveforms of {waveforms.shape[1]} samples are shorter than the feature encoder's "
+                             f"receptive field ({self.receptive_field} samples)")
+        x = waveforms[:, None]
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x.transpose(1, 2)
+
+    def embed(self, batch: Batch) -> Tokens:
+        """x: (B, F, D) projected features; targets ``features`` (B, F, C): the LayerNorm-ed conv features."""
+        features = self.projection_norm(self.conv_features(batch["input_values"]))
+        x = self.projection_dropout(self.projection(features))
+        mask = batch.get("attention_mask")
+        padding_mask = None if mask is None else self.frame_padding_mask(mask, x.shape[1])
+        return Tokens(x=x, padding_mask=padding_mask, targets={"features": features})
+
+    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """(B, F, D) -> (B, F, D): padded frames zeroed, + position convs, encoder LayerNorm, dropout."""
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask[:, :, None], 0.0)
+        return self.dropout(self.norm(x + self.pos_conv(x)))
+
+
+__all__ = ["Data2VecAudioAdapterConfig", "DATA2VEC_AUDIO_PRESETS", "data2vec_audio_preset",
+           "MultiLayerConvPositionalEmbedding", "Data2VecAudioAdapter"]

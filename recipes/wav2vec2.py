@@ -1,0 +1,132 @@
+"""Pretrain a wav2vec 2.0 speech encoder on raw waveforms (Baevski et al., 2020).
+
+    accelerate launch recipes/wav2vec2.py                        # built-in SYNTHETIC corpus, minutes on CPU
+    accelerate launch recipes/wav2vec2.py --train_dir my_audio/ --model_size small --max_steps 5000 \\
+        --eval_dir ../shared/data/speech/fsdd --eval_split loso
+
+Writes OUTPUT_DIR/metrics.json and OUTPUT_DIR/export/ (``Wav2Vec2ForPreTraining`` + feature extractor + card).
+"""
+from __future__ import annotations
+
+from argparse import ArgumentParser, Namespace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from selfsup.audio_recipe import add_audio_args, audio_probe, held_out_eval, load_audio_data
+from selfsup.backbones.transformer import num_parameters
+from selfsup.config import base_parser, parse_args
+from selfsup.data import make_train_loader
+from selfsup.errors import run_cli
+from selfsup.export import push_to_hub, write_model_card
+from selfsup.hf_wav2vec2 import feature_extractor_for, from_transformers, to_transformers
+from selfsup.modalities.audio_data import collate_audio
+from selfsup.objectives.wav2vec2 import Wav2Vec2Objective, build
+from selfsup.train import Trainer, make_accelerator, seed_everything, write_metrics
+
+OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "num_negatives", "diversity_loss_weight", "feature_penalty_weight",
+                   "max_gumbel_temperature", "min_gumbel_temperature", "gumbel_temperature_decay")
+
+
+def build_parser() -> ArgumentParser:
+    p = base_parser(__doc__.splitlines()[0], output_dir="outputs/wav2vec2", max_steps=200, learning_rate=5e-4,
+                    per_device_train_batch_size=8, per_device_eval_batch_size=16, warmup_ratio=0.08,
+                    validation_split_percentage=10.0)
+    add_audio_args(p)
+    g = p.add_argument_group("wav2vec 2.0")
+    g.add_argument("--stable_layer_norm", action="store_true", help="pre-LN Transformer (wav2vec2-large style)")
+    g.add_argument("--mask_prob", type=float, default=0.65)
+    g.add_argument("--mask_length", type=int, default=10)
+    g.add_argument("--num_negatives", type=int, default=None, help="default: by model size (100 for base)")
+    g.add_argument("--diversity_loss_weight", type=float, default=0.1)
+    g.add_argument("--feature_penalty_weight", type=float, default=0.0, help="fairseq's features_pen weight")
+    g.add_argument("--max_gumbel_temperature", type=float, default=2.0)
+    g.add_argument("--min_gumbel_temperature", type=float, default=0.5)
+    g.add_argument("--gumbel_temperature_decay", type=float, default=0.999995,
+                   help="per step; 0.999995 anneals over ~280k steps as in the paper; lower for short runs")
+    g.add_argument("--dropout", type=float, default=0.1)
+    return p
+
+
+def build_objective(args: Namespace) -> Wav2Vec2Objective:
+    settings = {k: getattr(args, k) for k in OBJECTIVE_FLAGS if getattr(args, k) is not None}
+    if args.init_from:
+        return from_transformers(args.init_from, dropout=args.dropout, **settings)
+    backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
+                    gradient_checkpointing=args.gradient_checkpointing)
+    return build(args.model_size, stable_layer_norm=args.stable_layer_norm, backbone=backbone, **settings)
+
+
+def export(objective: Wav2Vec2Objective, args: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
+    """OUTPUT_DIR/export: Wav2Vec2ForPreTraining + feature extractor + card, reloaded and checked (1e-4)."""
+    from transformers import AutoModelForPreTraining
+
+    out = Path(args.output_dir) / "export"
+    objective = objective.float().cpu().eval()
+    to_transformers(objective).save_pretrained(str(out))
+    feature_extractor_for(objective).save_pretrained(str(out))
+    reloaded = AutoModelForPreTraining.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        ours, padding = objective.encoder()(sample)
+        theirs = reloaded.wav2vec2(sample["input_values"], attention_mask=sample["attention_mask"]).last_hidden_state
+    real = ~padding if padding is not None else torch.ones(theirs.shape[:2], dtype=torch.bool)
+    diff = float((ours.last_hidden_state - theirs)[real].abs().max())
+    if diff > 1e-4:
+        raise RuntimeError(f"export check failed: reloaded hidden states differ by {diff:.2e}")
+    metrics["export/max_abs_hidden_diff"] = diff
+    run = {"objective": "wav2vec 2.0", "audio": source, "steps": metrics.get("steps"),
+           "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
+           "parameters": num_parameters(objective), "mask_prob": objective.config.mask_prob,
+           "mask_length": objective.config.mask_length}
+    usage = f"""from transformers import AutoFeatureExtractor, Wav2Vec2Model
+extractor = AutoFeatureExtractor.from_pretrained("{args.hub_model_id or out}")
+model = Wav2Vec2Model.from_pretrained("{args.hub_model_id or out}")
+inputs = extractor(waveform_16khz, sampling_rate=16000, return_tensors="pt")
+hidden = model(**inputs).last_hidden_state"""
+    write_model_card(out, title=args.hub_model_id or "wav2vec 2.0 encoder pretrained with selfsup",
+                     pipeline_tag="feature-extraction", summary=f"A wav2vec 2.0 model pretrained on {source}.",
+                     metrics=metrics, run=run, usage=usage, tags=("wav2vec2", "audio", "speech"))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(build_parser(), argv)
+    accelerator = make_accelerator(args)
+    seed_everything(args.seed)
+    train, val, source = load_audio_data(args)
+    accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out, "
+                      f"{sum(train.durations) / 3600:.2f} h")
+    if train.skipped.skipped:
+        accelerator.print(f"warning: {train.skipped}")
+    objective = build_objective(args)
+    accelerator.print(f"model: {num_parameters(objective) / 1e6:.1f}M parameters")
+    loader = make_train_loader(train, collate_audio, args.per_device_train_batch_size, accelerator.num_processes,
+                               accelerator.process_index, args.seed, args.dataloader_num_workers,
+                               lengths=train.lengths)
+    eval_fn = held_out_eval(val, args.per_device_eval_batch_size, args.seed, accelerator.device)
+    trainer = Trainer(objective, loader, args, accelerator, eval_fn, run_config={"recipe": "wav2vec2", "audio": source})
+    metrics = trainer.train()
+    metrics.update(train.skipped.as_dict())
+    objective = trainer.objective
+    if accelerator.is_main_process:
+        torch.manual_seed(args.seed + 1)
+        fresh = build_objective(Namespace(**{**vars(args), "init_from": None})) if not args.init_from else None
+        encoders = {"": objective.encoder()}
+        if fresh is not None:
+            encoders["random_init_"] = fresh.to(accelerator.device).encoder()
+        metrics.update(audio_probe(encoders, args, accelerator.device))
+        sample = collate_audio([val[i] for i in range(min(2, len(val)))])
+        export_dir = export(objective, args, metrics, source, sample)
+        write_metrics(args.output_dir, metrics)
+        accelerator.print(f"metrics: {Path(args.output_dir) / 'metrics.json'}; export: {export_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if args.push_to_hub and accelerator.is_main_process:
+        metrics["hub_url"] = push_to_hub(Path(args.output_dir) / "export", args.hub_model_id, args.hub_private_repo)
+        write_metrics(args.output_dir, metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main)

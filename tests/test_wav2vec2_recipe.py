@@ -1,0 +1,95 @@
+"""recipes/wav2vec2.py end to end: default data, export, exact resume (Gumbel temperature included),
+bad audio handled as the user chose, --init_from."""
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from safetensors.torch import load_file
+
+from selfsup.errors import SelfsupError
+
+w2v = pytest.importorskip("recipes.wav2vec2")
+
+
+def argv(out, *extra, steps=3):
+    return ["--output_dir", str(out), "--model_size", "tiny", "--max_steps", str(steps), "--report_to", "none",
+            "--per_device_train_batch_size", "4", "--synthetic_utterances", "40", "--max_duration", "1.0",
+            "--gumbel_temperature_decay", "0.9", *extra]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("w2v")
+    return out, w2v.main(argv(out))
+
+
+def test_default_run_reports_and_exports(run):
+    from transformers import AutoFeatureExtractor, AutoModelForPreTraining, Wav2Vec2ForPreTraining
+
+    out, metrics = run
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("num_processes", "steps", "train_loss", "eval/contrastive_accuracy", "eval/codebook_perplexity",
+                "probe/accuracy", "probe/random_init_accuracy", "export/max_abs_hidden_diff", "audio/skipped"):
+        assert key in saved, key
+    assert saved["export/max_abs_hidden_diff"] <= 1e-4
+    assert isinstance(AutoModelForPreTraining.from_pretrained(out / "export"), Wav2Vec2ForPreTraining)
+    assert AutoFeatureExtractor.from_pretrained(out / "export").sampling_rate == 16000
+    assert "wav2vec 2.0" in (out / "export" / "README.md").read_text()
+
+
+def test_init_from_export_reproduces_hidden_states(run):
+    from selfsup.hf_wav2vec2 import from_transformers
+    from transformers import AutoModelForPreTraining
+
+    out, _ = run
+    model = AutoModelForPreTraining.from_pretrained(out / "export").eval()
+    ours = from_transformers(out / "export").eval()
+    wav = torch.randn(2, 8000)
+    mask = torch.ones(2, 8000, dtype=torch.long)
+    mask[1, 6000:] = 0
+    with torch.no_grad():
+        ref = model.wav2vec2(wav, attention_mask=mask).last_hidden_state
+        got, padding = ours.encoder()({"input_values": wav, "attention_mask": mask})
+    assert (ref - got.last_hidden_state)[~padding].abs().max() < 1e-4
+
+
+def test_resume_restores_temperature_and_everything(tmp_path):
+    straight = tmp_path / "a"
+    w2v.main(argv(straight, "--checkpointing_steps", "3", "--checkpoints_total_limit", "0", steps=6))
+    resumed = tmp_path / "b"
+    w2v.main(argv(resumed, "--resume_from_checkpoint", str(straight / "checkpoint-3"), "--checkpointing_steps", "6",
+                  steps=6))
+    a, b = load_file(straight / "checkpoint-6" / "model.safetensors"), load_file(resumed / "checkpoint-6" /
+                                                                                 "model.safetensors")
+    # CPU convolution backward (oneDNN) is not bit-reproducible run to run: two identical straight runs
+    # differ by ~1e-7 here, so weights are compared to 1e-5; resuming without the RNG state moves them by ~5e-4
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), k
+    assert torch.equal(a["quantizer.temperature"], b["quantizer.temperature"])
+    temp = a["quantizer.temperature"]
+    mid = load_file(straight / "checkpoint-3" / "model.safetensors")["quantizer.temperature"]
+    assert float(temp) < float(mid) < 2.0  # annealed, and restored on resume
+
+
+def write(path, seconds, sr=16000, channels=1):
+    t = np.arange(int(seconds * sr)) / sr
+    wave = 0.3 * np.sin(2 * np.pi * 220 * t)
+    soundfile.write(path, np.stack([wave] * channels, 1) if channels > 1 else wave, sr)
+
+
+def test_bad_audio_stops_or_is_skipped_and_counted(tmp_path):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i in range(6):
+        write(folder / f"ok{i}.wav", 1.0, sr=(8000, 16000, 44100)[i % 3], channels=1 + i % 2)
+    write(folder / "long.wav", 200.0, sr=8000)  # several minutes: cropped
+    (folder / "corrupt.wav").write_bytes(b"RIFF" + bytes(range(200)))
+    (folder / "zero.wav").write_bytes(b"")
+    with pytest.raises(SelfsupError) as err:
+        w2v.main(argv(tmp_path / "o1", "--train_dir", str(folder), steps=1))
+    assert ("corrupt.wav" in str(err.value) or "zero.wav" in str(err.value)) and "\n" not in str(err.value)
+    metrics = w2v.main(argv(tmp_path / "o2", "--train_dir", str(folder), "--on_bad_audio", "skip",
+                            "--validation_split_percentage", "20", steps=1))
+    assert metrics["audio/skipped"] == 2 and metrics["steps"] == 1
