@@ -41,7 +41,8 @@ class HubertObjectiveConfig:
     label_length_tolerance: how many frames the (padded) label width may differ from the feature encoder's
     frame count (label and feature rates rarely agree to the last frame): longer labels are cropped at the
     end, shorter ones padded with -100 (those frames are not scored). Bigger differences are an error — the
-    labels are probably at another rate (see ``audio_features.align_labels``).
+    labels are probably at another rate (see ``audio_features.align_labels``). fairseq crops the *features* to
+    the labels instead; cropping/padding the labels keeps the encoder's input exactly ``HubertModel``'s.
     """
 
     num_clusters: int = 500                   # C (100 for MFCC targets in iteration 1, 500 afterwards)
