@@ -14,16 +14,13 @@ from typing import Any, Sequence
 
 import torch
 
-from selfsup.audio_recipe import add_audio_args, audio_probe, held_out_eval, load_audio_data
+from selfsup.audio_recipe import add_audio_args, run_speech_recipe
 from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
-from selfsup.data import make_train_loader
+from selfsup.export import write_model_card
 from selfsup.errors import run_cli
-from selfsup.export import push_to_hub, write_model_card
 from selfsup.hf_wav2vec2 import feature_extractor_for, from_transformers, to_transformers
-from selfsup.modalities.audio_data import collate_audio
 from selfsup.objectives.wav2vec2 import Wav2Vec2Objective, build
-from selfsup.train import Trainer, make_accelerator, seed_everything, write_metrics
 
 OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "num_negatives", "diversity_loss_weight", "feature_penalty_weight",
                    "max_gumbel_temperature", "min_gumbel_temperature", "gumbel_temperature_decay")
@@ -91,41 +88,7 @@ hidden = model(**inputs).last_hidden_state"""
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(build_parser(), argv)
-    accelerator = make_accelerator(args)
-    seed_everything(args.seed)
-    train, val, source = load_audio_data(args)
-    accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out, "
-                      f"{sum(train.durations) / 3600:.2f} h")
-    if train.skipped.skipped:
-        accelerator.print(f"warning: {train.skipped}")
-    objective = build_objective(args)
-    accelerator.print(f"model: {num_parameters(objective) / 1e6:.1f}M parameters")
-    loader = make_train_loader(train, collate_audio, args.per_device_train_batch_size, accelerator.num_processes,
-                               accelerator.process_index, args.seed, args.dataloader_num_workers,
-                               lengths=train.lengths)
-    eval_fn = held_out_eval(val, args.per_device_eval_batch_size, args.seed, accelerator.device)
-    trainer = Trainer(objective, loader, args, accelerator, eval_fn, run_config={"recipe": "wav2vec2", "audio": source})
-    metrics = trainer.train()
-    metrics.update(train.skipped.as_dict())
-    objective = trainer.objective
-    if accelerator.is_main_process:
-        torch.manual_seed(args.seed + 1)
-        fresh = build_objective(Namespace(**{**vars(args), "init_from": None})) if not args.init_from else None
-        encoders = {"": objective.encoder()}
-        if fresh is not None:
-            encoders["random_init_"] = fresh.to(accelerator.device).encoder()
-        metrics.update(audio_probe(encoders, args, accelerator.device))
-        sample = collate_audio([val[i] for i in range(min(2, len(val)))])
-        export_dir = export(objective, args, metrics, source, sample)
-        write_metrics(args.output_dir, metrics)
-        accelerator.print(f"metrics: {Path(args.output_dir) / 'metrics.json'}; export: {export_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if args.push_to_hub and accelerator.is_main_process:
-        metrics["hub_url"] = push_to_hub(Path(args.output_dir) / "export", args.hub_model_id, args.hub_private_repo)
-        write_metrics(args.output_dir, metrics)
-    return metrics
+    return run_speech_recipe(parse_args(build_parser(), argv), "wav2vec2", build_objective, export)
 
 
 if __name__ == "__main__":

@@ -3,17 +3,23 @@ with fixed masks, and the linear probe on labelled audio (FSDD-style names, or t
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
-from selfsup.data import to_device
+from selfsup.backbones.transformer import num_parameters
+from selfsup.data import make_train_loader, to_device
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import extract_features, knn_accuracy, linear_probe
+from selfsup.export import push_to_hub
 from selfsup.modalities.audio_corpora import fsdd_entries, fsdd_split, synthetic_entries, synthetic_speech_corpus
 from selfsup.modalities.audio_data import AudioDataset, collate_audio, find_audio, to_entries
+from selfsup.train import Trainer, make_accelerator, seed_everything, write_metrics
 from selfsup.types import Encoder, Objective
+
+Exporter = Callable[[Objective, Namespace, dict, str, dict], Path]
 
 
 def add_audio_args(p: ArgumentParser) -> None:
@@ -55,7 +61,7 @@ def load_audio_data(args: Namespace) -> tuple[AudioDataset, AudioDataset, str]:
     return train, val, source
 
 
-def held_out_eval(val: AudioDataset, batch_size: int, seed: int, device: torch.device):
+def held_out_eval(val, batch_size: int, seed: int, device: torch.device, collate: Callable = collate_audio):
     """An ``eval_fn`` giving the objective's loss and metrics on ``val`` with masks fixed by ``seed``."""
 
     def eval_fn(objective: Objective) -> dict[str, float]:
@@ -63,7 +69,7 @@ def held_out_eval(val: AudioDataset, batch_size: int, seed: int, device: torch.d
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for i in range(0, len(val), batch_size):
-                batch = to_device(collate_audio([val[j] for j in range(i, min(i + batch_size, len(val)))]), device)
+                batch = to_device(collate([val[j] for j in range(i, min(i + batch_size, len(val)))]), device)
                 out = objective(batch)
                 n = int(out.num_targets) if out.num_targets is not None else 1
                 total += float(out.loss) if out.num_targets is not None else float(out.loss) * n
@@ -127,3 +133,43 @@ def audio_probe(encoders: dict[str, Encoder], args: Namespace, device) -> dict[s
     out["probe/splits"] = len(splits)
     return out
 
+
+
+def run_speech_recipe(args: Namespace, name: str, build_objective: Callable[[Namespace], Objective],
+                      export: Exporter, collate: Callable = collate_audio,
+                      wrap_data: Callable[[AudioDataset, AudioDataset, Any], tuple[Any, Any]] | None = None
+                      ) -> dict[str, Any]:
+    """The run every speech recipe shares: audio -> objective -> training -> probe (vs random init) -> export
+    (checked) -> metrics.json -> Hub. ``wrap_data(train, val, accelerator)`` may attach targets (HuBERT labels)
+    and return the data sets to train and score on; ``collate`` then batches them."""
+    accelerator = make_accelerator(args)
+    seed_everything(args.seed)
+    train, val, source = load_audio_data(args)
+    accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out, "
+                      f"{sum(train.durations) / 3600:.2f} h")
+    objective = build_objective(args)
+    accelerator.print(f"model: {num_parameters(objective) / 1e6:.1f}M parameters")
+    train_data, val_data = wrap_data(train, val, accelerator) if wrap_data else (train, val)
+    loader = make_train_loader(train_data, collate, args.per_device_train_batch_size, accelerator.num_processes,
+                               accelerator.process_index, args.seed, args.dataloader_num_workers,
+                               lengths=train.lengths)
+    eval_fn = held_out_eval(val_data, args.per_device_eval_batch_size, args.seed, accelerator.device, collate)
+    trainer = Trainer(objective, loader, args, accelerator, eval_fn, run_config={"recipe": name, "audio": source})
+    metrics = trainer.train()
+    metrics.update(train.skipped.as_dict())
+    objective = trainer.objective
+    if accelerator.is_main_process:
+        encoders = {"": objective.encoder()}
+        if not args.init_from:
+            torch.manual_seed(args.seed + 1)
+            encoders["random_init_"] = build_objective(args).to(accelerator.device).encoder()
+        metrics.update(audio_probe(encoders, args, accelerator.device))
+        export_dir = export(objective, args, metrics, source, collate_audio([val[i] for i in range(min(2, len(val)))]))
+        write_metrics(args.output_dir, metrics)
+        accelerator.print(f"metrics: {Path(args.output_dir) / 'metrics.json'}; export: {export_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if args.push_to_hub and accelerator.is_main_process:
+        metrics["hub_url"] = push_to_hub(Path(args.output_dir) / "export", args.hub_model_id, args.hub_private_repo)
+        write_metrics(args.output_dir, metrics)
+    return metrics
