@@ -1,0 +1,96 @@
+"""Pretrain a data2vec speech encoder on raw waveforms (Baevski et al., 2022).
+
+    accelerate launch recipes/data2vec.py                        # built-in SYNTHETIC corpus, minutes on CPU
+    accelerate launch recipes/data2vec.py --train_dir my_audio/ --model_size small --max_steps 20000 \\
+        --eval_dir ../shared/data/speech/fsdd --eval_split loso
+
+The student sees span-masked audio and regresses, at the masked frames, the average of the top-K layers of an
+EMA teacher that sees the whole clip (each layer instance-normalised). The teacher and its momentum are saved
+in every checkpoint and restored on resume. Writes OUTPUT_DIR/metrics.json and OUTPUT_DIR/export/
+(``Data2VecAudioModel`` + feature extractor + card).
+"""
+from __future__ import annotations
+
+from argparse import ArgumentParser, Namespace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from selfsup.audio_recipe import add_audio_args, run_speech_recipe
+from selfsup.backbones.transformer import num_parameters
+from selfsup.config import base_parser, parse_args
+from selfsup.errors import run_cli
+from selfsup.export import write_model_card
+from selfsup.hf_data2vec import feature_extractor_for, from_transformers, to_transformers
+from selfsup.objectives.data2vec import Data2VecObjective, build
+
+OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "average_top_k_layers", "ema_decay", "ema_end_decay",
+                   "ema_anneal_end_step", "loss_beta")
+
+
+def build_parser() -> ArgumentParser:
+    p = base_parser(__doc__.splitlines()[0], output_dir="outputs/data2vec", max_steps=200, learning_rate=5e-4,
+                    per_device_train_batch_size=8, per_device_eval_batch_size=16, warmup_ratio=0.08,
+                    validation_split_percentage=10.0)
+    add_audio_args(p)
+    g = p.add_argument_group("data2vec")
+    g.add_argument("--mask_prob", type=float, default=0.65)
+    g.add_argument("--mask_length", type=int, default=10)
+    g.add_argument("--average_top_k_layers", type=int, default=None, help="default: by size (8 for base)")
+    g.add_argument("--ema_decay", type=float, default=0.999, help="teacher momentum at step 0")
+    g.add_argument("--ema_end_decay", type=float, default=0.9999, help="... rising linearly to this")
+    g.add_argument("--ema_anneal_end_step", type=int, default=None, help="... at this step (default: max_steps)")
+    g.add_argument("--loss_beta", type=float, default=0.0, help="0: L2; else smooth L1 with this beta")
+    g.add_argument("--dropout", type=float, default=0.1)
+    return p
+
+
+def build_objective(args: Namespace) -> Data2VecObjective:
+    if args.ema_anneal_end_step is None:
+        args.ema_anneal_end_step = args.max_steps
+    settings = {k: getattr(args, k) for k in OBJECTIVE_FLAGS if getattr(args, k) is not None}
+    if args.init_from:
+        return from_transformers(args.init_from, dropout=args.dropout, **settings)
+    backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
+                    gradient_checkpointing=args.gradient_checkpointing)
+    return build(args.model_size, backbone=backbone, **settings)
+
+
+def export(objective: Data2VecObjective, args: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
+    """OUTPUT_DIR/export: the student as Data2VecAudioModel + feature extractor + card, reloaded and checked."""
+    from transformers import AutoModel
+
+    out = Path(args.output_dir) / "export"
+    objective = objective.float().cpu().eval()
+    to_transformers(objective).save_pretrained(str(out))
+    feature_extractor_for().save_pretrained(str(out))
+    reloaded = AutoModel.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        ours, padding = objective.encoder()(sample)
+        theirs = reloaded(sample["input_values"], attention_mask=sample["attention_mask"]).last_hidden_state
+    real = ~padding if padding is not None else torch.ones(theirs.shape[:2], dtype=torch.bool)
+    diff = float((ours.last_hidden_state - theirs)[real].abs().max())
+    if diff > 1e-4:
+        raise RuntimeError(f"export check failed: reloaded hidden states differ by {diff:.2e}")
+    metrics["export/max_abs_hidden_diff"] = diff
+    run = {"objective": "data2vec (audio)", "audio": source, "steps": metrics.get("steps"),
+           "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
+           "parameters": num_parameters(objective.encoder()), "mask_prob": objective.config.mask_prob,
+           "average_top_k_layers": objective.config.average_top_k_layers}
+    usage = f"""from transformers import AutoFeatureExtractor, Data2VecAudioModel
+extractor = AutoFeatureExtractor.from_pretrained("{args.hub_model_id or out}")
+model = Data2VecAudioModel.from_pretrained("{args.hub_model_id or out}")
+hidden = model(**extractor(waveform_16khz, sampling_rate=16000, return_tensors="pt")).last_hidden_state"""
+    write_model_card(out, title=args.hub_model_id or "data2vec audio encoder pretrained with selfsup",
+                     pipeline_tag="feature-extraction", summary=f"A data2vec audio model pretrained on {source}.",
+                     metrics=metrics, run=run, usage=usage, tags=("data2vec-audio", "audio", "speech"))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return run_speech_recipe(parse_args(build_parser(), argv), "data2vec", build_objective, export)
+
+
+if __name__ == "__main__":
+    run_cli(main)
