@@ -12,9 +12,8 @@ from argparse import ArgumentParser, Namespace
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
-from selfsup.audio_recipe import add_audio_args, run_speech_recipe
+from selfsup.audio_recipe import add_audio_args, check_audio_export, run_speech_recipe
 from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
 from selfsup.export import write_model_card
@@ -64,14 +63,7 @@ def export(objective: Wav2Vec2Objective, args: Namespace, metrics: dict[str, Any
     to_transformers(objective).save_pretrained(str(out))
     feature_extractor_for(objective).save_pretrained(str(out))
     reloaded = AutoModelForPreTraining.from_pretrained(str(out)).eval()
-    with torch.no_grad():
-        ours, padding = objective.encoder()(sample)
-        theirs = reloaded.wav2vec2(sample["input_values"], attention_mask=sample["attention_mask"]).last_hidden_state
-    real = ~padding if padding is not None else torch.ones(theirs.shape[:2], dtype=torch.bool)
-    diff = float((ours.last_hidden_state - theirs)[real].abs().max())
-    if diff > 1e-4:
-        raise RuntimeError(f"export check failed: reloaded hidden states differ by {diff:.2e}")
-    metrics["export/max_abs_hidden_diff"] = diff
+    check_audio_export(objective, reloaded.wav2vec2, sample, metrics)
     run = {"objective": "wav2vec 2.0", "audio": source, "steps": metrics.get("steps"),
            "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
            "parameters": num_parameters(objective), "mask_prob": objective.config.mask_prob,

@@ -135,6 +135,21 @@ def audio_probe(encoders: dict[str, Encoder], args: Namespace, device) -> dict[s
 
 
 
+def check_audio_export(objective: Objective, reloaded_encoder: Callable[..., Any], sample: dict,
+                       metrics: dict[str, Any]) -> None:
+    """Compare our encoder's last hidden state with the reloaded export's at the real frames (1e-4); records
+    ``export/max_abs_hidden_diff``. ``reloaded_encoder(input_values, attention_mask=...)`` is the transformers
+    model (or its base model) that ``from_pretrained`` gave back."""
+    with torch.no_grad():
+        ours, padding = objective.encoder()(sample)
+        theirs = reloaded_encoder(sample["input_values"], attention_mask=sample["attention_mask"]).last_hidden_state
+    real = ~padding if padding is not None else torch.ones(theirs.shape[:2], dtype=torch.bool)
+    diff = float((ours.last_hidden_state - theirs)[real].abs().max())
+    if diff > 1e-4:
+        raise RuntimeError(f"export check failed: reloaded hidden states differ by {diff:.2e}")
+    metrics["export/max_abs_hidden_diff"] = diff
+
+
 def run_speech_recipe(args: Namespace, name: str, build_objective: Callable[[Namespace], Objective],
                       export: Exporter, collate: Callable = collate_audio,
                       wrap_data: Callable[[AudioDataset, AudioDataset, Any], tuple[Any, Any]] | None = None
