@@ -21,7 +21,7 @@ synthetic utterances of 2 s at 16 kHz (99 frames), the last two shorter (1.5 s a
 ``attention_mask``), each normalised to zero mean / unit variance over its real samples.
 
     python benchmarks/wav2vec2_speed.py --quick          # one to two minutes
-    python benchmarks/wav2vec2_speed.py                  # full run, about five minutes
+    python benchmarks/wav2vec2_speed.py                  # full run, about four minutes
     python benchmarks/wav2vec2_speed.py --threads 1      # cleaner numbers on a busy, shared machine
     python benchmarks/wav2vec2_speed.py --steps 5 --rounds 3 --precision both
 
