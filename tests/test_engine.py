@@ -1,0 +1,55 @@
+"""Engine behaviour that needs no real model: non-finite losses are skipped, then stop the run in one line."""
+from argparse import Namespace
+
+import pytest
+import torch
+
+from selfsup.data import make_train_loader
+from selfsup.errors import SelfsupError
+from selfsup.train import MAX_NONFINITE_STEPS, Trainer, make_accelerator
+from selfsup.types import Objective, ObjectiveOutput
+
+
+class Toy(Objective):
+    """A linear model whose loss is NaN for the first ``bad`` calls."""
+
+    def __init__(self, bad: int) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+        self.bad, self.calls = bad, 0
+
+    def forward(self, batch):
+        self.calls += 1
+        loss = (batch["x"] @ self.w).square().sum()
+        if self.calls <= self.bad:
+            loss = loss * float("nan")
+        return ObjectiveOutput(loss=loss, num_targets=batch["x"].shape[0])
+
+
+def args(tmp_path, steps: int) -> Namespace:
+    return Namespace(output_dir=str(tmp_path), report_to="none", mixed_precision="no", learning_rate=0.1,
+                     weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-6, warmup_steps=0,
+                     warmup_ratio=0.0, lr_scheduler_type="constant", max_steps=steps, max_grad_norm=1.0,
+                     per_device_train_batch_size=2, gradient_accumulation_steps=1, logging_steps=1, eval_steps=0,
+                     checkpointing_steps=0, checkpoints_total_limit=0, resume_from_checkpoint=None)
+
+
+def run(tmp_path, bad: int, steps: int = 3):
+    a = args(tmp_path, steps)
+    acc = make_accelerator(a)
+    data = [{"x": torch.randn(3)} for _ in range(8)]
+    loader = make_train_loader(data, lambda ex: {"x": torch.stack([e["x"] for e in ex])}, 2, 1, 0, seed=0)
+    toy = Toy(bad)
+    return toy, Trainer(toy, loader, a, acc).train()
+
+
+def test_a_few_nan_losses_are_skipped_without_touching_the_weights(tmp_path):
+    toy, metrics = run(tmp_path, bad=2)
+    assert metrics["steps"] == 3 and toy.calls == 5  # 2 skipped micro-batches, then 3 real steps
+    assert torch.isfinite(toy.w).all() and not torch.equal(toy.w.detach(), torch.ones(3))
+
+
+def test_persistent_nan_losses_stop_the_run_in_one_line(tmp_path):
+    with pytest.raises(SelfsupError, match=f"not finite for {MAX_NONFINITE_STEPS} steps") as err:
+        run(tmp_path, bad=1000)
+    assert "\n" not in str(err.value)
