@@ -24,12 +24,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
-import time
+import os
+import sys
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from speed_common import Step, interleaved, native_bf16, speed_args  # noqa: E402
 
 from selfsup.backbones.transformer import TransformerConfig
 from selfsup.hf_bert import to_transformers
@@ -39,11 +42,7 @@ VOCAB, SEQ, BATCH, MASK_ID, PAD_ID, SPECIAL = 30_522, 128, 32, 4, 0, (0, 1, 2, 3
 MODEL = dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, dropout=0.1, attention_dropout=0.1)
 OPTIM = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 LOSS_TOL = 1e-5
-Step = Callable[[], None]
 
-
-def native_bf16() -> bool:
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def build_models(seed: int = 0) -> tuple[MaskedLanguageModeling, nn.Module]:
@@ -108,13 +107,6 @@ def check_losses(fused: bool) -> tuple[float, float]:
     return first[0], first[1]
 
 
-def time_steps(step: Step, steps: int) -> float:
-    """Samples per second over ``steps`` steps."""
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * BATCH / (time.perf_counter() - start)
-
 
 def measure(bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tuple[float, float]:
     """Median samples/s of (ours, reference) over interleaved rounds."""
@@ -124,34 +116,11 @@ def measure(bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tu
         "ours": make_step(ours_loss, ours, make_optimizer(ours, fused), inputs, labels, bf16),
         "reference": make_step(reference_loss, ref, make_optimizer(ref, fused), inputs, labels, bf16),
     }
-    for step in sides.values():
-        time_steps(step, warmup)
-    results: dict[str, list[float]] = {name: [] for name in sides}
-    tag = "bf16" if bf16 else "fp32"
-    for r in range(rounds):
-        order = list(sides) if r % 2 == 0 else list(sides)[::-1]
-        for name in order:
-            results[name].append(time_steps(sides[name], steps))
-        print(f"[{tag}] round {r + 1}/{rounds}: ours {results['ours'][-1]:.1f}  "
-              f"reference {results['reference'][-1]:.1f} samples/s", flush=True)
-    return statistics.median(results["ours"]), statistics.median(results["reference"])
+    return interleaved(sides, steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="few steps and rounds; whole run under a minute")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per side per round")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved measurement rounds")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps per side before measuring")
-    p.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--fused", action="store_true", help="fused AdamW for both sides")
-    args = p.parse_args()
-    quick_defaults, full_defaults = dict(steps=1, rounds=2, warmup=1), dict(steps=3, rounds=5, warmup=2)
-    for key, value in (quick_defaults if args.quick else full_defaults).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return speed_args(__doc__.splitlines()[0], "both", dict(steps=1, rounds=2, warmup=1), dict(steps=3, rounds=5, warmup=2))
 
 
 def main() -> None:

@@ -40,12 +40,14 @@ import contextlib
 import json
 import math
 import os
-import statistics
-import time
+import sys
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from speed_common import Step, interleaved, native_bf16, speed_args  # noqa: E402
 
 from selfsup.hf_wav2vec2 import to_transformers
 from selfsup.objectives.wav2vec2 import QUANTIZER_PRESETS, Wav2Vec2Objective, Wav2Vec2ObjectiveConfig, build
@@ -60,11 +62,7 @@ MODEL = dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
 OPTIM = dict(lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
 LOSS_RTOL = 1e-4
 Batch = dict
-Step = Callable[[], None]
 
-
-def native_bf16() -> bool:
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def build_models(seed: int = 0) -> tuple[Wav2Vec2Objective, nn.Module]:
@@ -158,13 +156,6 @@ def check_losses(fused: bool) -> tuple[float, float, Batch]:
     return first[0], first[1], batch
 
 
-def time_steps(step: Step, steps: int) -> float:
-    """Samples per second over ``steps`` steps."""
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * BATCH / (time.perf_counter() - start)
-
 
 def measure(bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tuple[float, float]:
     """Median samples/s of (ours, reference) over interleaved rounds."""
@@ -174,35 +165,11 @@ def measure(bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tu
         "ours": make_step(ours_loss, ours, make_optimizer(ours, fused), batch, bf16),
         "reference": make_step(reference_loss, ref, make_optimizer(ref, fused), batch, bf16),
     }
-    for step in sides.values():
-        time_steps(step, warmup)
-    results: dict[str, list[float]] = {name: [] for name in sides}
-    tag = "bf16" if bf16 else "fp32"
-    for r in range(rounds):
-        order = list(sides) if r % 2 == 0 else list(sides)[::-1]
-        for name in order:
-            results[name].append(time_steps(sides[name], steps))
-        print(f"[{tag}] round {r + 1}/{rounds}: ours {results['ours'][-1]:.2f}  "
-              f"reference {results['reference'][-1]:.2f} samples/s", flush=True)
-    return statistics.median(results["ours"]), statistics.median(results["reference"])
+    return interleaved(sides, steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="few steps and rounds; whole run one to two minutes")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per side per round")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved measurement rounds")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps per side before measuring")
-    p.add_argument("--precision", choices=("fp32", "bf16", "both"), default="fp32",
-                   help="fp32 (default); bf16 autocast is emulated (very slow) on CPUs without native bf16")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--fused", action="store_true", help="fused AdamW for both sides")
-    args = p.parse_args()
-    quick_defaults, full_defaults = dict(steps=1, rounds=2, warmup=1), dict(steps=2, rounds=5, warmup=1)
-    for key, value in (quick_defaults if args.quick else full_defaults).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return speed_args(__doc__.splitlines()[0], "fp32", dict(steps=1, rounds=2, warmup=1), dict(steps=2, rounds=5, warmup=1))
 
 
 def main() -> None:

@@ -1,0 +1,57 @@
+"""What the speed benchmarks share: interleaved timing of ours against the reference, and the common flags."""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+Step = Callable[[], None]
+
+
+def native_bf16() -> bool:
+    """True when oneDNN runs bf16 natively on this CPU (else bf16 autocast is emulated, 30-60x slower)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def time_steps(step: Step, steps: int, batch_size: int) -> float:
+    """Samples per second over ``steps`` steps."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def interleaved(sides: dict[str, Step], steps: int, rounds: int, warmup: int, batch_size: int,
+                tag: str) -> tuple[float, float]:
+    """Median samples/s of ``sides["ours"]`` and ``sides["reference"]``: untimed warmup, then rounds in which the
+    two are timed one after the other, the order flipped every round, so machine noise hits both."""
+    for step in sides.values():
+        time_steps(step, warmup, batch_size)
+    results: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(rounds):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            results[name].append(time_steps(sides[name], steps, batch_size))
+        print(f"[{tag}] round {r + 1}/{rounds}: ours {results['ours'][-1]:.2f}  "
+              f"reference {results['reference'][-1]:.2f} samples/s", flush=True)
+    return statistics.median(results["ours"]), statistics.median(results["reference"])
+
+
+def speed_args(description: str, precision: str, quick: dict, full: dict) -> argparse.Namespace:
+    """``--quick --steps --rounds --warmup --precision --threads --fused``; unset counts come from quick/full."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="few steps and rounds; a short run")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per side per round")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved measurement rounds")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per side before measuring")
+    p.add_argument("--precision", choices=("fp32", "bf16", "both"), default=precision,
+                   help="bf16 autocast is emulated (very slow) on CPUs without native bf16")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--fused", action="store_true", help="fused AdamW for both sides")
+    args = p.parse_args()
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
