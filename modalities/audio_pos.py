@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.backbones.transformer import ACTIVATIONS
-from selfsup.modalities.audio import AUDIO_PRESETS, ConvLayer
+from selfsup.modalities.audio import AUDIO_PRESETS, AudioAdapter, ConvLayer
 from selfsup.types import Adapter, Batch, Tokens
 
 
@@ -135,42 +134,13 @@ class Data2VecAudioAdapter(Adapter):
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 
-    @property
-    def feature_size(self) -> int:
-        """C, the width of the conv features (``targets["features"]``)."""
-        return self.config.conv_dim[-1]
-
-    @property
-    def receptive_field(self) -> int:
-        """The fewest samples that give one frame."""
-        field, jump = 1, 1
-        for k, s in zip(self.config.conv_kernel, self.config.conv_stride):
-            field, jump = field + (k - 1) * jump, jump * s
-        return field
-
-    def feature_lengths(self, lengths: Tensor | int) -> Tensor | int:
-        """Frames the feature encoder makes of ``lengths`` samples: ``floor((L - k) / s) + 1`` per layer."""
-        for k, s in zip(self.config.conv_kernel, self.config.conv_stride):
-            lengths = (torch.div(lengths - k, s, rounding_mode="floor") + 1 if isinstance(lengths, Tensor)
-                       else (lengths - k) // s + 1)
-        return lengths.clamp_min(0) if isinstance(lengths, Tensor) else max(lengths, 0)
-
-    def frame_padding_mask(self, attention_mask: Tensor, num_frames: int) -> Tensor:
-        """(B, T) sample mask (1 = real) -> (B, F) bool, True at frames past each waveform's feature length."""
-        lengths = self.feature_lengths(attention_mask.long().sum(dim=-1))
-        return torch.arange(num_frames, device=attention_mask.device)[None, :] >= lengths[:, None]
-
-    def conv_features(self, waveforms: Tensor) -> Tensor:
-        """(B, T) -> (B, F, C) output of the conv stack (before the projection LayerNorm)."""
-        if waveforms.dim() != 2:
-            raise ValueError(f"input_values must be (batch, samples) raw waveforms; got shape {tuple(waveforms.shape)}")
-        if waveforms.shape[1] < self.receptive_field:
-            raise ValueError(f"waveforms of {waveforms.shape[1]} samples are shorter than the feature encoder's "
-                             f"receptive field ({self.receptive_field} samples)")
-        x = waveforms[:, None]
-        for layer in self.conv_layers:
-            x = layer(x)
-        return x.transpose(1, 2)
+    # The conv stack's geometry and forward are the same as AudioAdapter's (they read only ``config.conv_*`` and
+    # ``conv_layers``), so they are shared rather than written again.
+    feature_size = AudioAdapter.feature_size
+    receptive_field = AudioAdapter.receptive_field
+    feature_lengths = AudioAdapter.feature_lengths
+    frame_padding_mask = AudioAdapter.frame_padding_mask
+    conv_features = AudioAdapter.conv_features
 
     def embed(self, batch: Batch) -> Tokens:
         """x: (B, F, D) projected features; targets ``features`` (B, F, C): the LayerNorm-ed conv features."""
