@@ -20,7 +20,7 @@ import torch
 
 from selfsup.backbones.transformer import TransformerConfig
 from selfsup.errors import SelfsupError
-from selfsup.hf_wav2vec2 import feature_extractor_for
+from selfsup.hf_wav2vec2 import compile_rules, feature_extractor_for, rename  # noqa: F401 (rename re-exported)
 from selfsup.modalities.audio_pos import Data2VecAudioAdapterConfig
 from selfsup.objectives.data2vec import Data2VecObjective, Data2VecObjectiveConfig
 
@@ -46,19 +46,7 @@ HF_PREFIX = "data2vec_audio."  # heads such as Data2VecAudioForCTC keep the base
 
 def rules_for(reverse: bool = False) -> list[tuple[re.Pattern, str]]:
     """Compiled (pattern, replacement) prefix rules, ours -> HF (or HF -> ours when ``reverse``)."""
-    out = []
-    for src, dst in RULES:
-        src, dst = (dst, src) if reverse else (src, dst)
-        pattern = re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)"))
-        out.append((pattern, dst.replace("{i}", r"\1")))
-    return out
-
-
-def rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
-    for pattern, repl in rules:
-        if pattern.match(key):
-            return pattern.sub(repl, key, count=1)
-    return None
+    return compile_rules(RULES, reverse)
 
 
 def check_exportable(objective: Data2VecObjective) -> None:

@@ -43,8 +43,13 @@ QKV = ("q_proj", "k_proj", "v_proj")
 def rules_for(stable: bool, reverse: bool = False) -> list[tuple[re.Pattern, str]]:
     """Compiled (pattern, replacement) prefix rules, ours -> HF (or HF -> ours when ``reverse``)."""
     norm = ("backbone.norm." if stable else "adapter.norm.", "wav2vec2.encoder.layer_norm.")
+    return compile_rules([*RULES, norm], reverse)
+
+
+def compile_rules(pairs: list[tuple[str, str]], reverse: bool = False) -> list[tuple[re.Pattern, str]]:
+    """(ours, HF) name-prefix pairs with ``{i}`` for a layer index -> compiled (pattern, replacement) rules."""
     out = []
-    for src, dst in [*RULES, norm]:
+    for src, dst in pairs:
         src, dst = (dst, src) if reverse else (src, dst)
         pattern = re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)"))
         out.append((pattern, dst.replace("{i}", r"\1")))
