@@ -292,8 +292,10 @@ def read_audio(path_or_bytes: str | Path | bytes, target_sr: int = TARGET_SR, st
 
 # -- the data set ------------------------------------------------------------------------------------------------
 class AudioDataset(Dataset):
-    """Map-style speech data: ``{"input_values": (T,) float32 at 16 kHz, "length": T, "label": int}`` (label
-    only when known).
+    """Map-style speech data: ``{"input_values": (T,) float32 at 16 kHz, "length": T, "index": i, "start": s,
+    "label": int}``: ``index`` is the clip actually returned (the next good one when clip ``index`` fails to
+    decode), ``start`` the sample where its crop begins, ``seed`` the seed of the objective's random draws for
+    this clip (:meth:`example_seed`), ``label`` only when known.
 
     Every clip is checked once here (``soundfile.info``: header, length, rate). Clips shorter than
     ``min_duration`` s are skipped and counted; clips longer than ``max_duration`` s are cropped, at a random
@@ -360,14 +362,19 @@ class AudioDataset(Dataset):
             return 0
         return int(np.random.default_rng([self.seed, self.epoch, index]).integers(0, excess + 1))
 
+    def example_seed(self, index: int) -> int:
+        """The seed of clip ``index``'s random draws this epoch (masks, negatives, noise): from (seed, epoch,
+        index) only, so that they do not depend on which process or batch the clip lands in."""
+        return int(np.random.SeedSequence([self.seed, self.epoch, index, 1]).generate_state(1)[0])
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         for k in range(len(self)):
             i = (index + k) % len(self)
             if i in self._bad:
                 continue
-            entry = self.entries[i]
+            entry, start = self.entries[i], self.crop_start(i)
             try:
-                wave = decode(entry, self.target_sr, self.crop_start(i), self.max_samples)
+                wave = decode(entry, self.target_sr, start, self.max_samples)
                 if wave.numel() == 0 or not torch.isfinite(wave).all():
                     raise BadAudio("unreadable", "decoded to no samples or to non-finite values")
             except BadAudio as err:
@@ -376,7 +383,8 @@ class AudioDataset(Dataset):
                 self._bad.add(i)
                 self.skipped.add(err, entry.path)  # counted in this process (a DataLoader worker keeps its own)
                 continue
-            example = {"input_values": wave, "length": wave.numel()}
+            example = {"input_values": wave, "length": wave.numel(), "index": i, "start": start,
+                       "seed": self.example_seed(i)}
             if entry.label is not None:
                 example["label"] = entry.label
             return example
@@ -387,7 +395,8 @@ class AudioDataset(Dataset):
 def collate_audio(examples: Sequence[dict[str, Any]], normalize: bool = True,
                   pad_to_multiple_of: int | None = None) -> dict[str, Tensor]:
     """``input_values`` (B, T) float32 zero-padded to the longest clip (rounded up to ``pad_to_multiple_of``),
-    ``attention_mask`` (B, T) long (1 = real sample) and ``labels`` (B,) when every example has one.
+    ``attention_mask`` (B, T) long (1 = real sample), ``labels`` (B,) when every example has one and
+    ``example_seeds`` (B,) when every example has a ``seed`` (objectives then draw per example).
 
     ``normalize``: each clip's real samples become ``(x - mean) / sqrt(var + 1e-7)``, as
     ``Wav2Vec2FeatureExtractor(do_normalize=True)``; padding stays 0.
@@ -406,4 +415,6 @@ def collate_audio(examples: Sequence[dict[str, Any]], normalize: bool = True,
     batch = {"input_values": values, "attention_mask": mask}
     if all("label" in e for e in examples):
         batch["labels"] = torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)
+    if all("seed" in e for e in examples):
+        batch["example_seeds"] = torch.tensor([int(e["seed"]) for e in examples], dtype=torch.long)
     return batch

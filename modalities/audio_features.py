@@ -50,11 +50,12 @@ def mfcc_features(waveform: Tensor, sample_rate: int = 16000, num_ceps: int = 13
 
 
 def align_labels(labels: Tensor, num_frames: int, label_rate: float = MFCC_RATE, frame_rate: float = MODEL_RATE,
-                 ignore_index: int = -100) -> Tensor:
+                 ignore_index: int = -100, start: float = 0.0) -> Tensor:
     """Resample frame labels (..., L) at ``label_rate`` Hz to (..., num_frames) at ``frame_rate`` Hz.
 
-    Frame j (starting at j / frame_rate s) takes the label whose start time is nearest:
-    ``i = floor(j * label_rate / frame_rate + 1/2)``. For an integer ratio this is fairseq's HuBERT
+    Frame j (starting at start + j / frame_rate s, where ``start`` is where a crop begins in the labelled clip)
+    takes the label whose start time is nearest: ``i = floor(start * label_rate + j * label_rate / frame_rate
+    + 1/2)``. For an integer ratio this is fairseq's HuBERT
     (``target_inds = arange(F) * feat2tar_ratio``): 100 Hz labels -> every second label for 50 Hz frames,
     100 Hz -> 100 Hz unchanged. Frames past the last label get ``ignore_index`` (the objective does not score
     them); ``labels`` may hold ``ignore_index`` already (padding), which is carried over.
@@ -62,7 +63,8 @@ def align_labels(labels: Tensor, num_frames: int, label_rate: float = MFCC_RATE,
     if num_frames < 0:
         raise ValueError(f"num_frames must be non-negative, got {num_frames}")
     ratio = label_rate / frame_rate
-    index = torch.floor(torch.arange(num_frames, dtype=torch.float64) * ratio + 0.5).long().to(labels.device)
+    index = torch.floor(torch.arange(num_frames, dtype=torch.float64) * ratio + start * label_rate + 0.5)
+    index = index.long().to(labels.device)
     inside = index < labels.shape[-1]
     picked = labels[..., index.clamp_max(max(labels.shape[-1] - 1, 0))] if labels.shape[-1] else \
         labels.new_full((*labels.shape[:-1], num_frames), ignore_index)

@@ -152,11 +152,12 @@ def check_audio_export(objective: Objective, reloaded_encoder: Callable[..., Any
 
 def run_speech_recipe(args: Namespace, name: str, build_objective: Callable[[Namespace], Objective],
                       export: Exporter, collate: Callable = collate_audio,
-                      wrap_data: Callable[[AudioDataset, AudioDataset, Any], tuple[Any, Any]] | None = None
-                      ) -> dict[str, Any]:
+                      wrap_data: Callable[[AudioDataset, AudioDataset, Any], tuple[Any, Any]] | None = None,
+                      extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run every speech recipe shares: audio -> objective -> training -> probe (vs random init) -> export
     (checked) -> metrics.json -> Hub. ``wrap_data(train, val, accelerator)`` may attach targets (HuBERT labels)
-    and return the data sets to train and score on; ``collate`` then batches them."""
+    and return the data sets to train and score on; ``collate`` then batches them. ``extra_metrics`` (filled in
+    by ``wrap_data``, say) join the run's metrics before the export."""
     accelerator = make_accelerator(args)
     seed_everything(args.seed)
     train, val, source = load_audio_data(args)
@@ -172,6 +173,7 @@ def run_speech_recipe(args: Namespace, name: str, build_objective: Callable[[Nam
     trainer = Trainer(objective, loader, args, accelerator, eval_fn, run_config={"recipe": name, "audio": source})
     metrics = trainer.train()
     metrics.update(train.skipped.as_dict())
+    metrics.update(extra_metrics or {})
     objective = trainer.objective
     if accelerator.is_main_process:
         encoders = {"": objective.encoder()}

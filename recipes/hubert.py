@@ -1,0 +1,240 @@
+"""Pretrain a HuBERT speech encoder on raw waveforms, one iteration per command (Hsu et al., 2021).
+
+    accelerate launch recipes/hubert.py --iteration 1      # MFCC -> k-means -> labels -> pretrain (SYNTHETIC corpus)
+    accelerate launch recipes/hubert.py --iteration 2      # layer of iteration 1's model -> k-means -> ... -> pretrain
+    accelerate launch recipes/hubert.py --iteration 1 --train_dir my_audio/ --model_size small --max_steps 5000 \\
+        --eval_dir ../shared/data/speech/fsdd --eval_split loso
+
+Iteration 1 clusters MFCCs of the training clips (``--num_clusters``, 100 by default); iteration N > 1 clusters
+``--feature_layer`` of the model that iteration N-1 wrote (``--previous``; by default the ``iteration{N-1}``
+folder beside this one), 500 clusters by default. The k-means is fitted here, mini-batch, on at most
+``--kmeans_max_frames`` training frames; every clip's labels are cached in OUTPUT_DIR/labels/ and reused when
+the run is resumed or repeated on the same data and settings. Then the model is trained from scratch (or from
+``--init_from``) to predict the cluster of masked frames.
+
+Writes OUTPUT_DIR/metrics.json and OUTPUT_DIR/export/ (``HubertModel`` + feature extractor + card, with the
+pre-training head in ``hubert_head.safetensors`` and the k-means centroids in ``kmeans.safetensors``).
+OUTPUT_DIR defaults to outputs/hubert/iteration{N}; a ``{iteration}`` in ``--output_dir`` is filled in.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from argparse import ArgumentParser, Namespace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from selfsup.audio_recipe import add_audio_args, check_audio_export, run_speech_recipe
+from selfsup.backbones.transformer import num_parameters
+from selfsup.config import base_parser, parse_args
+from selfsup.errors import SelfsupError, run_cli
+from selfsup.export import write_model_card
+from selfsup.hf_hubert import HEAD_KEYS, feature_extractor_for, from_transformers, to_transformers
+from selfsup.hubert_labels import (
+    HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, cached_labels, fingerprint,
+    fit_and_label, save_labels,
+)
+from selfsup.kmeans import save_centroids
+from selfsup.modalities.audio import audio_preset
+from selfsup.objectives.hubert import HubertObjective, build
+
+OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "logit_temperature", "pred_masked_weight", "pred_nomask_weight",
+                   "feature_penalty_weight", "final_dim")
+HEAD_FILE, KMEANS_FILE = "hubert_head.safetensors", "kmeans.safetensors"
+
+
+def build_parser() -> ArgumentParser:
+    p = base_parser(__doc__.splitlines()[0], output_dir="outputs/hubert/iteration{iteration}", max_steps=200,
+                    learning_rate=5e-4, per_device_train_batch_size=8, per_device_eval_batch_size=16,
+                    warmup_ratio=0.08, validation_split_percentage=10.0)
+    add_audio_args(p)
+    g = p.add_argument_group("HuBERT iteration and k-means targets")
+    g.add_argument("--iteration", type=int, default=1, help="1: cluster MFCCs; N > 1: cluster a layer of N-1's model")
+    g.add_argument("--previous", default=None,
+                   help="iteration N-1's output folder or export (default: iteration{N-1} beside OUTPUT_DIR)")
+    g.add_argument("--feature_layer", type=int, default=None,
+                   help="layer of the previous model to cluster (default: HuBERT base's 6 of 12 in iteration 2, "
+                        "9 of 12 later, scaled to the model's depth)")
+    g.add_argument("--num_clusters", type=int, default=None, help="k (default: 100 in iteration 1, 500 after)")
+    g.add_argument("--kmeans_max_frames", type=int, default=500_000, help="training frames the k-means is fitted on")
+    g.add_argument("--kmeans_iterations", type=int, default=100, help="mini-batches of the k-means fit")
+    g.add_argument("--kmeans_batch_size", type=int, default=10_000, help="frames per k-means mini-batch")
+    h = p.add_argument_group("HuBERT objective")
+    h.add_argument("--stable_layer_norm", action="store_true", help="pre-LN Transformer (HuBERT large style)")
+    h.add_argument("--mask_prob", type=float, default=0.8)
+    h.add_argument("--mask_length", type=int, default=10)
+    h.add_argument("--logit_temperature", type=float, default=0.1)
+    h.add_argument("--pred_masked_weight", type=float, default=1.0, help="weight of the loss at masked frames")
+    h.add_argument("--pred_nomask_weight", type=float, default=0.0, help="... and at unmasked frames")
+    h.add_argument("--feature_penalty_weight", type=float, default=0.0)
+    h.add_argument("--final_dim", type=int, default=None, help="width of the projection (default: by size)")
+    h.add_argument("--dropout", type=float, default=0.1, help="Transformer and feature-projection dropout")
+    return p
+
+
+def resolve(args: Namespace) -> Namespace:
+    """Fill in the iteration-dependent defaults (output folder, previous model, layer, k)."""
+    if args.iteration < 1:
+        raise SelfsupError("--iteration must be at least 1")
+    args.output_dir = str(args.output_dir).replace("{iteration}", str(args.iteration))
+    if args.num_clusters is None:
+        args.num_clusters = 100 if args.iteration == 1 else 500
+    if args.num_clusters < 2:
+        raise SelfsupError("--num_clusters must be at least 2")
+    if args.iteration > 1:
+        if args.previous is None:
+            here = Path(args.output_dir)
+            args.previous = str(here.parent / f"iteration{args.iteration - 1}")
+        prev = Path(args.previous)
+        export = prev / "export" if (prev / "export" / "config.json").is_file() else prev
+        if not (export / "config.json").is_file():
+            raise SelfsupError(f"{args.previous}: no model of iteration {args.iteration - 1} here (run iteration "
+                               f"{args.iteration - 1} first, or pass --previous DIR)")
+        args.previous = str(export)
+        from transformers import AutoConfig
+
+        depth = AutoConfig.from_pretrained(args.previous, trust_remote_code=False).num_hidden_layers
+        if args.feature_layer is None:
+            args.feature_layer = max(1, round(depth * (0.5 if args.iteration == 2 else 0.75)))
+        if not 0 <= args.feature_layer <= depth:
+            raise SelfsupError(f"--feature_layer {args.feature_layer}: the previous model has layers 0..{depth}")
+    return args
+
+
+def geometry(args: Namespace) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(conv kernels, conv strides) of the model being trained, for label alignment and batching."""
+    if args.init_from:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(args.init_from, trust_remote_code=False)
+        return tuple(cfg.conv_kernel), tuple(cfg.conv_stride)
+    cfg = audio_preset(args.model_size)
+    return cfg.conv_kernel, cfg.conv_stride
+
+
+def build_objective(args: Namespace) -> HubertObjective:
+    settings = {k: getattr(args, k) for k in OBJECTIVE_FLAGS if getattr(args, k) is not None}
+    if args.init_from:
+        head = Path(args.init_from) / HEAD_FILE
+        use_head = head.is_file() and _head_clusters(head) == args.num_clusters
+        return from_transformers(args.init_from, head=head if use_head else None,
+                                 num_clusters=None if use_head else args.num_clusters, dropout=args.dropout,
+                                 **settings)
+    backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
+                    gradient_checkpointing=args.gradient_checkpointing)
+    return build(args.model_size, num_clusters=args.num_clusters, stable_layer_norm=args.stable_layer_norm,
+                 backbone=backbone, audio={"feat_proj_dropout": args.dropout}, **settings)
+
+
+def _head_clusters(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return int(f.get_slice("label_embeddings").get_shape()[0])
+
+
+def label_source(args: Namespace, device) -> MFCCFeatures | LayerFeatures:
+    if args.iteration == 1:
+        return MFCCFeatures()
+    previous = from_transformers(args.previous, num_clusters=2)      # the encoder is all that is used
+    return LayerFeatures(previous, args.feature_layer, args.max_duration, device=device)
+
+
+def make_wrap_data(args: Namespace, kernels, strides, metrics: dict[str, Any]):
+    """``wrap_data`` for :func:`run_speech_recipe`: cluster labels for the training and held-out clips (fitted
+    and written by the main process, or read from OUTPUT_DIR/labels/ when the cache fits), attached to the
+    clips as :class:`LabelledAudio`."""
+
+    def wrap(train, val, accelerator):
+        cache = Path(args.output_dir) / "labels"
+        settings = {"iteration": args.iteration, "num_clusters": args.num_clusters, "seed": args.seed,
+                    "previous": args.previous, "feature_layer": args.feature_layer,
+                    "kmeans": [args.kmeans_max_frames, args.kmeans_iterations, args.kmeans_batch_size],
+                    "max_duration": args.max_duration}
+        if args.previous:
+            weights = Path(args.previous) / "model.safetensors"
+            settings["previous_weights"] = weights.stat().st_size if weights.is_file() else None
+        keys = {"train": fingerprint(train, settings), "validation": fingerprint(val, settings)}
+        if accelerator.is_main_process:
+            found = {split: cached_labels(cache / f"{split}.safetensors", key) for split, key in keys.items()}
+            metrics["kmeans/cached"] = float(all(found.values()))
+            if all(found.values()):
+                accelerator.print(f"cluster labels: reusing {cache}")
+            else:
+                source = label_source(args, accelerator.device)
+                accelerator.print(f"cluster labels: k-means ({args.num_clusters} clusters) on {source.description} "
+                                  f"features of the training clips")
+                results = fit_and_label([train, val], source, source.num_positions, args.num_clusters,
+                                        args.kmeans_max_frames, args.kmeans_iterations, args.kmeans_batch_size,
+                                        args.seed)
+                meta = {"label_rate": source.rate, "features": source.description, "num_clusters":
+                        args.num_clusters, "kmeans_inertia": results[0].inertia,
+                        "kmeans_frames": results[0].fitted_frames}
+                cache.mkdir(parents=True, exist_ok=True)
+                save_centroids(cache / KMEANS_FILE, results[0].centroids,
+                               {k: str(v) for k, v in meta.items()})
+                for (split, key), result in zip(keys.items(), results):
+                    save_labels(cache / f"{split}.safetensors", result.labels, {**meta, "fingerprint": key})
+        accelerator.wait_for_everyone()
+        loaded = {split: cached_labels(cache / f"{split}.safetensors", key) for split, key in keys.items()}
+        if not all(loaded.values()):
+            raise SelfsupError(f"{cache}: the cluster labels were not written")
+        meta = loaded["train"][1]
+        metrics.update({"kmeans/inertia": meta["kmeans_inertia"], "kmeans/frames": meta["kmeans_frames"],
+                        "kmeans/features": meta["features"]})
+        used = torch.cat([r[r >= 0] for r in loaded["train"][0]])
+        if len(used):
+            p = torch.bincount(used, minlength=args.num_clusters).double() / len(used)
+            metrics["kmeans/label_perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+        return (LabelledAudio(train, loaded["train"][0], meta["label_rate"], kernels, strides),
+                LabelledAudio(val, loaded["validation"][0], meta["label_rate"], kernels, strides))
+
+    return wrap
+
+
+def make_export(args: Namespace):
+    def export(objective: HubertObjective, args_: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
+        """OUTPUT_DIR/export: HubertModel + feature extractor + head + centroids + card, reloaded and checked."""
+        from safetensors.torch import save_file
+        from transformers import AutoModel
+
+        out = Path(args.output_dir) / "export"
+        objective = objective.float().cpu().eval()
+        to_transformers(objective).save_pretrained(str(out))
+        feature_extractor_for(objective).save_pretrained(str(out))
+        state = objective.state_dict()
+        save_file({k: state[k].contiguous() for k in HEAD_KEYS}, str(out / HEAD_FILE))
+        shutil.copyfile(Path(args.output_dir) / "labels" / KMEANS_FILE, out / KMEANS_FILE)
+        reloaded = AutoModel.from_pretrained(str(out)).eval()
+        check_audio_export(objective, reloaded, sample, metrics)
+        run = {"objective": "HuBERT", "iteration": args.iteration, "audio": source, "steps": metrics.get("steps"),
+               "targets": f"k-means ({args.num_clusters}) on {metrics.get('kmeans/features')}",
+               "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
+               "parameters": num_parameters(objective.encoder()), "mask_prob": objective.config.mask_prob}
+        usage = f"""from transformers import AutoFeatureExtractor, HubertModel
+extractor = AutoFeatureExtractor.from_pretrained("{args.hub_model_id or out}")
+model = HubertModel.from_pretrained("{args.hub_model_id or out}")
+hidden = model(**extractor(waveform_16khz, sampling_rate=16000, return_tensors="pt")).last_hidden_state"""
+        write_model_card(out, title=args.hub_model_id or f"HuBERT encoder (iteration {args.iteration}) pretrained "
+                         "with selfsup", pipeline_tag="feature-extraction",
+                         summary=f"A HuBERT model pretrained on {source}, iteration {args.iteration}.",
+                         metrics=metrics, run=run, usage=usage, tags=("hubert", "audio", "speech"))
+        return out
+
+    return export
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = resolve(parse_args(build_parser(), argv))
+    kernels, strides = geometry(args)
+    label_metrics: dict[str, Any] = {}
+    return run_speech_recipe(args, "hubert", build_objective, make_export(args),
+                             collate=HubertCollator(kernels, strides),
+                             wrap_data=make_wrap_data(args, kernels, strides, label_metrics),
+                             extra_metrics=label_metrics)
+
+
+if __name__ == "__main__":
+    run_cli(main)
