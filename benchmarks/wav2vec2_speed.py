@@ -106,7 +106,7 @@ def make_batch(objective: Wav2Vec2Objective, seed: int = 0) -> Batch:
     wav, attention = synth_waveforms(gen)
     frames = objective.adapter.feature_lengths(wav.shape[1])
     padding = objective.adapter.frame_padding_mask(attention, frames)
-    mask, negatives = objective.draw_masks(padding, (BATCH, frames), wav.device, generator=gen)
+    mask, negatives, _ = objective.draw_masks(padding, (BATCH, frames), wav.device, generator=gen)
     return {"input_values": wav, "attention_mask": attention, "mask_time_indices": mask,
             "sampled_negative_indices": negatives}
 

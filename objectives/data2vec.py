@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, preset
 from selfsup.modalities.audio_pos import Data2VecAudioAdapter, Data2VecAudioAdapterConfig, data2vec_audio_preset
 from selfsup.objectives.ema import frozen_copy, linear_momentum, update_momentum
-from selfsup.objectives.masking import compute_span_mask
+from selfsup.objectives.masking import draw_span_mask
 from selfsup.types import Batch, BackboneOutput, Encoder, Objective, ObjectiveOutput, Tokens
 
 NORMS = ("instance", "layer", "none")
@@ -203,11 +203,11 @@ class Data2VecObjective(Objective):
 
     # -- student, targets, loss -------------------------------------------------------------------------------
     def draw_mask(self, padding_mask: Tensor | None, shape: tuple[int, int], device: torch.device,
-                  generator: torch.Generator | None = None) -> Tensor:
+                  generator: torch.Generator | None = None, seeds: Tensor | None = None) -> Tensor:
         """Span mask (B, F) over the real frames."""
         c = self.config
-        lengths = None if padding_mask is None else (~padding_mask).sum(dim=1)
-        return compute_span_mask(shape, c.mask_prob, c.mask_length, lengths, c.min_masks, generator, device)
+        return draw_span_mask(shape, c.mask_prob, c.mask_length, c.min_masks, padding_mask, device, generator,
+                              seeds)[0]
 
     def student(self, tokens: Tokens, mask: Tensor | None, output_hidden_states: bool = False) -> BackboneOutput:
         """The student on ``tokens`` (from ``adapter.embed``) with the frames where mask (B, F) is True replaced
@@ -238,7 +238,7 @@ class Data2VecObjective(Objective):
         padding_mask = tokens.padding_mask
         mask = batch.get("mask_time_indices")
         if mask is None:
-            mask = self.draw_mask(padding_mask, tokens.x.shape[:2], tokens.x.device)
+            mask = self.draw_mask(padding_mask, tokens.x.shape[:2], tokens.x.device, seeds=batch.get("example_seeds"))
         mask = mask.to(device=tokens.x.device, dtype=torch.bool)
         if padding_mask is not None:
             mask = mask & ~padding_mask

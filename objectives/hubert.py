@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, preset
 from selfsup.modalities.audio import AudioAdapter, AudioConfig, audio_preset
-from selfsup.objectives.masking import compute_span_mask
+from selfsup.objectives.masking import draw_span_mask
 from selfsup.types import BackboneOutput, Batch, Encoder, Objective, ObjectiveOutput
 
 IGNORE = -100  # label of frames that are not scored (padding, no label), as in torch's cross_entropy
@@ -115,11 +115,11 @@ class HubertObjective(Objective):
         self.label_embeddings = nn.Parameter(torch.empty(config.num_clusters, config.final_dim).uniform_())
 
     def draw_mask(self, padding_mask: Tensor | None, shape: tuple[int, int], device: torch.device,
-                  generator: torch.Generator | None = None) -> Tensor:
+                  generator: torch.Generator | None = None, seeds: Tensor | None = None) -> Tensor:
         """Span mask (B, F) bool over the real frames (HuBERT: 8 % of frames start a span of 10)."""
         c = self.config
-        lengths = None if padding_mask is None else (~padding_mask).sum(dim=1)
-        return compute_span_mask(shape, c.mask_prob, c.mask_length, lengths, c.min_masks, generator, device)
+        return draw_span_mask(shape, c.mask_prob, c.mask_length, c.min_masks, padding_mask, device, generator,
+                              seeds)[0]
 
     def encode(self, batch: Batch, mask: Tensor | None = None, output_hidden_states: bool = False
                ) -> tuple[BackboneOutput, Tensor | None]:
@@ -151,7 +151,7 @@ class HubertObjective(Objective):
                              f"found {labels[bad][0].item()}")
         mask = batch.get("mask_time_indices")
         if mask is None:
-            mask = self.draw_mask(padding_mask, x.shape[:2], x.device)
+            mask = self.draw_mask(padding_mask, x.shape[:2], x.device, seeds=batch.get("example_seeds"))
         mask = mask.to(device=x.device, dtype=torch.bool)
         h = self.transform(x, padding_mask, mask).last_hidden_state
         return self.loss(h, labels, mask, tokens.targets["conv_features"], padding_mask)

@@ -3,6 +3,12 @@
 Pure functions on a ``torch.Generator``, shared by wav2vec 2.0, HuBERT and data2vec. They follow the semantics
 of ``transformers``' ``_compute_mask_indices`` and ``_sample_negative_indices`` (which draw from numpy's global
 RNG); the draws themselves differ, the distributions do not.
+
+Per-example draws (:func:`example_generators`, :func:`span_masks_per_example`, :func:`negatives_per_example`):
+when a batch carries ``example_seeds`` (one per clip, from the data set's seed, the epoch and the clip index),
+each clip's mask, negatives and Gumbel noise come from its own generator and depend only on its own length.
+The same global batch then gets the same draws however it is split across processes and padded, which is what
+makes a run on N processes equal one on a single process.
 """
 from __future__ import annotations
 
@@ -85,4 +91,55 @@ def sample_negatives(mask: Tensor, num_negatives: int, generator: torch.Generato
     return frames + (torch.arange(b, device=mask.device) * f)[:, None, None]
 
 
-__all__ = ["compute_span_mask", "sample_negatives", "num_spans"]
+def frame_lengths(padding_mask: Tensor | None, shape: tuple[int, int]) -> Tensor:
+    """(B,) real frames per row on the CPU: all ``shape[1]`` without a padding mask."""
+    if padding_mask is None:
+        return torch.full((shape[0],), shape[1], dtype=torch.long)
+    return (~padding_mask).sum(dim=1).cpu()
+
+
+def draw_span_mask(shape: tuple[int, int], mask_prob: float, mask_length: int, min_masks: int,
+                   padding_mask: Tensor | None, device: torch.device | str, generator: torch.Generator | None = None,
+                   seeds: Tensor | None = None) -> tuple[Tensor, list[torch.Generator] | None]:
+    """The span mask an objective draws for a batch: per example from ``seeds`` (B,) when given (returning the
+    generators for the example's further draws), else for the whole batch from ``generator``."""
+    if seeds is None:
+        lengths = None if padding_mask is None else (~padding_mask).sum(dim=1)
+        return compute_span_mask(shape, mask_prob, mask_length, lengths, min_masks, generator, device), None
+    generators = example_generators(seeds)
+    return span_masks_per_example(generators, frame_lengths(padding_mask, shape), shape[1], mask_prob, mask_length,
+                                  min_masks, device), generators
+
+
+def example_generators(seeds: Tensor) -> list[torch.Generator]:
+    """One CPU generator per example, seeded with ``seeds`` (B,)."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
+
+
+def span_masks_per_example(generators: list[torch.Generator], lengths: Tensor, num_frames: int, mask_prob: float,
+                           mask_length: int, min_masks: int = 0, device: torch.device | str | None = None) -> Tensor:
+    """(B, num_frames) span mask, row i drawn by :func:`compute_span_mask` from ``generators[i]`` over its own
+    ``lengths[i]`` real frames (so the row does not depend on how far the batch is padded)."""
+    rows = []
+    for g, n in zip(generators, lengths.tolist()):
+        width = max(int(n), mask_length)
+        row = compute_span_mask((1, width), mask_prob, mask_length, torch.tensor([int(n)]), min_masks, g)[0]
+        rows.append(torch.cat([row, row.new_zeros(max(0, num_frames - width))])[:num_frames])
+    return torch.stack(rows).to(device if device is not None else lengths.device)
+
+
+def negatives_per_example(generators: list[torch.Generator], mask: Tensor, lengths: Tensor,
+                          num_negatives: int) -> Tensor:
+    """:func:`sample_negatives` row by row, row i from ``generators[i]`` over its ``lengths[i]`` real frames;
+    (B, F, K) indices into the batch flattened to (B * F) frames."""
+    b, f = mask.shape
+    out = torch.zeros(b, f, num_negatives, dtype=torch.long)
+    cpu = mask.cpu()
+    for i, (g, n) in enumerate(zip(generators, lengths.tolist())):
+        n = max(int(n), 1)
+        out[i, :n] = sample_negatives(cpu[i:i + 1, :n], num_negatives, g)[0]
+    return (out + (torch.arange(b) * f)[:, None, None]).to(mask.device)
+
+
+__all__ = ["compute_span_mask", "sample_negatives", "num_spans", "frame_lengths", "draw_span_mask",
+           "example_generators", "span_masks_per_example", "negatives_per_example"]

@@ -20,7 +20,10 @@ from torch import Tensor, nn
 
 from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, preset
 from selfsup.modalities.audio import AudioAdapter, AudioConfig, audio_preset
-from selfsup.objectives.masking import compute_span_mask, sample_negatives
+from selfsup.distributed import all_sum, world_size
+from selfsup.objectives.masking import (
+    draw_span_mask, frame_lengths, negatives_per_example, sample_negatives,
+)
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -57,17 +60,39 @@ class Wav2Vec2ObjectiveConfig:
         return asdict(self)
 
 
-def codebook_perplexity(probs: Tensor, mask: Tensor | None = None) -> Tensor:
+def codebook_perplexity(probs: Tensor, mask: Tensor | None = None, all_processes: bool = False) -> Tensor:
     """Sum over groups of exp(entropy of the codebook usage averaged over the (masked) frames).
 
     probs: (N, G, V) per-frame distributions; mask: (N,) bool frames to average over, or None for all.
+    ``all_processes``: average over the frames of every process (the global batch), differentiably, so that the
+    diversity loss of N processes is the one of a single process on the same global batch (fairseq and
+    ``transformers`` average per process).
     """
     if mask is not None:
         probs = torch.where(mask[:, None, None], probs, torch.zeros_like(probs))
-        marginal = probs.sum(dim=0) / mask.sum().clamp_min(1)
+        count = mask.sum()
     else:
-        marginal = probs.mean(dim=0)
+        count = torch.tensor(len(probs), device=probs.device)
+    total = probs.sum(dim=0)
+    if all_processes:
+        total, count = all_sum(total), all_sum(count, differentiable=False)
+    marginal = total / count.clamp_min(1)
     return torch.exp(-torch.xlogy(marginal, marginal).sum(dim=-1)).sum()
+
+
+def hard_gumbel_softmax(logits: Tensor, noise: Tensor, tau: Tensor | float) -> Tensor:
+    """``F.gumbel_softmax(logits, tau, hard=True)`` with the Gumbel noise given: one-hot forward, soft backward."""
+    soft = ((logits + noise) / tau).softmax(dim=-1)
+    hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(dim=-1, keepdim=True), 1.0)
+    return hard - soft.detach() + soft
+
+
+def gumbel_noise(generators: list, lengths: Tensor, frames: int, groups: int, entries: int) -> Tensor:
+    """(B * frames, G, V) Gumbel(0, 1) noise, row i's real frames drawn from ``generators[i]``; zeros elsewhere."""
+    noise = torch.zeros(len(generators), frames, groups, entries)
+    for i, (g, n) in enumerate(zip(generators, lengths.tolist())):
+        noise[i, :n] = -torch.empty(int(n), groups, entries).exponential_(generator=g).log()
+    return noise.flatten(0, 1)
 
 
 class GumbelQuantizer(nn.Module):
@@ -99,17 +124,23 @@ class GumbelQuantizer(nn.Module):
     def set_step(self, step: int) -> None:
         self.temperature.fill_(max(self.max_temperature * self.decay ** step, self.min_temperature))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """x: (B, F, C) features; mask: (B, F) bool frames for the perplexity.
+    def forward(self, x: Tensor, mask: Tensor | None = None, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x: (B, F, C) features; mask: (B, F) bool frames for the perplexity; noise: (B * F, G, V) Gumbel noise
+        (drawn here when None).
 
-        Returns quantized vectors (B, F, codevector_dim) and the codebook perplexity (scalar).
+        Returns quantized vectors (B, F, codevector_dim) and the codebook perplexity (scalar). In training the
+        perplexity is over the frames of every process (see :func:`codebook_perplexity`).
         """
         b, f, _ = x.shape
         logits = self.weight_proj(x).view(b * f, self.groups, self.entries)
         flat_mask = None if mask is None else mask.reshape(-1)
         if self.training:
-            probs = F.gumbel_softmax(logits.float(), tau=self.temperature, hard=True).type_as(logits)
-            perplexity = codebook_perplexity(torch.softmax(logits.float(), dim=-1), flat_mask)
+            if noise is None:
+                probs = F.gumbel_softmax(logits.float(), tau=self.temperature, hard=True).type_as(logits)
+            else:
+                probs = hard_gumbel_softmax(logits.float(), noise.to(logits.device), self.temperature).type_as(logits)
+            perplexity = codebook_perplexity(torch.softmax(logits.float(), dim=-1), flat_mask,
+                                             all_processes=world_size() > 1)
         else:
             probs = F.one_hot(logits.argmax(dim=-1), self.entries).type_as(logits)
             perplexity = codebook_perplexity(probs, flat_mask)
@@ -157,26 +188,37 @@ class Wav2Vec2Objective(Objective):
         self._warned_collapse = False
 
     def draw_masks(self, padding_mask: Tensor | None, shape: tuple[int, int], device: torch.device,
-                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Span mask (B, F) over the real frames and negatives (B, F, K) among the masked frames."""
+                   generator: torch.Generator | None = None, seeds: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor, list | None]:
+        """Span mask (B, F) over the real frames, negatives (B, F, K) among the masked frames and, with per-example
+        ``seeds`` (B,), the example generators (for the Gumbel noise); see ``objectives.masking``."""
         c = self.config
-        lengths = None if padding_mask is None else (~padding_mask).sum(dim=1)
-        mask = compute_span_mask(shape, c.mask_prob, c.mask_length, lengths, c.min_masks, generator, device)
-        return mask, sample_negatives(mask, c.num_negatives, generator)
+        mask, generators = draw_span_mask(shape, c.mask_prob, c.mask_length, c.min_masks, padding_mask, device,
+                                          generator, seeds)
+        if generators is None:
+            return mask, sample_negatives(mask, c.num_negatives, generator), None
+        return mask, negatives_per_example(generators, mask, frame_lengths(padding_mask, shape),
+                                           c.num_negatives), generators
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
         tokens = self.adapter.embed(batch)
         x, padding_mask = tokens.x, tokens.padding_mask
         mask, negatives = batch.get("mask_time_indices"), batch.get("sampled_negative_indices")
+        generators = None
         if mask is None:
-            mask, negatives = self.draw_masks(padding_mask, x.shape[:2], x.device)
+            mask, negatives, generators = self.draw_masks(padding_mask, x.shape[:2], x.device,
+                                                          seeds=batch.get("example_seeds"))
         mask = mask.to(device=x.device, dtype=torch.bool)
         if negatives is None:
             negatives = sample_negatives(mask, self.config.num_negatives)
         x = torch.where(mask[:, :, None], self.mask_embedding.to(x.dtype), x)
         h = self.backbone(self.adapter.add_positions(x, padding_mask), padding_mask).last_hidden_state
         features = self.dropout_features(tokens.targets["features"])
-        quantized, perplexity = self.quantizer(features, mask)
+        noise = None
+        if generators is not None and self.training:
+            q = self.quantizer
+            noise = gumbel_noise(generators, frame_lengths(padding_mask, x.shape[:2]), x.shape[1], q.groups, q.entries)
+        quantized, perplexity = self.quantizer(features, mask, noise)
         quantized = self.project_q(quantized.to(self.project_q.weight.dtype))            # (B, F, P)
         flat_q = quantized.flatten(0, 1)
         logits = contrastive_logits(self.project_hid(h[mask]), quantized[mask],
@@ -193,9 +235,10 @@ class Wav2Vec2Objective(Objective):
         diversity = (v - perplexity) / v
         total = contrastive + c.diversity_loss_weight * diversity * n
         metrics: dict[str, Tensor | float] = {}
-        if c.feature_penalty_weight > 0:
+        if c.feature_penalty_weight > 0:   # the mean over the real frames of every process (see all_sum)
             real = conv_features if padding_mask is None else conv_features[~padding_mask]
-            penalty = real.float().pow(2).mean()
+            sq, count = all_sum(real.float().pow(2).sum()), all_sum(real.new_tensor(real.numel()), False)
+            penalty = sq / count.clamp_min(1)
             total = total + c.feature_penalty_weight * penalty * n
             metrics["feature_penalty"] = penalty.detach()
         with torch.no_grad():

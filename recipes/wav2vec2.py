@@ -41,7 +41,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--min_gumbel_temperature", type=float, default=0.5)
     g.add_argument("--gumbel_temperature_decay", type=float, default=0.999995,
                    help="per step; 0.999995 anneals over ~280k steps as in the paper; lower for short runs")
-    g.add_argument("--dropout", type=float, default=0.1)
+    g.add_argument("--dropout", type=float, default=0.1,
+                   help="every dropout: Transformer, feature projection and the quantizer's input")
     return p
 
 
@@ -51,7 +52,8 @@ def build_objective(args: Namespace) -> Wav2Vec2Objective:
         return from_transformers(args.init_from, dropout=args.dropout, **settings)
     backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
                     gradient_checkpointing=args.gradient_checkpointing)
-    return build(args.model_size, stable_layer_norm=args.stable_layer_norm, backbone=backbone, **settings)
+    return build(args.model_size, stable_layer_norm=args.stable_layer_norm, backbone=backbone,
+                 audio={"feat_proj_dropout": args.dropout}, dropout_features=args.dropout, **settings)
 
 
 def export(objective: Wav2Vec2Objective, args: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
