@@ -114,7 +114,7 @@ def run_probe(objective: MaskedLanguageModeling, tokenizer, args: Namespace, dev
             yield collate_texts(tokenizer, data[i:i + bs], args.max_seq_length)
 
     return probe_encoders({"": objective.encoder(), "random_init_": fresh.encoder()}, batches, train_y, test_y,
-                          device)
+                          device, all_layers=True)
 
 
 def export(objective: MaskedLanguageModeling, tokenizer, args: Namespace, metrics: dict[str, Any],

@@ -12,7 +12,7 @@ import torch
 from selfsup.backbones.transformer import num_parameters
 from selfsup.data import make_train_loader, to_device
 from selfsup.errors import SelfsupError
-from selfsup.evaluate import extract_features, knn_accuracy, linear_probe
+from selfsup.evaluate import extract_views, knn_accuracy, linear_probe
 from selfsup.export import push_to_hub
 from selfsup.modalities.audio_corpora import fsdd_entries, fsdd_split, synthetic_entries, synthetic_speech_corpus
 from selfsup.modalities.audio_data import AudioDataset, collate_audio, find_audio, to_entries
@@ -31,7 +31,8 @@ def add_audio_args(p: ArgumentParser) -> None:
                    help="a corrupt, empty or non-audio file stops the run (error) or is skipped and counted")
     g.add_argument("--eval_dir", default=None,
                    help="labelled audio named {label}_{speaker}_{take}.wav (FSDD) for the linear probe")
-    g.add_argument("--eval_split", default="official", help="'official' (takes 0-4 test), 'loso' or 'speaker:NAME'")
+    g.add_argument("--eval_split", default="official",
+                   help="'official' (takes 0-4 test), 'loso', 'speaker:NAME', or several, comma-separated")
     g.add_argument("--max_eval_clips", type=int, default=64, help="held-out clips for the validation loss")
     g.add_argument("--synthetic_utterances", type=int, default=400,
                    help="size of the built-in synthetic corpus used when no audio is given")
@@ -83,39 +84,46 @@ def held_out_eval(val, batch_size: int, seed: int, device: torch.device, collate
     return eval_fn
 
 
-def labelled_sets(args: Namespace) -> tuple[list, list[tuple[str, list[int], list[int]]]]:
-    """(entries, splits): labelled clips and (name, train indices, test indices) splits for the probe."""
+def labelled_sets(args: Namespace) -> tuple[list, dict[str, list[tuple[str, list[int], list[int]]]]]:
+    """(entries, protocols): labelled clips and, per protocol of ``--eval_split`` (comma-separated:
+    ``official``, ``loso``, ``speaker:NAME``), its (name, train indices, test indices) splits."""
     if args.eval_dir:
         clips = fsdd_entries(args.eval_dir)
         entries = to_entries(clips)
-        names = ["official"] if args.eval_split == "official" else (
-            [f"speaker:{s}" for s in sorted({c.speaker for c in clips})] if args.eval_split == "loso"
-            else [args.eval_split])
-        splits = []
-        for name in names:
-            train, test = fsdd_split(clips, name)
-            index = {c.path: i for i, c in enumerate(clips)}
-            splits.append((name, [index[c.path] for c in train], [index[c.path] for c in test]))
-        return entries, splits
+        index = {c.path: i for i, c in enumerate(clips)}
+        protocols = {}
+        for protocol in [p.strip() for p in args.eval_split.split(",") if p.strip()]:
+            names = [f"speaker:{s}" for s in sorted({c.speaker for c in clips})] if protocol == "loso" else [protocol]
+            splits = []
+            for name in names:
+                train, test = fsdd_split(clips, name)
+                splits.append((name, [index[c.path] for c in train], [index[c.path] for c in test]))
+            protocols[protocol] = splits
+        if not protocols:
+            raise SelfsupError("--eval_split names no split (official, loso or speaker:NAME)")
+        return entries, protocols
     n = max(20, min(200, args.synthetic_utterances // 2))
     train = synthetic_speech_corpus(n, seed=100)
     test = synthetic_speech_corpus(n // 2, seed=101)  # other speakers, same words
     entries = to_entries(train + test)
-    return entries, [("synthetic", list(range(n)), list(range(n, n + n // 2)))]
+    return entries, {"synthetic": [("synthetic", list(range(n)), list(range(n, n + n // 2)))]}
 
 
-def features(encoder: Encoder, data: AudioDataset, batch_size: int, device) -> np.ndarray:
+def features(encoder: Encoder, data: AudioDataset, batch_size: int, device) -> dict[str, np.ndarray]:
+    """Mean-pooled ``last`` hidden state and ``all_layers`` concatenated, of every clip."""
     def batches() -> Iterable[dict[str, Any]]:
         for i in range(0, len(data), batch_size):
             yield collate_audio([data[j] for j in range(i, min(i + batch_size, len(data)))])
 
-    return extract_features(encoder, batches(), device)
+    return extract_views(encoder, batches(), device, ("last", "all_layers"))
 
 
 def audio_probe(encoders: dict[str, Encoder], args: Namespace, device) -> dict[str, float]:
     """Linear probe and kNN accuracy for each encoder (``{"": trained, "random_init_": fresh}``), averaged over
-    the splits (``probe/accuracy``, ``probe/random_init_accuracy``, ``knn/...``)."""
-    entries, splits = labelled_sets(args)
+    each protocol's splits: ``probe/{protocol}/accuracy``, ``knn/{protocol}/random_init_accuracy``,
+    ``probe/{protocol}/all_layers/accuracy`` (every layer's mean-pooled output concatenated), ...; the first
+    protocol's last-layer figures are also ``probe/accuracy``, ``probe/random_init_accuracy``, ``knn/...``."""
+    entries, protocols = labelled_sets(args)
     data = AudioDataset(entries, max_duration=args.max_duration, min_duration=0.0, random_crop=False,
                         on_bad_audio=args.on_bad_audio, source=args.eval_dir or "synthetic probe data")
     if len(data) != len(entries):
@@ -123,14 +131,19 @@ def audio_probe(encoders: dict[str, Encoder], args: Namespace, device) -> dict[s
     labels = np.array([e.label for e in entries])
     out: dict[str, float] = {}
     for prefix, enc in encoders.items():
-        x = features(enc, data, args.per_device_eval_batch_size, device)
-        probe, knn = [], []
-        for _, tr, te in splits:
-            probe.append(linear_probe(x[tr], labels[tr], x[te], labels[te]))
-            knn.append(knn_accuracy(x[tr], labels[tr], x[te], labels[te]))
-        out[f"probe/{prefix}accuracy"] = float(np.mean(probe))
-        out[f"knn/{prefix}accuracy"] = float(np.mean(knn))
-    out["probe/splits"] = len(splits)
+        views = features(enc, data, args.per_device_eval_batch_size, device)
+        x, deep = views["last"], views["all_layers"]
+        for k, (protocol, splits) in enumerate(protocols.items()):
+            probe = [linear_probe(x[tr], labels[tr], x[te], labels[te]) for _, tr, te in splits]
+            knn = [knn_accuracy(x[tr], labels[tr], x[te], labels[te]) for _, tr, te in splits]
+            every = [linear_probe(deep[tr], labels[tr], deep[te], labels[te]) for _, tr, te in splits]
+            out[f"probe/{protocol}/{prefix}accuracy"] = float(np.mean(probe))
+            out[f"knn/{protocol}/{prefix}accuracy"] = float(np.mean(knn))
+            out[f"probe/{protocol}/all_layers/{prefix}accuracy"] = float(np.mean(every))
+            if k == 0:
+                out[f"probe/{prefix}accuracy"] = float(np.mean(probe))
+                out[f"knn/{prefix}accuracy"] = float(np.mean(knn))
+    out["probe/splits"] = sum(len(s) for s in protocols.values())
     return out
 
 

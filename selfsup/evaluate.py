@@ -15,13 +15,22 @@ from selfsup.types import Batch, Encoder
 
 
 @torch.no_grad()
-def extract_features(encoder: Encoder, batches: Iterable[Batch], device: torch.device | str = "cpu") -> np.ndarray:
-    """(num_examples, D) float32 mean-pooled last hidden states of a frozen encoder."""
+def extract_views(encoder: Encoder, batches: Iterable[Batch], device: torch.device | str = "cpu",
+                  views: Sequence[str] = ("last",)) -> dict[str, np.ndarray]:
+    """Frozen pooled features per view (see :meth:`Encoder.pooled_views`), float32 (num_examples, D')."""
     was_training = encoder.training
     encoder.eval()
-    feats = [encoder.pooled(to_device(b, torch.device(device))).float().cpu() for b in batches]
+    parts: dict[str, list] = {v: [] for v in views}
+    for b in batches:
+        for v, f in encoder.pooled_views(to_device(b, torch.device(device)), views).items():
+            parts[v].append(f.float().cpu())
     encoder.train(was_training)
-    return torch.cat(feats).numpy()
+    return {v: torch.cat(f).numpy() for v, f in parts.items()}
+
+
+def extract_features(encoder: Encoder, batches: Iterable[Batch], device: torch.device | str = "cpu") -> np.ndarray:
+    """(num_examples, D) float32 mean-pooled last hidden states of a frozen encoder."""
+    return extract_views(encoder, batches, device)["last"]
 
 
 def linear_probe(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray, test_y: Sequence[int],
@@ -54,16 +63,22 @@ def knn_accuracy(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray
 
 def probe_encoders(encoders: dict[str, Encoder], make_batches: Callable[[str], Iterable[Batch]],
                    train_y: Sequence[int], test_y: Sequence[int], device: torch.device | str = "cpu",
-                   knn_k: int = 20) -> dict[str, float]:
+                   knn_k: int = 20, all_layers: bool = False) -> dict[str, float]:
     """Linear probe and kNN for each encoder; ``make_batches("train"|"test")`` yields the labelled inputs.
 
     encoders: ``{"": pretrained, "random_init_": fresh}`` gives ``probe/accuracy``,
-    ``probe/random_init_accuracy``, ``knn/accuracy`` and ``knn/random_init_accuracy``.
+    ``probe/random_init_accuracy``, ``knn/accuracy`` and ``knn/random_init_accuracy`` on the mean-pooled last
+    hidden state; ``all_layers`` adds ``probe/all_layers/accuracy`` (and ``.../random_init_accuracy``): the probe
+    on every layer's mean-pooled output concatenated, which shows what pretraining put in the lower layers too.
     """
+    views = ("last", "all_layers") if all_layers else ("last",)
     out: dict[str, float] = {}
     for prefix, enc in encoders.items():
-        tr = extract_features(enc, make_batches("train"), device)
-        te = extract_features(enc, make_batches("test"), device)
-        out[f"probe/{prefix}accuracy"] = linear_probe(tr, train_y, te, test_y)
-        out[f"knn/{prefix}accuracy"] = knn_accuracy(tr, train_y, te, test_y, k=knn_k)
+        tr = extract_views(enc, make_batches("train"), device, views)
+        te = extract_views(enc, make_batches("test"), device, views)
+        out[f"probe/{prefix}accuracy"] = linear_probe(tr["last"], train_y, te["last"], test_y)
+        out[f"knn/{prefix}accuracy"] = knn_accuracy(tr["last"], train_y, te["last"], test_y, k=knn_k)
+        if all_layers:
+            out[f"probe/all_layers/{prefix}accuracy"] = linear_probe(tr["all_layers"], train_y, te["all_layers"],
+                                                                     test_y)
     return out

@@ -14,7 +14,7 @@ See ``docs/architecture.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -94,8 +94,20 @@ class Encoder(nn.Module):
     @torch.no_grad()
     def pooled(self, batch: Batch) -> Tensor:
         """(B, D) mean of the last hidden state over the tokens that are not padding."""
-        out, padding_mask = self(batch)
-        return masked_mean(out.last_hidden_state, padding_mask)
+        return self.pooled_views(batch, ("last",))["last"]
+
+    @torch.no_grad()
+    def pooled_views(self, batch: Batch, views: Sequence[str] = ("last",)) -> dict[str, Tensor]:
+        """Mean-pooled features from one forward pass: ``"last"`` (B, D) the last hidden state;
+        ``"all_layers"`` (B, (L + 1) * D) the input to the first layer and every layer's output, concatenated."""
+        out, padding_mask = self(batch, output_hidden_states="all_layers" in views)
+        result = {}
+        if "last" in views:
+            result["last"] = masked_mean(out.last_hidden_state, padding_mask)
+        if "all_layers" in views:
+            states = out.hidden_states or (out.last_hidden_state,)
+            result["all_layers"] = torch.cat([masked_mean(h, padding_mask) for h in states], dim=-1)
+        return result
 
 
 def masked_mean(x: Tensor, padding_mask: Tensor | None) -> Tensor:

@@ -56,3 +56,22 @@ def test_probe_encoders_reports_both_encoders():
                          lambda split: [{"x": torch.as_tensor(data[split])}], ytr, yte)
     assert set(out) == {"probe/accuracy", "probe/random_init_accuracy", "knn/accuracy", "knn/random_init_accuracy"}
     assert out["probe/accuracy"] > 0.9 > 0.6 > out["probe/random_init_accuracy"]
+
+
+def test_all_layers_probe_sees_what_the_last_layer_lost():
+    """An encoder whose last layer is noise but whose input layer holds the classes: only the all-layers probe
+    (every hidden state mean-pooled and concatenated) finds them."""
+    from selfsup.types import BackboneOutput
+
+    xtr, ytr = blobs(120, 0)
+    xte, yte = blobs(60, 1)
+    data = {"train": xtr, "test": xte}
+
+    class LastLayerNoise(torch.nn.Module):
+        def forward(self, x, padding_mask=None, output_hidden_states=False):
+            noise = torch.randn_like(x)
+            return BackboneOutput(noise, (x, noise) if output_hidden_states else None)
+
+    out = probe_encoders({"": Encoder(Lookup(), LastLayerNoise())},
+                         lambda split: [{"x": torch.as_tensor(data[split])}], ytr, yte, all_layers=True)
+    assert out["probe/accuracy"] < 0.6 and out["probe/all_layers/accuracy"] > 0.9
