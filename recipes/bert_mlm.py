@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from selfsup.backbones.transformer import num_parameters, preset
+from selfsup.backbones.transformer import PRESETS, num_parameters, preset
 from selfsup.checkpoint import resolve_checkpoint
 from selfsup.config import base_parser, parse_args
 from selfsup.data import ShardedStream, make_train_loader
@@ -41,6 +41,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--mlm_probability", type=float, default=0.15)
     g.add_argument("--whole_word_mask", action="store_true", help="mask whole words, not word pieces")
     g.add_argument("--dropout", type=float, default=0.1)
+    g.add_argument("--hidden_size", type=int, default=None, help="override the --model_size preset's width")
+    g.add_argument("--num_layers", type=int, default=None, help="... its depth")
+    g.add_argument("--num_heads", type=int, default=None, help="... its attention heads (default: width / 64, >= 2)")
     g.add_argument("--max_eval_blocks", type=int, default=256, help="validation blocks for MLM accuracy")
     g.add_argument("--streaming_validation_examples", type=int, default=1000)
     return p
@@ -63,6 +66,23 @@ def get_tokenizer(args: Namespace, train_texts, accelerator):
     return load_tokenizer(str(saved))
 
 
+def size_overrides(args: Namespace) -> dict[str, int]:
+    """--hidden_size / --num_layers / --num_heads over the preset (the FFN is 4x the width, as in BERT)."""
+    out: dict[str, int] = {}
+    if args.hidden_size:
+        out.update(hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
+                   num_heads=max(2, args.hidden_size // 64))
+    if args.num_layers:
+        out["num_layers"] = args.num_layers
+    if args.num_heads:
+        out["num_heads"] = args.num_heads
+    width = out.get("hidden_size", PRESETS[args.model_size]["hidden_size"])
+    heads = out.get("num_heads", PRESETS[args.model_size]["num_heads"])
+    if width % heads:
+        raise SelfsupError(f"hidden size {width} is not a multiple of the {heads} attention heads")
+    return out
+
+
 def build_objective(args: Namespace, tokenizer) -> MaskedLanguageModeling:
     special = tokenizer.all_special_ids
     cont = [i for t, i in tokenizer.get_vocab().items() if t.startswith("##")] if args.whole_word_mask else None
@@ -74,7 +94,7 @@ def build_objective(args: Namespace, tokenizer) -> MaskedLanguageModeling:
                                f"tokenizer's ({len(tokenizer)})")
         return obj
     cfg = preset(args.model_size, dropout=args.dropout, attention_dropout=args.dropout,
-                 gradient_checkpointing=args.gradient_checkpointing)
+                 gradient_checkpointing=args.gradient_checkpointing, **size_overrides(args))
     return MaskedLanguageModeling(cfg, len(tokenizer), tokenizer.mask_token_id, tokenizer.pad_token_id, special,
                                   max_positions=max(512, args.max_seq_length), mlm_probability=args.mlm_probability,
                                   continuation_ids=cont)
