@@ -124,17 +124,20 @@ def run_probe(objective: MaskedLanguageModeling, tokenizer, args: Namespace, dev
     train_x, train_y = load_labelled_text(args.eval_train_file)
     test_x, test_y = load_labelled_text(args.eval_test_file)
     texts = {"train": train_x, "test": test_x}
-    torch.manual_seed(args.seed + 1)
-    fresh = MaskedLanguageModeling(objective.config, objective.vocab_size, objective.mask_token_id,
-                                   objective.pad_token_id, max_positions=objective.adapter.max_positions).to(device)
+    fresh = []
+    for k in range(max(1, args.random_init_seeds)):
+        torch.manual_seed(args.seed + 1 + k)
+        fresh.append(MaskedLanguageModeling(objective.config, objective.vocab_size, objective.mask_token_id,
+                                            objective.pad_token_id,
+                                            max_positions=objective.adapter.max_positions).to(device).encoder())
 
     def batches(split: str):
         data, bs = texts[split], args.per_device_eval_batch_size
         for i in range(0, len(data), bs):
             yield collate_texts(tokenizer, data[i:i + bs], args.max_seq_length)
 
-    return probe_encoders({"": objective.encoder(), "random_init_": fresh.encoder()}, batches, train_y, test_y,
-                          device, all_layers=True)
+    return probe_encoders({"": objective.encoder(), "random_init_": fresh}, batches, train_y, test_y, device,
+                          all_layers=True)
 
 
 def export(objective: MaskedLanguageModeling, tokenizer, args: Namespace, metrics: dict[str, Any],

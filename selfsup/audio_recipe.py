@@ -118,9 +118,9 @@ def features(encoder: Encoder, data: AudioDataset, batch_size: int, device) -> d
     return extract_views(encoder, batches(), device, ("last", "all_layers"))
 
 
-def audio_probe(encoders: dict[str, Encoder], args: Namespace, device) -> dict[str, float]:
-    """Linear probe and kNN accuracy for each encoder (``{"": trained, "random_init_": fresh}``), averaged over
-    each protocol's splits: ``probe/{protocol}/accuracy``, ``knn/{protocol}/random_init_accuracy``,
+def audio_probe(encoders: dict[str, Encoder | list[Encoder]], args: Namespace, device) -> dict[str, float]:
+    """Linear probe and kNN accuracy for each encoder (``{"": trained, "random_init_": [fresh, ...]}``; a list
+    gives the mean over its encoders), averaged over each protocol's splits: ``probe/{protocol}/accuracy``, ``knn/{protocol}/random_init_accuracy``,
     ``probe/{protocol}/all_layers/accuracy`` (every layer's mean-pooled output concatenated), ...; the first
     protocol's last-layer figures are also ``probe/accuracy``, ``probe/random_init_accuracy``, ``knn/...``."""
     entries, protocols = labelled_sets(args)
@@ -130,19 +130,24 @@ def audio_probe(encoders: dict[str, Encoder], args: Namespace, device) -> dict[s
         raise SelfsupError(f"{args.eval_dir}: {data.skipped}; the probe needs every labelled clip")
     labels = np.array([e.label for e in entries])
     out: dict[str, float] = {}
-    for prefix, enc in encoders.items():
-        views = features(enc, data, args.per_device_eval_batch_size, device)
-        x, deep = views["last"], views["all_layers"]
-        for k, (protocol, splits) in enumerate(protocols.items()):
-            probe = [linear_probe(x[tr], labels[tr], x[te], labels[te]) for _, tr, te in splits]
-            knn = [knn_accuracy(x[tr], labels[tr], x[te], labels[te]) for _, tr, te in splits]
-            every = [linear_probe(deep[tr], labels[tr], deep[te], labels[te]) for _, tr, te in splits]
-            out[f"probe/{protocol}/{prefix}accuracy"] = float(np.mean(probe))
-            out[f"knn/{protocol}/{prefix}accuracy"] = float(np.mean(knn))
-            out[f"probe/{protocol}/all_layers/{prefix}accuracy"] = float(np.mean(every))
-            if k == 0:
-                out[f"probe/{prefix}accuracy"] = float(np.mean(probe))
-                out[f"knn/{prefix}accuracy"] = float(np.mean(knn))
+    for prefix, group in encoders.items():
+        runs: list[dict[str, float]] = []
+        for enc in ([group] if isinstance(group, torch.nn.Module) else group):
+            views = features(enc, data, args.per_device_eval_batch_size, device)
+            x, deep = views["last"], views["all_layers"]
+            run: dict[str, float] = {}
+            for k, (protocol, splits) in enumerate(protocols.items()):
+                probe = [linear_probe(x[tr], labels[tr], x[te], labels[te]) for _, tr, te in splits]
+                knn = [knn_accuracy(x[tr], labels[tr], x[te], labels[te]) for _, tr, te in splits]
+                every = [linear_probe(deep[tr], labels[tr], deep[te], labels[te]) for _, tr, te in splits]
+                run[f"probe/{protocol}/{prefix}accuracy"] = float(np.mean(probe))
+                run[f"knn/{protocol}/{prefix}accuracy"] = float(np.mean(knn))
+                run[f"probe/{protocol}/all_layers/{prefix}accuracy"] = float(np.mean(every))
+                if k == 0:
+                    run[f"probe/{prefix}accuracy"] = float(np.mean(probe))
+                    run[f"knn/{prefix}accuracy"] = float(np.mean(knn))
+            runs.append(run)
+        out.update({k: float(np.mean([r[k] for r in runs])) for k in runs[0]})
     out["probe/splits"] = sum(len(s) for s in protocols.values())
     return out
 
@@ -191,8 +196,11 @@ def run_speech_recipe(args: Namespace, name: str, build_objective: Callable[[Nam
     if accelerator.is_main_process:
         encoders = {"": objective.encoder()}
         if not args.init_from:
-            torch.manual_seed(args.seed + 1)
-            encoders["random_init_"] = build_objective(args).to(accelerator.device).encoder()
+            fresh = []
+            for k in range(max(1, args.random_init_seeds)):
+                torch.manual_seed(args.seed + 1 + k)
+                fresh.append(build_objective(args).to(accelerator.device).encoder())
+            encoders["random_init_"] = fresh
         metrics.update(audio_probe(encoders, args, accelerator.device))
         export_dir = export(objective, args, metrics, source, collate_audio([val[i] for i in range(min(2, len(val)))]))
         write_metrics(args.output_dir, metrics)

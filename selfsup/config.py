@@ -57,6 +57,8 @@ def base_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     e = p.add_argument_group("evaluation on labelled data (linear probe and kNN on frozen features)")
     e.add_argument("--eval_train_file", default=None)
     e.add_argument("--eval_test_file", default=None)
+    e.add_argument("--random_init_seeds", type=int, default=3,
+                   help="random-init encoders (seeds) whose mean probe accuracy is the reference")
     h = p.add_argument_group("hub")
     h.add_argument("--push_to_hub", action="store_true")
     h.add_argument("--hub_model_id", default=None)

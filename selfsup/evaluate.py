@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from selfsup.data import to_device
 from selfsup.types import Batch, Encoder
@@ -61,7 +62,7 @@ def knn_accuracy(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray
     return correct / len(test)
 
 
-def probe_encoders(encoders: dict[str, Encoder], make_batches: Callable[[str], Iterable[Batch]],
+def probe_encoders(encoders: dict[str, Encoder | Sequence[Encoder]], make_batches: Callable[[str], Iterable[Batch]],
                    train_y: Sequence[int], test_y: Sequence[int], device: torch.device | str = "cpu",
                    knn_k: int = 20, all_layers: bool = False) -> dict[str, float]:
     """Linear probe and kNN for each encoder; ``make_batches("train"|"test")`` yields the labelled inputs.
@@ -70,15 +71,20 @@ def probe_encoders(encoders: dict[str, Encoder], make_batches: Callable[[str], I
     ``probe/random_init_accuracy``, ``knn/accuracy`` and ``knn/random_init_accuracy`` on the mean-pooled last
     hidden state; ``all_layers`` adds ``probe/all_layers/accuracy`` (and ``.../random_init_accuracy``): the probe
     on every layer's mean-pooled output concatenated, which shows what pretraining put in the lower layers too.
+    A list of encoders under one key (random inits from several seeds) gives the mean of their figures.
     """
     views = ("last", "all_layers") if all_layers else ("last",)
     out: dict[str, float] = {}
-    for prefix, enc in encoders.items():
-        tr = extract_views(enc, make_batches("train"), device, views)
-        te = extract_views(enc, make_batches("test"), device, views)
-        out[f"probe/{prefix}accuracy"] = linear_probe(tr["last"], train_y, te["last"], test_y)
-        out[f"knn/{prefix}accuracy"] = knn_accuracy(tr["last"], train_y, te["last"], test_y, k=knn_k)
-        if all_layers:
-            out[f"probe/all_layers/{prefix}accuracy"] = linear_probe(tr["all_layers"], train_y, te["all_layers"],
-                                                                     test_y)
+    for prefix, group in encoders.items():
+        runs = []
+        for enc in ([group] if isinstance(group, nn.Module) else group):
+            tr = extract_views(enc, make_batches("train"), device, views)
+            te = extract_views(enc, make_batches("test"), device, views)
+            run = {f"probe/{prefix}accuracy": linear_probe(tr["last"], train_y, te["last"], test_y),
+                   f"knn/{prefix}accuracy": knn_accuracy(tr["last"], train_y, te["last"], test_y, k=knn_k)}
+            if all_layers:
+                run[f"probe/all_layers/{prefix}accuracy"] = linear_probe(tr["all_layers"], train_y,
+                                                                         te["all_layers"], test_y)
+            runs.append(run)
+        out.update({k: float(np.mean([r[k] for r in runs])) for k in runs[0]})
     return out

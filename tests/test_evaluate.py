@@ -75,3 +75,26 @@ def test_all_layers_probe_sees_what_the_last_layer_lost():
     out = probe_encoders({"": Encoder(Lookup(), LastLayerNoise())},
                          lambda split: [{"x": torch.as_tensor(data[split])}], ytr, yte, all_layers=True)
     assert out["probe/accuracy"] < 0.6 and out["probe/all_layers/accuracy"] > 0.9
+
+
+def test_a_list_of_encoders_reports_their_mean():
+    xtr, ytr = blobs(120, 0)
+    xte, yte = blobs(60, 1)
+    data = {"train": xtr, "test": xte}
+    from selfsup.types import BackboneOutput
+
+    class Identity(torch.nn.Module):
+        def forward(self, x, padding_mask=None, output_hidden_states=False):
+            return BackboneOutput(x)
+
+    class Noise(torch.nn.Module):
+        def forward(self, x, padding_mask=None, output_hidden_states=False):
+            return BackboneOutput(torch.randn_like(x))
+
+    batches = lambda split: [{"x": torch.as_tensor(data[split])}]  # noqa: E731
+    good = probe_encoders({"": Encoder(Lookup(), Identity())}, batches, ytr, yte)["probe/accuracy"]
+    torch.manual_seed(0)
+    bad = probe_encoders({"": Encoder(Lookup(), Noise())}, batches, ytr, yte)["probe/accuracy"]
+    torch.manual_seed(0)
+    both = probe_encoders({"": [Encoder(Lookup(), Noise()), Encoder(Lookup(), Identity())]}, batches, ytr, yte)
+    assert abs(both["probe/accuracy"] - (good + bad) / 2) < 1e-9
