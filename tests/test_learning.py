@@ -1,4 +1,6 @@
-"""Learning on real data (slow: about 15 minutes on 2 CPU cores; run with `python -m pytest -m slow`)."""
+"""Learning on real data (slow: about 6 minutes on 2 CPU cores; run with `python -m pytest -m slow`).
+
+The MLM test compares the all-layers probe with the mean of three random-init encoders (docs/benchmarks.md)."""
 import pytest
 
 
