@@ -6,7 +6,7 @@ official split (train on takes 5-49, test on 0-4) and leave-one-speaker-out (6 f
 training takes were seen, unlabelled, in pretraining), for the pretrained encoder and a random-init one of the
 same size (the recipe computes both).
 
-    python benchmarks/speech_learning.py                       # all three objectives
+    python benchmarks/speech_learning.py                       # all three objectives, tiny models, ~10 min each
     python benchmarks/speech_learning.py --recipe hubert --max_steps 600
     python benchmarks/speech_learning.py --quick               # a smoke run, not a result
 
@@ -59,6 +59,10 @@ def run(recipe: str, args: argparse.Namespace, train_list: Path, out: Path) -> d
         "reference": metrics["probe/official/random_init_accuracy"], "unit": "accuracy",
         "ratio": metrics["probe/official/accuracy"] / metrics["probe/official/random_init_accuracy"],
         "loso": metrics["probe/loso/accuracy"], "loso_random_init": metrics["probe/loso/random_init_accuracy"],
+        "all_layers": metrics["probe/official/all_layers/accuracy"],
+        "all_layers_random_init": metrics["probe/official/all_layers/random_init_accuracy"],
+        "loso_all_layers": metrics["probe/loso/all_layers/accuracy"],
+        "loso_all_layers_random_init": metrics["probe/loso/all_layers/random_init_accuracy"],
         "knn_official": metrics["knn/official/accuracy"],
         "knn_official_random_init": metrics["knn/official/random_init_accuracy"],
         "baseline_log_spectrum": BASELINES, "steps": metrics["steps"], "model_size": args.model_size,
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="all", choices=[*RECIPES, "all"])
     p.add_argument("--fsdd", default=str(ROOT.parent / "shared" / "data" / "speech" / "fsdd"))
-    p.add_argument("--model_size", default="small")
+    p.add_argument("--model_size", default="tiny", help="tiny: 64 wide, 2 layers, 5-layer 32-channel conv encoder")
     p.add_argument("--max_steps", type=int, default=None, help="default: 400 (--quick: 5)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--learning_rate", type=float, default=1e-3)

@@ -10,3 +10,15 @@ def test_mlm_pretraining_beats_random_init_on_the_sst2_probe(shared_data, tmp_pa
 
     result = main(["--data_dir", str(shared_data / "text" / "sst2"), "--output_dir", str(tmp_path)])
     assert result["ours"] > result["reference"] + 0.01, result
+
+
+@pytest.mark.slow
+def test_wav2vec2_pretraining_beats_random_init_on_fsdd(shared_data, tmp_path):
+    """About 10 minutes: 400 steps of the tiny model on FSDD's training takes, then both probe protocols."""
+    from benchmarks.speech_learning import main
+
+    fsdd = shared_data / "speech" / "fsdd"
+    (result,) = main(["--recipe", "wav2vec2", "--model_size", "tiny", "--fsdd", str(fsdd),
+                      "--output_dir", str(tmp_path)])
+    assert result["ours"] > result["reference"] + 0.02, result
+    assert result["loso"] > result["loso_random_init"], result
