@@ -14,7 +14,7 @@ def test_mlm_pretraining_beats_random_init_on_the_sst2_probe(shared_data, tmp_pa
 
 @pytest.mark.slow
 def test_wav2vec2_pretraining_beats_random_init_on_fsdd(shared_data, tmp_path):
-    """About 10 minutes: 400 steps of the tiny model on FSDD's training takes, then both probe protocols."""
+    """About 5 minutes: 400 steps of the tiny model on FSDD's training takes, then both probe protocols."""
     from benchmarks.speech_learning import main
 
     fsdd = shared_data / "speech" / "fsdd"
@@ -22,3 +22,14 @@ def test_wav2vec2_pretraining_beats_random_init_on_fsdd(shared_data, tmp_path):
                       "--output_dir", str(tmp_path)])
     assert result["ours"] > result["reference"] + 0.02, result
     assert result["loso"] > result["loso_random_init"], result
+
+
+@pytest.mark.slow
+def test_hubert_iteration_1_beats_random_init_on_fsdd_all_layers(shared_data, tmp_path):
+    """About 5 minutes: the all-layers probe (docs/benchmarks.md: the last layer is specialised to the clusters)."""
+    from benchmarks.speech_learning import main
+
+    fsdd = shared_data / "speech" / "fsdd"
+    (result,) = main(["--recipe", "hubert", "--model_size", "tiny", "--fsdd", str(fsdd), "--output_dir", str(tmp_path)])
+    assert result["all_layers"] > result["all_layers_random_init"] + 0.05, result
+    assert result["loso_all_layers"] > result["loso_all_layers_random_init"], result
