@@ -120,7 +120,8 @@ def features(encoder: Encoder, data: AudioDataset, batch_size: int, device) -> d
 
 def audio_probe(encoders: dict[str, Encoder | list[Encoder]], args: Namespace, device) -> dict[str, float]:
     """Linear probe and kNN accuracy for each encoder (``{"": trained, "random_init_": [fresh, ...]}``; a list
-    gives the mean over its encoders), averaged over each protocol's splits: ``probe/{protocol}/accuracy``, ``knn/{protocol}/random_init_accuracy``,
+    gives the mean over its encoders), averaged over each protocol's splits: ``probe/{protocol}/accuracy``,
+    ``knn/{protocol}/random_init_accuracy``,
     ``probe/{protocol}/all_layers/accuracy`` (every layer's mean-pooled output concatenated), ...; the first
     protocol's last-layer figures are also ``probe/accuracy``, ``probe/random_init_accuracy``, ``knn/...``."""
     entries, protocols = labelled_sets(args)
