@@ -61,6 +61,7 @@ def main(out_file: str, global_batch: int, grad_accum: int) -> None:
         grads["__num_targets"] = torch.tensor([count])
         save_file(grads, out_file)
     acc.wait_for_everyone()
+    acc.end_training()   # destroys the process group: exiting with it alive can abort in gloo's teardown
 
 
 if __name__ == "__main__":
