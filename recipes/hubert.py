@@ -131,8 +131,22 @@ def build_objective(args: Namespace) -> HubertObjective:
 def _head_clusters(path: Path) -> int:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return int(f.get_slice("label_embeddings").get_shape()[0])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int(f.get_slice("label_embeddings").get_shape()[0])
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types
+        raise SelfsupError(f"{path}: not a HuBERT head ({err})") from None
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file: retraining the previous iteration (same size, new weights) must redo the labels."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def label_source(args: Namespace, device) -> MFCCFeatures | LayerFeatures:
@@ -155,7 +169,7 @@ def make_wrap_data(args: Namespace, kernels, strides, metrics: dict[str, Any]):
                     "max_duration": args.max_duration}
         if args.previous:
             weights = Path(args.previous) / "model.safetensors"
-            settings["previous_weights"] = weights.stat().st_size if weights.is_file() else None
+            settings["previous_weights"] = file_digest(weights) if weights.is_file() else None
         keys = {"train": fingerprint(train, settings), "validation": fingerprint(val, settings)}
         if accelerator.is_main_process:
             found = {split: cached_labels(cache / f"{split}.safetensors", key) for split, key in keys.items()}

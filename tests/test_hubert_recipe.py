@@ -160,3 +160,27 @@ def test_layer_features_tile_long_clips_by_window():
 def test_iteration_2_without_a_previous_model_is_one_line(tmp_path):
     with pytest.raises(SelfsupError, match="iteration 1"):
         hubert.main(argv(tmp_path / "iteration{iteration}", "--iteration", "2"))
+
+
+def test_new_weights_of_the_previous_iteration_redo_the_labels(iterations, tmp_path):
+    """Retrained weights of iteration 1 (same file size) must not leave iteration 2 on its old cached labels."""
+    from safetensors.torch import save_file
+
+    root, _, _ = iterations
+    shutil.copytree(root / "iteration1", tmp_path / "iteration1")
+    run = argv(tmp_path / "iteration{iteration}", "--iteration", "2", steps=1)
+    assert hubert.main(run)["kmeans/cached"] == 0.0
+    assert hubert.main(run)["kmeans/cached"] == 1.0, "same data, settings and previous model: reused"
+    weights = tmp_path / "iteration1" / "export" / "model.safetensors"
+    state = load_file(weights)
+    name = next(k for k in state if k.endswith("weight") and state[k].dim() == 2)
+    state[name] = state[name] + 0.01
+    save_file(state, str(weights), metadata={"format": "pt"})
+    assert hubert.main(run)["kmeans/cached"] == 0.0, "the previous model changed: labels recomputed"
+
+
+def test_a_corrupt_head_file_is_one_line(tmp_path):
+    bad = tmp_path / "hubert_head.safetensors"
+    bad.write_bytes(b"not safetensors")
+    with pytest.raises(SelfsupError, match="not a HuBERT head"):
+        hubert._head_clusters(bad)
