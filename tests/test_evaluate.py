@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from selfsup.evaluate import knn_accuracy, linear_probe, probe_encoders
-from selfsup.types import Adapter, Encoder, Tokens
+from selfsup.types import Adapter, BackboneOutput, Encoder, Tokens
 
 
 def blobs(n: int, seed: int, separable: bool = True):
@@ -35,24 +35,26 @@ class Lookup(Adapter):
         return x
 
 
+class Identity(torch.nn.Module):
+    """A backbone that passes the features through."""
+
+    def forward(self, x, padding_mask=None, output_hidden_states=False):
+        return BackboneOutput(x)
+
+
+class Noise(torch.nn.Module):
+    """A backbone that replaces the features with noise."""
+
+    def forward(self, x, padding_mask=None, output_hidden_states=False):
+        return BackboneOutput(torch.randn_like(x))
+
+
 def test_probe_encoders_reports_both_encoders():
     xtr, ytr = blobs(120, 0)
     xte, yte = blobs(60, 1)
     data = {"train": xtr, "test": xte}
 
-    class Scramble(torch.nn.Module):
-        def forward(self, x, padding_mask=None, output_hidden_states=False):
-            from selfsup.types import BackboneOutput
-
-            return BackboneOutput(torch.randn_like(x))
-
-    class Identity(torch.nn.Module):
-        def forward(self, x, padding_mask=None, output_hidden_states=False):
-            from selfsup.types import BackboneOutput
-
-            return BackboneOutput(x)
-
-    out = probe_encoders({"": Encoder(Lookup(), Identity()), "random_init_": Encoder(Lookup(), Scramble())},
+    out = probe_encoders({"": Encoder(Lookup(), Identity()), "random_init_": Encoder(Lookup(), Noise())},
                          lambda split: [{"x": torch.as_tensor(data[split])}], ytr, yte)
     assert set(out) == {"probe/accuracy", "probe/random_init_accuracy", "knn/accuracy", "knn/random_init_accuracy"}
     assert out["probe/accuracy"] > 0.9 > 0.6 > out["probe/random_init_accuracy"]
@@ -81,16 +83,6 @@ def test_a_list_of_encoders_reports_their_mean():
     xtr, ytr = blobs(120, 0)
     xte, yte = blobs(60, 1)
     data = {"train": xtr, "test": xte}
-    from selfsup.types import BackboneOutput
-
-    class Identity(torch.nn.Module):
-        def forward(self, x, padding_mask=None, output_hidden_states=False):
-            return BackboneOutput(x)
-
-    class Noise(torch.nn.Module):
-        def forward(self, x, padding_mask=None, output_hidden_states=False):
-            return BackboneOutput(torch.randn_like(x))
-
     batches = lambda split: [{"x": torch.as_tensor(data[split])}]  # noqa: E731
     good = probe_encoders({"": Encoder(Lookup(), Identity())}, batches, ytr, yte)["probe/accuracy"]
     torch.manual_seed(0)
