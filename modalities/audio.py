@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from selfsup.backbones.transformer import ACTIVATIONS
+from selfsup.modalities.audio_conv import feature_encoder
 from selfsup.types import Adapter, Batch, Tokens
 
 
@@ -75,7 +76,11 @@ def audio_preset(size: str, **overrides) -> AudioConfig:
 
 
 class ConvLayer(nn.Module):
-    """Conv1d -> optional GroupNorm (one group per channel) or LayerNorm over channels -> activation."""
+    """Conv1d -> optional GroupNorm (one group per channel) or LayerNorm over channels -> activation.
+
+    Holds the parameters (named as in ``transformers``); the adapter computes the stack with
+    :func:`~selfsup.modalities.audio_conv.feature_encoder`. ``forward`` is the plain (B, C, T) definition.
+    """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, bias: bool, norm: str | None,
                  activation: str) -> None:
@@ -177,16 +182,15 @@ class AudioAdapter(Adapter):
         return torch.arange(num_frames, device=attention_mask.device)[None, :] >= lengths[:, None]
 
     def conv_features(self, waveforms: Tensor) -> Tensor:
-        """(B, T) -> (B, F, C) output of the conv stack (before any LayerNorm)."""
+        """(B, T) -> (B, F, C) output of the conv stack (before any LayerNorm), computed by
+        :func:`~selfsup.modalities.audio_conv.feature_encoder` (the same function as running the layers one by
+        one, faster)."""
         if waveforms.dim() != 2:
             raise ValueError(f"input_values must be (batch, samples) raw waveforms; got shape {tuple(waveforms.shape)}")
         if waveforms.shape[1] < self.receptive_field:
             raise ValueError(f"waveforms of {waveforms.shape[1]} samples are shorter than the feature encoder's "
                              f"receptive field ({self.receptive_field} samples)")
-        x = waveforms[:, None]
-        for layer in self.conv_layers:
-            x = layer(x)
-        return x.transpose(1, 2)
+        return feature_encoder(self.conv_layers, waveforms)
 
     def embed(self, batch: Batch) -> Tokens:
         """x: (B, F, D) projected features; targets ``features`` (B, F, C) LayerNorm-ed conv features (what the
