@@ -16,16 +16,16 @@ since that is what ``HubertForCTC`` fine-tuning from the export will apply.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from selfsup.backbones.transformer import TransformerConfig
 from selfsup.errors import SelfsupError
-from selfsup.hf_wav2vec2 import QKV, RULES, feature_extractor_for, rename
+from selfsup.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs, export_state,
+                               feature_extractor_for, import_state, load_into, load_model, transformer_config)
+from selfsup.hf_wav2vec2 import RULES
 from selfsup.modalities.audio import AudioConfig
 from selfsup.objectives.hubert import HubertObjective, HubertObjectiveConfig
 
@@ -35,23 +35,13 @@ HEAD_KEYS = ("final_proj.weight", "final_proj.bias", "label_embeddings")
 HUBERT_RULES = [(ours, hf[len("wav2vec2."):]) for ours, hf in RULES if hf.startswith("wav2vec2.")]
 
 
-def rules_for(stable: bool, reverse: bool = False) -> list[tuple[re.Pattern, str]]:
-    """Compiled (pattern, replacement) prefix rules, ours -> HF (or HF -> ours when ``reverse``)."""
-    norm = ("backbone.norm." if stable else "adapter.norm.", "encoder.layer_norm.")
-    out = []
-    for src, dst in [*HUBERT_RULES, norm]:
-        src, dst = (dst, src) if reverse else (src, dst)
-        pattern = re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)"))
-        out.append((pattern, dst.replace("{i}", r"\1")))
-    return out
+def rule_pairs(stable: bool) -> list[tuple[str, str]]:
+    """(ours, HF) prefixes, with the encoder LayerNorm where this kind of model keeps it."""
+    return [*HUBERT_RULES, ("backbone.norm." if stable else "adapter.norm.", "encoder.layer_norm.")]
 
 
 def is_stable(objective: HubertObjective) -> bool:
-    cfg = objective.backbone.config
-    if cfg.causal or not cfg.bias or cfg.norm_first != cfg.final_norm:
-        raise SelfsupError("only bidirectional encoders with biases, post-LN without or pre-LN with a final norm, "
-                           "export as HubertModel")
-    return cfg.norm_first
+    return check_encoder(objective, "HubertModel")
 
 
 def hubert_config(objective: HubertObjective, mask_time_prob: float = 0.05):
@@ -60,35 +50,19 @@ def hubert_config(objective: HubertObjective, mask_time_prob: float = 0.05):
 
     if not mask_time_prob > 0:
         raise ValueError("mask_time_prob must be > 0, or HubertModel has no masked_spec_embed to hold ours")
-    a, t, o = objective.adapter.config, objective.backbone.config, objective.config
+    a, o = objective.adapter.config, objective.config
     return HubertConfig(
-        hidden_size=t.hidden_size, num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
-        intermediate_size=t.intermediate_size, hidden_act=t.activation, hidden_dropout=t.dropout,
-        attention_dropout=t.attention_dropout, activation_dropout=0.0, layerdrop=0.0, final_dropout=0.0,
-        feat_proj_dropout=a.feat_proj_dropout, feat_proj_layer_norm=True, layer_norm_eps=t.layer_norm_eps,
-        feat_extract_norm=a.feat_extract_norm, feat_extract_activation=a.activation, conv_dim=list(a.conv_dim),
-        conv_kernel=list(a.conv_kernel), conv_stride=list(a.conv_stride), conv_bias=a.conv_bias,
-        num_conv_pos_embeddings=a.num_conv_pos_embeddings,
-        num_conv_pos_embedding_groups=a.num_conv_pos_embedding_groups, conv_pos_batch_norm=False, do_stable_layer_norm=is_stable(objective), apply_spec_augment=True,
-        mask_time_prob=mask_time_prob, mask_time_length=o.mask_length, mask_time_min_masks=o.min_masks,
-        selfsup_hubert=o.to_dict(),
+        **encoder_config_kwargs(objective), final_dropout=0.0, feat_proj_layer_norm=True,
+        feat_extract_norm=a.feat_extract_norm, conv_pos_batch_norm=False, do_stable_layer_norm=is_stable(objective),
+        apply_spec_augment=True, mask_time_prob=mask_time_prob, mask_time_length=o.mask_length,
+        mask_time_min_masks=o.min_masks, selfsup_hubert=o.to_dict(),
     )
 
 
 def to_hf_state_dict(objective: HubertObjective) -> dict[str, torch.Tensor]:
     """Our encoder's weights (and mask embedding) under ``HubertModel`` names; the head is left out."""
-    rules, out = rules_for(is_stable(objective)), {}
-    for key, value in objective.state_dict().items():
-        if key in HEAD_KEYS:
-            continue
-        if (m := re.match(r"^backbone\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$", key)):
-            for name, part in zip(QKV, value.chunk(3, dim=0)):
-                out[LAYER.format(i=m[1]) + f"attention.{name}.{m[2]}"] = part.clone()
-        elif (new := rename(key, rules)) is not None:
-            out[new] = value
-        else:
-            raise RuntimeError(f"HuBERT export: no HF name for {key}")
-    return out
+    return export_state(objective.state_dict(), rule_pairs(is_stable(objective)), LAYER, "HuBERT",
+                        lambda key, value: {} if key in HEAD_KEYS else None)
 
 
 def to_transformers(objective: HubertObjective, mask_time_prob: float = 0.05):
@@ -114,19 +88,9 @@ def configs_from(hf_cfg, dropout: float | None = None, **settings: Any):
     if not getattr(hf_cfg, "feat_proj_layer_norm", True) or getattr(hf_cfg, "conv_pos_batch_norm", False):
         raise SelfsupError("HuBERT checkpoints without the feature-projection LayerNorm or with a batch-normed "
                            "position convolution are not supported")
-    stable = bool(hf_cfg.do_stable_layer_norm)
-    drop = (lambda v: v if dropout is None else dropout)
-    audio = AudioConfig(
-        conv_dim=hf_cfg.conv_dim, conv_kernel=hf_cfg.conv_kernel, conv_stride=hf_cfg.conv_stride,
-        conv_bias=hf_cfg.conv_bias, feat_extract_norm=hf_cfg.feat_extract_norm,
-        activation=hf_cfg.feat_extract_activation, num_conv_pos_embeddings=hf_cfg.num_conv_pos_embeddings,
-        num_conv_pos_embedding_groups=hf_cfg.num_conv_pos_embedding_groups,
-        feat_proj_dropout=drop(hf_cfg.feat_proj_dropout))
-    backbone = TransformerConfig(
-        hidden_size=hf_cfg.hidden_size, num_layers=hf_cfg.num_hidden_layers, num_heads=hf_cfg.num_attention_heads,
-        intermediate_size=hf_cfg.intermediate_size, activation=hf_cfg.hidden_act, norm_first=stable,
-        final_norm=stable, dropout=drop(hf_cfg.hidden_dropout), attention_dropout=drop(hf_cfg.attention_dropout),
-        layer_norm_eps=hf_cfg.layer_norm_eps)
+    stable, drop = bool(hf_cfg.do_stable_layer_norm), dropout_map(dropout)
+    audio = AudioConfig(**adapter_kwargs(hf_cfg, drop), feat_extract_norm=hf_cfg.feat_extract_norm)
+    backbone = transformer_config(hf_cfg, stable, drop)
     known = {f.name for f in fields(HubertObjectiveConfig)}
     if unknown := set(settings) - known:
         raise SelfsupError(f"unknown HuBERT settings {sorted(unknown)}; choose from {sorted(known)}")
@@ -150,17 +114,8 @@ def load_head(head: Mapping[str, torch.Tensor] | str | Path) -> dict[str, torch.
 
 
 def from_hf_state_dict(objective: HubertObjective, hf: Mapping[str, torch.Tensor]) -> None:
-    rules, ours = rules_for(is_stable(objective), reverse=True), {}
-    for key, value in hf.items():
-        if (m := re.match(r"^encoder\.layers\.(\d+)\.attention\.q_proj\.(weight|bias)$", key)):
-            pre = LAYER.format(i=m[1]) + "attention."
-            ours[f"backbone.layers.{m[1]}.attn.qkv.{m[2]}"] = torch.cat([hf[f"{pre}{n}.{m[2]}"] for n in QKV])
-        elif (new := rename(key, rules)) is not None:
-            ours[new] = value
-    missing, unexpected = objective.load_state_dict(ours, strict=False)
-    missing = [k for k in missing if k not in ("mask_embedding", *HEAD_KEYS)]
-    if missing or unexpected:
-        raise SelfsupError(f"checkpoint does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    ours = import_state(hf, rule_pairs(is_stable(objective)), LAYER)
+    load_into(objective, ours, optional=lambda k: k in ("mask_embedding", *HEAD_KEYS))
 
 
 def from_transformers(path_or_model, head: Mapping[str, torch.Tensor] | str | Path | None = None,
@@ -175,22 +130,7 @@ def from_transformers(path_or_model, head: Mapping[str, torch.Tensor] | str | Pa
     :class:`HubertObjectiveConfig`, which win over the saved ones. A checkpoint without ``masked_spec_embed``
     keeps a fresh mask embedding.
     """
-    from transformers import AutoConfig, HubertModel
-
-    name = str(path_or_model) if isinstance(path_or_model, (str, Path)) else "model"
-    if isinstance(path_or_model, (str, Path)):
-        try:
-            hf_cfg = AutoConfig.from_pretrained(name, trust_remote_code=False)
-        except Exception as err:  # noqa: BLE001
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise SelfsupError(f"{name}: not a transformers checkpoint ({first})") from None
-        if hf_cfg.model_type != "hubert":
-            raise SelfsupError(f"{name}: model type {hf_cfg.model_type!r}; --init_from here needs a hubert checkpoint")
-        model = HubertModel.from_pretrained(name, trust_remote_code=False)
-    else:
-        model = path_or_model
-        if type(model).__name__ != "HubertModel":
-            raise SelfsupError(f"expected a HubertModel, got {type(model).__name__}")
+    model, name = load_model(path_or_model, "hubert", "HubertModel")
     head_state = load_head(head) if head is not None else None
     if head_state is not None:
         c, p = head_state["label_embeddings"].shape

@@ -1,0 +1,167 @@
+"""What the three speech conversions (``hf_wav2vec2``, ``hf_hubert``, ``hf_data2vec``) share.
+
+Their encoders are the same in ``transformers`` (conv feature encoder, feature projection, position
+convolution, post-LN or pre-LN Transformer) up to a name prefix, so the weight renaming, the split / join of
+our fused QKV projection, the config fields of the encoder and the loading of a checkpoint live here once.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from selfsup.backbones.transformer import TransformerConfig
+from selfsup.errors import SelfsupError
+
+QKV = ("q_proj", "k_proj", "v_proj")
+OUR_QKV = re.compile(r"^backbone\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
+
+
+def transformer_rules(layer: str) -> list[tuple[str, str]]:
+    """(ours, HF) prefixes of the Transformer layers but the QKV projection; ``layer`` = HF's layer prefix."""
+    return [
+        ("backbone.layers.{i}.attn.out.", layer + "attention.out_proj."),
+        ("backbone.layers.{i}.norm1.", layer + "layer_norm."),
+        ("backbone.layers.{i}.fc1.", layer + "feed_forward.intermediate_dense."),
+        ("backbone.layers.{i}.fc2.", layer + "feed_forward.output_dense."),
+        ("backbone.layers.{i}.norm2.", layer + "final_layer_norm."),
+    ]
+
+
+def compile_rules(pairs: list[tuple[str, str]], reverse: bool = False) -> list[tuple[re.Pattern, str]]:
+    """(ours, HF) name-prefix pairs with ``{i}`` for a layer index -> compiled (pattern, replacement) rules."""
+    out = []
+    for src, dst in pairs:
+        src, dst = (dst, src) if reverse else (src, dst)
+        pattern = re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)"))
+        out.append((pattern, dst.replace("{i}", r"\1")))
+    return out
+
+
+def rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
+    for pattern, repl in rules:
+        if pattern.match(key):
+            return pattern.sub(repl, key, count=1)
+    return None
+
+
+def export_state(state: Mapping[str, torch.Tensor], pairs: list[tuple[str, str]], layer: str, what: str,
+                 special: Callable[[str, torch.Tensor], dict | None] = lambda key, value: None
+                 ) -> dict[str, torch.Tensor]:
+    """Our state dict under HF names: QKV split into q/k/v, the rest renamed by ``pairs``. ``special(key,
+    value)`` may return the HF entries of a key itself ({} to leave it out); a key nothing names is an error."""
+    rules, out = compile_rules(pairs), {}
+    for key, value in state.items():
+        if (own := special(key, value)) is not None:
+            out.update(own)
+        elif (m := OUR_QKV.match(key)):
+            for name, part in zip(QKV, value.chunk(3, dim=0)):
+                out[layer.format(i=m[1]) + f"attention.{name}.{m[2]}"] = part.clone()
+        elif (new := rename(key, rules)) is not None:
+            out[new] = value
+        else:
+            raise RuntimeError(f"{what} export: no HF name for {key}")
+    return out
+
+
+def import_state(hf: Mapping[str, torch.Tensor], pairs: list[tuple[str, str]], layer: str) -> dict[str, torch.Tensor]:
+    """HF weights under our names: q/k/v joined into QKV, the rest renamed by ``pairs``; unknown keys dropped."""
+    rules, ours = compile_rules(pairs, reverse=True), {}
+    hf_q = re.compile("^" + re.escape(layer).replace(r"\{i\}", r"(\d+)") + r"attention\.q_proj\.(weight|bias)$")
+    for key, value in hf.items():
+        if (m := hf_q.match(key)):
+            pre = layer.format(i=m[1]) + "attention."
+            ours[f"backbone.layers.{m[1]}.attn.qkv.{m[2]}"] = torch.cat([hf[f"{pre}{n}.{m[2]}"] for n in QKV])
+        elif (new := rename(key, rules)) is not None:
+            ours[new] = value
+    return ours
+
+
+def load_into(objective: torch.nn.Module, ours: Mapping[str, torch.Tensor], optional: Callable[[str], bool]) -> None:
+    """``load_state_dict`` that names what does not fit (missing keys for which ``optional`` holds are fine)."""
+    missing, unexpected = objective.load_state_dict(ours, strict=False)
+    missing = [k for k in missing if not optional(k)]
+    if missing or unexpected:
+        raise SelfsupError(f"checkpoint does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+def check_encoder(objective: torch.nn.Module, target: str, pre_ln: bool = True) -> bool:
+    """Whether the backbone is pre-LN (``do_stable_layer_norm``); a clear error when ``target`` cannot hold it."""
+    cfg = objective.backbone.config
+    if pre_ln and not (cfg.causal or not cfg.bias or cfg.norm_first != cfg.final_norm):
+        return cfg.norm_first
+    if not pre_ln and not (cfg.causal or not cfg.bias or cfg.norm_first or cfg.final_norm):
+        return False
+    kinds = "post-LN without or pre-LN with a final norm" if pre_ln else "post-LN with no final norm"
+    raise SelfsupError(f"only bidirectional encoders with biases, {kinds}, export as {target}")
+
+
+def encoder_config_kwargs(objective: torch.nn.Module) -> dict[str, Any]:
+    """The fields the wav2vec 2.0 / HuBERT / data2vec-audio configs share, from our adapter and backbone."""
+    a, t = objective.adapter.config, objective.backbone.config
+    return dict(
+        hidden_size=t.hidden_size, num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
+        intermediate_size=t.intermediate_size, hidden_act=t.activation, hidden_dropout=t.dropout,
+        attention_dropout=t.attention_dropout, activation_dropout=0.0, layerdrop=0.0,
+        feat_proj_dropout=a.feat_proj_dropout, layer_norm_eps=t.layer_norm_eps,
+        feat_extract_activation=a.activation, conv_dim=list(a.conv_dim), conv_kernel=list(a.conv_kernel),
+        conv_stride=list(a.conv_stride), conv_bias=a.conv_bias, num_conv_pos_embeddings=a.num_conv_pos_embeddings,
+        num_conv_pos_embedding_groups=a.num_conv_pos_embedding_groups)
+
+
+def adapter_kwargs(hf_cfg, drop: Callable[[float], float]) -> dict[str, Any]:
+    """Our adapter-config fields read from an HF speech config (``drop`` maps a dropout rate)."""
+    return dict(
+        conv_dim=hf_cfg.conv_dim, conv_kernel=hf_cfg.conv_kernel, conv_stride=hf_cfg.conv_stride,
+        conv_bias=hf_cfg.conv_bias, activation=hf_cfg.feat_extract_activation,
+        num_conv_pos_embeddings=hf_cfg.num_conv_pos_embeddings,
+        num_conv_pos_embedding_groups=hf_cfg.num_conv_pos_embedding_groups,
+        feat_proj_dropout=drop(hf_cfg.feat_proj_dropout))
+
+
+def transformer_config(hf_cfg, pre_ln: bool, drop: Callable[[float], float]) -> TransformerConfig:
+    """Our backbone config read from an HF speech config."""
+    return TransformerConfig(
+        hidden_size=hf_cfg.hidden_size, num_layers=hf_cfg.num_hidden_layers, num_heads=hf_cfg.num_attention_heads,
+        intermediate_size=hf_cfg.intermediate_size, activation=hf_cfg.hidden_act, norm_first=pre_ln,
+        final_norm=pre_ln, dropout=drop(hf_cfg.hidden_dropout), attention_dropout=drop(hf_cfg.attention_dropout),
+        layer_norm_eps=hf_cfg.layer_norm_eps)
+
+
+def dropout_map(dropout: float | None) -> Callable[[float], float]:
+    """The checkpoint's rate, or ``dropout`` for all of them when given."""
+    return (lambda v: v) if dropout is None else (lambda v: dropout)
+
+
+def load_model(path_or_model, model_type: str, model_class: str, accepts: Callable[[str], bool] | None = None):
+    """(model, name for messages) from a checkpoint folder / Hub name (of ``model_type``, loaded as
+    ``transformers.<model_class>``, no remote code) or a model object (its class name checked by ``accepts``)."""
+    import transformers
+
+    if not isinstance(path_or_model, (str, Path)):
+        name = type(path_or_model).__name__
+        if not (accepts or (lambda n: n == model_class))(name):
+            raise SelfsupError(f"expected a {model_class}, got {name}")
+        return path_or_model, "model"
+    where = str(path_or_model)
+    try:
+        hf_cfg = transformers.AutoConfig.from_pretrained(where, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - transformers raises many types here
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SelfsupError(f"{where}: not a transformers checkpoint ({first})") from None
+    if hf_cfg.model_type != model_type:
+        raise SelfsupError(f"{where}: model type {hf_cfg.model_type!r}; --init_from here needs a {model_type} "
+                           "checkpoint")
+    return getattr(transformers, model_class).from_pretrained(where, trust_remote_code=False), where
+
+
+def feature_extractor_for(objective: torch.nn.Module | None = None):
+    """The ``Wav2Vec2FeatureExtractor`` that goes with an export: 16 kHz mono, zero-mean unit-variance
+    normalisation per utterance, zero padding, attention mask returned (our models train with it)."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    rate = objective.adapter.config.sampling_rate if objective is not None else 16000
+    return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=rate, padding_value=0.0, do_normalize=True,
+                                    return_attention_mask=True)
