@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from selfsup.audio_recipe import add_audio_args, check_audio_export, run_speech_recipe
-from selfsup.backbones.transformer import num_parameters
+from selfsup.audio_recipe import add_audio_args, export_speech, run_speech_recipe
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import run_cli
-from selfsup.export import write_model_card
-from selfsup.hf_data2vec import feature_extractor_for, from_transformers, to_transformers
+from selfsup.hf_data2vec import from_transformers, to_transformers
 from selfsup.objectives.data2vec import Data2VecObjective, build
 
 OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "average_top_k_layers", "ema_decay", "ema_end_decay",
@@ -58,26 +56,11 @@ def build_objective(args: Namespace) -> Data2VecObjective:
 
 def export(objective: Data2VecObjective, args: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
     """OUTPUT_DIR/export: the student as Data2VecAudioModel + feature extractor + card, reloaded and checked."""
-    from transformers import AutoModel
-
-    out = Path(args.output_dir) / "export"
     objective = objective.float().cpu().eval()
-    to_transformers(objective).save_pretrained(str(out))
-    feature_extractor_for().save_pretrained(str(out))
-    reloaded = AutoModel.from_pretrained(str(out)).eval()
-    check_audio_export(objective, reloaded, sample, metrics)
-    run = {"objective": "data2vec (audio)", "audio": source, "steps": metrics.get("steps"),
-           "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
-           "parameters": num_parameters(objective.encoder()), "mask_prob": objective.config.mask_prob,
-           "average_top_k_layers": objective.config.average_top_k_layers}
-    usage = f"""from transformers import AutoFeatureExtractor, Data2VecAudioModel
-extractor = AutoFeatureExtractor.from_pretrained("{args.hub_model_id or out}")
-model = Data2VecAudioModel.from_pretrained("{args.hub_model_id or out}")
-hidden = model(**extractor(waveform_16khz, sampling_rate=16000, return_tensors="pt")).last_hidden_state"""
-    write_model_card(out, title=args.hub_model_id or "data2vec audio encoder pretrained with selfsup",
-                     pipeline_tag="feature-extraction", summary=f"A data2vec audio model pretrained on {source}.",
-                     metrics=metrics, run=run, usage=usage, tags=("data2vec-audio", "audio", "speech"))
-    return out
+    return export_speech(args, objective, to_transformers(objective), metrics, source, sample,
+                         name="data2vec (audio)", usage_class="Data2VecAudioModel",
+                         tags=("data2vec-audio", "audio", "speech"),
+                         run={"average_top_k_layers": objective.config.average_top_k_layers})
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -18,7 +18,6 @@ OUTPUT_DIR defaults to outputs/hubert/iteration{N}; a ``{iteration}`` in ``--out
 """
 from __future__ import annotations
 
-import math
 import shutil
 from argparse import ArgumentParser, Namespace
 from pathlib import Path
@@ -26,12 +25,10 @@ from typing import Any, Sequence
 
 import torch
 
-from selfsup.audio_recipe import add_audio_args, check_audio_export, run_speech_recipe
-from selfsup.backbones.transformer import num_parameters
+from selfsup.audio_recipe import add_audio_args, export_speech, run_speech_recipe
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import SelfsupError, run_cli
-from selfsup.export import write_model_card
-from selfsup.hf_hubert import HEAD_KEYS, feature_extractor_for, from_transformers, to_transformers
+from selfsup.hf_hubert import HEAD_KEYS, from_transformers, to_transformers
 from selfsup.hubert_labels import (
     HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, cached_labels, fingerprint,
     fit_and_label, save_labels,
@@ -212,30 +209,21 @@ def make_export(args: Namespace):
     def export(objective: HubertObjective, args_: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
         """OUTPUT_DIR/export: HubertModel + feature extractor + head + centroids + card, reloaded and checked."""
         from safetensors.torch import save_file
-        from transformers import AutoModel
 
-        out = Path(args.output_dir) / "export"
         objective = objective.float().cpu().eval()
-        to_transformers(objective).save_pretrained(str(out))
-        feature_extractor_for(objective).save_pretrained(str(out))
-        state = objective.state_dict()
-        save_file({k: state[k].contiguous() for k in HEAD_KEYS}, str(out / HEAD_FILE))
-        shutil.copyfile(Path(args.output_dir) / "labels" / KMEANS_FILE, out / KMEANS_FILE)
-        reloaded = AutoModel.from_pretrained(str(out)).eval()
-        check_audio_export(objective, reloaded, sample, metrics)
-        run = {"objective": "HuBERT", "iteration": args.iteration, "audio": source, "steps": metrics.get("steps"),
-               "targets": f"k-means ({args.num_clusters}) on {metrics.get('kmeans/features')}",
-               "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
-               "parameters": num_parameters(objective.encoder()), "mask_prob": objective.config.mask_prob}
-        usage = f"""from transformers import AutoFeatureExtractor, HubertModel
-extractor = AutoFeatureExtractor.from_pretrained("{args.hub_model_id or out}")
-model = HubertModel.from_pretrained("{args.hub_model_id or out}")
-hidden = model(**extractor(waveform_16khz, sampling_rate=16000, return_tensors="pt")).last_hidden_state"""
-        write_model_card(out, title=args.hub_model_id or f"HuBERT encoder (iteration {args.iteration}) pretrained "
-                         "with selfsup", pipeline_tag="feature-extraction",
-                         summary=f"A HuBERT model pretrained on {source}, iteration {args.iteration}.",
-                         metrics=metrics, run=run, usage=usage, tags=("hubert", "audio", "speech"))
-        return out
+
+        def head_and_centroids(out: Path) -> None:
+            state = objective.state_dict()
+            save_file({k: state[k].contiguous() for k in HEAD_KEYS}, str(out / HEAD_FILE))
+            shutil.copyfile(Path(args.output_dir) / "labels" / KMEANS_FILE, out / KMEANS_FILE)
+
+        return export_speech(
+            args, objective, to_transformers(objective), metrics, source, sample, name="HuBERT",
+            usage_class="HubertModel", tags=("hubert", "audio", "speech"), write_extra=head_and_centroids,
+            run={"iteration": args.iteration,
+                 "targets": f"k-means ({args.num_clusters}) on {metrics.get('kmeans/features')}"},
+            title=f"HuBERT encoder (iteration {args.iteration}) pretrained with selfsup",
+            summary=f"A HuBERT model pretrained on {source}, iteration {args.iteration}.")
 
     return export
 

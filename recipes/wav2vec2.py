@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from selfsup.audio_recipe import add_audio_args, check_audio_export, run_speech_recipe
+from selfsup.audio_recipe import add_audio_args, export_speech, run_speech_recipe
 from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
-from selfsup.export import write_model_card
 from selfsup.errors import run_cli
-from selfsup.hf_wav2vec2 import feature_extractor_for, from_transformers, to_transformers
+from selfsup.hf_wav2vec2 import from_transformers, to_transformers
 from selfsup.objectives.wav2vec2 import Wav2Vec2Objective, build
 
 OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "num_negatives", "diversity_loss_weight", "feature_penalty_weight",
@@ -58,27 +57,11 @@ def build_objective(args: Namespace) -> Wav2Vec2Objective:
 
 def export(objective: Wav2Vec2Objective, args: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
     """OUTPUT_DIR/export: Wav2Vec2ForPreTraining + feature extractor + card, reloaded and checked (1e-4)."""
-    from transformers import AutoModelForPreTraining
-
-    out = Path(args.output_dir) / "export"
     objective = objective.float().cpu().eval()
-    to_transformers(objective).save_pretrained(str(out))
-    feature_extractor_for(objective).save_pretrained(str(out))
-    reloaded = AutoModelForPreTraining.from_pretrained(str(out)).eval()
-    check_audio_export(objective, reloaded.wav2vec2, sample, metrics)
-    run = {"objective": "wav2vec 2.0", "audio": source, "steps": metrics.get("steps"),
-           "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
-           "parameters": num_parameters(objective), "mask_prob": objective.config.mask_prob,
-           "mask_length": objective.config.mask_length}
-    usage = f"""from transformers import AutoFeatureExtractor, Wav2Vec2Model
-extractor = AutoFeatureExtractor.from_pretrained("{args.hub_model_id or out}")
-model = Wav2Vec2Model.from_pretrained("{args.hub_model_id or out}")
-inputs = extractor(waveform_16khz, sampling_rate=16000, return_tensors="pt")
-hidden = model(**inputs).last_hidden_state"""
-    write_model_card(out, title=args.hub_model_id or "wav2vec 2.0 encoder pretrained with selfsup",
-                     pipeline_tag="feature-extraction", summary=f"A wav2vec 2.0 model pretrained on {source}.",
-                     metrics=metrics, run=run, usage=usage, tags=("wav2vec2", "audio", "speech"))
-    return out
+    return export_speech(args, objective, to_transformers(objective), metrics, source, sample, name="wav2vec 2.0",
+                         usage_class="Wav2Vec2Model", tags=("wav2vec2", "audio", "speech"),
+                         auto_class="AutoModelForPreTraining", base=lambda model: model.wav2vec2,
+                         run={"parameters": num_parameters(objective), "mask_length": objective.config.mask_length})
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -169,6 +169,42 @@ def check_audio_export(objective: Objective, reloaded_encoder: Callable[..., Any
     metrics["export/max_abs_hidden_diff"] = diff
 
 
+def export_speech(args: Namespace, objective: Objective, hf_model: Any, metrics: dict[str, Any], source: str,
+                  sample: dict, *, name: str, usage_class: str, tags: tuple[str, ...], run: dict | None = None,
+                  auto_class: str = "AutoModel", base: Callable[[Any], Any] = lambda model: model,
+                  write_extra: Callable[[Path], None] | None = None, title: str | None = None,
+                  summary: str | None = None) -> Path:
+    """OUTPUT_DIR/export: ``hf_model`` (our objective converted) + feature extractor + whatever ``write_extra``
+    adds + a model card; reloaded with ``transformers.<auto_class>`` and checked against ours (1e-4; ``base``
+    picks the encoder out of the reloaded model)."""
+    import transformers
+
+    from selfsup.export import write_model_card
+    from selfsup.hf_speech import feature_extractor_for
+
+    out = Path(args.output_dir) / "export"
+    hf_model.save_pretrained(str(out))
+    feature_extractor_for(objective).save_pretrained(str(out))
+    if write_extra is not None:
+        write_extra(out)
+    reloaded = getattr(transformers, auto_class).from_pretrained(str(out)).eval()
+    check_audio_export(objective, base(reloaded), sample, metrics)
+    run = {"objective": name, "audio": source, "steps": metrics.get("steps"),
+           "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
+           "parameters": num_parameters(objective.encoder()), "mask_prob": objective.config.mask_prob,
+           **(run or {})}
+    where = args.hub_model_id or out
+    usage = f"""from transformers import AutoFeatureExtractor, {usage_class}
+extractor = AutoFeatureExtractor.from_pretrained("{where}")
+model = {usage_class}.from_pretrained("{where}")
+inputs = extractor(waveform_16khz, sampling_rate=16000, return_tensors="pt")
+hidden = model(**inputs).last_hidden_state"""
+    write_model_card(out, title=args.hub_model_id or title or f"{name} encoder pretrained with selfsup",
+                     pipeline_tag="feature-extraction", summary=summary or f"A {name} model pretrained on {source}.",
+                     metrics=metrics, run=run, usage=usage, tags=tags)
+    return out
+
+
 def run_speech_recipe(args: Namespace, name: str, build_objective: Callable[[Namespace], Objective],
                       export: Exporter, collate: Callable = collate_audio,
                       wrap_data: Callable[[AudioDataset, AudioDataset, Any], tuple[Any, Any]] | None = None,

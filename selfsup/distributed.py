@@ -2,7 +2,6 @@
 feature penalty are functions of batch averages). Outside a multi-process training run these are identities."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 

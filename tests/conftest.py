@@ -27,3 +27,22 @@ def tiny_argv(output_dir: Path, *extra: str, steps: int = 4) -> list[str]:
     return ["--output_dir", str(output_dir), "--model_size", "tiny", "--max_steps", str(steps),
             "--per_device_train_batch_size", "8", "--report_to", "none", "--max_seq_length", "32",
             "--vocab_size", "600", "--max_eval_blocks", "16", *extra]
+
+
+def speech_argv(output_dir: Path, *extra: str, steps: int = 3) -> list[str]:
+    """Flags for a speech recipe run of a few seconds on the built-in synthetic corpus."""
+    return ["--output_dir", str(output_dir), "--model_size", "tiny", "--max_steps", str(steps), "--report_to", "none",
+            "--per_device_train_batch_size", "4", "--synthetic_utterances", "40", "--max_duration", "1.0", *extra]
+
+
+def straight_and_resumed(main, argv, root: Path, steps: int = 6, at: int = 3) -> tuple[dict, dict, dict]:
+    """Model states of a straight run at ``steps``, of a run resumed from its checkpoint at ``at`` (same steps),
+    and of the straight run at ``at``."""
+    from safetensors.torch import load_file
+
+    straight, resumed = root / "straight", root / "resumed"
+    main(argv(straight, "--checkpointing_steps", str(at), "--checkpoints_total_limit", "0", steps=steps))
+    main(argv(resumed, "--resume_from_checkpoint", str(straight / f"checkpoint-{at}"), "--checkpointing_steps",
+              str(steps), steps=steps))
+    return tuple(load_file(d / f"checkpoint-{n}" / "model.safetensors")
+                 for d, n in ((straight, steps), (resumed, steps), (straight, at)))

@@ -1,7 +1,6 @@
 """recipes/hubert.py end to end: iteration 1 (MFCC k-means) then 2 (a layer of iteration 1's model), cached
 labels that a resumed run reuses, labels that follow each random crop, the export and --init_from."""
 import json
-import math
 import shutil
 
 import pytest
@@ -14,14 +13,13 @@ from selfsup.hubert_labels import (
 )
 from selfsup.modalities.audio import audio_preset
 from selfsup.modalities.audio_data import AudioDataset
+from tests.conftest import speech_argv
 
 hubert = pytest.importorskip("recipes.hubert")
 
 
 def argv(out, *extra, steps=3):
-    return ["--output_dir", str(out), "--model_size", "tiny", "--max_steps", str(steps), "--report_to", "none",
-            "--per_device_train_batch_size", "4", "--synthetic_utterances", "40", "--max_duration", "1.0",
-            "--num_clusters", "12", *extra]
+    return speech_argv(out, "--num_clusters", "12", *extra, steps=steps)
 
 
 @pytest.fixture(scope="module")
