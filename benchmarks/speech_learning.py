@@ -6,7 +6,7 @@ official split (train on takes 5-49, test on 0-4) and leave-one-speaker-out (6 f
 training takes were seen, unlabelled, in pretraining), for the pretrained encoder and a random-init one of the
 same size (the recipe computes both).
 
-    python benchmarks/speech_learning.py                       # all three objectives, tiny models, ~10 min each
+    python benchmarks/speech_learning.py                       # all three objectives, tiny models, ~4 min each
     python benchmarks/speech_learning.py --recipe hubert --max_steps 600
     python benchmarks/speech_learning.py --quick               # a smoke run, not a result
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--recipe", default="all", choices=[*RECIPES, "all"])
     p.add_argument("--fsdd", default=str(ROOT.parent / "shared" / "data" / "speech" / "fsdd"))
     p.add_argument("--model_size", default="tiny", help="tiny: 64 wide, 2 layers, 5-layer 32-channel conv encoder")
-    p.add_argument("--max_steps", type=int, default=None, help="default: 400 (--quick: 5)")
+    p.add_argument("--max_steps", type=int, default=None, help="default: 2000 (--quick: 5)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--output_dir", default=None)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     fsdd = Path(args.fsdd)
     if not (fsdd / "recordings").is_dir():
         sys.exit(f"error: {fsdd}: FSDD not found (expected recordings/*.wav)")
-    args.max_steps = args.max_steps or (5 if args.quick else 400)
+    args.max_steps = args.max_steps or (5 if args.quick else 2000)
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="speech_learning_"))
     out.mkdir(parents=True, exist_ok=True)
     n = training_list(fsdd, out / "train.txt")

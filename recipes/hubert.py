@@ -30,10 +30,10 @@ from selfsup.config import base_parser, parse_args
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.hf_hubert import HEAD_KEYS, from_transformers, to_transformers
 from selfsup.hubert_labels import (
-    HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, cached_labels, fingerprint,
-    fit_and_label, save_labels,
+    HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, cached_labels, fingerprint, fit_centroids,
+    label_clips, merge_label_parts, save_label_part, save_labels,
 )
-from selfsup.kmeans import save_centroids
+from selfsup.kmeans import load_centroids, save_centroids
 from selfsup.modalities.audio import audio_preset
 from selfsup.objectives.hubert import HubertObjective, build
 
@@ -153,10 +153,44 @@ def label_source(args: Namespace, device) -> MFCCFeatures | LayerFeatures:
     return LayerFeatures(previous, args.feature_layer, args.max_duration, device=device)
 
 
+def make_labels(args: Namespace, data: dict[str, Any], keys: dict[str, str], cache: Path, accelerator) -> None:
+    """Cluster labels into ``cache``: the main process fits k-means and writes the centroids; every process
+    labels its share of the clips (every N-th); the main process merges the shares into one file per split."""
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    source = label_source(args, accelerator.device)
+    kept: dict = {}
+    meta: dict[str, Any] = {}
+    if main:
+        accelerator.print(f"cluster labels: k-means ({args.num_clusters} clusters) on {source.description} "
+                          f"features of the training clips")
+        centroids, inertia, fitted, kept = fit_centroids(data["train"], source, args.num_clusters,
+                                                         args.kmeans_max_frames, args.kmeans_iterations,
+                                                         args.kmeans_batch_size, args.seed)
+        meta = {"label_rate": source.rate, "features": source.description, "num_clusters": args.num_clusters,
+                "kmeans_inertia": inertia, "kmeans_frames": fitted}
+        cache.mkdir(parents=True, exist_ok=True)
+        save_centroids(cache / KMEANS_FILE, centroids, {k: str(v) for k, v in meta.items()})
+    accelerator.wait_for_everyone()
+    centroids = load_centroids(cache / KMEANS_FILE)       # every process labels with the same float32 copy
+    parts = cache / "parts"
+    for split, dataset in data.items():
+        mine = range(rank, len(dataset), world)
+        rows = label_clips(dataset, source, source.num_positions, centroids, mine,
+                           kept=kept if split == "train" else None, progress=main)
+        save_label_part(parts / f"{split}.{rank}.safetensors", mine, rows)
+    accelerator.wait_for_everyone()
+    if main:
+        for split, dataset in data.items():
+            files = [parts / f"{split}.{r}.safetensors" for r in range(world)]
+            save_labels(cache / f"{split}.safetensors", merge_label_parts(files, len(dataset)),
+                        {**meta, "fingerprint": keys[split]})
+        shutil.rmtree(parts, ignore_errors=True)
+
+
 def make_wrap_data(args: Namespace, kernels, strides, metrics: dict[str, Any]):
-    """``wrap_data`` for :func:`run_speech_recipe`: cluster labels for the training and held-out clips (fitted
-    and written by the main process, or read from OUTPUT_DIR/labels/ when the cache fits), attached to the
-    clips as :class:`LabelledAudio`."""
+    """``wrap_data`` for :func:`run_speech_recipe`: cluster labels for the training and held-out clips (made by
+    :func:`make_labels`, or read from OUTPUT_DIR/labels/ when the cache fits), attached to the clips as
+    :class:`LabelledAudio`."""
 
     def wrap(train, val, accelerator):
         cache = Path(args.output_dir) / "labels"
@@ -168,26 +202,18 @@ def make_wrap_data(args: Namespace, kernels, strides, metrics: dict[str, Any]):
             weights = Path(args.previous) / "model.safetensors"
             settings["previous_weights"] = file_digest(weights) if weights.is_file() else None
         keys = {"train": fingerprint(train, settings), "validation": fingerprint(val, settings)}
-        if accelerator.is_main_process:
-            found = {split: cached_labels(cache / f"{split}.safetensors", key) for split, key in keys.items()}
-            metrics["kmeans/cached"] = float(all(found.values()))
-            if all(found.values()):
-                accelerator.print(f"cluster labels: reusing {cache}")
-            else:
-                source = label_source(args, accelerator.device)
-                accelerator.print(f"cluster labels: k-means ({args.num_clusters} clusters) on {source.description} "
-                                  f"features of the training clips")
-                results = fit_and_label([train, val], source, source.num_positions, args.num_clusters,
-                                        args.kmeans_max_frames, args.kmeans_iterations, args.kmeans_batch_size,
-                                        args.seed)
-                meta = {"label_rate": source.rate, "features": source.description, "num_clusters":
-                        args.num_clusters, "kmeans_inertia": results[0].inertia,
-                        "kmeans_frames": results[0].fitted_frames}
-                cache.mkdir(parents=True, exist_ok=True)
-                save_centroids(cache / KMEANS_FILE, results[0].centroids,
-                               {k: str(v) for k, v in meta.items()})
-                for (split, key), result in zip(keys.items(), results):
-                    save_labels(cache / f"{split}.safetensors", result.labels, {**meta, "fingerprint": key})
+        found = [accelerator.is_main_process
+                 and all(cached_labels(cache / f"{split}.safetensors", key) for split, key in keys.items())]
+        if accelerator.num_processes > 1:                  # every process acts on the main process's finding
+            from accelerate.utils import broadcast_object_list
+
+            found = broadcast_object_list(found)
+        found = bool(found[0])
+        metrics["kmeans/cached"] = float(found)
+        if found:
+            accelerator.print(f"cluster labels: reusing {cache}")
+        else:
+            make_labels(args, {"train": train, "validation": val}, keys, cache, accelerator)
         accelerator.wait_for_everyone()
         loaded = {split: cached_labels(cache / f"{split}.safetensors", key) for split, key in keys.items()}
         if not all(loaded.values()):

@@ -111,17 +111,15 @@ class ClusterResult:
     fitted_frames: int
 
 
-def fit_and_label(datasets: Sequence[AudioDataset], features: Callable[[Tensor], tuple[Tensor, Tensor]],
-                  num_positions: Callable[[int], int], k: int, max_frames: int = 500_000, iterations: int = 100,
-                  batch_size: int = 10_000, seed: int = 0, progress: bool = True) -> list[ClusterResult | None]:
-    """Fit k-means on frames of ``datasets[0]`` (the training set; at most ``max_frames``, whole clips in a
-    seeded random order) and label every clip of every data set with the nearest centroid.
+def fit_centroids(train: AudioDataset, features: Callable[[Tensor], tuple[Tensor, Tensor]], k: int,
+                  max_frames: int = 500_000, iterations: int = 100, batch_size: int = 10_000, seed: int = 0,
+                  progress: bool = True) -> tuple[Tensor, float, int, dict[int, tuple[Tensor, Tensor, int]]]:
+    """k-means on frames of ``train`` (at most ``max_frames``, whole clips in a seeded random order).
 
-    Returns one :class:`ClusterResult` per data set (sharing the centroids). Features are computed once per
-    clip when every training frame fits under ``max_frames``, else twice (fit, then label)."""
+    Returns (centroids (k, D), mean inertia of the fitted frames, fitted frames, the features computed, by clip
+    index, for :func:`label_clips` to reuse)."""
     from tqdm.auto import tqdm
 
-    train = datasets[0]
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
     kept: dict[int, tuple[Tensor, Tensor, int]] = {}
     total = 0
@@ -138,26 +136,64 @@ def fit_and_label(datasets: Sequence[AudioDataset], features: Callable[[Tensor],
         raise SelfsupError(f"k-means needs at least {k} frames (num_clusters) but the training audio gives {total}")
     fit_x = torch.cat([f for f, _, _ in kept.values()])[:max_frames]
     centroids = kmeans.fit(fit_x, k, batch_size=min(batch_size, len(fit_x)), iterations=iterations, seed=seed)
-    inertia = kmeans.inertia(fit_x, centroids) / len(fit_x)
-    results: list[ClusterResult | None] = []
-    for d, data in enumerate(datasets):
-        labels = []
-        for i in tqdm(range(len(data)), desc="cluster labels", disable=not progress, leave=False):
-            cached = kept.get(i) if d == 0 else None
-            if cached is None:
-                wave = whole_clip(data, i)
-                if wave is None:
-                    labels.append(torch.full((0,), IGNORE, dtype=torch.long))
-                    continue
-                cached = (*features(wave), wave.numel())
-            f, pos, samples = cached
-            row = torch.full((max(num_positions(samples), int(pos.max()) + 1 if len(pos) else 0),), IGNORE,
-                             dtype=torch.long)
-            if len(f):
-                row[pos] = kmeans.predict(f, centroids)
-            labels.append(row)
-        results.append(ClusterResult(labels, centroids, inertia, len(fit_x)))
-    return results
+    return centroids, kmeans.inertia(fit_x, centroids) / len(fit_x), len(fit_x), kept
+
+
+def label_clips(data: AudioDataset, features: Callable[[Tensor], tuple[Tensor, Tensor]],
+                num_positions: Callable[[int], int], centroids: Tensor, indices: Sequence[int] | None = None,
+                kept: dict[int, tuple[Tensor, Tensor, int]] | None = None, progress: bool = True) -> list[Tensor]:
+    """The label row of each clip in ``indices`` (default: all): (num_positions,) nearest-centroid ids, -100
+    where no frame (and an empty row for a clip that cannot be read). ``kept``: features already computed."""
+    from tqdm.auto import tqdm
+
+    labels = []
+    for i in tqdm(range(len(data)) if indices is None else indices, desc="cluster labels", disable=not progress,
+                  leave=False):
+        cached = (kept or {}).get(i)
+        if cached is None:
+            wave = whole_clip(data, i)
+            if wave is None:
+                labels.append(torch.full((0,), IGNORE, dtype=torch.long))
+                continue
+            cached = (*features(wave), wave.numel())
+        f, pos, samples = cached
+        row = torch.full((max(num_positions(samples), int(pos.max()) + 1 if len(pos) else 0),), IGNORE,
+                         dtype=torch.long)
+        if len(f):
+            row[pos] = kmeans.predict(f, centroids)
+        labels.append(row)
+    return labels
+
+
+def fit_and_label(datasets: Sequence[AudioDataset], features: Callable[[Tensor], tuple[Tensor, Tensor]],
+                  num_positions: Callable[[int], int], k: int, max_frames: int = 500_000, iterations: int = 100,
+                  batch_size: int = 10_000, seed: int = 0, progress: bool = True) -> list[ClusterResult]:
+    """Fit k-means on frames of ``datasets[0]`` (the training set) and label every clip of every data set with
+    the nearest centroid, in one process. Returns one :class:`ClusterResult` per data set (sharing the
+    centroids). Features are computed once per clip when every training frame fits under ``max_frames``, else
+    twice (fit, then label)."""
+    centroids, inertia, fitted, kept = fit_centroids(datasets[0], features, k, max_frames, iterations, batch_size,
+                                                     seed, progress)
+    return [ClusterResult(label_clips(data, features, num_positions, centroids, kept=kept if d == 0 else None,
+                                      progress=progress), centroids, inertia, fitted)
+            for d, data in enumerate(datasets)]
+
+
+def save_label_part(path: str | Path, indices: Sequence[int], labels: Sequence[Tensor]) -> None:
+    """One process's share of a data set's label rows (their clip indices beside them)."""
+    save_labels(path, labels, {"indices": list(indices)})
+
+
+def merge_label_parts(paths: Sequence[str | Path], count: int) -> list[Tensor]:
+    """The label rows of all ``count`` clips from the parts :func:`save_label_part` wrote."""
+    rows: list[Tensor | None] = [None] * count
+    for path in paths:
+        labels, meta = load_labels(path)
+        for i, row in zip(meta["indices"], labels):
+            rows[i] = row
+    if missing := [i for i, r in enumerate(rows) if r is None]:
+        raise SelfsupError(f"cluster labels: no process labelled clips {missing[:5]} (of {len(missing)})")
+    return rows
 
 
 # -- cache ---------------------------------------------------------------------------------------------------------
@@ -255,5 +291,6 @@ class HubertCollator:
         return batch
 
 
-__all__ = ["MFCCFeatures", "LayerFeatures", "fit_and_label", "ClusterResult", "save_labels", "load_labels",
+__all__ = ["MFCCFeatures", "LayerFeatures", "fit_and_label", "fit_centroids", "label_clips",
+           "save_label_part", "merge_label_parts", "ClusterResult", "save_labels", "load_labels",
            "cached_labels", "fingerprint", "LabelledAudio", "HubertCollator", "conv_frames", "whole_clip"]

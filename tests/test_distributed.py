@@ -96,3 +96,30 @@ def test_wav2vec2_recipe_in_two_processes_matches_one(tmp_path):
     m1 = json.loads((one / "metrics.json").read_text())
     m2 = json.loads((two / "metrics.json").read_text())
     assert abs(m1["train_loss"] - m2["train_loss"]) < 1e-4 * abs(m1["train_loss"])
+
+
+def test_hubert_labels_made_by_two_processes_equal_one_process_labels(tmp_path):
+    """k-means is fitted once; each process labels every second clip; the merged cache is the one-process one."""
+    import json
+
+    from selfsup.hubert_labels import load_labels
+
+    def run(nproc: int) -> Path:
+        out = tmp_path / f"hubert{nproc}"
+        launch(nproc, "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "1", "--report_to", "none",
+               "--per_device_train_batch_size", str(4 // nproc), "--synthetic_utterances", "24",
+               "--max_duration", "1.0", "--num_clusters", "8", "--iteration", "1",
+               script=ROOT / "recipes" / "hubert.py")
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["num_processes"] == nproc and metrics["kmeans/cached"] == 0.0
+        assert not (out / "labels" / "parts").exists()
+        return out
+
+    one, two = run(1), run(2)
+    for split in ("train", "validation"):
+        a, meta_a = load_labels(one / "labels" / f"{split}.safetensors")
+        b, meta_b = load_labels(two / "labels" / f"{split}.safetensors")
+        assert len(a) == len(b) >= 2
+        assert {k: v for k, v in meta_a.items() if k != "fingerprint"} == {k: v for k, v in meta_b.items() if k != "fingerprint"}
+        assert all(torch.equal(x, y) for x, y in zip(a, b)), split
+        assert sum(int((x >= 0).sum()) for x in a) > 0
