@@ -28,6 +28,8 @@ class AudioConfig:
 
     feat_extract_norm: ``"group"`` (GroupNorm on the first conv layer only: wav2vec2-base) or ``"layer"``
     (LayerNorm after every conv layer: the large "stable layer norm" models).
+    feature_grad_mult: scales the gradient that reaches the feature encoder (fairseq's ``feature_grad_mult``;
+    0.1 in its wav2vec 2.0 and HuBERT base recipes, for stability); training only, not part of an export.
     """
 
     conv_dim: tuple[int, ...] = (512,) * 7
@@ -40,12 +42,14 @@ class AudioConfig:
     num_conv_pos_embedding_groups: int = 16
     feat_proj_dropout: float = 0.1
     sampling_rate: int = 16000
+    feature_grad_mult: float = 1.0
 
     def __post_init__(self) -> None:
         self.conv_dim, self.conv_kernel, self.conv_stride = (
             tuple(int(v) for v in t) for t in (self.conv_dim, self.conv_kernel, self.conv_stride))
         if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
             raise ValueError("conv_dim, conv_kernel and conv_stride need one entry per conv layer")
+        check_grad_mult(self.feature_grad_mult)
         if self.feat_extract_norm not in ("group", "layer"):
             raise ValueError(f"feat_extract_norm is {self.feat_extract_norm!r}; choose 'group' or 'layer'")
         if self.activation not in ACTIVATIONS:
@@ -73,6 +77,18 @@ def audio_preset(size: str, **overrides) -> AudioConfig:
     if size not in AUDIO_PRESETS:
         raise ValueError(f"unknown model size {size!r}; choose from {sorted(AUDIO_PRESETS)}")
     return replace(AudioConfig(**AUDIO_PRESETS[size]), **overrides)
+
+
+def check_grad_mult(value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"feature_grad_mult must be a positive number, got {value}")
+
+
+def scale_gradient(x: Tensor, mult: float) -> Tensor:
+    """x unchanged; the gradient flowing back through it multiplied by ``mult``."""
+    if mult != 1.0 and x.requires_grad:
+        x.register_hook(lambda grad: grad * mult)
+    return x
 
 
 class ConvLayer(nn.Module):
@@ -184,13 +200,13 @@ class AudioAdapter(Adapter):
     def conv_features(self, waveforms: Tensor) -> Tensor:
         """(B, T) -> (B, F, C) output of the conv stack (before any LayerNorm), computed by
         :func:`~selfsup.modalities.audio_conv.feature_encoder` (the same function as running the layers one by
-        one, faster)."""
+        one, faster). The gradient reaching the encoder is scaled by ``config.feature_grad_mult``."""
         if waveforms.dim() != 2:
             raise ValueError(f"input_values must be (batch, samples) raw waveforms; got shape {tuple(waveforms.shape)}")
         if waveforms.shape[1] < self.receptive_field:
             raise ValueError(f"waveforms of {waveforms.shape[1]} samples are shorter than the feature encoder's "
                              f"receptive field ({self.receptive_field} samples)")
-        return feature_encoder(self.conv_layers, waveforms)
+        return scale_gradient(feature_encoder(self.conv_layers, waveforms), self.config.feature_grad_mult)
 
     def embed(self, batch: Batch) -> Tokens:
         """x: (B, F, D) projected features; targets ``features`` (B, F, C) LayerNorm-ed conv features (what the

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.backbones.transformer import ACTIVATIONS
-from selfsup.modalities.audio import AUDIO_PRESETS, AudioAdapter, ConvLayer
+from selfsup.modalities.audio import AUDIO_PRESETS, AudioAdapter, ConvLayer, check_grad_mult
 from selfsup.types import Adapter, Batch, Tokens
 
 
@@ -41,12 +41,14 @@ class Data2VecAudioAdapterConfig:
     num_conv_pos_embedding_groups: int = 16
     feat_proj_dropout: float = 0.0
     sampling_rate: int = 16000
+    feature_grad_mult: float = 1.0                 # as AudioConfig's
 
     def __post_init__(self) -> None:
         self.conv_dim, self.conv_kernel, self.conv_stride = (
             tuple(int(v) for v in t) for t in (self.conv_dim, self.conv_kernel, self.conv_stride))
         if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
             raise ValueError("conv_dim, conv_kernel and conv_stride need one entry per conv layer")
+        check_grad_mult(self.feature_grad_mult)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose from {sorted(ACTIVATIONS)}")
         if self.num_conv_pos_embeddings < 1 or self.conv_pos_kernel_size < 1:

@@ -15,6 +15,7 @@ from selfsup.errors import SelfsupError
 from selfsup.evaluate import extract_views, knn_accuracy, linear_probe
 from selfsup.export import push_to_hub
 from selfsup.modalities.audio_corpora import fsdd_entries, fsdd_split, synthetic_entries, synthetic_speech_corpus
+from selfsup.modalities.audio import check_grad_mult
 from selfsup.modalities.audio_data import AudioDataset, collate_audio, find_audio, to_entries
 from selfsup.train import Trainer, make_accelerator, seed_everything, write_metrics
 from selfsup.types import Encoder, Objective
@@ -36,6 +37,8 @@ def add_audio_args(p: ArgumentParser) -> None:
     g.add_argument("--max_eval_clips", type=int, default=64, help="held-out clips for the validation loss")
     g.add_argument("--synthetic_utterances", type=int, default=400,
                    help="size of the built-in synthetic corpus used when no audio is given")
+    g.add_argument("--feature_grad_mult", type=float, default=1.0,
+                   help="scale the gradient reaching the conv feature encoder (fairseq's base recipes: 0.1)")
 
 
 def load_audio_data(args: Namespace) -> tuple[AudioDataset, AudioDataset, str]:
@@ -219,6 +222,11 @@ def run_speech_recipe(args: Namespace, name: str, build_objective: Callable[[Nam
     accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out, "
                       f"{sum(train.durations) / 3600:.2f} h")
     objective = build_objective(args)
+    try:
+        check_grad_mult(args.feature_grad_mult)
+    except ValueError as err:
+        raise SelfsupError(str(err)) from None
+    objective.adapter.config.feature_grad_mult = args.feature_grad_mult
     accelerator.print(f"model: {num_parameters(objective) / 1e6:.1f}M parameters")
     train_data, val_data = wrap_data(train, val, accelerator) if wrap_data else (train, val)
     loader = make_train_loader(train_data, collate, args.per_device_train_batch_size, accelerator.num_processes,

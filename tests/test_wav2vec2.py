@@ -231,3 +231,24 @@ def test_collapse_warning_is_given_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         obj.on_step_end(201)  # once per run
+
+
+def test_feature_grad_mult_scales_only_the_feature_encoder_gradient():
+    obj = make(feature_penalty_weight=10.0)     # the penalty's gradient also passes through the multiplier
+    batch, _ = inputs(obj)
+    grads, losses = [], []
+    for mult in (1.0, 0.1):
+        obj.zero_grad()
+        obj.adapter.config.feature_grad_mult = mult
+        loss = obj(batch).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in obj.named_parameters() if p.grad is not None})
+    assert torch.equal(losses[0], losses[1])
+    conv = [n for n in grads[0] if n.startswith("adapter.conv_layers.")]
+    assert conv and set(grads[0]) == set(grads[1])
+    for name, g in grads[0].items():
+        want = g * 0.1 if name in conv else g
+        torch.testing.assert_close(grads[1][name], want, rtol=1e-4, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="feature_grad_mult"):
+        build("tiny", audio={"feature_grad_mult": 0.0})

@@ -83,3 +83,19 @@ def test_bad_audio_stops_or_is_skipped_and_counted(tmp_path):
     metrics = w2v.main(argv(tmp_path / "o2", "--train_dir", str(folder), "--on_bad_audio", "skip",
                             "--validation_split_percentage", "20", steps=1))
     assert metrics["audio/skipped"] == 2 and metrics["steps"] == 1
+
+
+def test_feature_grad_mult_flag_reaches_the_model_and_is_checked(tmp_path, monkeypatch):
+    seen = []
+    real = w2v.build_objective
+
+    def spy(args):
+        objective = real(args)
+        seen.append(objective)
+        return objective
+
+    monkeypatch.setattr(w2v, "build_objective", spy)
+    w2v.main(argv(tmp_path / "a", "--feature_grad_mult", "0.1", steps=1))
+    assert seen[0].adapter.config.feature_grad_mult == 0.1     # the trained one (later ones: random-init probes)
+    with pytest.raises(SelfsupError, match="feature_grad_mult"):
+        w2v.main(argv(tmp_path / "b", "--feature_grad_mult", "0", steps=1))
