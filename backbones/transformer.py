@@ -31,6 +31,10 @@ class TransformerConfig:
 
     norm_first: pre-LN (ViT, GPT-2, CLIP) when True, post-LN (BERT) when False.
     final_norm: a LayerNorm after the last layer (pre-LN models usually have one).
+    activation_dropout: dropout after the MLP's activation (``transformers``' ``activation_dropout``).
+    layerdrop: in training, each layer is skipped with this probability (Fan et al., 2019; one draw per layer
+    and forward, as ``transformers``' speech encoders; multi-process runs then need DDP's
+    ``find_unused_parameters``, which the recipes turn on).
     """
 
     hidden_size: int = 256
@@ -46,8 +50,13 @@ class TransformerConfig:
     layer_norm_eps: float = 1e-12
     bias: bool = True
     gradient_checkpointing: bool = False
+    activation_dropout: float = 0.0
+    layerdrop: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("dropout", "attention_dropout", "activation_dropout", "layerdrop"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.activation not in ACTIVATIONS:
@@ -106,10 +115,11 @@ class TransformerLayer(nn.Module):
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.bias)
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.act = ACTIVATIONS[cfg.activation]
+        self.act_drop = nn.Dropout(cfg.activation_dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
     def mlp(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.act(self.fc1(x))))
+        return self.drop(self.fc2(self.act_drop(self.act(self.fc1(x)))))
 
     def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
         if self.norm_first:
@@ -133,6 +143,14 @@ class TransformerEncoder(nn.Module):
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
+    def set_regularization(self, activation_dropout: float | None = None, layerdrop: float | None = None) -> None:
+        """Change the activation dropout and the layerdrop of a built encoder (None: keep)."""
+        changes = {k: v for k, v in (("activation_dropout", activation_dropout), ("layerdrop", layerdrop))
+                   if v is not None}
+        self.config = replace(self.config, **changes)
+        for layer in self.layers:
+            layer.act_drop.p = self.config.activation_dropout
+
     def attention_mask(self, padding_mask: Tensor | None, n: int) -> Tensor | None:
         """(B, N) padding mask -> (B, 1, 1|N, N) bool mask for SDPA (True = may attend), or None."""
         if padding_mask is None:
@@ -152,8 +170,12 @@ class TransformerEncoder(nn.Module):
         """
         attn_mask = self.attention_mask(padding_mask, x.shape[1])
         states = [x] if output_hidden_states else None
+        layerdrop = self.config.layerdrop if self.training else 0.0
         for layer in self.layers:
-            if self.config.gradient_checkpointing and self.training:
+            skipped = layerdrop > 0.0 and bool(torch.rand([]) < layerdrop)   # one draw, as transformers does
+            if skipped:
+                pass
+            elif self.config.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, attn_mask, use_reentrant=False)
             else:
                 x = layer(x, attn_mask)

@@ -17,7 +17,8 @@ convolutions are copied, only the encoder LayerNorm and the Transformer layers a
 Where this departs from fairseq: instance norm takes its statistics over the real frames only (fairseq includes
 padding, which its cropped batches rarely have); in ``ema_transformer_only`` mode the teacher reads the
 student's projected features *after* ``feat_proj_dropout`` (fairseq: before ``dropout_input``; both 0 in
-data2vec); no ``encoder_layerdrop`` and no ``require_same_masks``; a collapsing target warns once instead of
+data2vec); ``encoder_layerdrop`` is the backbone's ``layerdrop`` (the teacher, in eval mode, never drops); no
+``require_same_masks``; a collapsing target warns once instead of
 stopping the run; ``target_layer="block"`` offers the block outputs (after a post-LN block's final LayerNorm).
 """
 from __future__ import annotations

@@ -39,6 +39,12 @@ def add_audio_args(p: ArgumentParser) -> None:
                    help="size of the built-in synthetic corpus used when no audio is given")
     g.add_argument("--feature_grad_mult", type=float, default=1.0,
                    help="scale the gradient reaching the conv feature encoder (fairseq's base recipes: 0.1)")
+    g.add_argument("--layerdrop", type=float, default=None,
+                   help="skip each Transformer layer with this probability in training (fairseq's base recipes: "
+                        "0.05); default: 0 for a new model, the checkpoint's with --init_from")
+    g.add_argument("--activation_dropout", type=float, default=None,
+                   help="dropout after the MLP activation; default: 0 for a new model, the checkpoint's with "
+                        "--init_from")
 
 
 def load_audio_data(args: Namespace) -> tuple[AudioDataset, AudioDataset, str]:
@@ -208,6 +214,23 @@ hidden = model(**inputs).last_hidden_state"""
     return out
 
 
+def apply_training_flags(objective: Objective, args: Namespace, accelerator) -> None:
+    """``--feature_grad_mult``, ``--activation_dropout`` and ``--layerdrop`` on the built objective; with
+    layerdrop in a multi-process run, DDP is told that a step may leave skipped layers without a gradient."""
+    try:
+        check_grad_mult(args.feature_grad_mult)
+        objective.backbone.set_regularization(args.activation_dropout, args.layerdrop)
+    except ValueError as err:
+        raise SelfsupError(str(err)) from None
+    objective.adapter.config.feature_grad_mult = args.feature_grad_mult
+    if objective.backbone.config.layerdrop > 0 and accelerator.num_processes > 1:
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        handler = getattr(accelerator, "ddp_handler", None) or DistributedDataParallelKwargs()
+        handler.find_unused_parameters = True
+        accelerator.ddp_handler = handler
+
+
 def run_speech_recipe(args: Namespace, name: str, build_objective: Callable[[Namespace], Objective],
                       export: Exporter, collate: Callable = collate_audio,
                       wrap_data: Callable[[AudioDataset, AudioDataset, Any], tuple[Any, Any]] | None = None,
@@ -222,11 +245,7 @@ def run_speech_recipe(args: Namespace, name: str, build_objective: Callable[[Nam
     accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out, "
                       f"{sum(train.durations) / 3600:.2f} h")
     objective = build_objective(args)
-    try:
-        check_grad_mult(args.feature_grad_mult)
-    except ValueError as err:
-        raise SelfsupError(str(err)) from None
-    objective.adapter.config.feature_grad_mult = args.feature_grad_mult
+    apply_training_flags(objective, args, accelerator)
     accelerator.print(f"model: {num_parameters(objective) / 1e6:.1f}M parameters")
     train_data, val_data = wrap_data(train, val, accelerator) if wrap_data else (train, val)
     loader = make_train_loader(train_data, collate, args.per_device_train_batch_size, accelerator.num_processes,

@@ -104,8 +104,8 @@ def from_hf_state_dict(objective: Data2VecObjective, hf: dict[str, torch.Tensor]
 def from_transformers(path_or_model, dropout: float | None = None, **overrides: Any) -> Data2VecObjective:
     """Our objective from a ``Data2VecAudioModel`` (or a checkpoint folder / Hub name of any data2vec-audio
     model: ``--init_from``). The teacher starts as a copy of the student, the regression head (and the mask
-    embedding, when the checkpoint has none) freshly initialised. HF's ``layerdrop`` and
-    ``activation_dropout`` have no counterpart in our backbone and are not used.
+    embedding, when the checkpoint has none) freshly initialised. The config's ``layerdrop`` and ``activation_dropout`` are
+    kept (``dropout``, when given, sets every dropout rate, the activation dropout included).
     """
     model, where = load_model(path_or_model, "data2vec-audio", "Data2VecAudioModel",
                               accepts=lambda name: name.startswith("Data2VecAudio"))

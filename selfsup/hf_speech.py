@@ -104,7 +104,7 @@ def encoder_config_kwargs(objective: torch.nn.Module) -> dict[str, Any]:
     return dict(
         hidden_size=t.hidden_size, num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
         intermediate_size=t.intermediate_size, hidden_act=t.activation, hidden_dropout=t.dropout,
-        attention_dropout=t.attention_dropout, activation_dropout=0.0, layerdrop=0.0,
+        attention_dropout=t.attention_dropout, activation_dropout=t.activation_dropout, layerdrop=t.layerdrop,
         feat_proj_dropout=a.feat_proj_dropout, layer_norm_eps=t.layer_norm_eps,
         feat_extract_activation=a.activation, conv_dim=list(a.conv_dim), conv_kernel=list(a.conv_kernel),
         conv_stride=list(a.conv_stride), conv_bias=a.conv_bias, num_conv_pos_embeddings=a.num_conv_pos_embeddings,
@@ -127,6 +127,7 @@ def transformer_config(hf_cfg, pre_ln: bool, drop: Callable[[float], float]) -> 
         hidden_size=hf_cfg.hidden_size, num_layers=hf_cfg.num_hidden_layers, num_heads=hf_cfg.num_attention_heads,
         intermediate_size=hf_cfg.intermediate_size, activation=hf_cfg.hidden_act, norm_first=pre_ln,
         final_norm=pre_ln, dropout=drop(hf_cfg.hidden_dropout), attention_dropout=drop(hf_cfg.attention_dropout),
+        activation_dropout=drop(hf_cfg.activation_dropout), layerdrop=hf_cfg.layerdrop,
         layer_norm_eps=hf_cfg.layer_norm_eps)
 
 

@@ -116,8 +116,8 @@ def from_transformers(path_or_model, dropout: float | None = None, **overrides: 
 
     Settings come from the checkpoint's config; ``overrides`` (fields of :class:`Wav2Vec2ObjectiveConfig`) win.
     Hub configs usually carry the *fine-tuning* SpecAugment rate (``mask_time_prob=0.05``): pass
-    ``mask_prob=0.65`` to continue pre-training. HF's ``layerdrop`` and ``activation_dropout`` have no
-    counterpart in our backbone and are not used.
+    ``mask_prob=0.65`` to continue pre-training. The config's ``layerdrop`` and ``activation_dropout`` are
+    kept (``dropout``, when given, sets every dropout rate, the activation dropout included).
     """
     model, where = load_model(path_or_model, "wav2vec2", "Wav2Vec2ForPreTraining")
     try:

@@ -123,3 +123,16 @@ def test_hubert_labels_made_by_two_processes_equal_one_process_labels(tmp_path):
         assert {k: v for k, v in meta_a.items() if k != "fingerprint"} == {k: v for k, v in meta_b.items() if k != "fingerprint"}
         assert all(torch.equal(x, y) for x, y in zip(a, b)), split
         assert sum(int((x >= 0).sum()) for x in a) > 0
+
+
+def test_layerdrop_trains_in_two_processes(tmp_path):
+    """Skipped layers leave parameters without a gradient; the recipe tells DDP so, and training goes on."""
+    import json
+
+    out = tmp_path / "layerdrop"
+    launch(2, "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "4", "--report_to", "none",
+           "--per_device_train_batch_size", "2", "--synthetic_utterances", "24", "--max_duration", "1.0",
+           "--layerdrop", "0.5", "--activation_dropout", "0.1", "--gumbel_temperature_decay", "0.9",
+           script=ROOT / "recipes" / "wav2vec2.py")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 4

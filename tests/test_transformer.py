@@ -86,3 +86,29 @@ def test_bf16_autocast_runs_on_cpu():
     assert attn.dtype == torch.bfloat16  # the matmuls really ran in bf16
     assert torch.isfinite(y.float()).all()
     assert (y.float() - enc(x).last_hidden_state).abs().max() < 0.1
+
+
+def test_layerdrop_skips_layers_only_in_training():
+    torch.manual_seed(0)
+    enc = TransformerEncoder(preset("tiny", dropout=0.0, attention_dropout=0.0, final_norm=True, norm_first=True,
+                                    layerdrop=1.0))
+    x = torch.randn(2, 5, 64)
+    out = enc.train()(x, output_hidden_states=True)
+    torch.testing.assert_close(out.last_hidden_state, enc.norm(x))          # every layer skipped
+    assert all(torch.equal(h, x) for h in out.hidden_states)
+    assert not torch.allclose(enc.eval()(x).last_hidden_state, enc.norm(x))  # none in eval
+    enc.set_regularization(layerdrop=0.5)
+    enc.train()
+    ran = {torch.allclose(enc(x).last_hidden_state, enc.norm(x)) for _ in range(40)}
+    assert ran == {True, False}, "some forwards skip every layer, others do not"
+
+
+def test_activation_dropout_is_set_and_checked():
+    enc = TransformerEncoder(preset("tiny", activation_dropout=0.2))
+    assert all(layer.act_drop.p == 0.2 for layer in enc.layers)
+    enc.set_regularization(activation_dropout=0.0)
+    assert enc.config.activation_dropout == 0.0 and all(layer.act_drop.p == 0.0 for layer in enc.layers)
+    with pytest.raises(ValueError, match="layerdrop"):
+        enc.set_regularization(layerdrop=1.5)
+    with pytest.raises(ValueError, match="activation_dropout"):
+        preset("tiny", activation_dropout=-0.1)

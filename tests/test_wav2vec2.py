@@ -146,10 +146,17 @@ def test_negatives_equal_to_the_positive_are_masked_like_transformers():
     assert_close(out.loss / mask.sum(), ref.loss / mask.sum(), "loss per masked frame")
 
 
-def test_training_mode_equals_transformers_under_the_same_seed():
-    """Same Gumbel noise (drawn in the same order), soft-distribution perplexity."""
+@pytest.mark.parametrize("regularised", [False, True])
+def test_training_mode_equals_transformers_under_the_same_seed(regularised):
+    """Same Gumbel noise (drawn in the same order), soft-distribution perplexity; with activation dropout and
+    layerdrop, the same layers skipped and the same activations dropped (the draws come in transformers' order)."""
     obj = make(True)
+    if regularised:
+        obj.backbone.set_regularization(activation_dropout=0.3, layerdrop=0.5)
     hf = to_transformers(obj).train()
+    back = from_transformers(hf).backbone.config
+    assert (back.layerdrop, back.activation_dropout) == (hf.config.layerdrop, hf.config.activation_dropout) == (
+        (0.5, 0.3) if regularised else (0.0, 0.0))
     obj.train()
     batch, _ = inputs(obj)
     torch.manual_seed(5)
@@ -159,6 +166,10 @@ def test_training_mode_equals_transformers_under_the_same_seed():
     n = batch["mask_time_indices"].sum()
     assert_close(out.loss.detach() / n, ref.loss.detach() / n, "training loss per masked frame")
     assert_close(out.metrics["codebook_perplexity"], ref.codevector_perplexity.detach(), "soft perplexity")
+    if regularised:                                     # ... and the regularisation changed the result
+        obj.backbone.set_regularization(activation_dropout=0.0, layerdrop=0.0)
+        torch.manual_seed(5)
+        assert (obj(batch).loss - out.loss).abs() > 1e-4 * out.loss.abs()
 
 
 # -- (c) export round trip -------------------------------------------------------------------------------------
