@@ -12,42 +12,20 @@ def test_mlm_pretraining_beats_random_init_on_the_sst2_probe(shared_data, tmp_pa
     assert result["ours"] > result["reference"] + 0.01, result
 
 
-@pytest.mark.slow
-def test_wav2vec2_pretraining_beats_random_init_on_fsdd(shared_data, tmp_path):
-    """About 4 minutes: 2,000 steps of the tiny model on FSDD's training takes, then both probe protocols."""
-    from benchmarks.speech_learning import main
-
-    fsdd = shared_data / "speech" / "fsdd"
-    (result,) = main(["--recipe", "wav2vec2", "--model_size", "tiny", "--fsdd", str(fsdd),
-                      "--output_dir", str(tmp_path)])
-    assert result["ours"] > result["reference"] + 0.05, result
-    assert result["all_layers"] > result["all_layers_random_init"] + 0.05, result
-    assert result["loso"] > result["loso_random_init"], result
-    assert result["loso_all_layers"] > result["loso_all_layers_random_init"], result
+# official-split margin (last layer) each objective must clear; docs/benchmarks.md has the figures
+FSDD_MARGINS = {"wav2vec2": 0.05, "hubert": 0.05, "data2vec": 0.02}
 
 
 @pytest.mark.slow
-def test_hubert_iteration_1_beats_random_init_on_fsdd(shared_data, tmp_path):
-    """About 4 minutes; both views (docs/benchmarks.md)."""
+@pytest.mark.parametrize("recipe", sorted(FSDD_MARGINS))
+def test_speech_pretraining_beats_random_init_on_fsdd(recipe, shared_data, tmp_path):
+    """About 4 minutes each: 2,000 steps of the tiny model on FSDD's training takes, then the probe on both
+    protocols (official split, leave-one-speaker-out) and both views (last layer, all layers)."""
     from benchmarks.speech_learning import main
 
     fsdd = shared_data / "speech" / "fsdd"
-    (result,) = main(["--recipe", "hubert", "--model_size", "tiny", "--fsdd", str(fsdd), "--output_dir", str(tmp_path)])
-    assert result["ours"] > result["reference"] + 0.05, result
-    assert result["all_layers"] > result["all_layers_random_init"] + 0.05, result
-    assert result["loso"] > result["loso_random_init"], result
-    assert result["loso_all_layers"] > result["loso_all_layers_random_init"], result
-
-
-@pytest.mark.slow
-def test_data2vec_pretraining_beats_random_init_on_fsdd(shared_data, tmp_path):
-    """About 4 minutes; both views (docs/benchmarks.md)."""
-    from benchmarks.speech_learning import main
-
-    fsdd = shared_data / "speech" / "fsdd"
-    (result,) = main(["--recipe", "data2vec", "--model_size", "tiny", "--fsdd", str(fsdd),
-                      "--output_dir", str(tmp_path)])
-    assert result["ours"] > result["reference"] + 0.02, result
+    (result,) = main(["--recipe", recipe, "--model_size", "tiny", "--fsdd", str(fsdd), "--output_dir", str(tmp_path)])
+    assert result["ours"] > result["reference"] + FSDD_MARGINS[recipe], result
     assert result["all_layers"] > result["all_layers_random_init"] + 0.05, result
     assert result["loso"] > result["loso_random_init"], result
     assert result["loso_all_layers"] > result["loso_all_layers_random_init"], result
