@@ -12,41 +12,21 @@ from torch import nn
 from selfsup.hf_data2vec import from_transformers, to_transformers
 from selfsup.objectives.data2vec import build, masked_instance_norm
 from selfsup.objectives.ema import linear_momentum, update_momentum
-from selfsup.objectives.masking import compute_span_mask
+from tests.speech_helpers import NO_DROPOUT, assert_close, jitter, padded_batch
 
 transformers = pytest.importorskip("transformers")
-
-ATOL = 1e-4
-NO_DROPOUT = {"dropout": 0.0, "attention_dropout": 0.0}
-
 
 def make(seed: int = 0, audio: dict | None = None, **kw):
     """A tiny objective without dropout, every weight (the teacher's independently) moved away from the init, so
     that teacher and student differ and every weight matters."""
     torch.manual_seed(seed)
-    obj = build("tiny", audio=audio, backbone=NO_DROPOUT, **kw)
-    with torch.no_grad():
-        for p in obj.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return obj.eval()
+    return jitter(build("tiny", audio=audio, backbone=NO_DROPOUT, **kw))
 
 
 def inputs(obj, seed: int = 0, mask_prob: float = 0.5):
     """Three waveforms, the second zero-padded after 2500 of 4000 samples, and a fixed span mask."""
-    g = torch.Generator().manual_seed(seed)
-    wav = torch.randn(3, 4000, generator=g)
-    attention = torch.ones(3, 4000, dtype=torch.long)
-    attention[1, 2500:] = 0
-    wav[attention == 0] = 0.0
-    padding = obj.adapter.frame_padding_mask(attention, obj.adapter.feature_lengths(4000))
-    mask = compute_span_mask(padding.shape, mask_prob, 5, (~padding).sum(1), 1, g)
-    return {"input_values": wav, "attention_mask": attention, "mask_time_indices": mask}, padding
-
-
-def assert_close(ours, ref, what, atol=ATOL):
-    diff = (ours - ref).abs().max().item()
-    assert diff <= atol, f"{what}: max difference {diff:.3g}"
-    return diff
+    batch, padding, _ = padded_batch(obj, seed, mask_prob, min_masks=1)
+    return batch, padding
 
 
 def teacher_as_hf(obj):

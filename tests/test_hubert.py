@@ -11,48 +11,26 @@ from selfsup.errors import SelfsupError
 from selfsup.hf_hubert import feature_extractor_for, from_transformers, to_transformers
 from selfsup.modalities.audio_features import align_labels, mfcc_features
 from selfsup.objectives.hubert import build, cluster_logits
-from selfsup.objectives.masking import compute_span_mask
+from tests.speech_helpers import NO_DROPOUT, assert_close, audio_overrides, jitter, padded_batch
 
 transformers = pytest.importorskip("transformers")
 
-ATOL = 1e-4
 CLUSTERS = 12
 
 
 def make(stable: bool = False, seed: int = 0, **kw):
     """A tiny objective without dropout, its weights moved away from the init so that every weight matters."""
     torch.manual_seed(seed)
-    audio = {"feat_proj_dropout": 0.0}
-    if stable:  # odd position-conv kernel: the other branch of the same-pad trim
-        audio["num_conv_pos_embeddings"] = 15
-    obj = build("tiny", num_clusters=CLUSTERS, stable_layer_norm=stable, audio=audio,
-                backbone={"dropout": 0.0, "attention_dropout": 0.0}, **kw)
-    with torch.no_grad():
-        for p in obj.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return obj.eval()
+    return jitter(build("tiny", num_clusters=CLUSTERS, stable_layer_norm=stable, audio=audio_overrides(stable),
+                        backbone=NO_DROPOUT, **kw))
 
 
 def inputs(obj, seed: int = 0):
     """Three waveforms, the second zero-padded after 2500 of 4000 samples; a fixed mask; cluster labels with
     -100 at the padded frames."""
-    g = torch.Generator().manual_seed(seed)
-    wav = torch.randn(3, 4000, generator=g)
-    attention = torch.ones(3, 4000, dtype=torch.long)
-    attention[1, 2500:] = 0
-    wav[attention == 0] = 0.0
-    padding = obj.adapter.frame_padding_mask(attention, obj.adapter.feature_lengths(4000))
-    mask = compute_span_mask(padding.shape, 0.5, 5, (~padding).sum(1), 2, g)
-    labels = torch.randint(CLUSTERS, padding.shape, generator=g).masked_fill(padding, -100)
-    return {"input_values": wav, "attention_mask": attention, "mask_time_indices": mask,
-            "cluster_labels": labels}, padding
-
-
-def assert_close(ours, ref, what, atol=ATOL):
-    diff = (ours - ref).abs().max().item()
-    print(f"{what}: max difference {diff:.2e}")
-    assert diff <= atol, f"{what}: max difference {diff:.3g}"
-    return diff
+    batch, padding, g = padded_batch(obj, seed)
+    batch["cluster_labels"] = torch.randint(CLUSTERS, padding.shape, generator=g).masked_fill(padding, -100)
+    return batch, padding
 
 
 def hf_hidden(hf, batch, mask=None, **kw):

@@ -9,39 +9,25 @@ import torch
 from selfsup.hf_wav2vec2 import feature_extractor_for, from_transformers, to_transformers
 from selfsup.objectives.masking import compute_span_mask, sample_negatives
 from selfsup.objectives.wav2vec2 import build
+from tests.speech_helpers import NO_DROPOUT, assert_close, audio_overrides, jitter, padded_batch
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices  # noqa: E402
 
-ATOL = 1e-4
 
 
 def make(stable: bool = False, seed: int = 0, **kw):
     """A tiny objective without dropout, its weights moved away from the init so that every weight matters."""
     torch.manual_seed(seed)
-    audio = {"feat_proj_dropout": 0.0}
-    if stable:  # odd position-conv kernel: the other branch of the same-pad trim
-        audio["num_conv_pos_embeddings"] = 15
-    obj = build("tiny", stable_layer_norm=stable, dropout_features=0.0, num_negatives=8, audio=audio,
-                backbone={"dropout": 0.0, "attention_dropout": 0.0}, **kw)
-    with torch.no_grad():
-        for p in obj.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    return obj.eval()
+    return jitter(build("tiny", stable_layer_norm=stable, dropout_features=0.0, num_negatives=8,
+                        audio=audio_overrides(stable), backbone=NO_DROPOUT, **kw))
 
 
 def inputs(obj, seed: int = 0, mask_prob: float = 0.5):
     """Three waveforms, the second zero-padded after 2500 of 4000 samples; fixed masks and negatives."""
-    g = torch.Generator().manual_seed(seed)
-    wav = torch.randn(3, 4000, generator=g)
-    attention = torch.ones(3, 4000, dtype=torch.long)
-    attention[1, 2500:] = 0
-    wav[attention == 0] = 0.0
-    padding = obj.adapter.frame_padding_mask(attention, obj.adapter.feature_lengths(4000))
-    mask = compute_span_mask(padding.shape, mask_prob, 5, (~padding).sum(1), 2, g)
-    negatives = sample_negatives(mask, obj.config.num_negatives, g)
-    return {"input_values": wav, "attention_mask": attention, "mask_time_indices": mask,
-            "sampled_negative_indices": negatives}, padding
+    batch, padding, g = padded_batch(obj, seed, mask_prob)
+    batch["sampled_negative_indices"] = sample_negatives(batch["mask_time_indices"], obj.config.num_negatives, g)
+    return batch, padding
 
 
 # -- (a) masking -----------------------------------------------------------------------------------------------
@@ -98,12 +84,6 @@ def test_negatives_come_from_the_same_utterances_masked_frames():
 
 
 # -- (b) parity with transformers ------------------------------------------------------------------------------
-def assert_close(ours, ref, what, atol=ATOL):
-    diff = (ours - ref).abs().max().item()
-    assert diff <= atol, f"{what}: max difference {diff:.3g}"
-    return diff
-
-
 @pytest.mark.parametrize("stable", [False, True], ids=["group-postLN", "layer-stableLN"])
 def test_loss_and_hidden_states_equal_transformers(stable):
     obj = make(stable)
