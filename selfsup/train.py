@@ -43,6 +43,8 @@ def make_accelerator(args: Namespace) -> Accelerator:
         kwargs["cpu"] = True
     if kwargs.get("mixed_precision") == "fp16" and not torch.cuda.is_available():
         raise SelfsupError("--mixed_precision fp16 needs a GPU; use bf16 on CPU")
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        fresh_accelerator_state()
     try:
         accelerator = Accelerator(**kwargs)
     except (ValueError, ImportError) as err:
@@ -51,6 +53,17 @@ def make_accelerator(args: Namespace) -> Accelerator:
         accelerator.print("warning: this CPU has no native bf16 (no AVX-512 BF16 / AMX); bf16 runs emulated and "
                           "is much slower than fp32 here; use --mixed_precision no")
     return accelerator
+
+
+def fresh_accelerator_state() -> None:
+    """Forget the precision an earlier run in this process chose. accelerate keeps one global state and refuses
+    another ``mixed_precision`` in the same process, but a recipe's ``main`` may run several times in one
+    process (a notebook, a benchmark of several recipes). Single-process runs only: the process group stays."""
+    from accelerate.state import AcceleratorState
+
+    reset = getattr(AcceleratorState, "_reset_state", None)
+    if reset is not None:
+        reset(reset_partial_state=False)
 
 
 def cpu_has_native_bf16() -> bool:

@@ -53,3 +53,13 @@ def test_persistent_nan_losses_stop_the_run_in_one_line(tmp_path):
     with pytest.raises(SelfsupError, match=f"not finite for {MAX_NONFINITE_STEPS} steps") as err:
         run(tmp_path, bad=1000)
     assert "\n" not in str(err.value)
+
+
+def test_runs_in_one_process_may_change_precision(tmp_path):
+    """accelerate keeps one global state; a second run with another --mixed_precision still gets its own."""
+    precisions = []
+    for i, precision in enumerate(("bf16", "no", "bf16")):
+        a = args(tmp_path / str(i), 1)
+        a.mixed_precision = precision
+        precisions.append(make_accelerator(a).mixed_precision)
+    assert precisions == ["bf16", "no", "bf16"]
