@@ -7,8 +7,8 @@ and the same ``torch.optim.AdamW``. A step = forward + backward (of the summed l
 alpha * diversity, summed over the masked frames) + optimizer step, in train mode: dropout 0.1 everywhere,
 feature dropout 0.1 before the quantizer and hard Gumbel-softmax sampling (tau 2.0) on both sides, so the two
 losses differ from step to step (different noise), as expected. Throughput (samples/s, a sample = one
-utterance) is measured in fp32 by default (this benchmark's target CPUs have no native bf16: oneDNN emulates it,
-30-60x slower); ``--precision bf16`` or ``both`` add a bf16 CPU-autocast run. Warmup steps are excluded and the
+utterance) is measured in fp32 by default; ``--precision bf16`` or ``both`` add a bf16 CPU-autocast run (on a
+CPU without native bf16, oneDNN emulates it, 30-60x slower). Warmup steps are excluded and the
 two sides are timed in alternating rounds (order flipped every round) so machine noise hits both; the median
 round per side is reported. Before timing, the summed loss of both in eval mode (dropout off, argmax
 quantization, so the two are deterministic) must agree to 1e-4 relative on the first step and again after one
