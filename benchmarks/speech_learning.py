@@ -9,6 +9,7 @@ same size (the recipe computes both).
     python benchmarks/speech_learning.py                       # all three objectives, tiny models, ~4 min each
     python benchmarks/speech_learning.py --recipe hubert --max_steps 600
     python benchmarks/speech_learning.py --quick               # a smoke run, not a result
+    python benchmarks/speech_learning.py --recipe hubert --hubert_iterations 2   # iteration 2 on iteration 1's model
 
 One JSON line per objective (DESIGN.md's form): ``ours`` = official-split probe accuracy after pretraining,
 ``reference`` = the same probe on the random-init encoder, with the leave-one-speaker-out figures and the
@@ -44,18 +45,21 @@ def training_list(fsdd: Path, out: Path) -> int:
     return len(clips)
 
 
-def run(recipe: str, args: argparse.Namespace, train_list: Path, out: Path) -> dict:
+def run(recipe: str, args: argparse.Namespace, train_list: Path, out: Path, name: str | None = None,
+        more: tuple[str, ...] = ()) -> dict:
+    """One pretraining run of ``recipes/{recipe}.py`` (into OUT/{name}) and its probe figures."""
+    name = name or recipe
     module = importlib.import_module(f"recipes.{recipe}")
     start = time.time()
     metrics = module.main([
-        "--train_file", str(train_list), "--output_dir", str(out / recipe), "--model_size", args.model_size,
+        "--train_file", str(train_list), "--output_dir", str(out / name), "--model_size", args.model_size,
         "--max_steps", str(args.max_steps), "--per_device_train_batch_size", str(args.batch_size),
         "--learning_rate", str(args.learning_rate), "--max_duration", "2.0", "--report_to", "none",
         "--eval_dir", str(args.fsdd), "--eval_split", "official,loso", "--mixed_precision", "no",
-        *SETTINGS[recipe], *args.extra,
+        *SETTINGS[recipe], *more, *args.extra,
     ])
     return {
-        "name": f"{recipe}_fsdd_probe", "ours": metrics["probe/official/accuracy"],
+        "name": f"{name}_fsdd_probe", "ours": metrics["probe/official/accuracy"],
         "reference": metrics["probe/official/random_init_accuracy"], "unit": "accuracy",
         "ratio": metrics["probe/official/accuracy"] / metrics["probe/official/random_init_accuracy"],
         "loso": metrics["probe/loso/accuracy"], "loso_random_init": metrics["probe/loso/random_init_accuracy"],
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--output_dir", default=None)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--hubert_iterations", type=int, default=1,
+                   help="HuBERT iterations to run (2 and up cluster a layer of the previous iteration's model)")
     p.add_argument("extra", nargs="*", help="more recipe flags, after --")
     args = p.parse_args(argv)
     fsdd = Path(args.fsdd)
@@ -94,6 +100,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for recipe in RECIPES if args.recipe == "all" else (args.recipe,):
         results.append(run(recipe, args, out / "train.txt", out))
         print(json.dumps(results[-1]), flush=True)
+        for i in range(2, args.hubert_iterations + 1) if recipe == "hubert" else ():
+            previous = out / ("hubert" if i == 2 else f"hubert_iteration{i - 1}")
+            results.append(run(recipe, args, out / "train.txt", out, f"hubert_iteration{i}",
+                               ("--iteration", str(i), "--previous", str(previous))))
+            print(json.dumps(results[-1]), flush=True)
     return results
 
 
