@@ -29,7 +29,8 @@ class AudioConfig:
     feat_extract_norm: ``"group"`` (GroupNorm on the first conv layer only: wav2vec2-base) or ``"layer"``
     (LayerNorm after every conv layer: the large "stable layer norm" models).
     feature_grad_mult: scales the gradient that reaches the feature encoder (fairseq's ``feature_grad_mult``;
-    0.1 in its wav2vec 2.0 and HuBERT base recipes, for stability); training only, not part of an export.
+    0.1 in its wav2vec 2.0 and HuBERT base recipes, for stability); 0 runs the encoder without a gradient (a
+    frozen encoder; the recipes also mark its parameters frozen). Training only, not part of an export.
     """
 
     conv_dim: tuple[int, ...] = (512,) * 7
@@ -80,8 +81,8 @@ def audio_preset(size: str, **overrides) -> AudioConfig:
 
 
 def check_grad_mult(value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"feature_grad_mult must be a positive number, got {value}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"feature_grad_mult must be a number >= 0, got {value}")
 
 
 def scale_gradient(x: Tensor, mult: float) -> Tensor:
@@ -206,6 +207,9 @@ class AudioAdapter(Adapter):
         if waveforms.shape[1] < self.receptive_field:
             raise ValueError(f"waveforms of {waveforms.shape[1]} samples are shorter than the feature encoder's "
                              f"receptive field ({self.receptive_field} samples)")
+        if self.config.feature_grad_mult == 0:
+            with torch.no_grad():
+                return feature_encoder(self.conv_layers, waveforms)
         return scale_gradient(feature_encoder(self.conv_layers, waveforms), self.config.feature_grad_mult)
 
     def embed(self, batch: Batch) -> Tokens:

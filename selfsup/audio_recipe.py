@@ -38,7 +38,8 @@ def add_audio_args(p: ArgumentParser) -> None:
     g.add_argument("--synthetic_utterances", type=int, default=400,
                    help="size of the built-in synthetic corpus used when no audio is given")
     g.add_argument("--feature_grad_mult", type=float, default=1.0,
-                   help="scale the gradient reaching the conv feature encoder (fairseq's base recipes: 0.1)")
+                   help="scale the gradient reaching the conv feature encoder (fairseq's base recipes: 0.1; "
+                        "0 freezes it)")
     g.add_argument("--layerdrop", type=float, default=None,
                    help="skip each Transformer layer with this probability in training (fairseq's base recipes: "
                         "0.05); default: 0 for a new model, the checkpoint's with --init_from")
@@ -223,6 +224,8 @@ def apply_training_flags(objective: Objective, args: Namespace, accelerator) -> 
     except ValueError as err:
         raise SelfsupError(str(err)) from None
     objective.adapter.config.feature_grad_mult = args.feature_grad_mult
+    if args.feature_grad_mult == 0:                     # a frozen encoder: no gradient, not DDP's to reduce
+        objective.adapter.conv_layers.requires_grad_(False)
     if objective.backbone.config.layerdrop > 0 and accelerator.num_processes > 1:
         from accelerate.utils import DistributedDataParallelKwargs
 

@@ -136,3 +136,15 @@ def test_layerdrop_trains_in_two_processes(tmp_path):
            script=ROOT / "recipes" / "wav2vec2.py")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and metrics["steps"] == 4
+
+
+def test_frozen_feature_encoder_trains_in_two_processes(tmp_path):
+    """--feature_grad_mult 0: the encoder's parameters are marked frozen, so DDP does not wait for their gradient."""
+    import json
+
+    out = tmp_path / "frozen"
+    launch(2, "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "3", "--report_to", "none",
+           "--per_device_train_batch_size", "2", "--synthetic_utterances", "24", "--max_duration", "1.0",
+           "--feature_grad_mult", "0", "--gumbel_temperature_decay", "0.9", script=ROOT / "recipes" / "wav2vec2.py")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 3

@@ -241,5 +241,13 @@ def test_feature_grad_mult_scales_only_the_feature_encoder_gradient():
     for name, g in grads[0].items():
         want = g * 0.1 if name in conv else g
         torch.testing.assert_close(grads[1][name], want, rtol=1e-4, atol=1e-5, msg=name)
+    obj.zero_grad()
+    obj.adapter.config.feature_grad_mult = 0.0                  # frozen: no gradient at all, the rest unchanged
+    obj(batch).loss.backward()
+    for name, p in obj.named_parameters():
+        if name in conv:
+            assert p.grad is None, name
+        elif name in grads[0]:
+            torch.testing.assert_close(p.grad, grads[0][name], rtol=1e-4, atol=1e-5, msg=name)
     with pytest.raises(ValueError, match="feature_grad_mult"):
-        build("tiny", audio={"feature_grad_mult": 0.0})
+        build("tiny", audio={"feature_grad_mult": -1.0})

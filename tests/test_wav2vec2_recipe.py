@@ -98,4 +98,18 @@ def test_feature_grad_mult_flag_reaches_the_model_and_is_checked(tmp_path, monke
     w2v.main(argv(tmp_path / "a", "--feature_grad_mult", "0.1", steps=1))
     assert seen[0].adapter.config.feature_grad_mult == 0.1     # the trained one (later ones: random-init probes)
     with pytest.raises(SelfsupError, match="feature_grad_mult"):
-        w2v.main(argv(tmp_path / "b", "--feature_grad_mult", "0", steps=1))
+        w2v.main(argv(tmp_path / "b", "--feature_grad_mult", "-1", steps=1))
+    seen.clear()
+    start = {}
+    real_loader = w2v.run_speech_recipe.__globals__["make_train_loader"]
+
+    def remember_start(*a, **kw):                 # called after the flags are applied, before training
+        start.update({k: v.clone() for k, v in seen[0].state_dict().items()})
+        return real_loader(*a, **kw)
+
+    monkeypatch.setitem(w2v.run_speech_recipe.__globals__, "make_train_loader", remember_start)
+    w2v.main(argv(tmp_path / "c", "--feature_grad_mult", "0", steps=2))
+    after = seen[0].state_dict()
+    conv = [k for k in start if k.startswith("adapter.conv_layers.")]
+    assert conv and all(torch.equal(start[k], after[k]) for k in conv), "a frozen encoder does not move"
+    assert not torch.equal(start["project_q.weight"], after["project_q.weight"])
