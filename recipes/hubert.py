@@ -21,7 +21,7 @@ from __future__ import annotations
 import shutil
 from argparse import ArgumentParser, Namespace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -153,38 +153,70 @@ def label_source(args: Namespace, device) -> MFCCFeatures | LayerFeatures:
     return LayerFeatures(previous, args.feature_layer, args.max_duration, device=device)
 
 
+def together(accelerator, step: Callable[[], Any]) -> Any:
+    """Run ``step`` on this process, then learn whether it failed on any: if so, every process stops (with its
+    own error, or the other's as a one-line :class:`SelfsupError`) instead of waiting at a barrier for ever."""
+    error = None
+    try:
+        result = step()
+    except Exception as err:  # noqa: BLE001 - re-raised below, on every process
+        error, result = err, None
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        said = gather_object([None if error is None else f"{type(error).__name__}: {error}"])
+    else:
+        said = [None]
+    if error is not None:
+        raise error
+    if failed := [(rank, msg) for rank, msg in enumerate(said) if msg]:
+        raise SelfsupError(f"cluster labels failed on process {failed[0][0]}: {failed[0][1]}")
+    return result
+
+
 def make_labels(args: Namespace, data: dict[str, Any], keys: dict[str, str], cache: Path, accelerator) -> None:
     """Cluster labels into ``cache``: the main process fits k-means and writes the centroids; every process
-    labels its share of the clips (every N-th); the main process merges the shares into one file per split."""
+    labels its share of the clips (every N-th); the main process merges the shares into one file per split.
+    A failure in any step on any process stops all of them."""
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
-    source = label_source(args, accelerator.device)
+    source = together(accelerator, lambda: label_source(args, accelerator.device))
     kept: dict = {}
     meta: dict[str, Any] = {}
-    if main:
+
+    def fit() -> None:
+        if not main:
+            return
         accelerator.print(f"cluster labels: k-means ({args.num_clusters} clusters) on {source.description} "
                           f"features of the training clips")
-        centroids, inertia, fitted, kept = fit_centroids(data["train"], source, args.num_clusters,
-                                                         args.kmeans_max_frames, args.kmeans_iterations,
-                                                         args.kmeans_batch_size, args.seed)
-        meta = {"label_rate": source.rate, "features": source.description, "num_clusters": args.num_clusters,
-                "kmeans_inertia": inertia, "kmeans_frames": fitted}
+        centroids, inertia, fitted, features = fit_centroids(data["train"], source, args.num_clusters,
+                                                             args.kmeans_max_frames, args.kmeans_iterations,
+                                                             args.kmeans_batch_size, args.seed)
+        kept.update(features)
+        meta.update({"label_rate": source.rate, "features": source.description, "num_clusters": args.num_clusters,
+                     "kmeans_inertia": inertia, "kmeans_frames": fitted})
         cache.mkdir(parents=True, exist_ok=True)
         save_centroids(cache / KMEANS_FILE, centroids, {k: str(v) for k, v in meta.items()})
-    accelerator.wait_for_everyone()
-    centroids = load_centroids(cache / KMEANS_FILE)       # every process labels with the same float32 copy
-    parts = cache / "parts"
-    for split, dataset in data.items():
-        mine = range(rank, len(dataset), world)
-        rows = label_clips(dataset, source, source.num_positions, centroids, mine,
-                           kept=kept if split == "train" else None, progress=main)
-        save_label_part(parts / f"{split}.{rank}.safetensors", mine, rows)
-    accelerator.wait_for_everyone()
-    if main:
+
+    def label_my_share() -> None:
+        centroids = load_centroids(cache / KMEANS_FILE)   # every process labels with the same float32 copy
+        for split, dataset in data.items():
+            mine = range(rank, len(dataset), world)
+            rows = label_clips(dataset, source, source.num_positions, centroids, mine,
+                               kept=kept if split == "train" else None, progress=main)
+            save_label_part(parts / f"{split}.{rank}.safetensors", mine, rows)
+
+    def merge() -> None:
+        if not main:
+            return
         for split, dataset in data.items():
             files = [parts / f"{split}.{r}.safetensors" for r in range(world)]
             save_labels(cache / f"{split}.safetensors", merge_label_parts(files, len(dataset)),
                         {**meta, "fingerprint": keys[split]})
         shutil.rmtree(parts, ignore_errors=True)
+
+    parts = cache / "parts"
+    for step in (fit, label_my_share, merge):
+        together(accelerator, step)
 
 
 def make_wrap_data(args: Namespace, kernels, strides, metrics: dict[str, Any]):

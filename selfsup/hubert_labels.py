@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -103,14 +102,6 @@ def whole_clip(data: AudioDataset, index: int) -> Tensor | None:
     return wave
 
 
-@dataclass
-class ClusterResult:
-    labels: list[Tensor]          # per clip, (num_positions,) int64 cluster ids, -100 where no frame
-    centroids: Tensor             # (k, D)
-    inertia: float                # mean squared distance of the fitted frames to their centroid
-    fitted_frames: int
-
-
 def fit_centroids(train: AudioDataset, features: Callable[[Tensor], tuple[Tensor, Tensor]], k: int,
                   max_frames: int = 500_000, iterations: int = 100, batch_size: int = 10_000, seed: int = 0,
                   progress: bool = True) -> tuple[Tensor, float, int, dict[int, tuple[Tensor, Tensor, int]]]:
@@ -163,20 +154,6 @@ def label_clips(data: AudioDataset, features: Callable[[Tensor], tuple[Tensor, T
             row[pos] = kmeans.predict(f, centroids)
         labels.append(row)
     return labels
-
-
-def fit_and_label(datasets: Sequence[AudioDataset], features: Callable[[Tensor], tuple[Tensor, Tensor]],
-                  num_positions: Callable[[int], int], k: int, max_frames: int = 500_000, iterations: int = 100,
-                  batch_size: int = 10_000, seed: int = 0, progress: bool = True) -> list[ClusterResult]:
-    """Fit k-means on frames of ``datasets[0]`` (the training set) and label every clip of every data set with
-    the nearest centroid, in one process. Returns one :class:`ClusterResult` per data set (sharing the
-    centroids). Features are computed once per clip when every training frame fits under ``max_frames``, else
-    twice (fit, then label)."""
-    centroids, inertia, fitted, kept = fit_centroids(datasets[0], features, k, max_frames, iterations, batch_size,
-                                                     seed, progress)
-    return [ClusterResult(label_clips(data, features, num_positions, centroids, kept=kept if d == 0 else None,
-                                      progress=progress), centroids, inertia, fitted)
-            for d, data in enumerate(datasets)]
 
 
 def save_label_part(path: str | Path, indices: Sequence[int], labels: Sequence[Tensor]) -> None:
@@ -291,6 +268,6 @@ class HubertCollator:
         return batch
 
 
-__all__ = ["MFCCFeatures", "LayerFeatures", "fit_and_label", "fit_centroids", "label_clips",
-           "save_label_part", "merge_label_parts", "ClusterResult", "save_labels", "load_labels",
+__all__ = ["MFCCFeatures", "LayerFeatures", "fit_centroids", "label_clips",
+           "save_label_part", "merge_label_parts", "save_labels", "load_labels",
            "cached_labels", "fingerprint", "LabelledAudio", "HubertCollator", "conv_frames", "whole_clip"]

@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from selfsup import kmeans
 from selfsup.errors import SelfsupError
 from selfsup.hubert_labels import (
-    HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, conv_frames, fingerprint, load_labels,
+    HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, conv_frames, fingerprint, load_labels, whole_clip,
 )
 from selfsup.modalities.audio import audio_preset
 from selfsup.modalities.audio_data import AudioDataset
@@ -182,3 +183,38 @@ def test_a_corrupt_head_file_is_one_line(tmp_path):
     bad.write_bytes(b"not safetensors")
     with pytest.raises(SelfsupError, match="not a HuBERT head"):
         hubert._head_clusters(bad)
+
+
+def test_each_process_labels_every_nth_clip(tmp_path, monkeypatch):
+    """Process 1 of 2 fits nothing, labels clips 1, 3, 5, ... with the main process's centroids, merges nothing."""
+    from types import SimpleNamespace
+
+    from selfsup.kmeans import save_centroids
+
+    clips = AudioDataset([(torch.randn(8000 + 800 * i), i) for i in range(7)], max_duration=None)
+    args = SimpleNamespace(iteration=1, num_clusters=4, seed=0)
+    cache = tmp_path / "labels"
+    cache.mkdir()
+    centroids = torch.randn(4, 39)
+    save_centroids(cache / hubert.KMEANS_FILE, centroids)
+    steps = []
+    monkeypatch.setattr(hubert, "together", lambda acc, step: steps.append(step.__name__) or step())
+    second = SimpleNamespace(num_processes=2, process_index=1, is_main_process=False, device=torch.device("cpu"),
+                             print=print)
+    hubert.make_labels(args, {"train": clips, "validation": clips}, {"train": "a", "validation": "b"}, cache, second)
+    assert steps == ["<lambda>", "fit", "label_my_share", "merge"]
+    rows, meta = load_labels(cache / "parts" / "train.1.safetensors")
+    assert meta["indices"] == [1, 3, 5] and not (cache / "train.safetensors").exists()
+    source = MFCCFeatures()
+    for i, row in zip(meta["indices"], rows):
+        f, pos = source(whole_clip(clips, i))
+        assert torch.equal(row[pos], kmeans.predict(f, centroids))
+
+
+def test_a_failure_on_the_main_process_stops_both(tmp_path):
+    from tests.test_distributed import launch
+
+    with pytest.raises(AssertionError) as err:          # launch asserts exit code 0 and shows stderr's tail
+        launch(2, *argv(tmp_path / "run", "--num_clusters", "100000", "--iteration", "1"),
+               script=hubert.__file__, timeout=120)
+    assert "k-means needs at least 100000 frames" in str(err.value)
