@@ -62,3 +62,15 @@ def test_feature_encoder_waveform_gradient_and_bf16_autocast():
     assert (fast.float() - ref.float()).abs().max() < 0.05 * ref.float().abs().max()
     fast.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in adapter.conv_layers.parameters())
+
+
+def test_wrong_shapes_and_too_short_clips_are_clear_errors():
+    adapter = AudioAdapter(AudioConfig(**CASES["base kernels, group norm"], num_conv_pos_embedding_groups=2),
+                           hidden_size=8)
+    with pytest.raises(ValueError, match="batch, samples"):
+        adapter.conv_features(torch.randn(3200))
+    with pytest.raises(ValueError, match="batch, samples"):
+        adapter.conv_features(torch.randn(2, 1, 3200))
+    with pytest.raises(ValueError, match="receptive field"):
+        adapter.conv_features(torch.randn(2, adapter.receptive_field - 1))
+    assert adapter.conv_features(torch.randn(2, adapter.receptive_field)).shape == (2, 1, 24)

@@ -85,7 +85,7 @@ def test_bad_audio_stops_or_is_skipped_and_counted(tmp_path):
     assert metrics["audio/skipped"] == 2 and metrics["steps"] == 1
 
 
-def test_feature_grad_mult_flag_reaches_the_model_and_is_checked(tmp_path, monkeypatch):
+def test_training_flags_reach_the_model_and_are_checked(tmp_path, monkeypatch):
     seen = []
     real = w2v.build_objective
 
@@ -99,6 +99,9 @@ def test_feature_grad_mult_flag_reaches_the_model_and_is_checked(tmp_path, monke
     assert seen[0].adapter.config.feature_grad_mult == 0.1     # the trained one (later ones: random-init probes)
     with pytest.raises(SelfsupError, match="feature_grad_mult"):
         w2v.main(argv(tmp_path / "b", "--feature_grad_mult", "-1", steps=1))
+    for flag in ("--layerdrop", "--activation_dropout"):
+        with pytest.raises(SelfsupError, match=flag[2:]):
+            w2v.main(argv(tmp_path / "b", flag, "1.5", steps=1))
     seen.clear()
     start = {}
     real_loader = w2v.run_speech_recipe.__globals__["make_train_loader"]
