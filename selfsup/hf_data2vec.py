@@ -79,7 +79,8 @@ def configs_from(hf_cfg, dropout: float | None = None, **overrides: Any):
     if getattr(hf_cfg, "add_adapter", False):
         raise SelfsupError("data2vec audio checkpoints with adapter layers are not supported")
     drop = dropout_map(dropout)
-    audio = Data2VecAudioAdapterConfig(**adapter_kwargs(hf_cfg, drop), conv_pos_kernel_size=hf_cfg.conv_pos_kernel_size)
+    audio = Data2VecAudioAdapterConfig(**adapter_kwargs(hf_cfg, drop),
+                                       conv_pos_kernel_size=hf_cfg.conv_pos_kernel_size)
     backbone = transformer_config(hf_cfg, False, drop)
     known = {f.name for f in fields(Data2VecObjectiveConfig)}
     if unknown := set(overrides) - known:
@@ -104,8 +105,8 @@ def from_hf_state_dict(objective: Data2VecObjective, hf: dict[str, torch.Tensor]
 def from_transformers(path_or_model, dropout: float | None = None, **overrides: Any) -> Data2VecObjective:
     """Our objective from a ``Data2VecAudioModel`` (or a checkpoint folder / Hub name of any data2vec-audio
     model: ``--init_from``). The teacher starts as a copy of the student, the regression head (and the mask
-    embedding, when the checkpoint has none) freshly initialised. The config's ``layerdrop`` and ``activation_dropout`` are
-    kept (``dropout``, when given, sets every dropout rate, the activation dropout included).
+    embedding, when the checkpoint has none) freshly initialised. The config's ``layerdrop`` and
+    ``activation_dropout`` are kept (``dropout``, when given, sets every dropout rate, the activation dropout included).
     """
     model, where = load_model(path_or_model, "data2vec-audio", "Data2VecAudioModel",
                               accepts=lambda name: name.startswith("Data2VecAudio"))

@@ -23,7 +23,8 @@ def audio_overrides(stable: bool) -> dict:
     return {"feat_proj_dropout": 0.0, **({"num_conv_pos_embeddings": 15} if stable else {})}
 
 
-def padded_batch(obj, seed: int = 0, mask_prob: float = 0.5, min_masks: int = 2) -> tuple[dict, torch.Tensor, torch.Generator]:
+def padded_batch(obj, seed: int = 0, mask_prob: float = 0.5,
+                 min_masks: int = 2) -> tuple[dict, torch.Tensor, torch.Generator]:
     """Three waveforms of 4000 samples, the second zero-padded after 2500, and a fixed span mask:
     (batch, frame padding mask, the generator, to draw more from)."""
     g = torch.Generator().manual_seed(seed)

@@ -49,7 +49,8 @@ def test_feature_encoder_equals_the_plain_layers_with_gradients(case, length):
 
 def test_feature_encoder_waveform_gradient_and_bf16_autocast():
     torch.manual_seed(0)
-    adapter = AudioAdapter(AudioConfig(**CASES["base kernels, group norm"], num_conv_pos_embedding_groups=2), hidden_size=8)
+    adapter = AudioAdapter(AudioConfig(**CASES["base kernels, group norm"], num_conv_pos_embedding_groups=2),
+                           hidden_size=8)
     wav = torch.randn(2, 3200, requires_grad=True)
     (adapter.conv_features(wav) ** 2).sum().backward()
     ours = wav.grad.clone()

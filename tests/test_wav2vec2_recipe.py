@@ -60,7 +60,8 @@ def test_resume_restores_temperature_and_everything(tmp_path):
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), k
     assert torch.equal(a["quantizer.temperature"], b["quantizer.temperature"])
-    assert float(a["quantizer.temperature"]) < float(mid["quantizer.temperature"]) < 2.0  # annealed, and restored on resume
+    # annealed, and restored on resume
+    assert float(a["quantizer.temperature"]) < float(mid["quantizer.temperature"]) < 2.0
 
 
 def write(path, seconds, sr=16000, channels=1):
