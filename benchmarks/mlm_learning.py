@@ -20,11 +20,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from recipes import bert_mlm  # noqa: E402
+from selfsup.recipes import bert_mlm  # noqa: E402
 from selfsup.train import cpu_has_native_bf16  # noqa: E402
 
 

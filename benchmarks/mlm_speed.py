@@ -1,6 +1,6 @@
 """Masked-LM training speed: ``selfsup`` MaskedLanguageModeling vs ``transformers`` BertForMaskedLM.
 
-Both models are built from the same weights (ours, converted with ``selfsup.hf_bert.to_transformers``), get the
+Both models are built from the same weights (ours, converted with ``selfsup.objectives.hf_bert.to_transformers``), get the
 same batch and the same masks (corrupted once with ``objective.corrupt``, then passed as ``labels``), and the same
 ``torch.optim.AdamW``. A step = forward + backward + optimizer step, in train mode (dropout 0.1 on both).
 Throughput (samples/s) is measured in fp32 and under bf16 CPU autocast; warmup steps are excluded and the two
@@ -24,18 +24,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import sys
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed_common import Step, interleaved, native_bf16, speed_args  # noqa: E402
+from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args  # noqa: E402
 
 from selfsup.backbones.transformer import TransformerConfig
-from selfsup.hf_bert import to_transformers
+from selfsup.objectives.hf_bert import to_transformers
 from selfsup.objectives.mlm import MaskedLanguageModeling
 
 VOCAB, SEQ, BATCH, MASK_ID, PAD_ID, SPECIAL = 30_522, 128, 32, 4, 0, (0, 1, 2, 3, 4)

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 BASELINES = {"official": 0.933, "loso": 0.572}   # log-spectrum mean+std features, ../shared/data/README.md
 RECIPES = ("wav2vec2", "hubert", "data2vec")
@@ -49,7 +48,7 @@ def run(recipe: str, args: argparse.Namespace, train_list: Path, out: Path, name
         more: tuple[str, ...] = ()) -> dict:
     """One pretraining run of ``recipes/{recipe}.py`` (into OUT/{name}) and its probe figures."""
     name = name or recipe
-    module = importlib.import_module(f"recipes.{recipe}")
+    module = importlib.import_module(f"selfsup.recipes.{recipe}")
     start = time.time()
     metrics = module.main([
         "--train_file", str(train_list), "--output_dir", str(out / name), "--model_size", args.model_size,

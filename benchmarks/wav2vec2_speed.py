@@ -1,7 +1,7 @@
 """wav2vec 2.0 pre-training speed: ``selfsup`` Wav2Vec2Objective vs ``transformers`` Wav2Vec2ForPreTraining.
 
 Both models are built from the same weights (ours, ``selfsup.objectives.wav2vec2.build("small")``, converted with
-``selfsup.hf_wav2vec2.to_transformers``), get the same batch, the same span mask and the same negatives (drawn
+``selfsup.objectives.hf_wav2vec2.to_transformers``), get the same batch, the same span mask and the same negatives (drawn
 once with ``objective.draw_masks`` and passed to both as ``mask_time_indices`` / ``sampled_negative_indices``),
 and the same ``torch.optim.AdamW``. A step = forward + backward (of the summed loss both return: contrastive +
 alpha * diversity, summed over the masked frames) + optimizer step, in train mode: dropout 0.1 everywhere,
@@ -40,16 +40,14 @@ import contextlib
 import json
 import math
 import os
-import sys
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed_common import Step, interleaved, native_bf16, speed_args  # noqa: E402
+from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args  # noqa: E402
 
-from selfsup.hf_wav2vec2 import to_transformers
+from selfsup.objectives.hf_wav2vec2 import to_transformers
 from selfsup.objectives.wav2vec2 import QUANTIZER_PRESETS, Wav2Vec2Objective, Wav2Vec2ObjectiveConfig, build
 
 SIZE, SAMPLE_RATE, SECONDS, BATCH = "small", 16_000, 2.0, 8

@@ -21,7 +21,7 @@ from selfsup.data import ShardedStream, make_train_loader
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.evaluate import probe_encoders
 from selfsup.export import push_to_hub, write_model_card
-from selfsup.hf_bert import from_transformers, to_transformers
+from selfsup.objectives.hf_bert import from_transformers, to_transformers
 from selfsup.modalities.text import (
     collate_blocks, collate_texts, load_corpus, load_labelled_text, load_tokenizer, pack_corpus, sample_texts,
     train_tokenizer,

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from selfsup.audio_recipe import add_audio_args, export_speech, run_speech_recipe
+from selfsup.recipes._speech import add_audio_args, export_speech, run_speech_recipe
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import run_cli
-from selfsup.hf_data2vec import from_transformers, to_transformers
+from selfsup.objectives.hf_data2vec import from_transformers, to_transformers
 from selfsup.objectives.data2vec import Data2VecObjective, build
 
 OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "average_top_k_layers", "ema_decay", "ema_end_decay",

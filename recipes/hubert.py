@@ -25,15 +25,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from selfsup.audio_recipe import add_audio_args, export_speech, run_speech_recipe
+from selfsup.recipes._speech import add_audio_args, export_speech, run_speech_recipe
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import SelfsupError, run_cli
-from selfsup.hf_hubert import HEAD_KEYS, from_transformers, to_transformers
-from selfsup.hubert_labels import (
+from selfsup.objectives.hf_hubert import HEAD_KEYS, from_transformers, to_transformers
+from selfsup.objectives.hubert_labels import (
     HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, cached_labels, fingerprint, fit_centroids,
     label_clips, merge_label_parts, save_label_part, save_labels,
 )
-from selfsup.kmeans import load_centroids, save_centroids
+from selfsup.objectives.kmeans import load_centroids, save_centroids
 from selfsup.modalities.audio import audio_preset
 from selfsup.objectives.hubert import HubertObjective, build
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from selfsup.audio_recipe import add_audio_args, export_speech, run_speech_recipe
+from selfsup.recipes._speech import add_audio_args, export_speech, run_speech_recipe
 from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import run_cli
-from selfsup.hf_wav2vec2 import from_transformers, to_transformers
+from selfsup.objectives.hf_wav2vec2 import from_transformers, to_transformers
 from selfsup.objectives.wav2vec2 import Wav2Vec2Objective, build
 
 OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "num_negatives", "diversity_loss_weight", "feature_penalty_weight",

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from selfsup.hf_data2vec import from_transformers, to_transformers
+from selfsup.objectives.hf_data2vec import from_transformers, to_transformers
 from selfsup.objectives.data2vec import build, masked_instance_norm
 from selfsup.objectives.ema import linear_momentum, update_momentum
 from tests.speech_helpers import NO_DROPOUT, assert_close, jitter, padded_batch
@@ -92,7 +92,7 @@ def test_student_equals_data2vec_audio_model(audio):
 def test_export_round_trip(tmp_path):
     from transformers import AutoFeatureExtractor, AutoModel, Data2VecAudioModel
 
-    from selfsup.hf_data2vec import feature_extractor_for
+    from selfsup.objectives.hf_data2vec import feature_extractor_for
 
     obj = make(average_top_k_layers=1, loss_beta=0.25, audio={"conv_bias": True})
     to_transformers(obj).save_pretrained(tmp_path)

@@ -102,7 +102,7 @@ def test_hubert_labels_made_by_two_processes_equal_one_process_labels(tmp_path):
     """k-means is fitted once; each process labels every second clip; the merged cache is the one-process one."""
     import json
 
-    from selfsup.hubert_labels import load_labels
+    from selfsup.objectives.hubert_labels import load_labels
 
     def run(nproc: int) -> Path:
         out = tmp_path / f"hubert{nproc}"

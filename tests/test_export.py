@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from selfsup.errors import SelfsupError
-from selfsup.hf_bert import from_transformers
+from selfsup.objectives.hf_bert import from_transformers
 from tests.conftest import tiny_argv
 
 bert_mlm = pytest.importorskip("recipes.bert_mlm")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selfsup import kmeans
+from selfsup.objectives import kmeans
 from selfsup.errors import SelfsupError
-from selfsup.hubert_labels import (
+from selfsup.objectives.hubert_labels import (
     HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, conv_frames, fingerprint, load_labels, whole_clip,
 )
 from selfsup.modalities.audio import audio_preset
@@ -189,7 +189,7 @@ def test_each_process_labels_every_nth_clip(tmp_path, monkeypatch):
     """Process 1 of 2 fits nothing, labels clips 1, 3, 5, ... with the main process's centroids, merges nothing."""
     from types import SimpleNamespace
 
-    from selfsup.kmeans import save_centroids
+    from selfsup.objectives.kmeans import save_centroids
 
     clips = AudioDataset([(torch.randn(8000 + 800 * i), i) for i in range(7)], max_duration=None)
     args = SimpleNamespace(iteration=1, num_clusters=4, seed=0)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.backbones.transformer import preset
-from selfsup.hf_bert import to_transformers
+from selfsup.objectives.hf_bert import to_transformers
 from selfsup.objectives.mlm import IGNORE_INDEX, MaskedLanguageModeling, mask_tokens
 
 SPECIAL = [0, 1, 2, 3, 4]

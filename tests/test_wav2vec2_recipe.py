@@ -38,7 +38,7 @@ def test_default_run_reports_and_exports(run):
 
 
 def test_init_from_export_reproduces_hidden_states(run):
-    from selfsup.hf_wav2vec2 import from_transformers
+    from selfsup.objectives.hf_wav2vec2 import from_transformers
     from transformers import AutoModelForPreTraining
 
     out, _ = run

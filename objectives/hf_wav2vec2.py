@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from selfsup.errors import SelfsupError
-from selfsup.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs, export_state,
+from selfsup.objectives.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs, export_state,
                                feature_extractor_for, import_state, load_into, load_model, transformer_config,
                                transformer_rules)
 from selfsup.modalities.audio import AudioConfig

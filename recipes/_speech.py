@@ -190,7 +190,7 @@ def export_speech(args: Namespace, objective: Objective, hf_model: Any, metrics:
     import transformers
 
     from selfsup.export import write_model_card
-    from selfsup.hf_speech import feature_extractor_for
+    from selfsup.objectives.hf_speech import feature_extractor_for
 
     out = Path(args.output_dir) / "export"
     hf_model.save_pretrained(str(out))

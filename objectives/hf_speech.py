@@ -2,21 +2,20 @@
 
 Their encoders are the same in ``transformers`` (conv feature encoder, feature projection, position
 convolution, post-LN or pre-LN Transformer) up to a name prefix, so the weight renaming, the split / join of
-our fused QKV projection, the config fields of the encoder and the loading of a checkpoint live here once.
+our fused QKV projection (through ``selfsup.convert``), and the config fields of the encoder live here once.
 """
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
+from selfsup import convert
 from selfsup.backbones.transformer import TransformerConfig
+from selfsup.convert import load_into, load_model
 from selfsup.errors import SelfsupError
 
 QKV = ("q_proj", "k_proj", "v_proj")
-OUR_QKV = re.compile(r"^backbone\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
 
 
 def transformer_rules(layer: str) -> list[tuple[str, str]]:
@@ -30,61 +29,16 @@ def transformer_rules(layer: str) -> list[tuple[str, str]]:
     ]
 
 
-def compile_rules(pairs: list[tuple[str, str]], reverse: bool = False) -> list[tuple[re.Pattern, str]]:
-    """(ours, HF) name-prefix pairs with ``{i}`` for a layer index -> compiled (pattern, replacement) rules."""
-    out = []
-    for src, dst in pairs:
-        src, dst = (dst, src) if reverse else (src, dst)
-        pattern = re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)"))
-        out.append((pattern, dst.replace("{i}", r"\1")))
-    return out
-
-
-def rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
-    for pattern, repl in rules:
-        if pattern.match(key):
-            return pattern.sub(repl, key, count=1)
-    return None
-
-
 def export_state(state: Mapping[str, torch.Tensor], pairs: list[tuple[str, str]], layer: str, what: str,
                  special: Callable[[str, torch.Tensor], dict | None] = lambda key, value: None
                  ) -> dict[str, torch.Tensor]:
-    """Our state dict under HF names: QKV split into q/k/v, the rest renamed by ``pairs``. ``special(key,
-    value)`` may return the HF entries of a key itself ({} to leave it out); a key nothing names is an error."""
-    rules, out = compile_rules(pairs), {}
-    for key, value in state.items():
-        if (own := special(key, value)) is not None:
-            out.update(own)
-        elif (m := OUR_QKV.match(key)):
-            for name, part in zip(QKV, value.chunk(3, dim=0)):
-                out[layer.format(i=m[1]) + f"attention.{name}.{m[2]}"] = part.clone()
-        elif (new := rename(key, rules)) is not None:
-            out[new] = value
-        else:
-            raise RuntimeError(f"{what} export: no HF name for {key}")
-    return out
+    """Our state dict under the HF speech names (``layer`` = HF's layer prefix; see ``selfsup.convert``)."""
+    return convert.export_state(state, pairs, layer + "attention.", QKV, what, special)
 
 
 def import_state(hf: Mapping[str, torch.Tensor], pairs: list[tuple[str, str]], layer: str) -> dict[str, torch.Tensor]:
-    """HF weights under our names: q/k/v joined into QKV, the rest renamed by ``pairs``; unknown keys dropped."""
-    rules, ours = compile_rules(pairs, reverse=True), {}
-    hf_q = re.compile("^" + re.escape(layer).replace(r"\{i\}", r"(\d+)") + r"attention\.q_proj\.(weight|bias)$")
-    for key, value in hf.items():
-        if (m := hf_q.match(key)):
-            pre = layer.format(i=m[1]) + "attention."
-            ours[f"backbone.layers.{m[1]}.attn.qkv.{m[2]}"] = torch.cat([hf[f"{pre}{n}.{m[2]}"] for n in QKV])
-        elif (new := rename(key, rules)) is not None:
-            ours[new] = value
-    return ours
-
-
-def load_into(objective: torch.nn.Module, ours: Mapping[str, torch.Tensor], optional: Callable[[str], bool]) -> None:
-    """``load_state_dict`` that names what does not fit (missing keys for which ``optional`` holds are fine)."""
-    missing, unexpected = objective.load_state_dict(ours, strict=False)
-    missing = [k for k in missing if not optional(k)]
-    if missing or unexpected:
-        raise SelfsupError(f"checkpoint does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    """HF speech weights under our names (see ``selfsup.convert``)."""
+    return convert.import_state(hf, pairs, layer + "attention.", QKV)
 
 
 def check_encoder(objective: torch.nn.Module, target: str, pre_ln: bool = True) -> bool:
@@ -134,28 +88,6 @@ def transformer_config(hf_cfg, pre_ln: bool, drop: Callable[[float], float]) -> 
 def dropout_map(dropout: float | None) -> Callable[[float], float]:
     """The checkpoint's rate, or ``dropout`` for all of them when given."""
     return (lambda v: v) if dropout is None else (lambda v: dropout)
-
-
-def load_model(path_or_model, model_type: str, model_class: str, accepts: Callable[[str], bool] | None = None):
-    """(model, name for messages) from a checkpoint folder / Hub name (of ``model_type``, loaded as
-    ``transformers.<model_class>``, no remote code) or a model object (its class name checked by ``accepts``)."""
-    import transformers
-
-    if not isinstance(path_or_model, (str, Path)):
-        name = type(path_or_model).__name__
-        if not (accepts or (lambda n: n == model_class))(name):
-            raise SelfsupError(f"expected a {model_class}, got {name}")
-        return path_or_model, "model"
-    where = str(path_or_model)
-    try:
-        hf_cfg = transformers.AutoConfig.from_pretrained(where, trust_remote_code=False)
-    except Exception as err:  # noqa: BLE001 - transformers raises many types here
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SelfsupError(f"{where}: not a transformers checkpoint ({first})") from None
-    if hf_cfg.model_type != model_type:
-        raise SelfsupError(f"{where}: model type {hf_cfg.model_type!r}; --init_from here needs a {model_type} "
-                           "checkpoint")
-    return getattr(transformers, model_class).from_pretrained(where, trust_remote_code=False), where
 
 
 def feature_extractor_for(objective: torch.nn.Module | None = None):

@@ -1,4 +1,5 @@
-"""What the speed benchmarks share: interleaved timing of ours against the reference, and the common flags."""
+"""Speed benchmarks' shared parts: interleaved timing of ours against a reference in one run, and the common flags
+(used by ``benchmarks/*_speed.py``)."""
 from __future__ import annotations
 
 import argparse

@@ -1,7 +1,7 @@
 """Conversion between :class:`HubertObjective` and ``transformers``' ``HubertModel``.
 
 HuBERT's feature encoder and Transformer are wav2vec 2.0's, so the weight names are those of
-``selfsup.hf_wav2vec2`` without the ``wav2vec2.`` prefix: the fused QKV projection is split on export and
+``selfsup.objectives.hf_wav2vec2`` without the ``wav2vec2.`` prefix: the fused QKV projection is split on export and
 joined on import, the weight-normed position convolution keeps its parametrization (``original0`` = g,
 ``original1`` = v), the encoder LayerNorm is ``adapter.norm`` (post-LN, HuBERT base) or ``backbone.norm``
 (pre-LN, ``do_stable_layer_norm``), and our mask embedding is HF's ``masked_spec_embed`` (what
@@ -23,9 +23,9 @@ from typing import Any, Mapping
 import torch
 
 from selfsup.errors import SelfsupError
-from selfsup.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs, export_state,
+from selfsup.objectives.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs, export_state,
                                feature_extractor_for, import_state, load_into, load_model, transformer_config)
-from selfsup.hf_wav2vec2 import RULES
+from selfsup.objectives.hf_wav2vec2 import RULES
 from selfsup.modalities.audio import AudioConfig
 from selfsup.objectives.hubert import HubertObjective, HubertObjectiveConfig
 
