@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from selfsup.data import check_files, files_in_dir, suffix_of
 from selfsup.errors import SelfsupError
+from selfsup.modalities.tokenizer_train import train_wordpiece
 from selfsup.types import Adapter, Batch, Tokens
 
 BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -212,21 +213,10 @@ def clean(ds, column: str):
 
 # -- tokenizer --------------------------------------------------------------------------------------------------
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, lowercase: bool = True, max_length: int = 512):
-    """A BERT-style WordPiece tokenizer trained on ``texts`` with HF ``tokenizers``; a transformers tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2)
-    tok.train_from_iterator(texts, trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length)
+    """A BERT-style WordPiece tokenizer trained on ``texts``; a transformers tokenizer. Deterministic: the same
+    texts give the same vocabulary in any process (``selfsup.modalities.tokenizer_train``; HF's own
+    ``WordPieceTrainer`` breaks ties by hash-map order)."""
+    return train_wordpiece(texts, vocab_size, lowercase=lowercase, max_length=max_length)
 
 
 def load_tokenizer(path: str):

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, preset
 from selfsup.modalities.audio_pos import Data2VecAudioAdapter, Data2VecAudioAdapterConfig, data2vec_audio_preset
 from selfsup.objectives.ema import frozen_copy, linear_momentum, update_momentum
+from selfsup.objectives.losses import regression_loss
 from selfsup.objectives.masking import draw_span_mask
 from selfsup.types import Batch, BackboneOutput, Encoder, Objective, ObjectiveOutput, Tokens
 
@@ -119,15 +120,6 @@ def layer_outputs(backbone: TransformerEncoder, x: Tensor, padding_mask: Tensor 
         for h in handles:
             h.remove()
     return outs
-
-
-def regression_loss(pred: Tensor, target: Tensor, beta: float, scale: float) -> Tensor:
-    """(M, D) predictions and targets -> (M,) per-frame losses: L2 (beta 0) or smooth L1, summed over D, x scale."""
-    if beta == 0:
-        loss = F.mse_loss(pred.float(), target.float(), reduction="none")
-    else:
-        loss = F.smooth_l1_loss(pred.float(), target.float(), reduction="none", beta=beta)
-    return loss.sum(dim=-1) * scale
 
 
 def feature_std(y: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, preset
 from selfsup.modalities.audio import AudioAdapter, AudioConfig, audio_preset
+from selfsup.objectives.losses import feature_penalty
 from selfsup.objectives.masking import draw_span_mask
 from selfsup.types import BackboneOutput, Batch, Encoder, Objective, ObjectiveOutput
 
@@ -178,8 +179,7 @@ class HubertObjective(Objective):
             total, n = total + c.pred_nomask_weight * loss_u, n + n_u
         metrics: dict[str, Tensor | float] = {}
         if c.feature_penalty_weight > 0:
-            real = conv_features if padding_mask is None else conv_features[~padding_mask]
-            penalty = real.float().pow(2).mean()
+            penalty = feature_penalty(conv_features, padding_mask, across_processes=self.training)
             total = total + c.feature_penalty_weight * penalty * n
             metrics["feature_penalty"] = penalty.detach()
         with torch.no_grad():

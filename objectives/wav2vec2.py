@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, preset
 from selfsup.modalities.audio import AudioAdapter, AudioConfig, audio_preset
 from selfsup.distributed import all_sum, world_size
+from selfsup.objectives.losses import feature_penalty
 from selfsup.objectives.masking import (
     draw_span_mask, frame_lengths, negatives_per_example, sample_negatives,
 )
@@ -236,9 +237,7 @@ class Wav2Vec2Objective(Objective):
         total = contrastive + c.diversity_loss_weight * diversity * n
         metrics: dict[str, Tensor | float] = {}
         if c.feature_penalty_weight > 0:   # the mean over the real frames of every process (see all_sum)
-            real = conv_features if padding_mask is None else conv_features[~padding_mask]
-            sq, count = all_sum(real.float().pow(2).sum()), all_sum(real.new_tensor(real.numel()), False)
-            penalty = sq / count.clamp_min(1)
+            penalty = feature_penalty(conv_features, padding_mask, across_processes=self.training)
             total = total + c.feature_penalty_weight * penalty * n
             metrics["feature_penalty"] = penalty.detach()
         with torch.no_grad():

@@ -149,3 +149,25 @@ def test_frozen_feature_encoder_trains_in_two_processes(tmp_path):
            "--feature_grad_mult", "0", "--gumbel_temperature_decay", "0.9", script=ROOT / "recipes" / "wav2vec2.py")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and metrics["steps"] == 3
+
+
+def test_hubert_with_feature_penalty_in_two_processes_matches_one(tmp_path):
+    """The feature penalty is the mean over the real frames of *every* process, so 2 x 4 clips train as 1 x 8."""
+    import json
+
+    def run(nproc: int) -> Path:
+        out = tmp_path / f"hubert_pen{nproc}"
+        launch(nproc, "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "2", "--report_to", "none",
+               "--per_device_train_batch_size", str(8 // nproc), "--synthetic_utterances", "40",
+               "--max_duration", "1.0", "--num_clusters", "8", "--dropout", "0", "--stable_layer_norm",
+               "--feature_penalty_weight", "10", "--checkpointing_steps", "2", script=ROOT / "recipes" / "hubert.py")
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["num_processes"] == nproc and metrics["global_batch_size"] == 8
+        return out
+
+    one, two = run(1), run(2)
+    a = load_file(one / "checkpoint-2" / "model.safetensors")
+    b = load_file(two / "checkpoint-2" / "model.safetensors")
+    assert set(a) == set(b) and len(a) > 20
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=2e-6, rtol=0), (k, float((a[k] - b[k]).abs().max()))
