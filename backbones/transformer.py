@@ -66,21 +66,6 @@ class TransformerConfig:
         return asdict(self)
 
 
-# Size presets: `tiny` for tests (seconds), `small` for CPU (minutes), `base` = BERT-base (GPU).
-PRESETS: dict[str, dict] = {
-    "tiny": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256),
-    "small": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
-    "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
-}
-
-
-def preset(size: str, **overrides) -> TransformerConfig:
-    """A :class:`TransformerConfig` of a named size (``tiny``, ``small``, ``base``) with overrides."""
-    if size not in PRESETS:
-        raise ValueError(f"unknown model size {size!r}; choose from {sorted(PRESETS)}")
-    return replace(TransformerConfig(**PRESETS[size]), **overrides)
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused QKV projection, on SDPA."""
 
@@ -202,4 +187,4 @@ def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["TransformerConfig", "TransformerEncoder", "PRESETS", "preset", "init_weights", "num_parameters"]
+__all__ = ["TransformerConfig", "TransformerEncoder", "init_weights", "num_parameters"]

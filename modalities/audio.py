@@ -11,7 +11,7 @@ their layers. Loading and collating audio live in ``selfsup.modalities.audio_dat
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
@@ -58,26 +58,6 @@ class AudioConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-BASE_KERNEL, BASE_STRIDE = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
-# `tiny` for tests (5 narrow layers, 80x downsampling: 200 frames a second), `small` for CPU, `base` =
-# wav2vec2-base (7 layers, 320x: a frame every 20 ms).
-AUDIO_PRESETS: dict[str, dict] = {
-    "tiny": dict(conv_dim=(32,) * 5, conv_kernel=(10, 3, 3, 3, 2), conv_stride=(5, 2, 2, 2, 2),
-                 num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2),
-    "small": dict(conv_dim=(256,) * 7, conv_kernel=BASE_KERNEL, conv_stride=BASE_STRIDE,
-                  num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16),
-    "base": dict(conv_dim=(512,) * 7, conv_kernel=BASE_KERNEL, conv_stride=BASE_STRIDE,
-                 num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16),
-}
-
-
-def audio_preset(size: str, **overrides) -> AudioConfig:
-    """An :class:`AudioConfig` of a named size (``tiny``, ``small``, ``base``) with overrides."""
-    if size not in AUDIO_PRESETS:
-        raise ValueError(f"unknown model size {size!r}; choose from {sorted(AUDIO_PRESETS)}")
-    return replace(AudioConfig(**AUDIO_PRESETS[size]), **overrides)
 
 
 def check_grad_mult(value: float) -> None:
@@ -173,6 +153,14 @@ class AudioAdapter(Adapter):
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if encoder_norm else None
         self.dropout = nn.Dropout(dropout)
 
+    def content_prefixes(self) -> tuple[str, ...]:
+        return ("conv_layers.", "projection_norm.", "projection.")
+
+    def position_prefixes(self) -> tuple[str, ...]:
+        """The position convolution(s); the encoder LayerNorm counts as the Transformer's (fairseq's
+        ``ema_layers_only`` averages it)."""
+        return ("pos_conv.",)
+
     @property
     def feature_size(self) -> int:
         """C, the width of the conv features (``targets["features"]``)."""
@@ -232,4 +220,4 @@ class AudioAdapter(Adapter):
         return self.dropout(x)
 
 
-__all__ = ["AudioConfig", "AUDIO_PRESETS", "audio_preset", "AudioAdapter", "ConvLayer", "ConvPositionalEmbedding"]
+__all__ = ["AudioConfig", "AudioAdapter", "ConvLayer", "ConvPositionalEmbedding"]

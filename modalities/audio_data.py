@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from selfsup.data import check_files, files_in_dir, length_grouped_order, suffix_of  # noqa: F401 (re-export)
+from selfsup.data import (check_files, example_rng, example_seed, files_in_dir, length_grouped_order,  # noqa: F401
+                          suffix_of)
 from selfsup.errors import SelfsupError
 
 TARGET_SR = 16_000
@@ -99,6 +100,36 @@ def find_audio(train_dir: str | None = None, file_list: str | Sequence[str] | No
     from selfsup.modalities import audio_corpora  # the built-in corpus lives apart; imported when needed
 
     return audio_corpora.synthetic_entries()
+
+
+def load_audio_splits(train_dir: str | None = None, train_file: Sequence[str] | str | None = None,
+                      dataset_name: str | None = None, audio_column: str | None = None, synthetic_utterances: int = 400,
+                      max_train_samples: int | None = None, validation_percentage: float = 10.0,
+                      max_validation: int = 64, max_duration: float = 4.0, min_duration: float = 0.25,
+                      on_bad_audio: str = "error", seed: int = 0) -> tuple["AudioDataset", "AudioDataset", str]:
+    """(train, validation, source): the user's audio (a folder, file lists or files, a dataset) or, with none,
+    the built-in synthetic corpus; ``validation_percentage`` of the clips (at most ``max_validation``), drawn
+    from ``seed``, are held out. Training clips are cropped at random, held-out ones at their start."""
+    if train_dir or train_file or dataset_name:
+        entries = find_audio(train_dir=train_dir, file_list=train_file, dataset_name=dataset_name,
+                             audio_column=audio_column)
+    else:
+        from selfsup.modalities.audio_corpora import synthetic_entries
+
+        entries = synthetic_entries(synthetic_utterances)
+    first = train_file[0] if isinstance(train_file, (list, tuple)) and train_file else train_file
+    source = train_dir or first or dataset_name or "builtin:synthetic"
+    if max_train_samples:
+        entries = entries[:max_train_samples]
+    if len(entries) < 2:
+        raise SelfsupError(f"{source}: needs at least two audio clips")
+    order = torch.randperm(len(entries), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(max_validation, max(1, int(len(entries) * validation_percentage / 100)))
+    common = dict(max_duration=max_duration, min_duration=min_duration, seed=seed, on_bad_audio=on_bad_audio)
+    val = AudioDataset([entries[i] for i in order[:n_val]], random_crop=False, source=f"{source} (validation)",
+                       **common)
+    train = AudioDataset([entries[i] for i in order[n_val:]], random_crop=True, source=source, **common)
+    return train, val, source
 
 
 def read_file_list(path: str | Path) -> list[AudioEntry]:
@@ -360,12 +391,12 @@ class AudioDataset(Dataset):
         excess = self.full_lengths[index] - (self.max_samples or self.full_lengths[index])
         if excess <= 0 or not self.random_crop:
             return 0
-        return int(np.random.default_rng([self.seed, self.epoch, index]).integers(0, excess + 1))
+        return int(example_rng(self.seed, self.epoch, index).integers(0, excess + 1))
 
     def example_seed(self, index: int) -> int:
         """The seed of clip ``index``'s random draws this epoch (masks, negatives, noise): from (seed, epoch,
         index) only, so that they do not depend on which process or batch the clip lands in."""
-        return int(np.random.SeedSequence([self.seed, self.epoch, index, 1]).generate_state(1)[0])
+        return example_seed(self.seed, self.epoch, index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         for k in range(len(self)):

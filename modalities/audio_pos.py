@@ -13,13 +13,13 @@ part of ``Data2VecAudioEncoder`` before its layers (``tests/test_data2vec.py``).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.backbones.transformer import ACTIVATIONS
-from selfsup.modalities.audio import AUDIO_PRESETS, AudioAdapter, ConvLayer, check_grad_mult
+from selfsup.modalities.audio import AudioAdapter, ConvLayer, check_grad_mult
 from selfsup.types import Adapter, Batch, Tokens
 
 
@@ -56,28 +56,6 @@ class Data2VecAudioAdapterConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _conv_stack(size: str) -> dict:
-    return {k: AUDIO_PRESETS[size][k] for k in ("conv_dim", "conv_kernel", "conv_stride")}
-
-
-# `tiny` for tests, `small` for CPU, `base` = data2vec-audio-base (fairseq base_librispeech.yaml).
-DATA2VEC_AUDIO_PRESETS: dict[str, dict] = {
-    "tiny": dict(**_conv_stack("tiny"), num_conv_pos_embeddings=2, conv_pos_kernel_size=5,
-                 num_conv_pos_embedding_groups=2),
-    "small": dict(**_conv_stack("small"), num_conv_pos_embeddings=5, conv_pos_kernel_size=19,
-                  num_conv_pos_embedding_groups=16),
-    "base": dict(**_conv_stack("base"), num_conv_pos_embeddings=5, conv_pos_kernel_size=19,
-                 num_conv_pos_embedding_groups=16),
-}
-
-
-def data2vec_audio_preset(size: str, **overrides) -> Data2VecAudioAdapterConfig:
-    """A :class:`Data2VecAudioAdapterConfig` of a named size (``tiny``, ``small``, ``base``) with overrides."""
-    if size not in DATA2VEC_AUDIO_PRESETS:
-        raise ValueError(f"unknown model size {size!r}; choose from {sorted(DATA2VEC_AUDIO_PRESETS)}")
-    return replace(Data2VecAudioAdapterConfig(**DATA2VEC_AUDIO_PRESETS[size]), **overrides)
 
 
 class MultiLayerConvPositionalEmbedding(nn.Module):
@@ -136,6 +114,14 @@ class Data2VecAudioAdapter(Adapter):
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 
+    def content_prefixes(self) -> tuple[str, ...]:
+        return ("conv_layers.", "projection_norm.", "projection.")
+
+    def position_prefixes(self) -> tuple[str, ...]:
+        """The position convolution(s); the encoder LayerNorm counts as the Transformer's (fairseq's
+        ``ema_layers_only`` averages it)."""
+        return ("pos_conv.",)
+
     # The conv stack's geometry and forward are the same as AudioAdapter's (they read only ``config.conv_*`` and
     # ``conv_layers``), so they are shared rather than written again.
     feature_size = AudioAdapter.feature_size
@@ -159,5 +145,5 @@ class Data2VecAudioAdapter(Adapter):
         return self.dropout(self.norm(x + self.pos_conv(x)))
 
 
-__all__ = ["Data2VecAudioAdapterConfig", "DATA2VEC_AUDIO_PRESETS", "data2vec_audio_preset",
+__all__ = ["Data2VecAudioAdapterConfig",
            "MultiLayerConvPositionalEmbedding", "Data2VecAudioAdapter"]

@@ -27,15 +27,19 @@ class TextAdapter(Adapter):
     if ``embedding_norm``, LayerNorm and dropout.
 
     batch: ``input_ids`` (B, N) long and optionally ``attention_mask`` (B, N), 1 = real token.
+    ``roberta_positions``: positions as RoBERTa / data2vec text number them (``transformers``'
+    ``create_position_ids_from_input_ids``): real tokens at rows ``pad_token_id + 1 + i``, padded tokens at row
+    ``pad_token_id``; the table then has ``max_positions + pad_token_id + 1`` rows. Otherwise BERT's 0, 1, ...
     """
 
     def __init__(self, vocab_size: int, hidden_size: int, max_positions: int = 512, type_vocab_size: int = 2,
                  pad_token_id: int = 0, dropout: float = 0.1, layer_norm_eps: float = 1e-12,
-                 embedding_norm: bool = True) -> None:
+                 embedding_norm: bool = True, roberta_positions: bool = False) -> None:
         super().__init__()
-        self.hidden_size = hidden_size
+        self.hidden_size, self.vocab_size, self.pad_token_id = hidden_size, vocab_size, pad_token_id
+        self.position_offset = pad_token_id + 1 if roberta_positions else 0
         self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
-        self.position_embeddings = nn.Embedding(max_positions, hidden_size)
+        self.position_embeddings = nn.Embedding(max_positions + self.position_offset, hidden_size)
         self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden_size) if type_vocab_size else None
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if embedding_norm else nn.Identity()
         self.dropout = nn.Dropout(dropout)
@@ -43,10 +47,19 @@ class TextAdapter(Adapter):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.02)
         self.word_embeddings.weight.data[pad_token_id].zero_()
+        if roberta_positions:
+            self.position_embeddings.weight.data[pad_token_id].zero_()
 
     @property
     def max_positions(self) -> int:
-        return self.position_embeddings.num_embeddings
+        """The longest sequence the position table holds."""
+        return self.position_embeddings.num_embeddings - self.position_offset
+
+    def content_prefixes(self) -> tuple[str, ...]:
+        return ("word_embeddings.", "token_type_embeddings.")
+
+    def position_prefixes(self) -> tuple[str, ...]:
+        return ("position_embeddings.", "norm.")
 
     def embed(self, batch: Batch) -> Tokens:
         ids: Tensor = batch["input_ids"]
@@ -60,7 +73,12 @@ class TextAdapter(Adapter):
         return Tokens(x=x, padding_mask=padding_mask, targets={"ids": ids})
 
     def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        return self.dropout(self.norm(x + self.position_embeddings.weight[: x.shape[1]]))
+        if not self.position_offset:
+            return self.dropout(self.norm(x + self.position_embeddings.weight[: x.shape[1]]))
+        real = torch.ones(x.shape[:2], dtype=torch.long, device=x.device) if padding_mask is None \
+            else (~padding_mask).long()
+        positions = (real.cumsum(dim=1) + self.pad_token_id) * real + self.pad_token_id * (1 - real)
+        return self.dropout(self.norm(x + self.position_embeddings(positions)))
 
 
 # -- corpus loading ---------------------------------------------------------------------------------------------
@@ -84,7 +102,7 @@ def _decode_prefix(head: bytes) -> None:
     codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
 
 
-def corpus_files(args: Namespace, files: Sequence[str] | None = None, folder: str | None = None) -> list[Path]:
+def corpus_files(files: Sequence[str] | None = None, folder: str | None = None) -> list[Path]:
     """The checked list of corpus files from ``--train_file``/``--train_dir`` (or the given ones)."""
     paths = check_files(files, extensions=list(BUILDERS), what="text file") if files else \
         files_in_dir(folder, list(BUILDERS))
@@ -142,7 +160,7 @@ def builtin_corpus():
     return datasets.Dataset.from_dict({"text": paragraphs})
 
 
-def text_column(ds, source: str, column: str | None) -> str:
+def find_text_column(ds, source: str, column: str | None) -> str:
     names = list(ds.column_names or [])
     if column:
         if column not in names:
@@ -155,15 +173,24 @@ def text_column(ds, source: str, column: str | None) -> str:
     raise SelfsupError(f"{source}: no 'text' column; name one with --text_column (columns: {', '.join(names)})")
 
 
-def load_corpus(args: Namespace):
-    """(train, validation, source) with one ``text`` column each; blank lines dropped.
+def load_corpus(train_file: Sequence[str] | None = None, train_dir: str | None = None,
+                dataset_name: str | None = None, dataset_config_name: str | None = None,
+                validation_file: Sequence[str] | None = None, text_column: str | None = None, streaming: bool = False,
+                max_train_samples: int | None = None, validation_split_percentage: float = 5.0, seed: int = 42,
+                streaming_validation_examples: int = 1000):
+    """(train, validation, source) with one ``text`` column each; blank lines dropped. With no data given, the
+    built-in corpus (``pydoc_data.topics``).
 
-    Validation comes from ``--validation_file``, the dataset's own split, or ``--validation_split_percentage``.
+    Validation comes from ``validation_file``, the dataset's own split, or ``validation_split_percentage`` of
+    the training text (drawn from ``seed``); a stream holds out its first ``streaming_validation_examples``.
     """
-    streaming = getattr(args, "streaming", False)
+    args = Namespace(train_file=train_file, train_dir=train_dir, dataset_name=dataset_name,
+                     dataset_config_name=dataset_config_name, validation_file=validation_file,
+                     max_train_samples=max_train_samples, validation_split_percentage=validation_split_percentage,
+                     seed=seed)
     val = None
     if args.train_file or args.train_dir:
-        paths = corpus_files(args, args.train_file, args.train_dir)
+        paths = corpus_files(args.train_file, args.train_dir)
         source = str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}"
         train = load_files(paths, streaming)
     elif args.dataset_name:
@@ -175,11 +202,11 @@ def load_corpus(args: Namespace):
         if streaming:
             train = train.to_iterable_dataset()
     if args.validation_file:
-        val = load_files(corpus_files(args, args.validation_file), streaming)
-    col = text_column(train, source, getattr(args, "text_column", None))
+        val = load_files(corpus_files(args.validation_file), streaming)
+    col = find_text_column(train, source, text_column)
     train = clean(train, col)
     if val is not None:
-        val = clean(val, text_column(val, "validation data", getattr(args, "text_column", None)))
+        val = clean(val, find_text_column(val, "validation data", text_column))
     if not streaming:
         if len(train) == 0:
             raise SelfsupError(f"{source}: contains no text (only blank lines)")
@@ -196,7 +223,7 @@ def load_corpus(args: Namespace):
         if next(iter(train), None) is None:
             raise SelfsupError(f"{source}: contains no text (only blank lines)")
         if val is None:
-            n = getattr(args, "streaming_validation_examples", 1000)
+            n = streaming_validation_examples
             train, val = train.skip(n), train.take(n)
     return train, val, source
 
@@ -301,7 +328,7 @@ def load_labelled_text(path: str) -> tuple[list[str], list[int]]:
             texts.append(sentence)
     else:
         ds = load_files([file], streaming=False)
-        col = text_column(ds.remove_columns([c for c in ds.column_names if c == "label"]), path, None)
+        col = find_text_column(ds.remove_columns([c for c in ds.column_names if c == "label"]), path, None)
         if "label" not in ds.column_names:
             raise SelfsupError(f"{path}: no 'label' column")
         texts, labels = list(ds[col]), [int(v) for v in ds["label"]]

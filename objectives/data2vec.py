@@ -1,13 +1,18 @@
-"""data2vec pre-training for speech (Baevski et al., 2022, arXiv:2202.03555).
+"""data2vec pre-training, on any modality (Baevski et al., 2022, arXiv:2202.03555).
 
-masker x target x loss = span masking of the latent frames x the EMA teacher's averaged top-K layers x L2 /
-smooth L1. The student sees the frames with masked ones replaced by a learned embedding *before* the position
-convolutions; the teacher, an exponential moving average of the student (sec. 3.3), sees the *unmasked* input
+masker x target x loss = the modality's masker x the EMA teacher's averaged top-K layers x L2 / smooth L1. With a
+:class:`SpanMasker` (audio) the student sees the frames with masked ones replaced by a learned embedding
+*before* the position convolutions; with a :class:`TokenMasker` (text) it sees [MASK] ids. The teacher, an exponential moving average of the student (sec. 3.3), sees the *unmasked* input
 in eval mode. Its target (sec. 3.3, eq. 3) is the mean over the top K blocks of each block's FFN output before
 the last residual connection, each instance-normalised over time; no normalisation of the average for speech.
 A linear head regresses the student's final hidden state at each masked frame onto it.
 
-Defaults follow fairseq's ``examples/data2vec/config/audio/pretraining/base_librispeech.yaml``:
+Text (``builders.data2vec_text``) follows fairseq's ``examples/data2vec/config/text/pretraining/base.yaml``:
+spans of 4 tokens covering 35 % replaced by [MASK], the top 10 of 12 layers' FFN outputs each layer-normed
+(``layer_norm_target_layer``), smooth L1 with beta 4 and ``loss_scale`` 1, a two-layer regression head; the
+teacher copies the embeddings (``ema_transformer_layers_only``) and embeds the unmasked ids itself.
+
+Speech defaults follow fairseq's ``examples/data2vec/config/audio/pretraining/base_librispeech.yaml``:
 ``average_top_k_layers: 8``, ``instance_norm_target_layer: true``, ``loss_beta: 0`` (L2), ``loss_scale: null``
 (= 1 / sqrt(D)), ``ema_decay 0.999 -> ema_end_decay 0.9999`` over ``ema_anneal_end_step: 30000``,
 ``ema_transformer_only`` / ``ema_layers_only`` (the teacher runs on the student's conv features, its position
@@ -25,18 +30,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, preset
-from selfsup.modalities.audio_pos import Data2VecAudioAdapter, Data2VecAudioAdapterConfig, data2vec_audio_preset
+from selfsup.backbones.transformer import TransformerEncoder
 from selfsup.objectives.ema import frozen_copy, linear_momentum, update_momentum
+from selfsup.objectives.heads import regression_head
 from selfsup.objectives.losses import regression_loss
-from selfsup.objectives.masking import draw_span_mask
-from selfsup.types import Batch, BackboneOutput, Encoder, Objective, ObjectiveOutput, Tokens
+from selfsup.objectives.masking import IGNORE_INDEX, SpanMasker, TokenMasker
+from selfsup.types import Adapter, Batch, BackboneOutput, Encoder, Objective, ObjectiveOutput, Tokens
 
 NORMS = ("instance", "layer", "none")
 
@@ -51,9 +56,7 @@ class Data2VecObjectiveConfig:
     target_norm: str = "none"                 # of the average: instance_norm_targets / layer_norm_targets
     loss_beta: float = 0.0                    # 0: L2, else smooth L1 with this beta
     loss_scale: float | None = None           # None: 1 / sqrt(D)
-    mask_prob: float = 0.65
-    mask_length: int = 10
-    min_masks: int = 1
+    head_layers: int = 1                      # regression head depth (fairseq head_layers; text: 2)
     ema_decay: float = 0.999
     ema_end_decay: float = 0.9999
     ema_anneal_end_step: int = 30000
@@ -70,8 +73,8 @@ class Data2VecObjectiveConfig:
         for name in ("target_layer_norm", "target_norm"):
             if getattr(self, name) not in NORMS:
                 raise ValueError(f"{name} is {getattr(self, name)!r}; choose from {NORMS}")
-        if not 0 <= self.mask_prob <= 1:
-            raise ValueError(f"mask_prob must be in [0, 1], got {self.mask_prob}")
+        if self.head_layers < 1:
+            raise ValueError(f"head_layers must be at least 1, got {self.head_layers}")
         if self.ema_layers_only and not self.ema_transformer_only:
             raise ValueError("ema_layers_only implies ema_transformer_only (as in fairseq)")
 
@@ -131,26 +134,27 @@ def feature_std(y: Tensor) -> Tensor:
 
 
 class Data2VecObjective(Objective):
-    """data2vec over a :class:`Data2VecAudioAdapter` and a post-LN :class:`TransformerEncoder`.
+    """data2vec over any adapter, a post-LN :class:`TransformerEncoder` and the modality's masker.
 
-    batch: ``input_values`` (B, T), optional ``attention_mask`` (B, T) and ``mask_time_indices`` (B, F) bool for
-    a fixed mask (otherwise drawn). ``loss`` is summed over the masked frames (``num_targets``). The teacher
+    batch: what the adapter reads (``input_values`` / ``input_ids``, optional ``attention_mask``), and for a
+    fixed mask ``mask_time_indices`` (B, N) bool (otherwise the masker draws it, per example when the batch
+    carries ``example_seeds``). ``loss`` is summed over the masked positions (``num_targets``). The teacher
     (``self.teacher``, an :class:`Encoder`) is a frozen submodule: checkpoints keep it, the optimizer skips it,
     it never leaves eval mode, and :meth:`on_step_end` moves it towards the student.
     """
 
-    def __init__(self, audio: Data2VecAudioAdapterConfig, backbone: TransformerConfig,
+    def __init__(self, adapter: Adapter, backbone: TransformerEncoder, masker: SpanMasker | TokenMasker,
                  config: Data2VecObjectiveConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or Data2VecObjectiveConfig()
-        if config.average_top_k_layers > backbone.num_layers:
+        if config.average_top_k_layers > backbone.config.num_layers:
             raise ValueError(f"average_top_k_layers {config.average_top_k_layers} exceeds the "
-                             f"{backbone.num_layers} layers of the backbone")
-        self.adapter = Data2VecAudioAdapter(audio, backbone.hidden_size, dropout=backbone.dropout,
-                                            layer_norm_eps=backbone.layer_norm_eps)
-        self.backbone = TransformerEncoder(backbone)
-        self.mask_embedding = nn.Parameter(torch.empty(backbone.hidden_size).uniform_())
-        self.regression_head = nn.Linear(backbone.hidden_size, backbone.hidden_size)
+                             f"{backbone.config.num_layers} layers of the backbone")
+        self.adapter, self.backbone, self.masker = adapter, backbone, masker
+        width = backbone.config.hidden_size
+        if not masker.corrupts_input:  # masked frames become a learned embedding; masked ids are [MASK] already
+            self.mask_embedding = nn.Parameter(torch.empty(width).uniform_())
+        self.regression_head = regression_head(width, config.head_layers)
         self.teacher = frozen_copy(self.encoder())
         self.register_buffer("ema_decay", torch.tensor(float(config.ema_decay)))
         self._last_target_var: Tensor | None = None
@@ -166,10 +170,10 @@ class Data2VecObjective(Objective):
         """Teacher parameters copied from the student instead of averaged (fairseq ``ema_*_only``)."""
         c, out = self.config, ()
         if c.ema_transformer_only:  # the teacher runs on the student's features: keep its own in step
-            out += ("adapter.conv_layers.", "adapter.projection_norm.", "adapter.projection.")
+            out += self.adapter.content_prefixes()
         if c.ema_layers_only:
-            out += ("adapter.pos_conv.",)
-        return out
+            out += self.adapter.position_prefixes()
+        return tuple(f"adapter.{p}" for p in out)
 
     def momentum(self, step: int) -> float:
         c = self.config
@@ -197,16 +201,14 @@ class Data2VecObjective(Objective):
     # -- student, targets, loss -------------------------------------------------------------------------------
     def draw_mask(self, padding_mask: Tensor | None, shape: tuple[int, int], device: torch.device,
                   generator: torch.Generator | None = None, seeds: Tensor | None = None) -> Tensor:
-        """Span mask (B, F) over the real frames."""
-        c = self.config
-        return draw_span_mask(shape, c.mask_prob, c.mask_length, c.min_masks, padding_mask, device, generator,
-                              seeds)[0]
+        """Span mask (B, F) over the real frames (a :class:`SpanMasker`)."""
+        return self.masker(padding_mask, shape, device, generator, seeds)[0]
 
     def student(self, tokens: Tokens, mask: Tensor | None, output_hidden_states: bool = False) -> BackboneOutput:
         """The student on ``tokens`` (from ``adapter.embed``) with the frames where mask (B, F) is True replaced
         by the mask embedding before the position convolutions."""
         x = tokens.x
-        if mask is not None:
+        if mask is not None and not self.masker.corrupts_input:
             x = torch.where(mask[:, :, None], self.mask_embedding.to(x.dtype), x)
         x = self.adapter.add_positions(x, tokens.padding_mask)
         return self.backbone(x, tokens.padding_mask, output_hidden_states)
@@ -216,9 +218,9 @@ class Data2VecObjective(Objective):
         """(B, F, D) float32 targets from the teacher on the unmasked input: the mean of its top-K layer outputs,
         each normalised (``target_layer_norm``), the mean normalised by ``target_norm``."""
         c, teacher, padding_mask = self.config, self.teacher, tokens.padding_mask
-        if c.ema_transformer_only:
-            x = tokens.x.detach()
-        else:
+        if c.ema_transformer_only and not self.masker.corrupts_input:
+            x = tokens.x.detach()       # the student's content embeddings of the unmasked input
+        else:                           # the teacher embeds the unmasked input itself
             own = teacher.adapter.embed(batch)
             x, padding_mask = own.x, own.padding_mask
         x = teacher.adapter.add_positions(x, padding_mask)
@@ -227,18 +229,33 @@ class Data2VecObjective(Objective):
         return normalise(y, c.target_norm, padding_mask)
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
-        tokens = self.adapter.embed(batch)
-        padding_mask = tokens.padding_mask
-        mask = batch.get("mask_time_indices")
-        if mask is None:
-            mask = self.draw_mask(padding_mask, tokens.x.shape[:2], tokens.x.device, seeds=batch.get("example_seeds"))
-        mask = mask.to(device=tokens.x.device, dtype=torch.bool)
-        if padding_mask is not None:
-            mask = mask & ~padding_mask
+        tokens, mask = self.masked_tokens(batch)
         h = self.student(tokens, mask).last_hidden_state
         y = self.targets(batch, tokens)[mask]
         pred = self.regression_head(h[mask])
         return self.loss(pred, y)
+
+    def masked_tokens(self, batch: Batch) -> tuple[Tokens, Tensor]:
+        """The student's content embeddings and the (B, N) bool mask of the positions to predict: ids corrupted
+        before ``embed`` (text), or frames marked after it (audio). A fixed ``mask_time_indices`` is used as is."""
+        fixed = batch.get("mask_time_indices")
+        if self.masker.corrupts_input:
+            ids = batch["input_ids"]
+            if fixed is not None:
+                mask = fixed.to(device=ids.device, dtype=torch.bool)
+                inputs = self.masker.apply(ids, mask)
+            else:
+                inputs, labels = self.masker(ids)
+                mask = labels != IGNORE_INDEX
+            tokens = self.adapter.embed({**batch, "input_ids": inputs})
+        else:
+            tokens = self.adapter.embed(batch)
+            mask = fixed if fixed is not None else self.draw_mask(
+                tokens.padding_mask, tokens.x.shape[:2], tokens.x.device, seeds=batch.get("example_seeds"))
+            mask = mask.to(device=tokens.x.device, dtype=torch.bool)
+        if tokens.padding_mask is not None:
+            mask = mask & ~tokens.padding_mask
+        return tokens, mask
 
     def loss(self, pred: Tensor, target: Tensor) -> ObjectiveOutput:
         """pred, target: (M, D) at the M masked frames; the loss is summed over them."""
@@ -257,19 +274,5 @@ class Data2VecObjective(Objective):
         return Encoder(self.adapter, self.backbone)
 
 
-# Sizes: `tiny` for tests, `small` for CPU, `base` = data2vec-audio-base (12 layers, top 8 averaged).
-TOP_K_PRESETS = {"tiny": 2, "small": 3, "base": 8}
-
-
-def build(size: str = "base", audio: dict | None = None, backbone: dict | None = None,
-          **objective) -> Data2VecObjective:
-    """A :class:`Data2VecObjective` of a named size; ``audio`` / ``backbone`` / keyword overrides win."""
-    audio_cfg = data2vec_audio_preset(size, **(audio or {}))
-    backbone_cfg = preset(size, **{"layer_norm_eps": 1e-5, "norm_first": False, "final_norm": False,
-                                   **(backbone or {})})
-    config = replace(Data2VecObjectiveConfig(average_top_k_layers=TOP_K_PRESETS[size]), **objective)
-    return Data2VecObjective(audio_cfg, backbone_cfg, config)
-
-
 __all__ = ["Data2VecObjective", "Data2VecObjectiveConfig", "masked_instance_norm", "normalise", "layer_outputs",
-           "regression_loss", "feature_std", "build", "TOP_K_PRESETS"]
+           "regression_loss", "feature_std"]

@@ -10,7 +10,18 @@ import torch
 
 from selfsup.backbones.transformer import TransformerConfig
 from selfsup.errors import SelfsupError
+from selfsup.objectives.builders import compose_bert
+from selfsup.objectives.masking import TokenMasker
 from selfsup.objectives.mlm import MaskedLanguageModeling
+
+BERT_QKV = ("query", "key", "value")
+
+
+def bert_layer_pairs(layer: str) -> list[tuple[str, str]]:
+    """(ours, HF) prefixes of a BERT-layout layer (BERT, RoBERTa, data2vec text) but the QKV projection, which
+    is ``{layer}attention.self.{query,key,value}``; ``layer`` = HF's layer prefix with ``{i}``."""
+    return [(f"backbone.layers.{{i}}.{ours}.", f"{layer}{theirs}.") for ours, theirs in LAYER_MAP.items()]
+
 
 LAYER_MAP = {  # ours -> BertLayer
     "attn.out": "attention.output.dense",
@@ -120,10 +131,10 @@ def from_transformers(path: str | Path, mlm_probability: float = 0.15, dropout: 
     )
     if hf_cfg.type_vocab_size != 2:
         raise SelfsupError(f"{path}: type_vocab_size {hf_cfg.type_vocab_size} is not supported (expected 2)")
-    objective = MaskedLanguageModeling(
-        cfg, hf_cfg.vocab_size, mask_token_id=mask_token_id if mask_token_id is not None else 4,
-        pad_token_id=hf_cfg.pad_token_id or 0, special_token_ids=special_token_ids,
-        max_positions=hf_cfg.max_position_embeddings, mlm_probability=mlm_probability,
-        continuation_ids=continuation_ids)
+    pad = hf_cfg.pad_token_id or 0
+    masker = TokenMasker(mask_token_id if mask_token_id is not None else 4, hf_cfg.vocab_size, mlm_probability,
+                         special_ids=tuple({*special_token_ids, pad}),
+                         continuation_ids=None if continuation_ids is None else tuple(continuation_ids))
+    objective = compose_bert(cfg, masker, pad, hf_cfg.max_position_embeddings)
     from_bert_state_dict(objective, model.state_dict())
     return objective

@@ -21,7 +21,9 @@ from selfsup.objectives.hf_speech import (adapter_kwargs, check_encoder, dropout
                                feature_extractor_for, import_state, load_into, load_model, transformer_config,
                                transformer_rules)
 from selfsup.modalities.audio_pos import Data2VecAudioAdapterConfig
+from selfsup.objectives.builders import compose_data2vec_audio
 from selfsup.objectives.data2vec import Data2VecObjective, Data2VecObjectiveConfig
+from selfsup.objectives.masking import SpanMasker
 
 LAYER = "encoder.layers.{i}."
 RULES = [  # ours -> HF (Data2VecAudioModel, no prefix); "{i}" is a layer index
@@ -34,6 +36,7 @@ RULES = [  # ours -> HF (Data2VecAudioModel, no prefix); "{i}" is a layer index
     *transformer_rules(LAYER),
     ("mask_embedding", "masked_spec_embed"),
 ]
+MASKER_KEYS = {"mask_prob", "mask_length", "min_masks"}
 PRETRAINING_ONLY = ("teacher.", "regression_head.", "ema_decay")
 HF_PREFIX = "data2vec_audio."  # heads such as Data2VecAudioForCTC keep the base model under this name
 
@@ -47,10 +50,10 @@ def data2vec_audio_config(objective: Data2VecObjective):
     from transformers import Data2VecAudioConfig
 
     check_exportable(objective)
-    a, o = objective.adapter.config, objective.config
+    a, o, m = objective.adapter.config, objective.config, objective.masker
     return Data2VecAudioConfig(
         **encoder_config_kwargs(objective), conv_pos_kernel_size=a.conv_pos_kernel_size, mask_time_prob=0.05,
-        mask_time_length=o.mask_length, mask_time_min_masks=2, selfsup_data2vec=o.to_dict())
+        mask_time_length=m.mask_length, mask_time_min_masks=2, selfsup_data2vec={**o.to_dict(), **m.to_dict()})
 
 
 def to_hf_state_dict(objective: Data2VecObjective) -> dict[str, torch.Tensor]:
@@ -71,10 +74,11 @@ def to_transformers(objective: Data2VecObjective):
 
 
 def configs_from(hf_cfg, dropout: float | None = None, **overrides: Any):
-    """(Data2VecAudioAdapterConfig, TransformerConfig, Data2VecObjectiveConfig) from a ``Data2VecAudioConfig``.
+    """(Data2VecAudioAdapterConfig, TransformerConfig, SpanMasker, Data2VecObjectiveConfig) from a
+    ``Data2VecAudioConfig``.
 
-    Objective settings: ours when the checkpoint is a selfsup export, else our defaults with ``mask_length``
-    from the config and ``average_top_k_layers = min(8, layers)``; ``overrides`` win.
+    Settings: ours when the checkpoint is a selfsup export, else our defaults with ``mask_length`` from the
+    config and ``average_top_k_layers = min(8, layers)``; ``overrides`` (objective or masker fields) win.
     """
     if getattr(hf_cfg, "add_adapter", False):
         raise SelfsupError("data2vec audio checkpoints with adapter layers are not supported")
@@ -82,7 +86,7 @@ def configs_from(hf_cfg, dropout: float | None = None, **overrides: Any):
     audio = Data2VecAudioAdapterConfig(**adapter_kwargs(hf_cfg, drop),
                                        conv_pos_kernel_size=hf_cfg.conv_pos_kernel_size)
     backbone = transformer_config(hf_cfg, False, drop)
-    known = {f.name for f in fields(Data2VecObjectiveConfig)}
+    known = {f.name for f in fields(Data2VecObjectiveConfig)} | MASKER_KEYS
     if unknown := set(overrides) - known:
         raise SelfsupError(f"unknown data2vec settings {sorted(unknown)}; choose from {sorted(known)}")
     settings = getattr(hf_cfg, "selfsup_data2vec", None)
@@ -91,7 +95,9 @@ def configs_from(hf_cfg, dropout: float | None = None, **overrides: Any):
     else:
         settings = dict(mask_length=hf_cfg.mask_time_length,
                         average_top_k_layers=min(8, hf_cfg.num_hidden_layers))
-    return audio, backbone, Data2VecObjectiveConfig(**{**settings, **overrides})
+    settings = {**settings, **overrides}
+    masker = SpanMasker(**{k: settings.pop(k) for k in MASKER_KEYS if k in settings})
+    return audio, backbone, masker, Data2VecObjectiveConfig(**settings)
 
 
 def from_hf_state_dict(objective: Data2VecObjective, hf: dict[str, torch.Tensor]) -> None:
@@ -111,8 +117,8 @@ def from_transformers(path_or_model, dropout: float | None = None, **overrides: 
     model, where = load_model(path_or_model, "data2vec-audio", "Data2VecAudioModel",
                               accepts=lambda name: name.startswith("Data2VecAudio"))
     try:
-        audio, backbone, settings = configs_from(model.config, dropout, **overrides)
-        objective = Data2VecObjective(audio, backbone, settings)
+        audio, backbone, masker, settings = configs_from(model.config, dropout, **overrides)
+        objective = compose_data2vec_audio(audio, backbone, masker, settings)
     except ValueError as err:
         raise SelfsupError(f"{where}: {err}") from None
     from_hf_state_dict(objective, model.state_dict())

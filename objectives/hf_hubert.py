@@ -27,6 +27,7 @@ from selfsup.objectives.hf_speech import (adapter_kwargs, check_encoder, dropout
                                feature_extractor_for, import_state, load_into, load_model, transformer_config)
 from selfsup.objectives.hf_wav2vec2 import RULES
 from selfsup.modalities.audio import AudioConfig
+from selfsup.objectives.builders import compose_hubert
 from selfsup.objectives.hubert import HubertObjective, HubertObjectiveConfig
 
 LAYER = "encoder.layers.{i}."
@@ -145,7 +146,7 @@ def from_transformers(path_or_model, head: Mapping[str, torch.Tensor] | str | Pa
         audio, backbone, config = configs_from(model.config, dropout, **settings)
     except ValueError as err:
         raise SelfsupError(f"{name}: {err}") from None
-    objective = HubertObjective(audio, backbone, config)
+    objective = compose_hubert(audio, backbone, config)
     from_hf_state_dict(objective, model.state_dict())
     if head_state is not None:
         try:

@@ -18,6 +18,7 @@ from selfsup.objectives.hf_speech import (adapter_kwargs, check_encoder, dropout
                                feature_extractor_for, import_state, load_into, load_model, transformer_config,
                                transformer_rules)
 from selfsup.modalities.audio import AudioConfig
+from selfsup.objectives.builders import compose_wav2vec2
 from selfsup.objectives.wav2vec2 import Wav2Vec2Objective, Wav2Vec2ObjectiveConfig
 
 LAYER = "wav2vec2.encoder.layers.{i}."
@@ -124,7 +125,7 @@ def from_transformers(path_or_model, dropout: float | None = None, **overrides: 
         audio, backbone, settings = configs_from(model.config, dropout, **overrides)
     except ValueError as err:
         raise SelfsupError(f"{where}: {err}") from None
-    objective = Wav2Vec2Objective(audio, backbone, settings)
+    objective = compose_wav2vec2(audio, backbone, settings)
     from_hf_state_dict(objective, model.state_dict())
     return objective
 

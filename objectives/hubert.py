@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, preset
-from selfsup.modalities.audio import AudioAdapter, AudioConfig, audio_preset
+from selfsup.backbones.transformer import TransformerEncoder
+from selfsup.modalities.audio import AudioAdapter
 from selfsup.objectives.losses import feature_penalty
-from selfsup.objectives.masking import draw_span_mask
+from selfsup.objectives.masking import SpanMasker
 from selfsup.types import BackboneOutput, Batch, Encoder, Objective, ObjectiveOutput
 
 IGNORE = -100  # label of frames that are not scored (padding, no label), as in torch's cross_entropy
@@ -104,13 +104,12 @@ class HubertObjective(Objective):
     optional precomputed ``mask_time_indices`` (B, F) bool; otherwise the objective draws the span mask.
     """
 
-    def __init__(self, audio: AudioConfig, backbone: TransformerConfig,
+    def __init__(self, adapter: AudioAdapter, backbone: TransformerEncoder, masker: SpanMasker,
                  config: HubertObjectiveConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or HubertObjectiveConfig()
-        self.adapter = AudioAdapter(audio, backbone.hidden_size, dropout=backbone.dropout,
-                                    layer_norm_eps=backbone.layer_norm_eps, encoder_norm=not backbone.norm_first)
-        self.backbone = TransformerEncoder(backbone)
+        self.adapter, self.backbone, self.masker = adapter, backbone, masker
+        backbone = backbone.config
         self.mask_embedding = nn.Parameter(torch.empty(backbone.hidden_size).uniform_())
         self.final_proj = nn.Linear(backbone.hidden_size, config.final_dim)
         self.label_embeddings = nn.Parameter(torch.empty(config.num_clusters, config.final_dim).uniform_())
@@ -118,9 +117,7 @@ class HubertObjective(Objective):
     def draw_mask(self, padding_mask: Tensor | None, shape: tuple[int, int], device: torch.device,
                   generator: torch.Generator | None = None, seeds: Tensor | None = None) -> Tensor:
         """Span mask (B, F) bool over the real frames (HuBERT: 8 % of frames start a span of 10)."""
-        c = self.config
-        return draw_span_mask(shape, c.mask_prob, c.mask_length, c.min_masks, padding_mask, device, generator,
-                              seeds)[0]
+        return self.masker(padding_mask, shape, device, generator, seeds)[0]
 
     def encode(self, batch: Batch, mask: Tensor | None = None, output_hidden_states: bool = False
                ) -> tuple[BackboneOutput, Tensor | None]:
@@ -222,28 +219,5 @@ class HubertObjective(Objective):
         return Encoder(self.adapter, self.backbone)
 
 
-# Sizes: `tiny` for tests (seconds), `small` for CPU, `base` = HuBERT base (Hsu et al., table 1; final_dim 256).
-HEAD_PRESETS: dict[str, dict] = {
-    "tiny": dict(final_dim=32, num_clusters=50),
-    "small": dict(final_dim=128, num_clusters=100),
-    "base": dict(),
-}
-
-
-def build(size: str = "base", num_clusters: int | None = None, stable_layer_norm: bool = False,
-          audio: dict | None = None, backbone: dict | None = None, **objective) -> HubertObjective:
-    """A :class:`HubertObjective` of a named size predicting ``num_clusters`` k-means classes.
-    ``stable_layer_norm``: pre-LN Transformer with a final norm and LayerNorm in every conv layer (HuBERT
-    large / X-large) instead of HuBERT base's post-LN with GroupNorm in the first conv layer."""
-    stable = {"feat_extract_norm": "layer", "conv_bias": True} if stable_layer_norm else {}
-    audio_cfg = audio_preset(size, **{**stable, **(audio or {})})
-    backbone_cfg = preset(size, **{"layer_norm_eps": 1e-5, "norm_first": stable_layer_norm,
-                                   "final_norm": stable_layer_norm, **(backbone or {})})
-    if num_clusters is not None:
-        objective["num_clusters"] = num_clusters
-    config = replace(HubertObjectiveConfig(**HEAD_PRESETS[size]), **objective)
-    return HubertObjective(audio_cfg, backbone_cfg, config)
-
-
-__all__ = ["HubertObjective", "HubertObjectiveConfig", "cluster_logits", "fit_labels", "build", "HEAD_PRESETS",
+__all__ = ["HubertObjective", "HubertObjectiveConfig", "cluster_logits", "fit_labels",
            "IGNORE"]

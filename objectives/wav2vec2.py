@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, preset
-from selfsup.modalities.audio import AudioAdapter, AudioConfig, audio_preset
+from selfsup.backbones.transformer import TransformerEncoder
+from selfsup.modalities.audio import AudioAdapter
 from selfsup.distributed import all_sum, world_size
 from selfsup.objectives.losses import feature_penalty
 from selfsup.objectives.masking import (
-    draw_span_mask, frame_lengths, negatives_per_example, sample_negatives,
+    SpanMasker, frame_lengths, negatives_per_example, sample_negatives,
 )
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
 
@@ -170,13 +170,12 @@ class Wav2Vec2Objective(Objective):
     masked frames (``num_targets``): contrastive + alpha * diversity (+ feature penalty).
     """
 
-    def __init__(self, audio: AudioConfig, backbone: TransformerConfig,
+    def __init__(self, adapter: AudioAdapter, backbone: TransformerEncoder, masker: SpanMasker,
                  config: Wav2Vec2ObjectiveConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or Wav2Vec2ObjectiveConfig()
-        self.adapter = AudioAdapter(audio, backbone.hidden_size, dropout=backbone.dropout,
-                                    layer_norm_eps=backbone.layer_norm_eps, encoder_norm=not backbone.norm_first)
-        self.backbone = TransformerEncoder(backbone)
+        self.adapter, self.backbone, self.masker = adapter, backbone, masker
+        backbone = backbone.config
         self.mask_embedding = nn.Parameter(torch.empty(backbone.hidden_size).uniform_())
         self.dropout_features = nn.Dropout(config.dropout_features)
         self.quantizer = GumbelQuantizer(
@@ -194,8 +193,7 @@ class Wav2Vec2Objective(Objective):
         """Span mask (B, F) over the real frames, negatives (B, F, K) among the masked frames and, with per-example
         ``seeds`` (B,), the example generators (for the Gumbel noise); see ``objectives.masking``."""
         c = self.config
-        mask, generators = draw_span_mask(shape, c.mask_prob, c.mask_length, c.min_masks, padding_mask, device,
-                                          generator, seeds)
+        mask, generators = self.masker(padding_mask, shape, device, generator, seeds)
         if generators is None:
             return mask, sample_negatives(mask, c.num_negatives, generator), None
         return mask, negatives_per_example(generators, mask, frame_lengths(padding_mask, shape),
@@ -269,25 +267,5 @@ class Wav2Vec2Objective(Objective):
         return Encoder(self.adapter, self.backbone)
 
 
-# Sizes: `tiny` for tests (seconds), `small` for CPU, `base` = wav2vec2-base (Baevski et al., table 9).
-QUANTIZER_PRESETS: dict[str, dict] = {
-    "tiny": dict(num_codevectors_per_group=32, codevector_dim=32, proj_codevector_dim=32, num_negatives=20),
-    "small": dict(num_codevectors_per_group=160, codevector_dim=128, proj_codevector_dim=128, num_negatives=50),
-    "base": dict(),
-}
-
-
-def build(size: str = "base", stable_layer_norm: bool = False, audio: dict | None = None,
-          backbone: dict | None = None, **objective) -> Wav2Vec2Objective:
-    """A :class:`Wav2Vec2Objective` of a named size. ``stable_layer_norm``: pre-LN Transformer with a final
-    norm and LayerNorm in every conv layer (wav2vec2-large-lv60 style) instead of wav2vec2-base's post-LN."""
-    stable = {"feat_extract_norm": "layer", "conv_bias": True} if stable_layer_norm else {}
-    audio_cfg = audio_preset(size, **{**stable, **(audio or {})})
-    backbone_cfg = preset(size, **{"layer_norm_eps": 1e-5, "norm_first": stable_layer_norm,
-                                   "final_norm": stable_layer_norm, **(backbone or {})})
-    config = replace(Wav2Vec2ObjectiveConfig(**QUANTIZER_PRESETS[size]), **objective)
-    return Wav2Vec2Objective(audio_cfg, backbone_cfg, config)
-
-
 __all__ = ["Wav2Vec2Objective", "Wav2Vec2ObjectiveConfig", "GumbelQuantizer", "codebook_perplexity",
-           "contrastive_logits", "build", "QUANTIZER_PRESETS"]
+           "contrastive_logits"]

@@ -1,5 +1,7 @@
-"""What the speech recipes (wav2vec 2.0, HuBERT, data2vec) share: audio flags, data sets, held-out evaluation
-with fixed masks, and the linear probe on labelled audio (FSDD-style names, or the synthetic corpus' words)."""
+"""Helpers the speech recipes (wav2vec 2.0, HuBERT, data2vec audio) call, each one step of their ``main``: the
+audio flags, the data sets, the training flags on a built objective, the linear probe on labelled audio
+(FSDD-style names, or the synthetic corpus' words), and the export check and model card. Nothing here calls
+back into a recipe."""
 from __future__ import annotations
 
 from argparse import ArgumentParser, Namespace
@@ -10,14 +12,12 @@ import numpy as np
 import torch
 
 from selfsup.backbones.transformer import num_parameters
-from selfsup.data import make_train_loader, to_device
+from selfsup.data import make_train_loader
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import extract_views, knn_accuracy, linear_probe
-from selfsup.export import push_to_hub
-from selfsup.modalities.audio_corpora import fsdd_entries, fsdd_split, synthetic_entries, synthetic_speech_corpus
 from selfsup.modalities.audio import check_grad_mult
-from selfsup.modalities.audio_data import AudioDataset, collate_audio, find_audio, to_entries
-from selfsup.train import Trainer, make_accelerator, seed_everything, write_metrics
+from selfsup.modalities.audio_corpora import fsdd_entries, fsdd_split, synthetic_speech_corpus
+from selfsup.modalities.audio_data import AudioDataset, collate_audio, load_audio_splits, to_entries
 from selfsup.types import Encoder, Objective
 
 Exporter = Callable[[Objective, Namespace, dict, str, dict], Path]
@@ -48,50 +48,22 @@ def add_audio_args(p: ArgumentParser) -> None:
                         "--init_from")
 
 
-def load_audio_data(args: Namespace) -> tuple[AudioDataset, AudioDataset, str]:
-    """(train, validation, source): the user's audio (``--train_dir``, ``--train_file`` lists or files,
-    ``--dataset_name``) or the synthetic corpus; ``--validation_split_percentage`` is held out."""
-    if args.train_dir or args.train_file or args.dataset_name:
-        entries = find_audio(train_dir=args.train_dir, file_list=args.train_file, dataset_name=args.dataset_name,
-                             audio_column=args.audio_column)
-    else:
-        entries = synthetic_entries(args.synthetic_utterances)
-    source = args.train_dir or (args.train_file and args.train_file[0]) or args.dataset_name or "builtin:synthetic"
-    if args.max_train_samples:
-        entries = entries[: args.max_train_samples]
-    g = torch.Generator().manual_seed(args.seed)
-    order = torch.randperm(len(entries), generator=g).tolist()
-    n_val = min(args.max_eval_clips, max(1, int(len(entries) * args.validation_split_percentage / 100)))
-    if len(entries) < 2:
-        raise SelfsupError(f"{source}: needs at least two audio clips")
-    common = dict(max_duration=args.max_duration, min_duration=args.min_duration, seed=args.seed,
-                  on_bad_audio=args.on_bad_audio)
-    val = AudioDataset([entries[i] for i in order[:n_val]], random_crop=False, source=f"{source} (validation)",
-                       **common)
-    train = AudioDataset([entries[i] for i in order[n_val:]], random_crop=True, source=source, **common)
-    return train, val, source
+def load_audio(args: Namespace) -> tuple[AudioDataset, AudioDataset, str]:
+    """(train, validation, source) from the audio flags (``--train_dir``, ``--train_file`` lists or files,
+    ``--dataset_name``, else the synthetic corpus); ``--validation_split_percentage`` is held out."""
+    return load_audio_splits(
+        train_dir=args.train_dir, train_file=args.train_file, dataset_name=args.dataset_name,
+        audio_column=args.audio_column, synthetic_utterances=args.synthetic_utterances,
+        max_train_samples=args.max_train_samples, validation_percentage=args.validation_split_percentage,
+        max_validation=args.max_eval_clips, max_duration=args.max_duration, min_duration=args.min_duration,
+        on_bad_audio=args.on_bad_audio, seed=args.seed)
 
 
-def held_out_eval(val, batch_size: int, seed: int, device: torch.device, collate: Callable = collate_audio):
-    """An ``eval_fn`` giving the objective's loss and metrics on ``val`` with masks fixed by ``seed``."""
-
-    def eval_fn(objective: Objective) -> dict[str, float]:
-        total, count, sums = 0.0, 0, {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for i in range(0, len(val), batch_size):
-                batch = to_device(collate([val[j] for j in range(i, min(i + batch_size, len(val)))]), device)
-                out = objective(batch)
-                n = int(out.num_targets) if out.num_targets is not None else 1
-                total += float(out.loss) if out.num_targets is not None else float(out.loss) * n
-                count += n
-                for k, v in out.metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * n
-        result = {"eval/loss": total / max(count, 1)}
-        result.update({f"eval/{k}": v / max(count, 1) for k, v in sums.items()})
-        return result
-
-    return eval_fn
+def speech_loader(train, collate: Callable, args: Namespace, accelerator, dataset=None):
+    """The sharded training loader of a speech recipe, grouped by the clip lengths of ``train``; ``dataset``
+    (default: ``train``) is what it loads (HuBERT: the clips with their labels)."""
+    return make_train_loader(train if dataset is None else dataset, collate, args.per_device_train_batch_size, accelerator.num_processes,
+                             accelerator.process_index, args.seed, args.dataloader_num_workers, lengths=train.lengths)
 
 
 def labelled_sets(args: Namespace) -> tuple[list, dict[str, list[tuple[str, list[int], list[int]]]]]:
@@ -179,40 +151,21 @@ def check_audio_export(objective: Objective, reloaded_encoder: Callable[..., Any
     metrics["export/max_abs_hidden_diff"] = diff
 
 
-def export_speech(args: Namespace, objective: Objective, hf_model: Any, metrics: dict[str, Any], source: str,
-                  sample: dict, *, name: str, usage_class: str, tags: tuple[str, ...], run: dict | None = None,
-                  auto_class: str = "AutoModel", base: Callable[[Any], Any] = lambda model: model,
-                  write_extra: Callable[[Path], None] | None = None, title: str | None = None,
-                  summary: str | None = None) -> Path:
-    """OUTPUT_DIR/export: ``hf_model`` (our objective converted) + feature extractor + whatever ``write_extra``
-    adds + a model card; reloaded with ``transformers.<auto_class>`` and checked against ours (1e-4; ``base``
-    picks the encoder out of the reloaded model)."""
-    import transformers
-
-    from selfsup.export import write_model_card
-    from selfsup.objectives.hf_speech import feature_extractor_for
-
+def speech_card(args: Namespace, objective: Objective, metrics: dict[str, Any], source: str, *, name: str,
+                usage_class: str, tags: tuple[str, ...], run: dict | None = None) -> dict[str, Any]:
+    """The keyword arguments of ``write_model_card`` for a speech export (what was trained on what, usage)."""
     out = Path(args.output_dir) / "export"
-    hf_model.save_pretrained(str(out))
-    feature_extractor_for(objective).save_pretrained(str(out))
-    if write_extra is not None:
-        write_extra(out)
-    reloaded = getattr(transformers, auto_class).from_pretrained(str(out)).eval()
-    check_audio_export(objective, base(reloaded), sample, metrics)
-    run = {"objective": name, "audio": source, "steps": metrics.get("steps"),
-           "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
-           "parameters": num_parameters(objective.encoder()), "mask_prob": objective.config.mask_prob,
-           **(run or {})}
+    facts = {"objective": name, "audio": source, "steps": metrics.get("steps"),
+             "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
+             "parameters": num_parameters(objective.encoder()), "mask_prob": objective.masker.mask_prob, **(run or {})}
     where = args.hub_model_id or out
     usage = f"""from transformers import AutoFeatureExtractor, {usage_class}
 extractor = AutoFeatureExtractor.from_pretrained("{where}")
 model = {usage_class}.from_pretrained("{where}")
 inputs = extractor(waveform_16khz, sampling_rate=16000, return_tensors="pt")
 hidden = model(**inputs).last_hidden_state"""
-    write_model_card(out, title=args.hub_model_id or title or f"{name} encoder pretrained with selfsup",
-                     pipeline_tag="feature-extraction", summary=summary or f"A {name} model pretrained on {source}.",
-                     metrics=metrics, run=run, usage=usage, tags=tags)
-    return out
+    return dict(title=args.hub_model_id or f"{name} encoder pretrained with selfsup", pipeline_tag="feature-extraction",
+                summary=f"A {name} model pretrained on {source}.", metrics=metrics, run=facts, usage=usage, tags=tags)
 
 
 def apply_training_flags(objective: Objective, args: Namespace, accelerator) -> None:
@@ -232,49 +185,3 @@ def apply_training_flags(objective: Objective, args: Namespace, accelerator) -> 
         handler = getattr(accelerator, "ddp_handler", None) or DistributedDataParallelKwargs()
         handler.find_unused_parameters = True
         accelerator.ddp_handler = handler
-
-
-def run_speech_recipe(args: Namespace, name: str, build_objective: Callable[[Namespace], Objective],
-                      export: Exporter, collate: Callable = collate_audio,
-                      wrap_data: Callable[[AudioDataset, AudioDataset, Any], tuple[Any, Any]] | None = None,
-                      extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The run every speech recipe shares: audio -> objective -> training -> probe (vs random init) -> export
-    (checked) -> metrics.json -> Hub. ``wrap_data(train, val, accelerator)`` may attach targets (HuBERT labels)
-    and return the data sets to train and score on; ``collate`` then batches them. ``extra_metrics`` (filled in
-    by ``wrap_data``, say) join the run's metrics before the export."""
-    accelerator = make_accelerator(args)
-    seed_everything(args.seed)
-    train, val, source = load_audio_data(args)
-    accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out, "
-                      f"{sum(train.durations) / 3600:.2f} h")
-    objective = build_objective(args)
-    apply_training_flags(objective, args, accelerator)
-    accelerator.print(f"model: {num_parameters(objective) / 1e6:.1f}M parameters")
-    train_data, val_data = wrap_data(train, val, accelerator) if wrap_data else (train, val)
-    loader = make_train_loader(train_data, collate, args.per_device_train_batch_size, accelerator.num_processes,
-                               accelerator.process_index, args.seed, args.dataloader_num_workers,
-                               lengths=train.lengths)
-    eval_fn = held_out_eval(val_data, args.per_device_eval_batch_size, args.seed, accelerator.device, collate)
-    trainer = Trainer(objective, loader, args, accelerator, eval_fn, run_config={"recipe": name, "audio": source})
-    metrics = trainer.train()
-    metrics.update(train.skipped.as_dict())
-    metrics.update(extra_metrics or {})
-    objective = trainer.objective
-    if accelerator.is_main_process:
-        encoders = {"": objective.encoder()}
-        if not args.init_from:
-            fresh = []
-            for k in range(max(1, args.random_init_seeds)):
-                torch.manual_seed(args.seed + 1 + k)
-                fresh.append(build_objective(args).to(accelerator.device).encoder())
-            encoders["random_init_"] = fresh
-        metrics.update(audio_probe(encoders, args, accelerator.device))
-        export_dir = export(objective, args, metrics, source, collate_audio([val[i] for i in range(min(2, len(val)))]))
-        write_metrics(args.output_dir, metrics)
-        accelerator.print(f"metrics: {Path(args.output_dir) / 'metrics.json'}; export: {export_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if args.push_to_hub and accelerator.is_main_process:
-        metrics["hub_url"] = push_to_hub(Path(args.output_dir) / "export", args.hub_model_id, args.hub_private_repo)
-        write_metrics(args.output_dir, metrics)
-    return metrics

@@ -1,70 +1,207 @@
-"""Pretrain a data2vec speech encoder on raw waveforms (Baevski et al., 2022).
+"""Pretrain a data2vec encoder on raw audio or on text (Baevski et al., 2022): one objective, two modalities.
 
-    accelerate launch recipes/data2vec.py                        # built-in SYNTHETIC corpus, minutes on CPU
+    accelerate launch recipes/data2vec.py                        # audio: built-in SYNTHETIC corpus, minutes on CPU
     accelerate launch recipes/data2vec.py --train_dir my_audio/ --model_size small --max_steps 20000 \\
         --eval_dir ../shared/data/speech/fsdd --eval_split loso
+    accelerate launch recipes/data2vec.py --modality text        # text: built-in corpus (pydoc_data.topics)
+    accelerate launch recipes/data2vec.py --modality text --train_file corpus.txt \\
+        --eval_train_file ../shared/data/text/sst2/train.txt --eval_test_file ../shared/data/text/sst2/test.txt
 
-The student sees span-masked audio and regresses, at the masked frames, the average of the top-K layers of an
-EMA teacher that sees the whole clip (each layer instance-normalised). The teacher and its momentum are saved
-in every checkpoint and restored on resume. Writes OUTPUT_DIR/metrics.json and OUTPUT_DIR/export/
-(``Data2VecAudioModel`` + feature extractor + card).
+The student sees masked input (audio: spans of frames replaced by a learned embedding; text: spans of tokens
+replaced by [MASK]) and regresses, at the masked positions, the average of the top-K layers of an EMA teacher
+that sees the whole input. The teacher and its momentum are saved in every checkpoint and restored on resume.
+Defaults are fairseq's for each modality (audio: base_librispeech; text: data2vec text base). Writes
+OUTPUT_DIR/metrics.json and OUTPUT_DIR/export/ (``Data2VecAudioModel`` + feature extractor, or
+``Data2VecTextModel`` + tokenizer; a model card).
 """
 from __future__ import annotations
 
+import argparse
 from argparse import ArgumentParser, Namespace
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 
-from selfsup.recipes._speech import add_audio_args, export_speech, run_speech_recipe
+from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
+from selfsup.convert import check_close, max_abs_diff
 from selfsup.errors import run_cli
-from selfsup.objectives.hf_data2vec import from_transformers, to_transformers
-from selfsup.objectives.data2vec import Data2VecObjective, build
+from selfsup.export import write_model_card
+from selfsup.modalities.audio_data import collate_audio
+from selfsup.modalities.text import collate_blocks
+from selfsup.objectives import builders
+from selfsup.objectives.data2vec import Data2VecObjective
+from selfsup.objectives.hf_speech import feature_extractor_for
+from selfsup.recipes._speech import (add_audio_args, apply_training_flags, audio_probe, check_audio_export, load_audio,
+                                     speech_card, speech_loader)
+from selfsup.recipes._text import add_text_args, block_sample, get_tokenizer, load_text, text_blocks, text_probe
+from selfsup.run import finish_run, held_out_eval, random_init_encoders, start_run
+from selfsup.train import Trainer, TrainingSettings
 
-OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "average_top_k_layers", "ema_decay", "ema_end_decay",
-                   "ema_anneal_end_step", "loss_beta")
+OBJECTIVE_FLAGS = ("average_top_k_layers", "ema_decay", "ema_end_decay", "ema_anneal_end_step", "loss_beta")
+DEFAULTS = {  # per modality: fairseq's objective settings, and run sizes for a CPU
+    "audio": dict(output_dir="outputs/data2vec", max_steps=200, per_device_train_batch_size=8,
+                  per_device_eval_batch_size=16, warmup_ratio=0.08, validation_split_percentage=10.0,
+                  mask_prob=0.65, mask_length=10, loss_beta=0.0),
+    "text": dict(output_dir="outputs/data2vec_text", max_steps=120, per_device_train_batch_size=32,
+                 per_device_eval_batch_size=64, warmup_ratio=0.06, validation_split_percentage=5.0,
+                 mask_prob=0.35, mask_length=4, loss_beta=4.0),
+}
 
 
-def build_parser() -> ArgumentParser:
-    p = base_parser(__doc__.splitlines()[0], output_dir="outputs/data2vec", max_steps=200, learning_rate=5e-4,
-                    per_device_train_batch_size=8, per_device_eval_batch_size=16, warmup_ratio=0.08,
-                    validation_split_percentage=10.0)
-    add_audio_args(p)
+def build_parser(modality: str = "audio") -> ArgumentParser:
+    p = base_parser(__doc__.splitlines()[0], learning_rate=5e-4, **{k: v for k, v in DEFAULTS[modality].items()
+                                                                     if k not in ("mask_prob", "mask_length",
+                                                                                  "loss_beta")})
+    p.add_argument("--modality", choices=sorted(DEFAULTS), default="audio",
+                   help="audio (raw waveforms) or text (a corpus, tokenized and packed as recipes/bert_mlm.py)")
+    (add_audio_args if modality == "audio" else add_text_args)(p)
     g = p.add_argument_group("data2vec")
-    g.add_argument("--mask_prob", type=float, default=0.65)
-    g.add_argument("--mask_length", type=int, default=10)
-    g.add_argument("--average_top_k_layers", type=int, default=None, help="default: by size (8 for base)")
+    d = DEFAULTS[modality]
+    g.add_argument("--mask_prob", type=float, default=d["mask_prob"],
+                   help="audio: span-start rate of the frames; text: share of tokens masked")
+    g.add_argument("--mask_length", type=int, default=d["mask_length"], help="frames / tokens per masked span")
+    g.add_argument("--average_top_k_layers", type=int, default=None,
+                   help="default: by size (audio base 8 of 12, text base 10 of 12)")
     g.add_argument("--ema_decay", type=float, default=0.999, help="teacher momentum at step 0")
     g.add_argument("--ema_end_decay", type=float, default=0.9999, help="... rising linearly to this")
     g.add_argument("--ema_anneal_end_step", type=int, default=None, help="... at this step (default: max_steps)")
-    g.add_argument("--loss_beta", type=float, default=0.0, help="0: L2; else smooth L1 with this beta")
+    g.add_argument("--loss_beta", type=float, default=d["loss_beta"], help="0: L2; else smooth L1 with this beta")
     g.add_argument("--dropout", type=float, default=0.1)
     return p
 
 
-def build_objective(args: Namespace) -> Data2VecObjective:
+def modality_of(argv: Sequence[str] | None) -> str:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--modality", choices=sorted(DEFAULTS), default="audio")
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config and "--modality" not in (argv or []):
+        from selfsup.config import load_config_file
+
+        return str(load_config_file(known.config).get("modality", "audio"))
+    return known.modality
+
+
+def settings_of(args: Namespace) -> dict[str, Any]:
     if args.ema_anneal_end_step is None:
         args.ema_anneal_end_step = args.max_steps
-    settings = {k: getattr(args, k) for k in OBJECTIVE_FLAGS if getattr(args, k) is not None}
+    return {k: getattr(args, k) for k in OBJECTIVE_FLAGS if getattr(args, k) is not None}
+
+
+def build_audio(args: Namespace) -> Data2VecObjective:
+    from selfsup.objectives.hf_data2vec import from_transformers
+
+    masking = dict(mask_prob=args.mask_prob, mask_length=args.mask_length)
     if args.init_from:
-        return from_transformers(args.init_from, dropout=args.dropout, **settings)
+        return from_transformers(args.init_from, dropout=args.dropout, **masking, **settings_of(args))
     backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
                     gradient_checkpointing=args.gradient_checkpointing)
-    return build(args.model_size, backbone=backbone, **settings)
+    return builders.data2vec_audio(args.model_size, backbone=backbone, **masking, **settings_of(args))
 
 
-def export(objective: Data2VecObjective, args: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
+def build_text(args: Namespace, tokenizer) -> Data2VecObjective:
+    from selfsup.objectives.hf_data2vec_text import from_transformers
+
+    special, masking = tokenizer.all_special_ids, dict(probability=args.mask_prob, span_length=args.mask_length)
+    if args.init_from:
+        return from_transformers(args.init_from, tokenizer.mask_token_id, special, dropout=args.dropout,
+                                 masker=masking, **settings_of(args))
+    backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
+                    gradient_checkpointing=args.gradient_checkpointing)
+    return builders.data2vec_text(args.model_size, len(tokenizer), tokenizer.mask_token_id, tokenizer.pad_token_id,
+                                  special, max_positions=max(512, args.max_seq_length), backbone=backbone,
+                                  masker=masking, **settings_of(args))
+
+
+def export_audio(objective: Data2VecObjective, args: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
     """OUTPUT_DIR/export: the student as Data2VecAudioModel + feature extractor + card, reloaded and checked."""
-    objective = objective.float().cpu().eval()
-    return export_speech(args, objective, to_transformers(objective), metrics, source, sample,
-                         name="data2vec (audio)", usage_class="Data2VecAudioModel",
-                         tags=("data2vec-audio", "audio", "speech"),
-                         run={"average_top_k_layers": objective.config.average_top_k_layers})
+    from transformers import AutoModel
+
+    from selfsup.objectives.hf_data2vec import to_transformers
+
+    objective, out = objective.float().cpu().eval(), Path(args.output_dir) / "export"
+    to_transformers(objective).save_pretrained(str(out))
+    feature_extractor_for(objective).save_pretrained(str(out))
+    check_audio_export(objective, AutoModel.from_pretrained(str(out)).eval(), sample, metrics)
+    write_model_card(out, **speech_card(args, objective, metrics, source, name="data2vec (audio)",
+                                        usage_class="Data2VecAudioModel", tags=("data2vec-audio", "audio", "speech"),
+                                        run={"average_top_k_layers": objective.config.average_top_k_layers}))
+    return out
+
+
+def export_text(objective: Data2VecObjective, tokenizer, args: Namespace, metrics: dict[str, Any], source: str,
+                sample: dict) -> Path:
+    """OUTPUT_DIR/export: the student as Data2VecTextModel + tokenizer + card, reloaded and checked (1e-4)."""
+    from transformers import AutoModel
+
+    from selfsup.objectives.hf_data2vec_text import to_transformers
+
+    objective, out = objective.float().cpu().eval(), Path(args.output_dir) / "export"
+    to_transformers(objective).save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    with torch.no_grad():
+        ours = objective.encoder()(sample)[0].last_hidden_state
+        theirs = AutoModel.from_pretrained(str(out)).eval()(**sample).last_hidden_state
+    metrics["export/max_abs_hidden_diff"] = check_close(max_abs_diff(ours, theirs), "hidden states")
+    where = args.hub_model_id or out
+    usage = f"""from transformers import AutoModel, AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained("{where}")
+model = AutoModel.from_pretrained("{where}")
+hidden = model(**tokenizer("a sentence", return_tensors="pt")).last_hidden_state"""
+    run = {"objective": "data2vec (text)", "corpus": source, "steps": metrics.get("steps"),
+           "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
+           "parameters": num_parameters(objective.encoder()), "mask_prob": objective.masker.probability,
+           "average_top_k_layers": objective.config.average_top_k_layers}
+    write_model_card(out, title=args.hub_model_id or "data2vec text encoder pretrained with selfsup",
+                     pipeline_tag="feature-extraction", summary=f"A data2vec text encoder pretrained on {source}.",
+                     metrics=metrics, run=run, usage=usage, tags=("data2vec-text", "text"))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return run_speech_recipe(parse_args(build_parser(), argv), "data2vec", build_objective, export)
+    modality = modality_of(argv)
+    args = parse_args(build_parser(modality), argv)                                        # parse
+    settings = TrainingSettings.from_args(args)
+    accelerator = start_run(settings, args.seed)
+    if modality == "audio":                                                                # data
+        train, val, source = load_audio(args)
+        accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out")
+        loader, held_out, collate = speech_loader(train, collate_audio, args, accelerator), val, collate_audio
+        build = lambda: build_audio(args)  # noqa: E731
+    else:
+        train_texts, val_texts, source = load_text(args, accelerator)
+        accelerator.print(f"corpus: {source}")
+        tokenizer = get_tokenizer(args, train_texts, accelerator)
+        loader, held_out = text_blocks(args, train_texts, val_texts, source, tokenizer, accelerator)
+        collate = lambda ids: collate_blocks([{"input_ids": b} for b in ids])  # noqa: E731
+        build = lambda: build_text(args, tokenizer)  # noqa: E731
+    objective = build()                                                                    # build
+    if modality == "audio":
+        apply_training_flags(objective, args, accelerator)
+    accelerator.print(f"model: {num_parameters(objective.encoder()) / 1e6:.1f}M parameters (student)")
+    eval_fn = held_out_eval(held_out, collate, args.per_device_eval_batch_size, args.seed, accelerator.device)
+    trainer = Trainer(objective, loader, settings, accelerator, eval_fn,
+                      run_config={"recipe": "data2vec", "modality": modality, "source": source})
+    metrics = trainer.train()                                                              # train
+    if modality == "audio":
+        metrics.update(train.skipped.as_dict())
+    objective, export_dir = trainer.objective, None
+    if accelerator.is_main_process:                                                        # evaluate
+        fresh = [] if args.init_from else random_init_encoders(build, args.random_init_seeds, args.seed,
+                                                              accelerator.device)
+        encoders = {"": objective.encoder(), **({"random_init_": fresh} if fresh else {})}
+        if modality == "audio":
+            metrics.update(audio_probe(encoders, args, accelerator.device))
+            sample = collate_audio([val[i] for i in range(min(2, len(val)))])
+            export_dir = export_audio(objective, args, metrics, source, sample)            # export
+        else:
+            if args.eval_train_file and args.eval_test_file:
+                metrics.update(text_probe(encoders, tokenizer, args, accelerator.device))
+            export_dir = export_text(objective, tokenizer, args, metrics, source, block_sample(held_out))
+    return finish_run(accelerator, metrics, args.output_dir, export_dir, args.hub_model_id,  # finish
+                      args.push_to_hub, args.hub_private_repo)
 
 
 if __name__ == "__main__":

@@ -25,17 +25,24 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from selfsup.recipes._speech import add_audio_args, export_speech, run_speech_recipe
+from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import SelfsupError, run_cli
+from selfsup.export import write_model_card
+from selfsup.modalities.audio_data import collate_audio
+from selfsup.objectives import builders
 from selfsup.objectives.hf_hubert import HEAD_KEYS, from_transformers, to_transformers
+from selfsup.objectives.hf_speech import feature_extractor_for
+from selfsup.objectives.hubert import HubertObjective
 from selfsup.objectives.hubert_labels import (
     HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, cached_labels, fingerprint, fit_centroids,
     label_clips, merge_label_parts, save_label_part, save_labels,
 )
 from selfsup.objectives.kmeans import load_centroids, save_centroids
-from selfsup.modalities.audio import audio_preset
-from selfsup.objectives.hubert import HubertObjective, build
+from selfsup.recipes._speech import (add_audio_args, apply_training_flags, audio_probe, check_audio_export, load_audio,
+                                     speech_card, speech_loader)
+from selfsup.run import finish_run, held_out_eval, random_init_encoders, start_run
+from selfsup.train import Trainer, TrainingSettings
 
 OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "logit_temperature", "pred_masked_weight", "pred_nomask_weight",
                    "feature_penalty_weight", "final_dim")
@@ -107,7 +114,7 @@ def geometry(args: Namespace) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
         cfg = AutoConfig.from_pretrained(args.init_from, trust_remote_code=False)
         return tuple(cfg.conv_kernel), tuple(cfg.conv_stride)
-    cfg = audio_preset(args.model_size)
+    cfg = builders.audio_config("hubert", args.model_size)
     return cfg.conv_kernel, cfg.conv_stride
 
 
@@ -121,7 +128,7 @@ def build_objective(args: Namespace) -> HubertObjective:
                                  **settings)
     backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
                     gradient_checkpointing=args.gradient_checkpointing)
-    return build(args.model_size, num_clusters=args.num_clusters, stable_layer_norm=args.stable_layer_norm,
+    return builders.hubert(args.model_size, num_clusters=args.num_clusters, stable_layer_norm=args.stable_layer_norm,
                  backbone=backbone, audio={"feat_proj_dropout": args.dropout}, **settings)
 
 
@@ -219,81 +226,95 @@ def make_labels(args: Namespace, data: dict[str, Any], keys: dict[str, str], cac
         together(accelerator, step)
 
 
-def make_wrap_data(args: Namespace, kernels, strides, metrics: dict[str, Any]):
-    """``wrap_data`` for :func:`run_speech_recipe`: cluster labels for the training and held-out clips (made by
-    :func:`make_labels`, or read from OUTPUT_DIR/labels/ when the cache fits), attached to the clips as
-    :class:`LabelledAudio`."""
+def attach_labels(args: Namespace, train, val, kernels, strides, accelerator, metrics: dict[str, Any]):
+    """Cluster labels for the training and held-out clips (made by :func:`make_labels`, or read from
+    OUTPUT_DIR/labels/ when the cache fits), attached to the clips as :class:`LabelledAudio`; the k-means
+    figures go into ``metrics``."""
+    cache = Path(args.output_dir) / "labels"
+    settings = {"iteration": args.iteration, "num_clusters": args.num_clusters, "seed": args.seed,
+                "previous": args.previous, "feature_layer": args.feature_layer,
+                "kmeans": [args.kmeans_max_frames, args.kmeans_iterations, args.kmeans_batch_size],
+                "max_duration": args.max_duration}
+    if args.previous:
+        weights = Path(args.previous) / "model.safetensors"
+        settings["previous_weights"] = file_digest(weights) if weights.is_file() else None
+    keys = {"train": fingerprint(train, settings), "validation": fingerprint(val, settings)}
+    found = [accelerator.is_main_process
+             and all(cached_labels(cache / f"{split}.safetensors", key) for split, key in keys.items())]
+    if accelerator.num_processes > 1:                  # every process acts on the main process's finding
+        from accelerate.utils import broadcast_object_list
 
-    def wrap(train, val, accelerator):
-        cache = Path(args.output_dir) / "labels"
-        settings = {"iteration": args.iteration, "num_clusters": args.num_clusters, "seed": args.seed,
-                    "previous": args.previous, "feature_layer": args.feature_layer,
-                    "kmeans": [args.kmeans_max_frames, args.kmeans_iterations, args.kmeans_batch_size],
-                    "max_duration": args.max_duration}
-        if args.previous:
-            weights = Path(args.previous) / "model.safetensors"
-            settings["previous_weights"] = file_digest(weights) if weights.is_file() else None
-        keys = {"train": fingerprint(train, settings), "validation": fingerprint(val, settings)}
-        found = [accelerator.is_main_process
-                 and all(cached_labels(cache / f"{split}.safetensors", key) for split, key in keys.items())]
-        if accelerator.num_processes > 1:                  # every process acts on the main process's finding
-            from accelerate.utils import broadcast_object_list
-
-            found = broadcast_object_list(found)
-        found = bool(found[0])
-        metrics["kmeans/cached"] = float(found)
-        if found:
-            accelerator.print(f"cluster labels: reusing {cache}")
-        else:
-            make_labels(args, {"train": train, "validation": val}, keys, cache, accelerator)
-        accelerator.wait_for_everyone()
-        loaded = {split: cached_labels(cache / f"{split}.safetensors", key) for split, key in keys.items()}
-        if not all(loaded.values()):
-            raise SelfsupError(f"{cache}: the cluster labels were not written")
-        meta = loaded["train"][1]
-        metrics.update({"kmeans/inertia": meta["kmeans_inertia"], "kmeans/frames": meta["kmeans_frames"],
-                        "kmeans/features": meta["features"]})
-        used = torch.cat([r[r >= 0] for r in loaded["train"][0]])
-        if len(used):
-            p = torch.bincount(used, minlength=args.num_clusters).double() / len(used)
-            metrics["kmeans/label_perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
-        return (LabelledAudio(train, loaded["train"][0], meta["label_rate"], kernels, strides),
-                LabelledAudio(val, loaded["validation"][0], meta["label_rate"], kernels, strides))
-
-    return wrap
+        found = broadcast_object_list(found)
+    found = bool(found[0])
+    metrics["kmeans/cached"] = float(found)
+    if found:
+        accelerator.print(f"cluster labels: reusing {cache}")
+    else:
+        make_labels(args, {"train": train, "validation": val}, keys, cache, accelerator)
+    accelerator.wait_for_everyone()
+    loaded = {split: cached_labels(cache / f"{split}.safetensors", key) for split, key in keys.items()}
+    if not all(loaded.values()):
+        raise SelfsupError(f"{cache}: the cluster labels were not written")
+    meta = loaded["train"][1]
+    metrics.update({"kmeans/inertia": meta["kmeans_inertia"], "kmeans/frames": meta["kmeans_frames"],
+                    "kmeans/features": meta["features"]})
+    used = torch.cat([r[r >= 0] for r in loaded["train"][0]])
+    if len(used):
+        p = torch.bincount(used, minlength=args.num_clusters).double() / len(used)
+        metrics["kmeans/label_perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+    return (LabelledAudio(train, loaded["train"][0], meta["label_rate"], kernels, strides),
+            LabelledAudio(val, loaded["validation"][0], meta["label_rate"], kernels, strides))
 
 
-def make_export(args: Namespace):
-    def export(objective: HubertObjective, args_: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
-        """OUTPUT_DIR/export: HubertModel + feature extractor + head + centroids + card, reloaded and checked."""
-        from safetensors.torch import save_file
+def export(objective: HubertObjective, args: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
+    """OUTPUT_DIR/export: HubertModel + feature extractor + head + centroids + card, reloaded and checked."""
+    from safetensors.torch import save_file
+    from transformers import AutoModel
 
-        objective = objective.float().cpu().eval()
-
-        def head_and_centroids(out: Path) -> None:
-            state = objective.state_dict()
-            save_file({k: state[k].contiguous() for k in HEAD_KEYS}, str(out / HEAD_FILE))
-            shutil.copyfile(Path(args.output_dir) / "labels" / KMEANS_FILE, out / KMEANS_FILE)
-
-        return export_speech(
-            args, objective, to_transformers(objective), metrics, source, sample, name="HuBERT",
-            usage_class="HubertModel", tags=("hubert", "audio", "speech"), write_extra=head_and_centroids,
-            run={"iteration": args.iteration,
-                 "targets": f"k-means ({args.num_clusters}) on {metrics.get('kmeans/features')}"},
-            title=f"HuBERT encoder (iteration {args.iteration}) pretrained with selfsup",
-            summary=f"A HuBERT model pretrained on {source}, iteration {args.iteration}.")
-
-    return export
+    objective, out = objective.float().cpu().eval(), Path(args.output_dir) / "export"
+    to_transformers(objective).save_pretrained(str(out))
+    feature_extractor_for(objective).save_pretrained(str(out))
+    state = objective.state_dict()
+    save_file({k: state[k].contiguous() for k in HEAD_KEYS}, str(out / HEAD_FILE))
+    shutil.copyfile(Path(args.output_dir) / "labels" / KMEANS_FILE, out / KMEANS_FILE)
+    check_audio_export(objective, AutoModel.from_pretrained(str(out)).eval(), sample, metrics)
+    card = speech_card(args, objective, metrics, source, name="HuBERT", usage_class="HubertModel",
+                       tags=("hubert", "audio", "speech"),
+                       run={"iteration": args.iteration,
+                            "targets": f"k-means ({args.num_clusters}) on {metrics.get('kmeans/features')}"})
+    card.update(title=args.hub_model_id or f"HuBERT encoder (iteration {args.iteration}) pretrained with selfsup",
+                summary=f"A HuBERT model pretrained on {source}, iteration {args.iteration}.")
+    write_model_card(out, **card)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = resolve(parse_args(build_parser(), argv))
+    args = resolve(parse_args(build_parser(), argv))                                       # parse
+    settings = TrainingSettings.from_args(args)
+    accelerator = start_run(settings, args.seed)
     kernels, strides = geometry(args)
-    label_metrics: dict[str, Any] = {}
-    return run_speech_recipe(args, "hubert", build_objective, make_export(args),
-                             collate=HubertCollator(kernels, strides),
-                             wrap_data=make_wrap_data(args, kernels, strides, label_metrics),
-                             extra_metrics=label_metrics)
+    train, val, source = load_audio(args)                                                  # data
+    accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out, "
+                      f"{sum(train.durations) / 3600:.2f} h")
+    objective = build_objective(args)                                                      # build
+    apply_training_flags(objective, args, accelerator)
+    accelerator.print(f"model: {num_parameters(objective) / 1e6:.1f}M parameters")
+    label_metrics: dict[str, Any] = {}                                                     # targets
+    train_set, val_set = attach_labels(args, train, val, kernels, strides, accelerator, label_metrics)
+    collate = HubertCollator(kernels, strides)
+    eval_fn = held_out_eval(val_set, collate, args.per_device_eval_batch_size, args.seed, accelerator.device)
+    loader = speech_loader(train, collate, args, accelerator, dataset=train_set)
+    trainer = Trainer(objective, loader, settings, accelerator, eval_fn, run_config={"recipe": "hubert", "audio": source})
+    metrics = {**trainer.train(), **train.skipped.as_dict(), **label_metrics}              # train
+    objective, export_dir = trainer.objective, None
+    if accelerator.is_main_process:                                                        # evaluate
+        references = {} if args.init_from else {"random_init_": random_init_encoders(
+            lambda: build_objective(args), args.random_init_seeds, args.seed, accelerator.device)}
+        metrics.update(audio_probe({"": objective.encoder(), **references}, args, accelerator.device))
+        sample = collate_audio([val[i] for i in range(min(2, len(val)))])
+        export_dir = export(objective, args, metrics, source, sample)                      # export
+    return finish_run(accelerator, metrics, args.output_dir, export_dir, args.hub_model_id,  # finish
+                      args.push_to_hub, args.hub_private_repo)
 
 
 if __name__ == "__main__":

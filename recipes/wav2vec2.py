@@ -13,12 +13,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from selfsup.recipes._speech import add_audio_args, export_speech, run_speech_recipe
 from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import run_cli
+from selfsup.export import write_model_card
+from selfsup.modalities.audio_data import collate_audio
+from selfsup.recipes._speech import (add_audio_args, apply_training_flags, audio_probe, check_audio_export, load_audio,
+                                     speech_card, speech_loader)
+from selfsup.run import finish_run, held_out_eval, random_init_encoders, start_run
+from selfsup.train import Trainer, TrainingSettings
+from selfsup.objectives import builders
+from selfsup.objectives.hf_speech import feature_extractor_for
 from selfsup.objectives.hf_wav2vec2 import from_transformers, to_transformers
-from selfsup.objectives.wav2vec2 import Wav2Vec2Objective, build
+from selfsup.objectives.wav2vec2 import Wav2Vec2Objective
 
 OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "num_negatives", "diversity_loss_weight", "feature_penalty_weight",
                    "max_gumbel_temperature", "min_gumbel_temperature", "gumbel_temperature_decay")
@@ -51,21 +58,48 @@ def build_objective(args: Namespace) -> Wav2Vec2Objective:
         return from_transformers(args.init_from, dropout=args.dropout, **settings)
     backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
                     gradient_checkpointing=args.gradient_checkpointing)
-    return build(args.model_size, stable_layer_norm=args.stable_layer_norm, backbone=backbone,
+    return builders.wav2vec2(args.model_size, stable_layer_norm=args.stable_layer_norm, backbone=backbone,
                  audio={"feat_proj_dropout": args.dropout}, dropout_features=args.dropout, **settings)
 
 
 def export(objective: Wav2Vec2Objective, args: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
     """OUTPUT_DIR/export: Wav2Vec2ForPreTraining + feature extractor + card, reloaded and checked (1e-4)."""
-    objective = objective.float().cpu().eval()
-    return export_speech(args, objective, to_transformers(objective), metrics, source, sample, name="wav2vec 2.0",
-                         usage_class="Wav2Vec2Model", tags=("wav2vec2", "audio", "speech"),
-                         auto_class="AutoModelForPreTraining", base=lambda model: model.wav2vec2,
-                         run={"parameters": num_parameters(objective), "mask_length": objective.config.mask_length})
+    from transformers import AutoModelForPreTraining
+
+    objective, out = objective.float().cpu().eval(), Path(args.output_dir) / "export"
+    to_transformers(objective).save_pretrained(str(out))
+    feature_extractor_for(objective).save_pretrained(str(out))
+    check_audio_export(objective, AutoModelForPreTraining.from_pretrained(str(out)).eval().wav2vec2, sample, metrics)
+    write_model_card(out, **speech_card(args, objective, metrics, source, name="wav2vec 2.0", usage_class="Wav2Vec2Model",
+                                        tags=("wav2vec2", "audio", "speech"),
+                                        run={"parameters": num_parameters(objective),
+                                             "mask_length": objective.config.mask_length}))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    return run_speech_recipe(parse_args(build_parser(), argv), "wav2vec2", build_objective, export)
+    args = parse_args(build_parser(), argv)                                                # parse
+    settings = TrainingSettings.from_args(args)
+    accelerator = start_run(settings, args.seed)
+    train, val, source = load_audio(args)                                                  # data
+    accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out, "
+                      f"{sum(train.durations) / 3600:.2f} h")
+    objective = build_objective(args)                                                      # build
+    apply_training_flags(objective, args, accelerator)
+    accelerator.print(f"model: {num_parameters(objective) / 1e6:.1f}M parameters")
+    eval_fn = held_out_eval(val, collate_audio, args.per_device_eval_batch_size, args.seed, accelerator.device)
+    trainer = Trainer(objective, speech_loader(train, collate_audio, args, accelerator), settings, accelerator,
+                      eval_fn, run_config={"recipe": "wav2vec2", "audio": source})
+    metrics = {**trainer.train(), **train.skipped.as_dict()}                               # train
+    objective, export_dir = trainer.objective, None
+    if accelerator.is_main_process:                                                        # evaluate
+        references = {} if args.init_from else {"random_init_": random_init_encoders(
+            lambda: build_objective(args), args.random_init_seeds, args.seed, accelerator.device)}
+        metrics.update(audio_probe({"": objective.encoder(), **references}, args, accelerator.device))
+        sample = collate_audio([val[i] for i in range(min(2, len(val)))])
+        export_dir = export(objective, args, metrics, source, sample)                      # export
+    return finish_run(accelerator, metrics, args.output_dir, export_dir, args.hub_model_id,  # finish
+                      args.push_to_hub, args.hub_private_repo)
 
 
 if __name__ == "__main__":

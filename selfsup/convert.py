@@ -78,8 +78,13 @@ def import_state(hf: Mapping[str, torch.Tensor], pairs: Sequence[tuple[str, str]
 
 
 def load_into(module: torch.nn.Module, ours: Mapping[str, torch.Tensor], optional: Callable[[str], bool]) -> None:
-    """``load_state_dict`` that names what does not fit (missing keys for which ``optional`` holds are fine)."""
-    missing, unexpected = module.load_state_dict(ours, strict=False)
+    """``load_state_dict`` that names what does not fit (missing keys for which ``optional`` holds are fine), in
+    one line, shape mismatches included."""
+    try:
+        missing, unexpected = module.load_state_dict(ours, strict=False)
+    except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln] or [str(err).splitlines()[0]]
+        raise SelfsupError(f"checkpoint does not fit: {lines[0]}") from None
     missing = [k for k in missing if not optional(k)]
     if missing or unexpected:
         raise SelfsupError(f"checkpoint does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")

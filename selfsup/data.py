@@ -16,6 +16,23 @@ from torch.utils.data import DataLoader, IterableDataset, Sampler
 from selfsup.errors import SelfsupError
 
 
+def example_seed(seed: int, epoch: int, index: int, stream: int = 1) -> int:
+    """The seed of example ``index``'s random draws in ``epoch`` (masks, negatives, noise, augmentations): a
+    function of (run seed, epoch, example index, ``stream``) only, so an example gets the same draws whichever
+    process, batch or position it lands in, and a resumed run the same as a straight one. ``stream`` separates
+    independent uses (0: the crop offset of :func:`example_rng`; 1: the objective's draws; 2+: free)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, epoch, index, stream]).generate_state(1)[0])
+
+
+def example_rng(seed: int, epoch: int, index: int):
+    """A NumPy generator for example ``index`` in ``epoch`` (random crops and the like), from the same triple."""
+    import numpy as np
+
+    return np.random.default_rng([seed, epoch, index])
+
+
 def length_grouped_order(lengths: Sequence[int | float], batch_size: int, seed: int = 0, epoch: int = 0,
                          mega: int = 50) -> list[int]:
     """An epoch's order that puts clips of similar length in the same batch (HF ``LengthGroupedSampler``).

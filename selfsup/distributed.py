@@ -1,7 +1,10 @@
 """Sums over processes for the few losses that are not sums over examples (wav2vec 2.0's codebook diversity and
-feature penalty are functions of batch averages). Outside a multi-process training run these are identities."""
+feature penalty are functions of batch averages), and a differentiable all-gather for losses that compare every
+example with every other one (contrastive losses: SimCLR, CLIP, MoCo). Outside a multi-process training run these
+are identities."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -9,6 +12,13 @@ def world_size() -> int:
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's index in the process group; 0 outside a multi-process run."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def all_sum(x: Tensor, differentiable: bool = True) -> Tensor:
@@ -28,4 +38,63 @@ def all_sum(x: Tensor, differentiable: bool = True) -> Tensor:
     return x
 
 
-__all__ = ["world_size", "all_sum"]
+class _GatherWithGrad(torch.autograd.Function):
+    """Forward: all-gather along dim 0 with per-process sizes (padded to the largest, then trimmed).
+    Backward: all-reduce SUM of the gradient of the gathered tensor, then this process's rows."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        n = world_size()
+        shape = torch.tensor(x.shape, dtype=torch.long, device=x.device)
+        shapes = [torch.empty_like(shape) for _ in range(n)]
+        dist.all_gather(shapes, shape)
+        if any(not torch.equal(s[1:], shape[1:]) for s in shapes):
+            raise ValueError(f"gather_with_grad: every process must give the same trailing shape, got "
+                             f"{[tuple(s.tolist()) for s in shapes]}")
+        sizes = [int(s[0]) for s in shapes]
+        longest = max(sizes)
+        padded = x.new_zeros((longest, *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in range(n)]
+        dist.all_gather(parts, padded)
+        r = rank()
+        ctx.rows = (sum(sizes[:r]), sum(sizes[: r + 1]))
+        return torch.cat([p[:size] for p, size in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        grad = grad.clone(memory_format=torch.contiguous_format)   # never reduce autograd's buffer in place
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start, stop = ctx.rows
+        return grad[start:stop]
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """All-gather ``x`` along dim 0, in rank order, with a backward pass through every process's rows.
+
+    ``x``: (B_r, ...) on process r; the B_r may differ between processes (the sizes are gathered first and the
+    rows padded for the collective), the trailing dims must agree. Returns (B_0 + ... + B_{N-1}, ...), the same
+    tensor on every process; rows ``sum(B_<r) : sum(B_<=r)`` are process r's ``x``. Outside a multi-process run
+    (``world_size() == 1``) returns ``x`` itself. Every process must call it, in the same order.
+
+    Convention: every process computes the *same* global loss L over the whole gathered batch (e.g. the mean of
+    an NT-Xent/InfoNCE loss over all B = sum B_r examples), and the engine's DDP then *averages* the parameter
+    gradients over the N processes. The backward pass sums the incoming gradient over the processes and keeps
+    this process's rows, so process r's ``x`` receives N * dL/dx_r (each of the N processes holds the whole
+    dL/dgathered, and each contributes dL/dx_r); after backpropagating into the local parameters and DDP's mean
+    over processes, (1/N) * sum_r N * (dL/dx_r)(dx_r/dθ) = dL/dθ: exactly the gradient of one process
+    computing L on the whole global batch (tests/test_gather.py checks this). A plain ``dist.all_gather`` with
+    only the own rows differentiable (or a backward that just slices without the sum, lightly's bug #1977/#1920)
+    gives (1/N) * dL/dθ instead. If a loss is instead divided by the per-process batch, or only one process
+    computes it, this guarantee does not hold.
+    """
+    if world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+__all__ = ["world_size", "rank", "all_sum", "gather_with_grad"]

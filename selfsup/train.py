@@ -14,8 +14,8 @@ import json
 import math
 import os
 import time
-from argparse import Namespace
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,12 +33,49 @@ from selfsup.types import Objective, ObjectiveOutput
 MAX_NONFINITE_STEPS = 10
 
 
-def make_accelerator(args: Namespace) -> Accelerator:
-    """An Accelerator for the recipe flags; on a machine with no GPU, a CPU one (works under torchrun too)."""
-    trackers = [] if args.report_to in (None, "none") else args.report_to
-    kwargs: dict[str, Any] = dict(log_with=trackers or None, project_dir=args.output_dir)
-    if args.mixed_precision is not None:
-        kwargs["mixed_precision"] = args.mixed_precision
+@dataclass
+class TrainingSettings:
+    """What the training loop needs to know; the recipes' shared flags of the same names
+    (:meth:`from_args` picks them out of a parsed command line)."""
+
+    output_dir: str = "outputs/run"
+    max_steps: int = 300
+    per_device_train_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-6
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    mixed_precision: str | None = None
+    logging_steps: int = 10
+    eval_steps: int = 0
+    checkpointing_steps: int = 0
+    checkpoints_total_limit: int = 2
+    resume_from_checkpoint: str | None = None
+    report_to: str | None = "tensorboard"
+
+    @classmethod
+    def from_args(cls, args: Any, **overrides: Any) -> "TrainingSettings":
+        """The settings among ``args``' attributes (an ``argparse.Namespace`` or any object); overrides win."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        return cls(**{**values, **overrides})
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * self.max_steps)
+
+
+def make_accelerator(settings: TrainingSettings) -> Accelerator:
+    """An Accelerator for these settings; on a machine with no GPU, a CPU one (works under torchrun too)."""
+    trackers = [] if settings.report_to in (None, "none") else settings.report_to
+    kwargs: dict[str, Any] = dict(log_with=trackers or None, project_dir=settings.output_dir)
+    if settings.mixed_precision is not None:
+        kwargs["mixed_precision"] = settings.mixed_precision
     if not torch.cuda.is_available():
         kwargs["cpu"] = True
     if kwargs.get("mixed_precision") == "fp16" and not torch.cuda.is_available():
@@ -88,7 +125,7 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def make_optimizer(objective: torch.nn.Module, args: Namespace, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(objective: torch.nn.Module, args: TrainingSettings, device: torch.device) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and norms (parameters with fewer than 2 dimensions)."""
     params = [p for p in objective.parameters() if p.requires_grad]
     groups = [
@@ -101,20 +138,23 @@ def make_optimizer(objective: torch.nn.Module, args: Namespace, device: torch.de
 
 
 class Trainer:
-    """Runs ``args.max_steps`` optimizer steps of ``objective`` on ``train_loader``.
+    """Runs ``settings.max_steps`` optimizer steps of ``objective`` on ``train_loader``.
 
     eval_fn(objective) -> dict of figures, called on the main process every ``--eval_steps`` and at the end.
     run_config: JSON-able description of the run, logged to the trackers and kept in checkpoints.
     """
 
-    def __init__(self, objective: Objective, train_loader: DataLoader, args: Namespace, accelerator: Accelerator,
-                 eval_fn: Callable[[Objective], dict[str, float]] | None = None,
+    def __init__(self, objective: Objective, train_loader: DataLoader, settings: TrainingSettings,
+                 accelerator: Accelerator, eval_fn: Callable[[Objective], dict[str, float]] | None = None,
                  run_config: dict[str, Any] | None = None) -> None:
-        self.args, self.accelerator, self.eval_fn = args, accelerator, eval_fn
+        if not isinstance(settings, TrainingSettings):
+            raise TypeError("Trainer takes TrainingSettings (TrainingSettings.from_args(args)), not the flags")
+        self.args = args = settings
+        self.accelerator, self.eval_fn = accelerator, eval_fn
         self.loader = train_loader
         self.run_config = run_config or {}
         self.optimizer = make_optimizer(objective, args, accelerator.device)
-        warmup = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_ratio * args.max_steps)
+        warmup = args.warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(args.lr_scheduler_type, warmup, args.max_steps))
         self.model, self.optimizer = accelerator.prepare(objective, self.optimizer)
@@ -192,7 +232,7 @@ class Trainer:
         gb = self.args.per_device_train_batch_size * self.accelerator.num_processes
         return {"step": self.step, "epoch": self.epoch, "examples_in_epoch": self.batch_in_epoch * gb,
                 "num_processes": self.accelerator.num_processes, "run_config": self.run_config,
-                "objective_state": getattr(self.objective, "extra_state", lambda: {})()}
+                "objective_state": self.objective.extra_state()}
 
     def maybe_resume(self) -> None:
         path = resolve_checkpoint(self.args.resume_from_checkpoint, self.args.output_dir)
@@ -206,8 +246,7 @@ class Trainer:
         self.batch_in_epoch, rest = divmod(int(state["examples_in_epoch"]), gb)
         if rest:
             self.accelerator.print(f"warning: global batch size changed; resuming {rest} examples early")
-        if hasattr(self.objective, "load_extra_state"):
-            self.objective.load_extra_state(state.get("objective_state", {}))
+        self.objective.load_extra_state(state.get("objective_state", {}))
         self.accelerator.print(f"resumed from {path} at step {self.step}")
 
     def save(self) -> Path:
@@ -233,7 +272,7 @@ class Trainer:
         args, acc = self.args, self.accelerator
         self.maybe_resume()
         if acc.is_main_process and args.report_to not in (None, "none"):
-            acc.init_trackers("selfsup", config=flat_config(vars(args)))
+            acc.init_trackers("selfsup", config=flat_config({**asdict(args), **self.run_config}))
         data = self.batches()
         bar = tqdm(total=args.max_steps, initial=self.step, disable=not acc.is_main_process, desc="train",
                    dynamic_ncols=True)

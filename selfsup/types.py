@@ -71,6 +71,17 @@ class Adapter(nn.Module):
     def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def content_prefixes(self) -> tuple[str, ...]:
+        """Names (relative to the adapter) of the parameters of the ``embed`` stage. An EMA teacher that runs
+        on the student's content embeddings copies these instead of averaging them (data2vec's
+        ``ema_transformer_only``)."""
+        return ()
+
+    def position_prefixes(self) -> tuple[str, ...]:
+        """Names of the parameters of the ``add_positions`` stage that a teacher averaging only the Transformer
+        layers copies too (data2vec's ``ema_layers_only``)."""
+        return ()
+
     def forward(self, batch: Batch) -> Tokens:
         """Both stages at once: content embeddings with positions added."""
         tokens = self.embed(batch)
@@ -119,13 +130,25 @@ def masked_mean(x: Tensor, padding_mask: Tensor | None) -> Tensor:
 
 
 class Objective(nn.Module):
-    """Base of objectives. Subclasses implement ``forward`` and ``encoder``; no other inheritance."""
+    """Base of objectives. Subclasses implement ``forward`` and ``encoder``; no other inheritance.
+
+    An objective is *given* its adapter(s) and backbone (a family's builder composes them) and owns its heads.
+    Tensors it must keep across a resume (EMA teachers, queues, temperatures) are parameters or buffers, which
+    checkpoints hold; anything else goes through :meth:`extra_state` / :meth:`load_extra_state`.
+    """
 
     def forward(self, batch: Batch) -> ObjectiveOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
     def on_step_end(self, step: int) -> None:
         """Called by the engine after every optimizer step (EMA teachers, temperatures, queues)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able state that is not a tensor, saved in every checkpoint's ``trainer_state.json``."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned (on resume)."""
 
     def encoder(self) -> Encoder:  # pragma: no cover - interface
         raise NotImplementedError

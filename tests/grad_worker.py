@@ -9,15 +9,14 @@ Rank 0 writes the synchronised gradients, the loss and the world size to OUT_FIL
 from __future__ import annotations
 
 import sys
-from argparse import Namespace
 
 import torch
 from safetensors.torch import save_file
 
-from selfsup.backbones.transformer import preset
 from selfsup.data import make_train_loader
-from selfsup.objectives.mlm import IGNORE_INDEX, MaskedLanguageModeling
-from selfsup.train import Trainer, make_accelerator
+from selfsup.objectives.builders import bert_mlm
+from selfsup.objectives.mlm import IGNORE_INDEX
+from selfsup.train import Trainer, TrainingSettings, make_accelerator
 
 
 def fixed_examples(n: int) -> list[dict]:
@@ -39,15 +38,14 @@ def collate(examples: list[dict]) -> dict:
 
 
 def main(out_file: str, global_batch: int, grad_accum: int) -> None:
-    args = Namespace(output_dir="/tmp/unused", report_to="none", mixed_precision="no", learning_rate=1e-3,
-                     weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-6, warmup_steps=0,
-                     warmup_ratio=0.0, lr_scheduler_type="constant", max_steps=1, max_grad_norm=0.0,
-                     per_device_train_batch_size=None, gradient_accumulation_steps=grad_accum)
-    acc = make_accelerator(args)
+    settings = dict(output_dir="/tmp/unused", report_to="none", mixed_precision="no", learning_rate=1e-3,
+                    weight_decay=0.0, warmup_steps=0, lr_scheduler_type="constant", max_steps=1, max_grad_norm=0.0,
+                    gradient_accumulation_steps=grad_accum)
+    acc = make_accelerator(TrainingSettings(**settings))
     per_device = global_batch // (acc.num_processes * grad_accum)
-    args.per_device_train_batch_size = per_device
+    args = TrainingSettings(**settings, per_device_train_batch_size=per_device)
     torch.manual_seed(0)
-    obj = MaskedLanguageModeling(preset("tiny", dropout=0.0, attention_dropout=0.0), 300, mask_token_id=4)
+    obj = bert_mlm("tiny", 300, mask_token_id=4, dropout=0.0, attention_dropout=0.0)
     loader = make_train_loader(fixed_examples(global_batch), collate, per_device, acc.num_processes,
                                acc.process_index, seed=0)
     trainer = Trainer(obj, loader, args, acc)

@@ -10,7 +10,8 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from selfsup.objectives.hf_data2vec import from_transformers, to_transformers
-from selfsup.objectives.data2vec import build, masked_instance_norm
+from selfsup.objectives.builders import data2vec_audio as build
+from selfsup.objectives.data2vec import masked_instance_norm
 from selfsup.objectives.ema import linear_momentum, update_momentum
 from tests.speech_helpers import NO_DROPOUT, assert_close, jitter, padded_batch
 

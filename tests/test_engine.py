@@ -1,12 +1,10 @@
 """Engine behaviour that needs no real model: non-finite losses are skipped, then stop the run in one line."""
-from argparse import Namespace
-
 import pytest
 import torch
 
 from selfsup.data import make_train_loader
 from selfsup.errors import SelfsupError
-from selfsup.train import MAX_NONFINITE_STEPS, Trainer, make_accelerator
+from selfsup.train import MAX_NONFINITE_STEPS, Trainer, TrainingSettings, make_accelerator
 from selfsup.types import Objective, ObjectiveOutput
 
 
@@ -26,12 +24,10 @@ class Toy(Objective):
         return ObjectiveOutput(loss=loss, num_targets=batch["x"].shape[0])
 
 
-def args(tmp_path, steps: int) -> Namespace:
-    return Namespace(output_dir=str(tmp_path), report_to="none", mixed_precision="no", learning_rate=0.1,
-                     weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-6, warmup_steps=0,
-                     warmup_ratio=0.0, lr_scheduler_type="constant", max_steps=steps, max_grad_norm=1.0,
-                     per_device_train_batch_size=2, gradient_accumulation_steps=1, logging_steps=1, eval_steps=0,
-                     checkpointing_steps=0, checkpoints_total_limit=0, resume_from_checkpoint=None)
+def args(tmp_path, steps: int) -> TrainingSettings:
+    return TrainingSettings(output_dir=str(tmp_path), report_to="none", mixed_precision="no", learning_rate=0.1,
+                            weight_decay=0.0, warmup_steps=0, lr_scheduler_type="constant", max_steps=steps,
+                            per_device_train_batch_size=2, logging_steps=1, checkpoints_total_limit=0)
 
 
 def run(tmp_path, bad: int, steps: int = 3):
@@ -63,3 +59,19 @@ def test_runs_in_one_process_may_change_precision(tmp_path):
         a.mixed_precision = precision
         precisions.append(make_accelerator(a).mixed_precision)
     assert precisions == ["bf16", "no", "bf16"]
+
+
+def test_trainer_takes_typed_settings_not_the_command_line(tmp_path):
+    from argparse import Namespace
+
+    from selfsup.config import base_parser
+
+    flags = base_parser("x").parse_args(["--max_steps", "7", "--learning_rate", "0.25", "--output_dir", "o"])
+    settings = TrainingSettings.from_args(flags, report_to="none")
+    assert (settings.max_steps, settings.learning_rate, settings.output_dir, settings.report_to) == (7, 0.25, "o", "none")
+    assert settings.warmup == int(0.06 * 7)
+    toy = Toy(0)
+    loader = make_train_loader([{"x": torch.randn(3)}] * 4, lambda ex: {"x": torch.stack([e["x"] for e in ex])},
+                               2, 1, 0, seed=0)
+    with pytest.raises(TypeError, match="TrainingSettings"):
+        Trainer(toy, loader, Namespace(**vars(flags)), make_accelerator(args(tmp_path, 1)))

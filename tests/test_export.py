@@ -1,14 +1,16 @@
 """The export is a native BertForMaskedLM + tokenizer that plain transformers loads, with our logits."""
+import importlib
 import json
 
 import pytest
 import torch
 
 from selfsup.errors import SelfsupError
+from selfsup.modalities.text import load_tokenizer
 from selfsup.objectives.hf_bert import from_transformers
 from tests.conftest import tiny_argv
 
-bert_mlm = pytest.importorskip("recipes.bert_mlm")
+bert_mlm = importlib.import_module("selfsup.recipes.bert_mlm")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def test_init_from_the_export_reproduces_its_logits_and_trains_on(run, tmp_path)
     with torch.no_grad():
         ref = AutoModelForMaskedLM.from_pretrained(export).eval()(input_ids=ids).logits
         args = bert_mlm.build_parser().parse_args(["--init_from", str(export)])
-        obj = bert_mlm.build_objective(args, bert_mlm.load_tokenizer(str(export))).eval()
+        obj = bert_mlm.build_objective(args, load_tokenizer(str(export))).eval()
         assert torch.allclose(obj.logits({"input_ids": ids}), ref, atol=1e-5)
     # continued pretraining starts where the export ended: with a zero learning rate the held-out loss
     # (same corpus, seed, tokenizer and masks) is the one the original run reported

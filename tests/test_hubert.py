@@ -10,7 +10,8 @@ from selfsup.objectives import kmeans
 from selfsup.errors import SelfsupError
 from selfsup.objectives.hf_hubert import feature_extractor_for, from_transformers, to_transformers
 from selfsup.modalities.audio_features import align_labels, mfcc_features
-from selfsup.objectives.hubert import build, cluster_logits
+from selfsup.objectives.builders import hubert as build
+from selfsup.objectives.hubert import cluster_logits
 from tests.speech_helpers import NO_DROPOUT, assert_close, audio_overrides, jitter, padded_batch
 
 transformers = pytest.importorskip("transformers")

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.backbones.transformer import preset
+from selfsup.objectives.builders import bert_mlm
 from selfsup.objectives.hf_bert import to_transformers
 from selfsup.objectives.mlm import IGNORE_INDEX, MaskedLanguageModeling, mask_tokens
 
@@ -11,8 +11,8 @@ SPECIAL = [0, 1, 2, 3, 4]
 
 def make(vocab: int = 1000, **kw) -> MaskedLanguageModeling:
     torch.manual_seed(0)
-    cfg = preset("tiny", dropout=0.0, attention_dropout=0.0)
-    return MaskedLanguageModeling(cfg, vocab, mask_token_id=4, special_token_ids=SPECIAL, **kw).eval()
+    return bert_mlm("tiny", vocab, mask_token_id=4, special_token_ids=SPECIAL, dropout=0.0, attention_dropout=0.0,
+                    **kw).eval()
 
 
 def test_masking_follows_bert_80_10_10():
@@ -123,7 +123,7 @@ def test_bf16_loss_is_close_to_fp32():
 def test_export_refuses_what_bert_cannot_hold(bad):
     from selfsup.errors import SelfsupError
 
-    obj = MaskedLanguageModeling(preset("tiny", **{bad: True}), 100, 4)
+    obj = bert_mlm("tiny", 100, 4, **{bad: True})
     with pytest.raises(SelfsupError):
         to_transformers(obj)
 
@@ -131,7 +131,7 @@ def test_export_refuses_what_bert_cannot_hold(bad):
 def test_recipe_size_flags_override_the_preset():
     import pytest
 
-    from recipes import bert_mlm
+    from selfsup.recipes import bert_mlm
     from selfsup.errors import SelfsupError
 
     args = bert_mlm.build_parser().parse_args(["--model_size", "tiny", "--hidden_size", "128", "--num_layers", "3"])

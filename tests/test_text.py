@@ -1,4 +1,5 @@
 """Text loading: every supported source works; bad input ends in one line naming the file and the problem."""
+import importlib
 import json
 import os
 import subprocess
@@ -11,15 +12,14 @@ from selfsup.errors import SelfsupError
 from selfsup.modalities.text import collate_texts, load_corpus, load_labelled_text, pack_function, train_tokenizer
 from tests.conftest import ROOT, tiny_argv
 
-bert_mlm = pytest.importorskip("recipes.bert_mlm")
+bert_mlm = importlib.import_module("selfsup.recipes.bert_mlm")
 
 PARAGRAPH = "The quick brown fox jumps over the lazy dog while the cat watches from the window."
 
 
-def corpus_args(**kw) -> Namespace:
-    base = dict(train_file=None, train_dir=None, dataset_name=None, dataset_config_name=None, validation_file=None,
-                validation_split_percentage=10.0, streaming=False, max_train_samples=None, seed=0, text_column=None)
-    return Namespace(**{**base, **kw})
+def corpus_args(**kw) -> dict:
+    """load_corpus's explicit arguments (its defaults but a 10 % validation share and seed 0)."""
+    return {"validation_split_percentage": 10.0, "seed": 0, **kw}
 
 
 def lines(n: int = 40) -> list[str]:
@@ -37,7 +37,7 @@ def test_every_file_type_loads(tmp_path, kind):
         ds = datasets.Dataset.from_dict({"text": lines(), "id": list(range(40))})
         {"jsonl": lambda: ds.to_json(str(path)), "json": lambda: ds.to_json(str(path)),
          "csv": lambda: ds.to_csv(str(path)), "parquet": lambda: ds.to_parquet(str(path))}[kind]()
-    train, val, source = load_corpus(corpus_args(train_file=[str(path)]))
+    train, val, source = load_corpus(**corpus_args(train_file=[str(path)]))
     assert len(train) + len(val) == 40 and train.column_names == ["text"]
     assert source == str(path)
 
@@ -49,14 +49,14 @@ def test_folder_saved_dataset_and_streaming(tmp_path):
     (folder / "sub").mkdir(parents=True)
     (folder / "a.txt").write_text("\n".join(lines(20)))
     (folder / "sub" / "b.txt").write_text("\n".join(lines(20)))
-    train, val, _ = load_corpus(corpus_args(train_dir=str(folder)))
+    train, val, _ = load_corpus(**corpus_args(train_dir=str(folder)))
     assert len(train) + len(val) == 40
     saved = tmp_path / "saved"
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": lines(30)}),
                           "validation": datasets.Dataset.from_dict({"body": lines(5)})}).save_to_disk(str(saved))
-    train, val, _ = load_corpus(corpus_args(dataset_name=str(saved), text_column="body"))
+    train, val, _ = load_corpus(**corpus_args(dataset_name=str(saved), text_column="body"))
     assert (len(train), len(val)) == (30, 5)
-    train, val, _ = load_corpus(corpus_args(train_dir=str(folder), streaming=True, streaming_validation_examples=5))
+    train, val, _ = load_corpus(**corpus_args(train_dir=str(folder), streaming=True, streaming_validation_examples=5))
     assert sum(1 for _ in val) == 5 and sum(1 for _ in train) == 35
 
 

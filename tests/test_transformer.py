@@ -1,12 +1,18 @@
 import pytest
 import torch
 
-from selfsup.backbones.transformer import PRESETS, TransformerConfig, TransformerEncoder, preset
+from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder
+
+TINY = dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256)
+
+
+def preset(**kw) -> TransformerConfig:
+    return TransformerConfig(**{**TINY, **kw})
 
 
 def make(**kw) -> TransformerEncoder:
     torch.manual_seed(0)
-    return TransformerEncoder(TransformerConfig(**{**PRESETS["tiny"], "dropout": 0.0, "attention_dropout": 0.0,
+    return TransformerEncoder(TransformerConfig(**{**TINY, "dropout": 0.0, "attention_dropout": 0.0,
                                                    **kw})).eval()
 
 
@@ -67,10 +73,16 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
-def test_presets_and_bad_configs():
-    assert preset("base").hidden_size == 768 and preset("small", num_layers=2).num_layers == 2
-    with pytest.raises(ValueError):
-        preset("huge")
+def test_family_sizes_and_bad_configs():
+    from selfsup.objectives.builders import backbone_config, size_of
+
+    assert backbone_config("bert_mlm", "base").hidden_size == 768
+    assert backbone_config("wav2vec2", "small", num_layers=2).num_layers == 2
+    assert size_of("hubert", "tiny")["adapter"]["conv_stride"] == (5, 2, 2, 2, 2)
+    with pytest.raises(ValueError, match="unknown model size"):
+        size_of("bert_mlm", "huge")
+    with pytest.raises(ValueError, match="unknown family"):
+        size_of("gpt9", "tiny")
     with pytest.raises(ValueError):
         TransformerConfig(hidden_size=65, num_heads=2)
     with pytest.raises(ValueError):
@@ -90,7 +102,7 @@ def test_bf16_autocast_runs_on_cpu():
 
 def test_layerdrop_skips_layers_only_in_training():
     torch.manual_seed(0)
-    enc = TransformerEncoder(preset("tiny", dropout=0.0, attention_dropout=0.0, final_norm=True, norm_first=True,
+    enc = TransformerEncoder(preset(dropout=0.0, attention_dropout=0.0, final_norm=True, norm_first=True,
                                     layerdrop=1.0))
     x = torch.randn(2, 5, 64)
     out = enc.train()(x, output_hidden_states=True)
@@ -104,11 +116,11 @@ def test_layerdrop_skips_layers_only_in_training():
 
 
 def test_activation_dropout_is_set_and_checked():
-    enc = TransformerEncoder(preset("tiny", activation_dropout=0.2))
+    enc = TransformerEncoder(preset(activation_dropout=0.2))
     assert all(layer.act_drop.p == 0.2 for layer in enc.layers)
     enc.set_regularization(activation_dropout=0.0)
     assert enc.config.activation_dropout == 0.0 and all(layer.act_drop.p == 0.0 for layer in enc.layers)
     with pytest.raises(ValueError, match="layerdrop"):
         enc.set_regularization(layerdrop=1.5)
     with pytest.raises(ValueError, match="activation_dropout"):
-        preset("tiny", activation_dropout=-0.1)
+        preset(activation_dropout=-0.1)

@@ -8,7 +8,7 @@ import torch
 
 from selfsup.objectives.hf_wav2vec2 import feature_extractor_for, from_transformers, to_transformers
 from selfsup.objectives.masking import compute_span_mask, sample_negatives
-from selfsup.objectives.wav2vec2 import build
+from selfsup.objectives.builders import wav2vec2 as build
 from tests.speech_helpers import NO_DROPOUT, assert_close, audio_overrides, jitter, padded_batch
 
 transformers = pytest.importorskip("transformers")

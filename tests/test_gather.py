@@ -1,0 +1,72 @@
+"""gather_with_grad: N processes computing a contrastive loss over the gathered global batch get exactly the
+gradients of one process on the whole batch; a plain all_gather does not (it loses a factor of world size).
+
+The runs use torchrun (gloo on CPU) and assert the world size each run really had.
+"""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selfsup.distributed import gather_with_grad, rank, world_size
+from tests.conftest import ROOT
+
+WORKER = ROOT / "tests" / "gather_worker.py"
+
+
+def run(tmp_path: Path, nproc: int, *flags: str) -> dict[str, torch.Tensor]:
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not on PATH")
+    out = tmp_path / f"gather_{nproc}{''.join(flags)}.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", str(WORKER), str(out), *flags]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = load_file(out)
+    assert int(result["__world_size"]) == nproc, "the launcher did not start the processes asked for"
+    return result
+
+
+def max_grad_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    names = [k for k in a if not k.startswith("__")]
+    assert set(names) == {"weight", "bias"} == {k for k in b if not k.startswith("__")}
+    return max(float((a[k] - b[k]).abs().max()) for k in names)
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("gather"), 1)
+
+
+def test_two_processes_match_one_process(tmp_path, one):
+    two = run(tmp_path, 2)
+    assert torch.allclose(one["__loss"], two["__loss"], atol=1e-6)
+    assert float(one["weight"].abs().max()) > 1e-2   # the comparison is not between two zero gradients
+    diff = max_grad_diff(one, two)
+    print(f"gather_with_grad: max |grad(2 processes) - grad(1 process)| = {diff:.3g}")
+    for k in ("weight", "bias"):
+        assert torch.allclose(one[k], two[k], atol=1e-6, rtol=0), (k, diff)
+
+
+def test_plain_all_gather_gives_wrong_gradients(tmp_path, one):
+    naive = run(tmp_path, 2, "--naive")
+    assert torch.allclose(one["__loss"], naive["__loss"], atol=1e-6)   # same loss ...
+    diff = max_grad_diff(one, naive)
+    print(f"plain all_gather: max |grad(2 processes) - grad(1 process)| = {diff:.3g}")
+    assert diff > 1e-3                                                  # ... different gradients
+    for k in ("weight", "bias"):   # the own-rows-only gradient, averaged by DDP, is 1/world_size of the right one
+        assert torch.allclose(naive[k], one[k] / 2, atol=1e-6, rtol=0), k
+
+
+def test_identity_outside_distributed():
+    assert world_size() == 1 and rank() == 0
+    x = torch.randn(3, 4, requires_grad=True)
+    y = gather_with_grad(x)
+    assert y is x
+    (y * torch.arange(4.0)).sum().backward()
+    assert torch.equal(x.grad, torch.arange(4.0).expand(3, 4))
