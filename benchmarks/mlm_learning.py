@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
-from selfsup.recipes import bert_mlm  # noqa: E402
+from selfsup.recipes import bert_mlm, data2vec  # noqa: E402
 from selfsup.train import cpu_has_native_bf16  # noqa: E402
 
 
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--vocab_size", default="4000")
     p.add_argument("--mixed_precision", default=None, help="default: bf16 where the CPU/GPU runs it natively, else no")
     p.add_argument("--output_dir", default=None)
+    p.add_argument("--objective", default="mlm", choices=["mlm", "data2vec"],
+                   help="mlm: recipes/bert_mlm.py; data2vec: recipes/data2vec.py --modality text (--model_size's "
+                        "own width and depth: the size flags are BERT's)")
     args = p.parse_args(argv)
     data = Path(args.data_dir)
     if not (data / "train.txt").is_file():
@@ -59,21 +62,24 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     n = strip_labels(data / "train.txt", corpus)
     print(f"pretraining a {size} model for {steps} steps on {n} unlabelled SST-2 training sentences")
-    metrics = bert_mlm.main([
-        "--train_file", str(corpus), "--output_dir", str(out / "run"), "--model_size", args.model_size,
-        "--hidden_size", args.hidden_size, "--num_layers", args.num_layers,
+    shape = ["--hidden_size", args.hidden_size, "--num_layers", args.num_layers] if args.objective == "mlm" \
+        else ["--modality", "text"]
+    recipe = bert_mlm if args.objective == "mlm" else data2vec
+    metrics = recipe.main([
+        "--train_file", str(corpus), "--output_dir", str(out / "run"), "--model_size", args.model_size, *shape,
         "--max_steps", str(steps), "--max_seq_length", "64", "--per_device_train_batch_size", "64",
         "--learning_rate", args.learning_rate, "--mixed_precision", args.mixed_precision, "--report_to", "none",
         "--vocab_size", args.vocab_size, "--eval_train_file", str(data / "train.txt"),
         "--eval_test_file", str(data / "test.txt"),
     ])
     result = {
-        "name": "mlm_sst2_probe", "ours": metrics["probe/all_layers/accuracy"],
+        "name": f"{args.objective}_sst2_probe", "ours": metrics["probe/all_layers/accuracy"],
         "reference": metrics["probe/all_layers/random_init_accuracy"], "unit": "accuracy",
         "ratio": metrics["probe/all_layers/accuracy"] / metrics["probe/all_layers/random_init_accuracy"],
         "last_layer": metrics["probe/accuracy"], "last_layer_random_init": metrics["probe/random_init_accuracy"],
         "knn": metrics["knn/accuracy"], "knn_random_init": metrics["knn/random_init_accuracy"],
-        "eval_mlm_accuracy": metrics["eval/mlm_accuracy"], "steps": steps, "model_size": size,
+        "eval_mlm_accuracy": metrics.get("eval/mlm_accuracy"), "eval_loss": metrics.get("eval/loss"),
+        "steps": steps, "model_size": size if args.objective == "mlm" else args.model_size,
         "samples_per_second": metrics["samples_per_second"], "mixed_precision": args.mixed_precision,
     }
     print(json.dumps(result))
