@@ -33,6 +33,8 @@ from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args  # n
 
 from selfsup.backbones.transformer import TransformerConfig
 from selfsup.objectives.hf_bert import to_transformers
+from selfsup.objectives.builders import compose_bert
+from selfsup.objectives.masking import TokenMasker
 from selfsup.objectives.mlm import MaskedLanguageModeling
 
 VOCAB, SEQ, BATCH, MASK_ID, PAD_ID, SPECIAL = 30_522, 128, 32, 4, 0, (0, 1, 2, 3, 4)
@@ -45,8 +47,8 @@ LOSS_TOL = 1e-5
 def build_models(seed: int = 0) -> tuple[MaskedLanguageModeling, nn.Module]:
     """Ours and the reference with identical weights, both in train mode."""
     torch.manual_seed(seed)
-    ours = MaskedLanguageModeling(TransformerConfig(**MODEL), VOCAB, mask_token_id=MASK_ID, pad_token_id=PAD_ID,
-                                  special_token_ids=SPECIAL, max_positions=512, mlm_probability=0.15)
+    masker = TokenMasker(MASK_ID, VOCAB, 0.15, special_ids=tuple({*SPECIAL, PAD_ID}))
+    ours = compose_bert(TransformerConfig(**MODEL), masker, PAD_ID, max_positions=512)
     return ours.train(), to_transformers(ours).train()
 
 

@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args  # noqa: E402
 
 from selfsup.objectives.hf_wav2vec2 import to_transformers
-from selfsup.objectives.wav2vec2 import QUANTIZER_PRESETS, Wav2Vec2Objective, Wav2Vec2ObjectiveConfig, build
+from selfsup.objectives.builders import size_of, wav2vec2 as build
+from selfsup.objectives.wav2vec2 import Wav2Vec2Objective, Wav2Vec2ObjectiveConfig
 
 SIZE, SAMPLE_RATE, SECONDS, BATCH = "small", 16_000, 2.0, 8
 SHORT_SECONDS = (1.5, 1.2)  # the last two utterances
@@ -193,7 +194,7 @@ def main() -> None:
         result.update({f"ours{suffix}": round(ours, 3), f"reference{suffix}": round(ref, 3),
                        f"ratio{suffix}": round(ours / ref, 3)})
         print(f"[{tag}] median: ours {ours:.2f}  reference {ref:.2f} samples/s  ratio {ours / ref:.2f}x", flush=True)
-    c = Wav2Vec2ObjectiveConfig(**QUANTIZER_PRESETS[SIZE])    # what build(SIZE) uses
+    c = Wav2Vec2ObjectiveConfig(**size_of("wav2vec2", SIZE)["objective"])    # what build(SIZE) uses
     result.update(
         loss_ours=round(loss_ours, 4), loss_reference=round(loss_ref, 4),
         masked_frames=int(batch["mask_time_indices"].sum()), frames=list(batch["mask_time_indices"].shape),
