@@ -302,8 +302,12 @@ def pack_corpus(ds, tokenizer, block_size: int, desc: str = "tokenize and pack")
 
 
 def collate_blocks(examples: list[dict[str, Any]]) -> dict[str, Tensor]:
-    """Fixed-length blocks -> ``{"input_ids": (B, N)}`` (no padding needed)."""
-    return {"input_ids": torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)}
+    """Fixed-length blocks -> ``{"input_ids": (B, N)}`` (no padding needed), and ``example_seeds`` (B,) when every
+    block carries a ``seed`` (objectives then draw each block's mask from its own generator)."""
+    batch = {"input_ids": torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)}
+    if examples and all("seed" in e for e in examples):
+        batch["example_seeds"] = torch.tensor([int(e["seed"]) for e in examples], dtype=torch.long)
+    return batch
 
 
 def collate_texts(tokenizer, texts: Sequence[str], max_length: int) -> dict[str, Tensor]:

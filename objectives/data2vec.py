@@ -245,7 +245,7 @@ class Data2VecObjective(Objective):
                 mask = fixed.to(device=ids.device, dtype=torch.bool)
                 inputs = self.masker.apply(ids, mask)
             else:
-                inputs, labels = self.masker(ids)
+                inputs, labels = self.masker(ids, seeds=batch.get("example_seeds"))
                 mask = labels != IGNORE_INDEX
             tokens = self.adapter.embed({**batch, "input_ids": inputs})
         else:

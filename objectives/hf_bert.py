@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from selfsup.backbones.transformer import TransformerConfig
+from selfsup.convert import export_state, fill_model, import_state, load_into
 from selfsup.errors import SelfsupError
 from selfsup.objectives.builders import compose_bert
 from selfsup.objectives.masking import TokenMasker
@@ -30,14 +31,16 @@ LAYER_MAP = {  # ours -> BertLayer
     "fc2": "output.dense",
     "norm2": "output.LayerNorm",
 }
-EMBED_MAP = {
-    "adapter.word_embeddings": "bert.embeddings.word_embeddings",
-    "adapter.position_embeddings": "bert.embeddings.position_embeddings",
-    "adapter.token_type_embeddings": "bert.embeddings.token_type_embeddings",
-    "adapter.norm": "bert.embeddings.LayerNorm",
-    "head.dense": "cls.predictions.transform.dense",
-    "head.norm": "cls.predictions.transform.LayerNorm",
-}
+LAYER, QKV_PREFIX = "bert.encoder.layer.{i}.", "bert.encoder.layer.{i}.attention.self."
+RULES = [  # ours -> BertForMaskedLM; "{i}" is a layer index
+    ("adapter.word_embeddings.", "bert.embeddings.word_embeddings."),
+    ("adapter.position_embeddings.", "bert.embeddings.position_embeddings."),
+    ("adapter.token_type_embeddings.", "bert.embeddings.token_type_embeddings."),
+    ("adapter.norm.", "bert.embeddings.LayerNorm."),
+    ("head.dense.", "cls.predictions.transform.dense."),
+    ("head.norm.", "cls.predictions.transform.LayerNorm."),
+    *bert_layer_pairs(LAYER),
+]
 
 
 def bert_config(objective: MaskedLanguageModeling):
@@ -56,57 +59,35 @@ def bert_config(objective: MaskedLanguageModeling):
 
 
 def to_bert_state_dict(objective: MaskedLanguageModeling) -> dict[str, torch.Tensor]:
+    """Our weights under ``BertForMaskedLM``'s names; the decoder is the word embeddings (tied) + the head bias."""
     ours = objective.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    for src, dst in EMBED_MAP.items():
-        for kind in ("weight", "bias"):
-            if f"{src}.{kind}" in ours:
-                out[f"{dst}.{kind}"] = ours[f"{src}.{kind}"]
-    for i in range(objective.config.num_layers):
-        pre, hf = f"backbone.layers.{i}.", f"bert.encoder.layer.{i}."
-        for kind in ("weight", "bias"):
-            q, k, v = ours[f"{pre}attn.qkv.{kind}"].chunk(3, dim=0)
-            for name, t in (("query", q), ("key", k), ("value", v)):
-                out[f"{hf}attention.self.{name}.{kind}"] = t.clone()
-            for src, dst in LAYER_MAP.items():
-                out[f"{hf}{dst}.{kind}"] = ours[f"{pre}{src}.{kind}"]
-    out["cls.predictions.bias"] = ours["head.bias"]
-    out["cls.predictions.decoder.bias"] = ours["head.bias"]
-    out["cls.predictions.decoder.weight"] = ours["adapter.word_embeddings.weight"]
-    return out
+
+    def special(key: str, value: torch.Tensor) -> dict | None:
+        if key == "head.bias":
+            return {"cls.predictions.bias": value, "cls.predictions.decoder.bias": value,
+                    "cls.predictions.decoder.weight": ours["adapter.word_embeddings.weight"]}
+        return None
+
+    return export_state(ours, RULES, QKV_PREFIX, BERT_QKV, "BERT", special)
 
 
 def to_transformers(objective: MaskedLanguageModeling):
     """A ``BertForMaskedLM`` holding the same weights (float32, eval mode)."""
     from transformers import BertForMaskedLM
 
-    model = BertForMaskedLM(bert_config(objective))
-    state = {k: v.detach().float().clone() for k, v in to_bert_state_dict(objective).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not m.endswith(("position_ids", "token_type_ids"))]
-    if missing or unexpected:
-        raise RuntimeError(f"BERT export mismatch: missing {missing}, unexpected {unexpected}")
+    model = fill_model(BertForMaskedLM(bert_config(objective)), to_bert_state_dict(objective), "BERT",
+                       ignore=lambda k: k.endswith(("position_ids", "token_type_ids")))
     model.tie_weights()
-    return model.eval()
+    return model
 
 
 def from_bert_state_dict(objective: MaskedLanguageModeling, hf: dict[str, torch.Tensor]) -> None:
-    ours = {}
-    for dst, src in EMBED_MAP.items():
-        for kind in ("weight", "bias"):
-            if f"{src}.{kind}" in hf:
-                ours[f"{dst}.{kind}"] = hf[f"{src}.{kind}"]
-    for i in range(objective.config.num_layers):
-        pre, h = f"backbone.layers.{i}.", f"bert.encoder.layer.{i}."
-        for kind in ("weight", "bias"):
-            ours[f"{pre}attn.qkv.{kind}"] = torch.cat(
-                [hf[f"{h}attention.self.{n}.{kind}"] for n in ("query", "key", "value")], dim=0)
-            for dst, src in LAYER_MAP.items():
-                ours[f"{pre}{dst}.{kind}"] = hf[f"{h}{src}.{kind}"]
-    ours["head.bias"] = hf.get("cls.predictions.bias", hf.get("cls.predictions.decoder.bias"))
-    missing, unexpected = objective.load_state_dict(ours, strict=False)
-    if missing or unexpected:
-        raise SelfsupError(f"checkpoint does not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    """Load BERT weights (the MLM head too, when the checkpoint has one)."""
+    ours = import_state(hf, RULES, QKV_PREFIX, BERT_QKV)
+    bias = hf.get("cls.predictions.bias", hf.get("cls.predictions.decoder.bias"))
+    if bias is not None:
+        ours["head.bias"] = bias
+    load_into(objective, ours, optional=lambda k: False)
 
 
 def from_transformers(path: str | Path, mlm_probability: float = 0.15, dropout: float | None = None,

@@ -244,9 +244,18 @@ class TokenMasker:
             self._continuation = torch.zeros(self.vocab_size, dtype=torch.bool)
             self._continuation[list(self.continuation_ids)] = True
 
-    def __call__(self, ids: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def __call__(self, ids: Tensor, generator: torch.Generator | None = None,
+                 seeds: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """ids (B, N) -> (corrupted ids, labels): labels hold the original id at the selected positions, -100
-        elsewhere (the mask is ``labels != -100``)."""
+        elsewhere (the mask is ``labels != -100``). With per-example ``seeds`` (B,), row i is drawn from its own
+        generator, so a row's mask does not depend on the batch it is in (N processes then draw what one does)."""
+        if seeds is not None:
+            rows = [self.corrupt_rows(ids[i:i + 1].cpu(), g) for i, g in enumerate(example_generators(seeds))]
+            return tuple(torch.cat(parts).to(ids.device) for parts in zip(*rows))
+        return self.corrupt_rows(ids, generator)
+
+    def corrupt_rows(self, ids: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The draw of :meth:`__call__` for a whole batch from one generator."""
         special = self._special.to(ids.device)[ids]
         if self.span_length > 1:
             selected = token_spans(ids, self.probability, self.span_length, ~special, generator)

@@ -65,7 +65,7 @@ class MaskedLanguageModeling(Objective):
         if "labels" in batch:
             inputs, labels = batch["input_ids"], batch["labels"]
         else:
-            inputs, labels = self.corrupt(batch["input_ids"])
+            inputs, labels = self.masker(batch["input_ids"], seeds=batch.get("example_seeds"))
         h = self.hidden({**batch, "input_ids": inputs})
         where = labels != IGNORE_INDEX
         target = labels[where]

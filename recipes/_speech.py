@@ -18,6 +18,7 @@ from selfsup.evaluate import extract_views, knn_accuracy, linear_probe
 from selfsup.modalities.audio import check_grad_mult
 from selfsup.modalities.audio_corpora import fsdd_entries, fsdd_split, synthetic_speech_corpus
 from selfsup.modalities.audio_data import AudioDataset, collate_audio, load_audio_splits, to_entries
+from selfsup.run import random_init_encoders
 from selfsup.types import Encoder, Objective
 
 Exporter = Callable[[Objective, Namespace, dict, str, dict], Path]
@@ -134,6 +135,19 @@ def audio_probe(encoders: dict[str, Encoder | list[Encoder]], args: Namespace, d
     out["probe/splits"] = sum(len(s) for s in protocols.values())
     return out
 
+
+
+def speech_probe(objective: Objective, args: Namespace, build: Callable[[], Objective], device) -> dict[str, float]:
+    """:func:`audio_probe` of the trained encoder beside ``--random_init_seeds`` freshly built ones (none when
+    continuing a checkpoint, ``--init_from``, whose random init would be another architecture's)."""
+    references = {} if args.init_from else {
+        "random_init_": random_init_encoders(build, args.random_init_seeds, args.seed, device)}
+    return audio_probe({"": objective.encoder(), **references}, args, device)
+
+
+def export_sample(val: AudioDataset) -> dict[str, Any]:
+    """Two held-out clips as a padded batch, for the export check."""
+    return collate_audio([val[i] for i in range(min(2, len(val)))])
 
 
 def check_audio_export(objective: Objective, reloaded_encoder: Callable[..., Any], sample: dict,

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from selfsup.checkpoint import resolve_checkpoint
-from selfsup.data import ShardedStream, make_train_loader
+from selfsup.data import SeededExamples, ShardedStream, make_train_loader
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import probe_encoders
 from selfsup.modalities.text import (collate_blocks, collate_texts, load_corpus, load_labelled_text, load_tokenizer,
@@ -71,9 +71,9 @@ def text_blocks(args: Namespace, train_texts, val_texts, source: str, tokenizer,
                              args.per_device_train_batch_size, accelerator.num_processes,
                              accelerator.process_index, collate_blocks)
     else:
-        data = train_blocks
-        if len(data) == 0:
+        if len(train_blocks) == 0:
             raise SelfsupError(f"{source}: too little text for one block of {args.max_seq_length} tokens")
+        data = SeededExamples(train_blocks, args.seed)  # each block's mask from its own seed
         accelerator.print(f"{len(data)} training blocks of {args.max_seq_length} tokens")
     if not val_blocks:
         raise SelfsupError(f"{source}: validation text is shorter than one block of {args.max_seq_length} tokens")

@@ -33,8 +33,8 @@ from selfsup.modalities.text import collate_blocks
 from selfsup.objectives import builders
 from selfsup.objectives.data2vec import Data2VecObjective
 from selfsup.objectives.hf_speech import feature_extractor_for
-from selfsup.recipes._speech import (add_audio_args, apply_training_flags, audio_probe, check_audio_export, load_audio,
-                                     speech_card, speech_loader)
+from selfsup.recipes._speech import (add_audio_args, apply_training_flags, check_audio_export, export_sample,
+                                     load_audio, speech_card, speech_loader, speech_probe)
 from selfsup.recipes._text import add_text_args, block_sample, get_tokenizer, load_text, text_blocks, text_probe
 from selfsup.run import finish_run, held_out_eval, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
@@ -189,15 +189,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metrics.update(train.skipped.as_dict())
     objective, export_dir = trainer.objective, None
     if accelerator.is_main_process:                                                        # evaluate
-        fresh = [] if args.init_from else random_init_encoders(build, args.random_init_seeds, args.seed,
-                                                              accelerator.device)
-        encoders = {"": objective.encoder(), **({"random_init_": fresh} if fresh else {})}
         if modality == "audio":
-            metrics.update(audio_probe(encoders, args, accelerator.device))
-            sample = collate_audio([val[i] for i in range(min(2, len(val)))])
-            export_dir = export_audio(objective, args, metrics, source, sample)            # export
+            metrics.update(speech_probe(objective, args, build, accelerator.device))
+            export_dir = export_audio(objective, args, metrics, source, export_sample(val))  # export
         else:
             if args.eval_train_file and args.eval_test_file:
+                fresh = [] if args.init_from else random_init_encoders(build, args.random_init_seeds, args.seed,
+                                                                      accelerator.device)
+                encoders = {"": objective.encoder(), **({"random_init_": fresh} if fresh else {})}
                 metrics.update(text_probe(encoders, tokenizer, args, accelerator.device))
             export_dir = export_text(objective, tokenizer, args, metrics, source, block_sample(held_out))
     return finish_run(accelerator, metrics, args.output_dir, export_dir, args.hub_model_id,  # finish

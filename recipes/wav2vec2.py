@@ -18,9 +18,9 @@ from selfsup.config import base_parser, parse_args
 from selfsup.errors import run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.audio_data import collate_audio
-from selfsup.recipes._speech import (add_audio_args, apply_training_flags, audio_probe, check_audio_export, load_audio,
-                                     speech_card, speech_loader)
-from selfsup.run import finish_run, held_out_eval, random_init_encoders, start_run
+from selfsup.recipes._speech import (add_audio_args, apply_training_flags, check_audio_export, export_sample,
+                                     load_audio, speech_card, speech_loader, speech_probe)
+from selfsup.run import finish_run, held_out_eval, start_run
 from selfsup.train import Trainer, TrainingSettings
 from selfsup.objectives import builders
 from selfsup.objectives.hf_speech import feature_extractor_for
@@ -93,11 +93,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     metrics = {**trainer.train(), **train.skipped.as_dict()}                               # train
     objective, export_dir = trainer.objective, None
     if accelerator.is_main_process:                                                        # evaluate
-        references = {} if args.init_from else {"random_init_": random_init_encoders(
-            lambda: build_objective(args), args.random_init_seeds, args.seed, accelerator.device)}
-        metrics.update(audio_probe({"": objective.encoder(), **references}, args, accelerator.device))
-        sample = collate_audio([val[i] for i in range(min(2, len(val)))])
-        export_dir = export(objective, args, metrics, source, sample)                      # export
+        metrics.update(speech_probe(objective, args, lambda: build_objective(args), accelerator.device))
+        export_dir = export(objective, args, metrics, source, export_sample(val))          # export
     return finish_run(accelerator, metrics, args.output_dir, export_dir, args.hub_model_id,  # finish
                       args.push_to_hub, args.hub_private_repo)
 

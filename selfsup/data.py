@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from selfsup.errors import SelfsupError
 
@@ -31,6 +31,24 @@ def example_rng(seed: int, epoch: int, index: int):
     import numpy as np
 
     return np.random.default_rng([seed, epoch, index])
+
+
+class SeededExamples(Dataset):
+    """A map-style data set whose examples carry their :func:`example_seed` (``"seed"``) for the epoch, so that
+    an objective draws each example's mask from the example's own generator: the same global batch then gets the
+    same draws however it is split across processes. The loader tells it the epoch (``set_epoch``)."""
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.dataset[index], "seed": example_seed(self.seed, self.epoch, index)}
 
 
 def length_grouped_order(lengths: Sequence[int | float], batch_size: int, seed: int = 0, epoch: int = 0,
