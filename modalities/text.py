@@ -6,7 +6,6 @@ dataset folder or a Hub name, in memory or streamed. The built-in default corpus
 """
 from __future__ import annotations
 
-from argparse import Namespace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -184,25 +183,21 @@ def load_corpus(train_file: Sequence[str] | None = None, train_dir: str | None =
     Validation comes from ``validation_file``, the dataset's own split, or ``validation_split_percentage`` of
     the training text (drawn from ``seed``); a stream holds out its first ``streaming_validation_examples``.
     """
-    args = Namespace(train_file=train_file, train_dir=train_dir, dataset_name=dataset_name,
-                     dataset_config_name=dataset_config_name, validation_file=validation_file,
-                     max_train_samples=max_train_samples, validation_split_percentage=validation_split_percentage,
-                     seed=seed)
     val = None
-    if args.train_file or args.train_dir:
-        paths = corpus_files(args.train_file, args.train_dir)
+    if train_file or train_dir:
+        paths = corpus_files(train_file, train_dir)
         source = str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}"
         train = load_files(paths, streaming)
-    elif args.dataset_name:
-        source = args.dataset_name
-        train, val = load_named(args.dataset_name, args.dataset_config_name, streaming)
+    elif dataset_name:
+        source = dataset_name
+        train, val = load_named(dataset_name, dataset_config_name, streaming)
     else:
         source = "builtin:pydoc_data.topics"
         train = builtin_corpus()
         if streaming:
             train = train.to_iterable_dataset()
-    if args.validation_file:
-        val = load_files(corpus_files(args.validation_file), streaming)
+    if validation_file:
+        val = load_files(corpus_files(validation_file), streaming)
     col = find_text_column(train, source, text_column)
     train = clean(train, col)
     if val is not None:
@@ -210,14 +205,14 @@ def load_corpus(train_file: Sequence[str] | None = None, train_dir: str | None =
     if not streaming:
         if len(train) == 0:
             raise SelfsupError(f"{source}: contains no text (only blank lines)")
-        if args.max_train_samples:
-            train = train.select(range(min(args.max_train_samples, len(train))))
+        if max_train_samples:
+            train = train.select(range(min(max_train_samples, len(train))))
         if val is None:
-            share = args.validation_split_percentage / 100
+            share = validation_split_percentage / 100
             if share <= 0 or len(train) < 20:
                 raise SelfsupError(f"{source}: too little text to hold out validation data; "
                                    "give --validation_file or more text")
-            split = train.train_test_split(test_size=share, seed=args.seed, shuffle=True)
+            split = train.train_test_split(test_size=share, seed=seed, shuffle=True)
             train, val = split["train"], split["test"]
     else:
         if next(iter(train), None) is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from selfsup.backbones.transformer import TransformerConfig
-from selfsup.convert import export_state, fill_model, import_state, load_into
+from selfsup.convert import check_encoder, export_state, fill_model, import_state, load_into, load_model
 from selfsup.errors import SelfsupError
 from selfsup.objectives.builders import compose_bert
 from selfsup.objectives.masking import TokenMasker
@@ -47,8 +47,7 @@ def bert_config(objective: MaskedLanguageModeling):
     from transformers import BertConfig
 
     cfg = objective.config
-    if cfg.norm_first or cfg.causal or cfg.final_norm:
-        raise SelfsupError("only post-LN, bidirectional encoders without a final norm export as BERT")
+    check_encoder(objective, "BERT (BertForMaskedLM)", pre_ln=False)
     return BertConfig(
         vocab_size=objective.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, hidden_act=cfg.activation,
@@ -94,15 +93,8 @@ def from_transformers(path: str | Path, mlm_probability: float = 0.15, dropout: 
                       special_token_ids=(), mask_token_id: int | None = None,
                       continuation_ids=None) -> MaskedLanguageModeling:
     """Build our objective from a BERT checkpoint folder (``--init_from``); the MLM head is kept if present."""
-    from transformers import AutoConfig, BertForMaskedLM
-
-    try:
-        hf_cfg = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    except Exception as err:  # noqa: BLE001
-        raise SelfsupError(f"{path}: not a transformers checkpoint ({str(err).strip().splitlines()[0]})") from None
-    if hf_cfg.model_type != "bert":
-        raise SelfsupError(f"{path}: model type {hf_cfg.model_type!r}; --init_from here needs a BERT checkpoint")
-    model = BertForMaskedLM.from_pretrained(str(path), trust_remote_code=False)
+    model, where = load_model(path, "bert", "BertForMaskedLM")
+    hf_cfg = model.config
     cfg = TransformerConfig(
         hidden_size=hf_cfg.hidden_size, num_layers=hf_cfg.num_hidden_layers, num_heads=hf_cfg.num_attention_heads,
         intermediate_size=hf_cfg.intermediate_size, activation=hf_cfg.hidden_act,
@@ -111,7 +103,7 @@ def from_transformers(path: str | Path, mlm_probability: float = 0.15, dropout: 
         layer_norm_eps=hf_cfg.layer_norm_eps,
     )
     if hf_cfg.type_vocab_size != 2:
-        raise SelfsupError(f"{path}: type_vocab_size {hf_cfg.type_vocab_size} is not supported (expected 2)")
+        raise SelfsupError(f"{where}: type_vocab_size {hf_cfg.type_vocab_size} is not supported (expected 2)")
     pad = hf_cfg.pad_token_id or 0
     masker = TokenMasker(mask_token_id if mask_token_id is not None else 4, hf_cfg.vocab_size, mlm_probability,
                          special_ids=tuple({*special_token_ids, pad}),

@@ -12,7 +12,7 @@ import torch
 
 from selfsup import convert
 from selfsup.backbones.transformer import TransformerConfig
-from selfsup.convert import load_into, load_model
+from selfsup.convert import check_encoder, load_into, load_model  # noqa: F401 (used by the speech conversions)
 from selfsup.errors import SelfsupError
 
 QKV = ("q_proj", "k_proj", "v_proj")
@@ -39,17 +39,6 @@ def export_state(state: Mapping[str, torch.Tensor], pairs: list[tuple[str, str]]
 def import_state(hf: Mapping[str, torch.Tensor], pairs: list[tuple[str, str]], layer: str) -> dict[str, torch.Tensor]:
     """HF speech weights under our names (see ``selfsup.convert``)."""
     return convert.import_state(hf, pairs, layer + "attention.", QKV)
-
-
-def check_encoder(objective: torch.nn.Module, target: str, pre_ln: bool = True) -> bool:
-    """Whether the backbone is pre-LN (``do_stable_layer_norm``); a clear error when ``target`` cannot hold it."""
-    cfg = objective.backbone.config
-    if pre_ln and not (cfg.causal or not cfg.bias or cfg.norm_first != cfg.final_norm):
-        return cfg.norm_first
-    if not pre_ln and not (cfg.causal or not cfg.bias or cfg.norm_first or cfg.final_norm):
-        return False
-    kinds = "post-LN without or pre-LN with a final norm" if pre_ln else "post-LN with no final norm"
-    raise SelfsupError(f"only bidirectional encoders with biases, {kinds}, export as {target}")
 
 
 def encoder_config_kwargs(objective: torch.nn.Module) -> dict[str, Any]:

@@ -124,6 +124,17 @@ def load_model(path_or_model, model_type: str, model_class: str, accepts: Callab
     return getattr(transformers, model_class).from_pretrained(where, trust_remote_code=False), where
 
 
+def check_encoder(objective: torch.nn.Module, target: str, pre_ln: bool = True) -> bool:
+    """Whether the backbone is pre-LN (``do_stable_layer_norm``); a clear error when ``target`` cannot hold it."""
+    cfg = objective.backbone.config
+    if pre_ln and not (cfg.causal or not cfg.bias or cfg.norm_first != cfg.final_norm):
+        return cfg.norm_first
+    if not pre_ln and not (cfg.causal or not cfg.bias or cfg.norm_first or cfg.final_norm):
+        return False
+    kinds = "post-LN without or pre-LN with a final norm" if pre_ln else "post-LN with no final norm"
+    raise SelfsupError(f"only bidirectional encoders with biases, {kinds}, export as {target}")
+
+
 def max_abs_diff(ours: torch.Tensor, theirs: torch.Tensor, where: torch.Tensor | None = None) -> float:
     """Largest absolute difference of two outputs, at the positions ``where`` (bool, leading dims) if given."""
     diff = (ours.float() - theirs.float())
@@ -138,4 +149,4 @@ def check_close(diff: float, what: str, atol: float = 1e-4) -> float:
 
 
 __all__ = ["compile_rules", "rename", "export_state", "import_state", "load_into", "fill_model", "load_model",
-           "max_abs_diff", "check_close"]
+           "max_abs_diff", "check_close", "check_encoder"]

@@ -60,15 +60,12 @@ def held_out_eval(examples: Sequence[Any], collate: Callable[[list[Any]], dict],
     return eval_fn
 
 
-SUMMARY_KEYS = ("train_loss", "samples_per_second", "eval/loss", "eval/mlm_accuracy", "eval/perplexity",
-                "eval/contrastive_accuracy", "eval/masked_accuracy", "eval/regression_loss")
-
-
 def summary(metrics: dict[str, Any], export_dir: Path | None, output_dir: str | Path) -> str:
     """A few lines a person reads at the end of a run: steps, held-out figures, every probe / kNN figure beside
     its random-init reference, and where the metrics and the export are."""
     lines = [f"done: {metrics.get('steps')} steps on {metrics.get('num_processes')} process(es)"]
-    shown = [f"{k} {metrics[k]:.4g}" for k in SUMMARY_KEYS if isinstance(metrics.get(k), (int, float))]
+    keys = ["train_loss", "samples_per_second", *sorted(k for k in metrics if k.startswith("eval/"))]
+    shown = [f"{k} {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float))]
     if shown:
         lines.append("  " + ", ".join(shown))
     for key in sorted(k for k in metrics if k.endswith("/accuracy") and not k.startswith("eval/")):

@@ -81,7 +81,7 @@ def test_init_from_the_export_reproduces_its_logits_and_trains_on(run, tmp_path)
 
 def test_init_from_rejects_what_is_not_bert(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(SelfsupError, match="BERT"):
+    with pytest.raises(SelfsupError, match="needs a bert checkpoint"):
         from_transformers(tmp_path)
     with pytest.raises(SelfsupError, match="not a transformers checkpoint"):
         from_transformers(tmp_path / "missing")
