@@ -7,6 +7,7 @@ the last layer, and every layer's mean-pooled output concatenated ("all layers")
 
     python benchmarks/mlm_learning.py            # BERT-tiny shape (128 wide, 2 layers), 1,500 steps
     python benchmarks/mlm_learning.py --quick    # 30 steps, under a minute: a smoke run, not a result
+    python benchmarks/mlm_learning.py --objective data2vec   # data2vec text, tiny (64 wide), 3,000 steps
 
 The last line is the JSON of DESIGN.md: ``ours`` = all-layers probe accuracy after pretraining, ``reference`` =
 the same probe on the random-init encoder; the last-layer figures are beside them.
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model_size", default="tiny")
     p.add_argument("--hidden_size", default="128")
     p.add_argument("--num_layers", default="2")
-    p.add_argument("--learning_rate", default="2e-3")
+    p.add_argument("--learning_rate", default=None, help="default: 2e-3 for mlm, 5e-4 for data2vec")
     p.add_argument("--vocab_size", default="4000")
     p.add_argument("--mixed_precision", default=None, help="default: bf16 where the CPU/GPU runs it natively, else no")
     p.add_argument("--output_dir", default=None)
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"error: {data}: SST-2 not found (expected train.txt and test.txt)")
     if args.mixed_precision is None:
         args.mixed_precision = "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "no"
-    steps = args.max_steps or (30 if args.quick else 1500)
+    steps = args.max_steps or (30 if args.quick else 1500 if args.objective == "mlm" else 3000)
+    if args.learning_rate is None:
+        args.learning_rate = "2e-3" if args.objective == "mlm" else "5e-4"
     size = f"{args.model_size} ({args.hidden_size} wide, {args.num_layers} layers)"
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="mlm_learning_"))
     corpus = out / "sst2_sentences.txt"
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = recipe.main([
         "--train_file", str(corpus), "--output_dir", str(out / "run"), "--model_size", args.model_size, *shape,
         "--max_steps", str(steps), "--max_seq_length", "64", "--per_device_train_batch_size", "64",
-        "--learning_rate", args.learning_rate, "--mixed_precision", args.mixed_precision, "--report_to", "none",
+        "--learning_rate", str(args.learning_rate), "--mixed_precision", args.mixed_precision, "--report_to", "none",
         "--vocab_size", args.vocab_size, "--eval_train_file", str(data / "train.txt"),
         "--eval_test_file", str(data / "test.txt"),
     ])
