@@ -107,7 +107,7 @@ def build_text(args: Namespace, tokenizer) -> Data2VecObjective:
     special, masking = tokenizer.all_special_ids, dict(probability=args.mask_prob, span_length=args.mask_length)
     if args.init_from:
         return from_transformers(args.init_from, tokenizer.mask_token_id, special, dropout=args.dropout,
-                                 masker=masking, **settings_of(args))
+                                 **masking, **settings_of(args))
     backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
                     gradient_checkpointing=args.gradient_checkpointing)
     return builders.data2vec_text(args.model_size, len(tokenizer), tokenizer.mask_token_id, tokenizer.pad_token_id,

@@ -37,3 +37,18 @@ def test_resume_restores_the_teacher(tmp_path):
     for k in final:
         assert torch.equal(final[k], resumed[k]), k
     assert any(not torch.equal(final[k], middle[k]) for k in teacher), "the teacher moved between the checkpoints"
+
+
+def test_init_from_the_export_continues_pretraining(tmp_path):
+    """--init_from a data2vec text export: the student starts as the export; with a zero learning rate it stays."""
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    data2vec.main(text_argv(first, steps=2))
+    more = tmp_path / "more"
+    metrics = data2vec.main(text_argv(more, "--init_from", str(first / "export"), "--learning_rate", "0",
+                                      "--checkpointing_steps", "1", steps=1))
+    assert metrics["steps"] == 1 and metrics["export/max_abs_hidden_diff"] < 1e-4
+    exported = load_file(first / "export" / "model.safetensors")
+    resumed = load_file(more / "checkpoint-1" / "model.safetensors")
+    assert torch.equal(resumed["backbone.layers.0.fc1.weight"], exported["encoder.layer.0.intermediate.dense.weight"])
