@@ -32,3 +32,16 @@ def test_resume_restores_the_teacher(tmp_path):
     for k in a:  # to 1e-5: CPU convolution backward is not bit-reproducible (see tests/test_wav2vec2_recipe.py)
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), k
     assert any(not torch.equal(a[k], mid[k]) for k in teacher), "the teacher moved between steps 3 and 6"
+
+
+def test_init_from_an_audio_export_starts_from_its_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    d2v.main(argv(tmp_path / "first", steps=2))
+    metrics = d2v.main(argv(tmp_path / "more", "--init_from", str(tmp_path / "first" / "export"),
+                            "--learning_rate", "0", "--checkpointing_steps", "1", steps=1))
+    assert metrics["steps"] == 1 and "probe/random_init_accuracy" not in metrics  # no random init to compare with
+    exported = load_file(tmp_path / "first" / "export" / "model.safetensors")
+    resumed = load_file(tmp_path / "more" / "checkpoint-1" / "model.safetensors")
+    assert torch.equal(resumed["backbone.layers.0.fc1.weight"],
+                       exported["encoder.layers.0.feed_forward.intermediate_dense.weight"])
