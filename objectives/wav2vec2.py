@@ -149,6 +149,16 @@ class GumbelQuantizer(nn.Module):
         return torch.einsum("ngv,gvd->ngd", probs, codebook).reshape(b, f, -1), perplexity
 
 
+def gather_rows(rows: Tensor, index: Tensor) -> Tensor:
+    """``rows[index]`` for an integer ``index`` of any shape, with a deterministic backward.
+
+    The backward of advanced indexing (``index_put_`` with accumulate) adds float rows with atomic adds on a
+    multi-threaded CPU, so repeated indices (the negatives share frames) sum in an order that changes from run
+    to run under load; ``index_select``'s backward (``index_add_``) adds them in index order.
+    """
+    return torch.index_select(rows, 0, index.reshape(-1).long()).view(*index.shape, rows.shape[-1])
+
+
 def contrastive_logits(predicted: Tensor, positives: Tensor, negatives: Tensor, temperature: float) -> Tensor:
     """Eq. 3's logits: cosine similarity of each prediction with [its positive, K negatives] / temperature.
 
@@ -219,9 +229,9 @@ class Wav2Vec2Objective(Objective):
             noise = gumbel_noise(generators, frame_lengths(padding_mask, x.shape[:2]), x.shape[1], q.groups, q.entries)
         quantized, perplexity = self.quantizer(features, mask, noise)
         quantized = self.project_q(quantized.to(self.project_q.weight.dtype))            # (B, F, P)
-        flat_q = quantized.flatten(0, 1)
         logits = contrastive_logits(self.project_hid(h[mask]), quantized[mask],
-                                    flat_q[negatives.to(x.device)[mask].long()], self.config.contrastive_temperature)
+                                    gather_rows(quantized.flatten(0, 1), negatives.to(x.device)[mask]),
+                                    self.config.contrastive_temperature)
         return self.loss(logits, perplexity, mask, tokens.targets["conv_features"], padding_mask)
 
     def loss(self, logits: Tensor, perplexity: Tensor, mask: Tensor, conv_features: Tensor,
