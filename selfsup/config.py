@@ -32,6 +32,9 @@ def base_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     g.add_argument("--warmup_steps", type=int, default=None, help="default: --warmup_ratio of --max_steps")
     g.add_argument("--warmup_ratio", type=float, default=0.06)
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
+    g.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd", "lars"],
+                   help="AdamW (--adam_*), SGD with --momentum, or LARS (You et al., 2017) with --momentum")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD / LARS momentum")
     g.add_argument("--mixed_precision", default=None, choices=["no", "bf16", "fp16"],
                    help="default: what `accelerate config`/`accelerate launch` set, else no")
     g.add_argument("--gradient_checkpointing", action="store_true")

@@ -64,7 +64,8 @@ def knn_accuracy(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray
 
 def probe_encoders(encoders: dict[str, Encoder | Sequence[Encoder]], make_batches: Callable[[str], Iterable[Batch]],
                    train_y: Sequence[int], test_y: Sequence[int], device: torch.device | str = "cpu",
-                   knn_k: int = 20, all_layers: bool = False) -> dict[str, float]:
+                   knn_k: int = 20, all_layers: bool = False, knn_temperature: float = 0.07,
+                   linear: bool = True) -> dict[str, float]:
     """Linear probe and kNN for each encoder; ``make_batches("train"|"test")`` yields the labelled inputs.
 
     encoders: ``{"": pretrained, "random_init_": fresh}`` gives ``probe/accuracy``,
@@ -72,6 +73,8 @@ def probe_encoders(encoders: dict[str, Encoder | Sequence[Encoder]], make_batche
     hidden state; ``all_layers`` adds ``probe/all_layers/accuracy`` (and ``.../random_init_accuracy``): the probe
     on every layer's mean-pooled output concatenated, which shows what pretraining put in the lower layers too.
     A list of encoders under one key (random inits from several seeds) gives the mean of their figures.
+    ``knn_k`` / ``knn_temperature``: the kNN's neighbours and vote temperature (lightly's image benchmarks use
+    200 and 0.1); ``linear=False`` skips the probe (a kNN monitor during training).
     """
     views = ("last", "all_layers") if all_layers else ("last",)
     out: dict[str, float] = {}
@@ -80,8 +83,10 @@ def probe_encoders(encoders: dict[str, Encoder | Sequence[Encoder]], make_batche
         for enc in ([group] if isinstance(group, nn.Module) else group):
             tr = extract_views(enc, make_batches("train"), device, views)
             te = extract_views(enc, make_batches("test"), device, views)
-            run = {f"probe/{prefix}accuracy": linear_probe(tr["last"], train_y, te["last"], test_y),
-                   f"knn/{prefix}accuracy": knn_accuracy(tr["last"], train_y, te["last"], test_y, k=knn_k)}
+            run = {f"knn/{prefix}accuracy": knn_accuracy(tr["last"], train_y, te["last"], test_y, k=knn_k,
+                                                         temperature=knn_temperature)}
+            if linear:
+                run[f"probe/{prefix}accuracy"] = linear_probe(tr["last"], train_y, te["last"], test_y)
             if all_layers:
                 run[f"probe/all_layers/{prefix}accuracy"] = linear_probe(tr["all_layers"], train_y,
                                                                          te["all_layers"], test_y)

@@ -51,6 +51,8 @@ class TrainingSettings:
     warmup_steps: int | None = None
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
+    optimizer: str = "adamw"
+    momentum: float = 0.9
     mixed_precision: str | None = None
     logging_steps: int = 10
     eval_steps: int = 0
@@ -126,21 +128,32 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
 
 
 def make_optimizer(objective: torch.nn.Module, args: TrainingSettings, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norms (parameters with fewer than 2 dimensions)."""
+    """``args.optimizer``: AdamW (fused on CPU and CUDA), SGD with momentum, or LARS (``selfsup.optim``); no
+    weight decay on biases and norms (parameters with fewer than 2 dimensions), which LARS also leaves out of
+    its trust-ratio adaptation."""
     params = [p for p in objective.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                             eps=args.adam_epsilon, fused=fused)
+    if args.optimizer == "adamw":
+        fused = device.type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                 eps=args.adam_epsilon, fused=fused)
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum)
+    if args.optimizer == "lars":
+        from selfsup.optim import LARS
+
+        return LARS(groups, lr=args.learning_rate, momentum=args.momentum)
+    raise SelfsupError(f"unknown optimizer {args.optimizer!r}; choose from adamw, sgd, lars")
 
 
 class Trainer:
     """Runs ``settings.max_steps`` optimizer steps of ``objective`` on ``train_loader``.
 
-    eval_fn(objective) -> dict of figures, called on the main process every ``--eval_steps`` and at the end.
+    eval_fn(objective) -> dict of figures, called on the main process every ``--eval_steps`` and at the end;
+        values that are not numbers are pictures (HWC uint8 arrays) and go to the trackers that take images.
     run_config: JSON-able description of the run, logged to the trackers and kept in checkpoints.
     """
 
@@ -263,7 +276,9 @@ class Trainer:
             with torch.no_grad(), self.accelerator.autocast():
                 result = self.eval_fn(self.objective)
             self.model.train()
+            images = {k: result.pop(k) for k in [k for k, v in result.items() if not isinstance(v, (int, float))]}
             self.accelerator.log(result, step=self.step)
+            log_images(self.accelerator, images, self.step)
         self.accelerator.wait_for_everyone()
         return result
 
@@ -320,6 +335,15 @@ class Trainer:
                   "samples_per_second": samples / train_time if train_time else 0.0,
                   "global_batch_size": gb, **evals}
         return result
+
+
+def log_images(accelerator: Accelerator, images: dict[str, Any], step: int) -> None:
+    """Pictures an ``eval_fn`` returned (HWC uint8 arrays) to the trackers that take images (tensorboard)."""
+    if not images:
+        return
+    for tracker in accelerator.trackers:
+        if hasattr(tracker, "log_images"):
+            tracker.log_images(images, step=step, dataformats="HWC")
 
 
 def flat_config(d: dict[str, Any]) -> dict[str, Any]:

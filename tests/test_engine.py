@@ -75,3 +75,38 @@ def test_trainer_takes_typed_settings_not_the_command_line(tmp_path):
                                2, 1, 0, seed=0)
     with pytest.raises(TypeError, match="TrainingSettings"):
         Trainer(toy, loader, Namespace(**vars(flags)), make_accelerator(args(tmp_path, 1)))
+
+
+def test_pictures_an_eval_returns_go_to_tensorboard_not_to_the_figures(tmp_path):
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    a = args(tmp_path, 2)
+    a.report_to = "tensorboard"
+    picture = np.zeros((6, 8, 3), dtype=np.uint8)
+    picture[:, :4, 0] = 255
+    loader = make_train_loader([{"x": torch.randn(3)}] * 4, lambda ex: {"x": torch.stack([e["x"] for e in ex])},
+                               2, 1, 0, seed=0)
+    trainer = Trainer(Toy(0), loader, a, make_accelerator(a),
+                      eval_fn=lambda obj: {"eval/w": float(obj.w.sum()), "images/grid": picture})
+    metrics = trainer.train()
+    assert "eval/w" in metrics and "images/grid" not in metrics
+    events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents*")).parent), size_guidance={"images": 0})
+    events.Reload()
+    assert "images/grid" in events.Tags()["images"]
+    image = events.Images("images/grid")[-1]
+    assert (image.width, image.height, image.step) == (8, 6, 2)
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars"])
+def test_optimizer_choices(tmp_path, name):
+    from selfsup.train import make_optimizer
+
+    a = args(tmp_path, 1)
+    a.optimizer = name
+    opt = make_optimizer(torch.nn.Linear(3, 2), a, torch.device("cpu"))
+    assert type(opt).__name__ == name.upper()
+    assert [g["weight_decay"] for g in opt.param_groups] == [a.weight_decay, 0.0]
+    a.optimizer = "adam"
+    with pytest.raises(SelfsupError, match="unknown optimizer 'adam'"):
+        make_optimizer(torch.nn.Linear(3, 2), a, torch.device("cpu"))

@@ -1,0 +1,180 @@
+"""Images: the patch-embedding adapter (ViT) and the pixel adapter (CNN backbones).
+
+:class:`ImageAdapter` turns ``pixel_values`` (B, C, H, W) into patch tokens in the two stages of the adapter
+contract, so that MAE can drop patches after the positions are added and before the class token is prepended:
+
+* ``embed(batch)`` -> :class:`Tokens` with ``x`` (B, N, D) the patch embeddings (a stride-P convolution) and
+  ``targets["pixels"]`` (B, N, P·P·C) each patch's pixels, row-major over the grid, channel last inside a
+  patch (``transformers``' ``ViTMAEForPreTraining.patchify`` order);
+* ``add_positions(x)`` adds the patch positions (fixed 2-D sin-cos, as MAE, or learned, as ViT);
+* ``add_class_token(x)`` prepends the class token plus its position (zero for sin-cos, as MAE).
+
+``forward`` runs all three, which is what the encoder of every image objective sees. :class:`PixelAdapter` hands
+the images unchanged to a backbone that takes pixels (a ResNet), which returns its last feature map as tokens.
+Loading, bad-image handling and augmentations live in ``modalities/image_data.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from selfsup.types import Adapter, Batch, Tokens
+
+POSITIONS = ("sincos", "learned")
+
+
+@dataclass
+class ImageConfig:
+    """image_size, patch_size: square images cut into (image_size / patch_size)² patches; num_channels: 3 (RGB);
+    positions: ``"sincos"`` (fixed, MAE) or ``"learned"`` (ViT); class_token: prepend a class token;
+    dropout: after the positions (``transformers``' ``hidden_dropout_prob`` on the embeddings)."""
+
+    image_size: int = 32
+    patch_size: int = 4
+    num_channels: int = 3
+    positions: str = "sincos"
+    class_token: bool = True
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {self.positions!r}; choose from {list(POSITIONS)}")
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size ** 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    """(M,) positions -> (M, dim): sin of the first half of the frequencies, then cos (MAE's layout)."""
+    if dim % 2:
+        raise ValueError(f"sin-cos positions need an even width, got {dim}")
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    angles = positions.reshape(-1)[:, None] * omega[None]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def sincos_2d(dim: int, grid_size: int, class_token: bool = False) -> Tensor:
+    """(grid², dim) fixed 2-D sin-cos positions (MAE's ``get_2d_sincos_pos_embed``): the first half of the
+    width encodes the column, the second half the row; with ``class_token`` a zero row first."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos positions need a width divisible by 4, got {dim}")
+    w, h = np.meshgrid(np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64))
+    table = np.concatenate([sincos_1d(dim // 2, w), sincos_1d(dim // 2, h)], axis=1)
+    if class_token:
+        table = np.concatenate([np.zeros((1, dim)), table], axis=0)
+    return torch.from_numpy(table).float()
+
+
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """(B, C, H, W) -> (B, N, P·P·C), patches row-major, each patch (row, column, channel)."""
+    b, c, h, w = images.shape
+    p = patch_size
+    x = images.reshape(b, c, h // p, p, w // p, p)
+    return torch.einsum("bchpwq->bhwpqc", x).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: Tensor, patch_size: int, num_channels: int = 3) -> Tensor:
+    """(B, N, P·P·C) -> (B, C, H, W), the inverse of :func:`patchify` for a square grid."""
+    b, n, _ = patches.shape
+    g, p, c = int(round(n ** 0.5)), patch_size, num_channels
+    if g * g != n:
+        raise ValueError(f"{n} patches do not form a square grid")
+    x = patches.reshape(b, g, g, p, p, c)
+    return torch.einsum("bhwpqc->bchpwq", x).reshape(b, c, g * p, g * p)
+
+
+class ImageAdapter(Adapter):
+    """``pixel_values`` (B, C, H, W) -> patch tokens; see the module docstring for the three stages."""
+
+    def __init__(self, config: ImageConfig, hidden_size: int) -> None:
+        super().__init__()
+        self.config, self.hidden_size = config, hidden_size
+        c = config
+        self.patch_embed = nn.Conv2d(c.num_channels, hidden_size, c.patch_size, c.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if c.class_token else None
+        rows = c.num_patches + int(c.class_token)
+        if c.positions == "sincos":
+            table = sincos_2d(hidden_size, c.grid_size, c.class_token)[None]
+            self.position_embeddings = nn.Parameter(table, requires_grad=False)
+        else:
+            self.position_embeddings = nn.Parameter(torch.zeros(1, rows, hidden_size))
+            nn.init.trunc_normal_(self.position_embeddings, std=0.02)
+        self.dropout = nn.Dropout(c.dropout)
+        # MAE's init: the patch projection as a linear layer (xavier uniform), class token N(0, 0.02)
+        w = self.patch_embed.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches in the backbone's input (1 with a class token)."""
+        return int(self.cls_token is not None)
+
+    def content_prefixes(self) -> tuple[str, ...]:
+        return ("patch_embed.",)
+
+    def position_prefixes(self) -> tuple[str, ...]:
+        return ("position_embeddings", "cls_token")
+
+    def check_size(self, pixels: Tensor) -> None:
+        c = self.config
+        if pixels.dim() != 4 or pixels.shape[1] != c.num_channels or tuple(pixels.shape[2:]) != (c.image_size,) * 2:
+            raise ValueError(f"expected pixel_values of shape (B, {c.num_channels}, {c.image_size}, {c.image_size}), "
+                             f"got {tuple(pixels.shape)}")
+
+    def embed(self, batch: Batch) -> Tokens:
+        pixels: Tensor = batch["pixel_values"]
+        self.check_size(pixels)
+        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)
+        return Tokens(x=x, padding_mask=None, targets={"pixels": patchify(pixels, self.config.patch_size)})
+
+    def patch_positions(self) -> Tensor:
+        """(1, N, D) the positions of the patches (without the class token's)."""
+        return self.position_embeddings[:, self.num_prefix_tokens:]
+
+    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        return x + self.patch_positions().to(x.dtype)
+
+    def add_class_token(self, x: Tensor) -> Tensor:
+        """Prepend the class token (plus its position) to (B, M, D) patch tokens, then dropout."""
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.position_embeddings[:, :1]).to(x.dtype).expand(len(x), -1, -1)
+            x = torch.cat([cls, x], dim=1)
+        return self.dropout(x)
+
+    def forward(self, batch: Batch) -> Tokens:
+        tokens = self.embed(batch)
+        tokens.x = self.add_class_token(self.add_positions(tokens.x))
+        return tokens
+
+
+class PixelAdapter(Adapter):
+    """For backbones that take images (a ResNet): ``x`` is ``pixel_values`` (B, C, H, W) itself; no positions."""
+
+    def __init__(self, num_channels: int = 3, hidden_size: int = 0) -> None:
+        super().__init__()
+        self.num_channels, self.hidden_size = num_channels, hidden_size
+
+    def embed(self, batch: Batch) -> Tokens:
+        pixels: Tensor = batch["pixel_values"]
+        if pixels.dim() != 4 or pixels.shape[1] != self.num_channels:
+            raise ValueError(f"expected pixel_values of shape (B, {self.num_channels}, H, W), got {tuple(pixels.shape)}")
+        return Tokens(x=pixels, padding_mask=None, targets={})
+
+    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        return x
