@@ -30,12 +30,32 @@ def all_sum(x: Tensor, differentiable: bool = True) -> Tensor:
     import torch.distributed as dist
 
     if differentiable and x.requires_grad:
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(x, op=dist.ReduceOp.SUM)
+        return _AllSum.apply(x)
     x = x.detach().clone()
     dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
+
+
+class _AllSum(torch.autograd.Function):
+    """All-reduce SUM whose backward all-reduces the gradient too (each process's input receives the gradient
+    of the global sum from every process). Our own rather than ``torch.distributed.nn``: importing that module
+    makes a gloo process abort at exit about one run in four ("terminate called without an active exception")."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        out = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
 
 
 class _GatherWithGrad(torch.autograd.Function):

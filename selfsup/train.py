@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from selfsup.optim import make_optimizer as build_optimizer
 from selfsup.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from selfsup.data import loader_length, set_loader_position, to_device
 from selfsup.errors import SelfsupError
@@ -136,17 +137,10 @@ def make_optimizer(objective: torch.nn.Module, args: TrainingSettings, device: t
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    if args.optimizer == "adamw":
-        fused = device.type in ("cuda", "cpu")
-        return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                 eps=args.adam_epsilon, fused=fused)
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.learning_rate, momentum=args.momentum)
-    if args.optimizer == "lars":
-        from selfsup.optim import LARS
-
-        return LARS(groups, lr=args.learning_rate, momentum=args.momentum)
-    raise SelfsupError(f"unknown optimizer {args.optimizer!r}; choose from adamw, sgd, lars")
+    fused = device.type in ("cuda", "cpu") if args.optimizer == "adamw" else None
+    eps = {"eps": args.adam_epsilon} if args.optimizer == "adamw" else {}
+    return build_optimizer(groups, args.optimizer, args.learning_rate, args.weight_decay,
+                           betas=(args.adam_beta1, args.adam_beta2), momentum=args.momentum, fused=fused, **eps)
 
 
 class Trainer:
