@@ -68,7 +68,7 @@ def make_eval_fn(objective: MAEObjective, grid_pixels: torch.Tensor, fit: EvalIm
         grid = reconstruction_grid(pictures["original"], pictures["masked"], pictures["pasted"],
                                    args.image_mean, args.image_std, out_png, max_images=args.grid_images)
         result["images/reconstruction"] = grid.image
-        if fit is not None:
+        if fit is not None and args.eval_steps:   # the kNN monitor (the end of the run has the full probe)
             result.update({f"eval/{k}": v for k, v in
                            image_probe({"": obj.encoder()}, fit, score, args, device, linear=False).items()})
         return result

@@ -104,6 +104,6 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     if args.push_to_hub and not args.hub_model_id:
         raise SelfsupError("--push_to_hub needs --hub_model_id NAME")
     for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:   # None: the recipe fills it in
             raise SelfsupError(f"--{name} must be at least 1")
     return args

@@ -55,10 +55,11 @@ def knn_accuracy(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray
     num_classes = int(labels.max()) + 1
     k = min(k, len(train))
     correct = 0
-    for chunk, truth in zip(test.split(1024), torch.as_tensor(np.asarray(test_y)).split(1024)):
-        sim, idx = (chunk @ train.T).topk(k, dim=1)
-        votes = torch.zeros(len(chunk), num_classes).scatter_add_(1, labels[idx], (sim / temperature).exp())
-        correct += int((votes.argmax(1) == truth).sum())
+    with torch.autocast("cpu", enabled=False):   # an evaluation under bf16 autocast still ranks in float32
+        for chunk, truth in zip(test.split(1024), torch.as_tensor(np.asarray(test_y)).split(1024)):
+            sim, idx = (chunk @ train.T).topk(k, dim=1)
+            votes = torch.zeros(len(chunk), num_classes).scatter_add_(1, labels[idx], (sim / temperature).exp())
+            correct += int((votes.argmax(1) == truth).sum())
     return correct / len(test)
 
 

@@ -90,3 +90,18 @@ def test_a_list_of_encoders_reports_their_mean():
     torch.manual_seed(0)
     both = probe_encoders({"": [Encoder(Lookup(), Noise()), Encoder(Lookup(), Identity())]}, batches, ytr, yte)
     assert abs(both["probe/accuracy"] - (good + bad) / 2) < 1e-9
+
+
+def test_knn_under_bf16_autocast_ranks_in_float32():
+    """The trainer evaluates under autocast; the kNN's similarities must not drop to bf16 (nor fail on dtypes)."""
+    import numpy as np
+    import torch
+
+    from selfsup.evaluate import knn_accuracy
+
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(300, 16)).astype("float32"), rng.normal(size=(50, 16)).astype("float32")
+    ty, sy = rng.integers(0, 3, 300), rng.integers(0, 3, 50)
+    plain = knn_accuracy(train, ty, test, sy, k=200, temperature=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert knn_accuracy(train, ty, test, sy, k=200, temperature=0.1) == plain
