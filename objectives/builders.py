@@ -17,9 +17,11 @@ from typing import Any, Sequence
 from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder
 from selfsup.modalities.audio import AudioAdapter, AudioConfig
 from selfsup.modalities.audio_pos import Data2VecAudioAdapter, Data2VecAudioAdapterConfig
+from selfsup.modalities.image import ImageAdapter, ImageConfig
 from selfsup.modalities.text import TextAdapter
 from selfsup.objectives.data2vec import Data2VecObjective, Data2VecObjectiveConfig
 from selfsup.objectives.hubert import HubertObjective, HubertObjectiveConfig
+from selfsup.objectives.mae import MAEConfig, MAEObjective, xavier_init
 from selfsup.objectives.masking import SpanMasker, TokenMasker
 from selfsup.objectives.mlm import MaskedLanguageModeling
 from selfsup.objectives.wav2vec2 import Wav2Vec2Objective, Wav2Vec2ObjectiveConfig
@@ -77,6 +79,17 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "tiny": dict(backbone=TINY, objective=dict(average_top_k_layers=2)),
         "small": dict(backbone=SMALL, objective=dict(average_top_k_layers=3)),
         "base": dict(backbone=BASE, objective=dict(average_top_k_layers=10))},
+    # MAE (He et al., table 1 / appendix A.1): base = ViT-B/16 on 224, decoder 8 x 512; small = a "ViT-tiny" for
+    # 32 x 32 images (CIFAR) that trains on a CPU; the decoder shares activation, eps and dropout with the encoder
+    "mae": {
+        "tiny": dict(image=dict(image_size=32, patch_size=8),
+                     backbone=dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
+                     decoder=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)),
+        "small": dict(image=dict(image_size=32, patch_size=4),
+                      backbone=dict(hidden_size=192, num_layers=6, num_heads=3, intermediate_size=768),
+                      decoder=dict(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512)),
+        "base": dict(image=dict(image_size=224, patch_size=16), backbone=BASE,
+                     decoder=dict(hidden_size=512, num_layers=8, num_heads=16, intermediate_size=2048))},
 }
 
 # Settings a family fixes apart from size (fairseq's / the paper's).
@@ -84,6 +97,22 @@ SPEECH_BACKBONE = dict(layer_norm_eps=1e-5)
 DATA2VEC_TEXT = dict(head_layers=2, target_layer_norm="layer", target_norm="none", loss_beta=4.0, loss_scale=1.0,
                      ema_decay=0.999, ema_end_decay=0.9999, ema_anneal_end_step=300_000)
 DATA2VEC_TEXT_MASK = dict(probability=0.35, span_length=4, mask_replace=1.0, random_replace=0.0)
+# ViT as transformers' ViTModel / ViTMAEModel: pre-LN with a final norm, GELU, LayerNorm eps 1e-12 (HF's default;
+# the official MAE code uses 1e-6), no dropout
+VIT_BACKBONE = dict(norm_first=True, final_norm=True, layer_norm_eps=1e-12, activation="gelu", dropout=0.0,
+                    attention_dropout=0.0)
+VIT_SHARED = ("activation", "layer_norm_eps", "dropout", "attention_dropout", "bias")  # encoder = decoder (HF)
+MAE_IMAGE = dict(positions="sincos", class_token=True)
+# MAE's pre-training recipe (appendix A.1, table 8): AdamW betas (0.9, 0.95), weight decay 0.05, lr = 1.5e-4 x
+# batch / 256 with a cosine schedule, 40 warmup epochs of 800 (1600 for the paper's best), random resized crops
+# (scale 0.2-1) + horizontal flips, mask ratio 0.75, norm_pix_loss
+MAE_TRAINING = dict(base_learning_rate=1.5e-4, base_batch_size=256, adam_beta1=0.9, adam_beta2=0.95,
+                    weight_decay=0.05, warmup_epochs=40, epochs=800, crop_scale=(0.2, 1.0))
+
+
+def mae_learning_rate(batch_size: int, base_learning_rate: float = MAE_TRAINING["base_learning_rate"]) -> float:
+    """MAE's linear scaling rule: ``base_learning_rate x batch_size / 256`` (the global batch)."""
+    return base_learning_rate * batch_size / MAE_TRAINING["base_batch_size"]
 
 
 def size_of(family: str, size: str) -> dict[str, dict[str, Any]]:
@@ -149,6 +178,20 @@ def compose_data2vec_text(backbone: TransformerConfig, masker: TokenMasker, conf
     adapter = text_adapter(backbone, masker.vocab_size, pad_token_id, max_positions, roberta_positions=True,
                            type_vocab_size=1)
     return Data2VecObjective(adapter, TransformerEncoder(backbone), masker, config)
+
+
+def vit_backbone(config: TransformerConfig | dict[str, Any]) -> TransformerEncoder:
+    """A ViT encoder (``VIT_BACKBONE`` wiring under the given sizes / overrides), default initialisation."""
+    cfg = config if isinstance(config, TransformerConfig) else TransformerConfig(**{**VIT_BACKBONE, **config})
+    return TransformerEncoder(cfg)
+
+
+def compose_mae(image: ImageConfig, backbone: TransformerConfig, decoder: TransformerConfig,
+                config: MAEConfig) -> MAEObjective:
+    """MAE from configs: an :class:`ImageAdapter`, the ViT encoder and the decoder, xavier-initialised as MAE."""
+    adapter = ImageAdapter(image, backbone.hidden_size)
+    encoder, decoder_stack = xavier_init(vit_backbone(backbone)), xavier_init(vit_backbone(decoder))
+    return MAEObjective(adapter, encoder, decoder_stack, config)
 
 
 # -- named sizes (model builders) ------------------------------------------------------------------------------
@@ -221,6 +264,179 @@ def bert_mlm(size: str, vocab_size: int, mask_token_id: int, pad_token_id: int =
     return compose_bert(backbone_cfg, masker, pad_token_id, max_positions)
 
 
+def mae(size: str = "base", image: dict | None = None, backbone: dict | None = None, decoder: dict | None = None,
+        **objective: Any) -> MAEObjective:
+    """MAE of a named size (``SIZES["mae"]``): sin-cos positions and a class token, the ViT wiring
+    (``VIT_BACKBONE``), the decoder sharing the encoder's activation / eps / dropout / bias unless ``decoder``
+    overrides them; ``objective`` keywords are :class:`MAEConfig` fields (mask_ratio, norm_pix_loss, ...)."""
+    sizes = size_of("mae", size)
+    image_cfg = ImageConfig(**{**MAE_IMAGE, **sizes["image"], **(image or {})})
+    backbone_cfg = TransformerConfig(**{**VIT_BACKBONE, **sizes["backbone"], **(backbone or {})})
+    shared = {k: getattr(backbone_cfg, k) for k in VIT_SHARED}
+    decoder_cfg = TransformerConfig(**{**VIT_BACKBONE, **shared, **sizes["decoder"], **(decoder or {})})
+    config = MAEConfig(**{**sizes.get("objective", {}), **objective})
+    return compose_mae(image_cfg, backbone_cfg, decoder_cfg, config)
+
+
 __all__ = ["SIZES", "size_of", "backbone_config", "audio_config", "compose_wav2vec2", "compose_hubert",
            "compose_data2vec_audio", "compose_data2vec_text", "compose_bert", "wav2vec2", "hubert",
-           "data2vec_audio", "data2vec_text", "bert_mlm", "split_settings"]
+           "data2vec_audio", "data2vec_text", "bert_mlm", "split_settings", "mae", "compose_mae", "vit_backbone",
+           "mae_learning_rate", "MAE_TRAINING", "VIT_BACKBONE"]
+
+
+# -- two-view methods (objectives/two_view.py) -----------------------------------------------------------------
+# Per size: the ViT's numbers (backbone "vit") and every method's head / loss settings. tiny: tests (seconds);
+# small: 32 x 32 images (CIFAR-10) with lightly's CIFAR-10 benchmark heads (ResNet-18) or a 6-layer ViT of width 192
+# with 4 x 4 patches; base: the papers' ImageNet heads (ResNet-50 or ViT-S/16).
+SIZES["two_view"] = {
+    "tiny": dict(
+        vit=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), image=dict(patch_size=4),
+        methods=dict(
+            simclr=dict(hidden_dim=32, out_dim=16),
+            moco_v2=dict(hidden_dim=32, out_dim=16, queue_size=64, temperature=0.1, momentum=0.99, symmetric=True),
+            moco_v3=dict(hidden_dim=32, out_dim=16),
+            byol=dict(hidden_dim=32, out_dim=16, pred_hidden_dim=32, momentum=0.99),
+            simsiam=dict(hidden_dim=32, out_dim=32, proj_layers=2, pred_hidden_dim=8),
+            swav=dict(hidden_dim=32, out_dim=16, num_prototypes=8, freeze_prototypes_steps=0),
+            dino=dict(hidden_dim=32, bottleneck_dim=8, out_dim=32, head_layers=2, momentum=0.99),
+            vicreg=dict(hidden_dim=32, out_dim=32, num_layers=2),
+            barlow_twins=dict(hidden_dim=32, out_dim=32, num_layers=2))),
+    "small": dict(
+        vit=dict(hidden_size=192, num_layers=6, num_heads=3, intermediate_size=768), image=dict(patch_size=4),
+        methods=dict(  # lightly's CIFAR-10 benchmark (docs/.../benchmarks/cifar10_benchmark.py), ResNet-18
+            simclr=dict(hidden_dim=None, out_dim=128, temperature=0.5),
+            moco_v2=dict(hidden_dim=None, out_dim=128, queue_size=4096, temperature=0.1, momentum=0.99, symmetric=True),
+            moco_v3=dict(hidden_dim=4096, out_dim=256),  # not in lightly's: solo-learn's CIFAR mocov3.yaml
+            byol=dict(hidden_dim=1024, out_dim=256, pred_hidden_dim=1024, momentum=0.99),
+            simsiam=dict(hidden_dim=2048, out_dim=2048, proj_layers=2, pred_hidden_dim=512),
+            swav=dict(hidden_dim=512, out_dim=128, num_prototypes=512, freeze_prototypes_steps=0),
+            dino=dict(hidden_dim=2048, bottleneck_dim=256, out_dim=2048, head_layers=2, momentum=0.99),
+            vicreg=dict(hidden_dim=2048, out_dim=2048, num_layers=3),  # not in lightly's CIFAR benchmark
+            barlow_twins=dict(hidden_dim=2048, out_dim=2048, num_layers=2))),
+    "base": dict(
+        vit=dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536), image=dict(patch_size=16),
+        methods=dict(  # the papers' ImageNet settings
+            simclr=dict(hidden_dim=None, out_dim=128, temperature=0.1),
+            moco_v2=dict(hidden_dim=None, out_dim=128, queue_size=65536, temperature=0.2, momentum=0.999),
+            moco_v3=dict(hidden_dim=4096, out_dim=256),
+            byol=dict(hidden_dim=4096, out_dim=256, pred_hidden_dim=4096, momentum=0.996),
+            simsiam=dict(hidden_dim=2048, out_dim=2048, proj_layers=3, pred_hidden_dim=512),
+            swav=dict(hidden_dim=2048, out_dim=128, num_prototypes=3000, freeze_prototypes_steps=313),
+            dino=dict(hidden_dim=2048, bottleneck_dim=256, out_dim=65536, head_layers=3, momentum=0.996),
+            vicreg=dict(hidden_dim=8192, out_dim=8192, num_layers=3),
+            barlow_twins=dict(hidden_dim=8192, out_dim=8192, num_layers=3))),
+}
+# ResNet backbones by name (ResNetConfig fields); "vit" takes its numbers from the size
+TWO_VIEW_RESNETS = {"resnet_tiny": dict(depth=18, layers=(1, 1, 1, 1)), "resnet18": dict(depth=18),
+                    "resnet50": dict(depth=50)}
+# what a method sets differently on a backbone kind ("kind" or "kind/size"): DINO's head has BN on ResNets (lightly,
+# DINO's RN50 runs); MoCo v3 (sec. 4, moco-v3 main_moco.py): a 2-layer projector on ResNets and T = 1 on ImageNet
+# ResNet-50 (solo-learn's CIFAR ResNet-18: 0.2), a frozen random patch projection on ViTs
+TWO_VIEW_BACKBONE_DEFAULTS = {"resnet": {"dino": dict(use_bn=True), "moco_v3": dict(proj_layers=2)},
+                              "resnet/base": {"moco_v3": dict(temperature=1.0)},
+                              "vit": {"moco_v3": dict(freeze_patch_embed=True)}}
+TWO_VIEW_IMAGE = dict(positions="learned", class_token=True)  # ViT (DINO, MoCo v3): learned positions, class token
+
+# Training settings for the recipe. GPU_SETTINGS: lightly's CIFAR-10 benchmark (ResNet-18 with the CIFAR stem, 32 x 32,
+# SGD momentum 0.9, weight decay 5e-4, lr 0.06 x batch / 128, cosine over the epochs, no warmup; batch 512 and 800
+# epochs, its best table: the kNN accuracies it reports are under "reference_knn"); the methods it lacks (MoCo v3,
+# VICReg) take solo-learn's CIFAR-10 settings (scripts/pretrain/cifar/*.yaml: LARS, trust coefficient 0.02, lr per 256,
+# 10 warmup epochs of 1000). IMAGENET_SETTINGS: lightly's benchmarks/imagenet/resnet50 scripts (and the papers where
+# lightly has none), ResNet-50 at 224, 10 warmup epochs of 100. CPU_SETTINGS: a run of minutes on 2 CPU cores
+# (a 4-block ResNet at 32 x 32, batch 64, lightly's optimizers scaled to the batch). Keys: the run's (optimizer,
+# learning_rate for the whole batch, momentum = the optimizer's, weight_decay, batch_size global, epochs or max_steps,
+# warmup_*, transform = the modalities.image_views pipeline, num_local_views, global_scale); "objective": config
+# fields of the method to override; "*_epochs" / "queue_start_epoch": schedule lengths the recipe turns into steps.
+_LIGHTLY_CIFAR = dict(backbone="resnet18", model_size="small", image_size=32, batch_size=512, epochs=800,
+                      optimizer="sgd", learning_rate=0.06 * 512 / 128, momentum=0.9, weight_decay=5e-4,
+                      warmup_epochs=0, schedule="cosine", transform="simclr")
+GPU_SETTINGS: dict[str, dict[str, Any]] = {
+    "simclr": {**_LIGHTLY_CIFAR, "reference_knn": 0.875},
+    "moco_v2": {**_LIGHTLY_CIFAR, "objective": {"queue_size": 8192}, "reference_knn": 0.900},  # for batch 512
+    "byol": {**_LIGHTLY_CIFAR, "reference_knn": 0.911},
+    "simsiam": {**_LIGHTLY_CIFAR, "learning_rate": 0.06, "reference_knn": 0.906},  # lightly: no lr scaling
+    "swav": {**_LIGHTLY_CIFAR, "optimizer": "adamw", "learning_rate": 1e-3 * 512 / 128, "weight_decay": 1e-6,
+             "transform": "multicrop", "num_local_views": 0, "global_scale": (0.14, 1.0), "reference_knn": 0.881},
+    "dino": {**_LIGHTLY_CIFAR, "transform": "multicrop", "num_local_views": 0, "reference_knn": 0.884},
+    "barlow_twins": {**_LIGHTLY_CIFAR, "reference_knn": 0.857},
+    "vicreg": {**_LIGHTLY_CIFAR, "optimizer": "lars", "learning_rate": 0.3 * 512 / 256, "weight_decay": 1e-4,
+               "trust_coefficient": 0.02, "warmup_epochs": 10, "epochs": 1000},
+    "moco_v3": {**_LIGHTLY_CIFAR, "optimizer": "lars", "learning_rate": 0.3 * 512 / 256, "weight_decay": 1e-6,
+                "trust_coefficient": 0.02, "warmup_epochs": 10, "epochs": 1000, "transform": "byol"},
+}
+_IMAGENET = dict(backbone="resnet50", model_size="base", image_size=224, batch_size=256, epochs=100, warmup_epochs=10,
+                 schedule="cosine")
+IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
+    "simclr": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.075 * 256 ** 0.5, "weight_decay": 1e-6},
+    "moco_v2": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0},
+    "byol": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.45, "weight_decay": 1e-6, "transform": "byol",
+             "objective": {"momentum": 0.99}},  # the 100-epoch reference config
+    "simsiam": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.05, "weight_decay": 1e-4, "warmup_epochs": 0},
+    "swav": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.6, "weight_decay": 1e-6, "transform": "multicrop",
+             "num_local_views": 6, "objective": {"queue_length": 3840}, "queue_start_epoch": 15},  # batch 256
+    "dino": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.03, "weight_decay": 1e-4,  # DINO's RN50 command
+             "transform": "multicrop", "num_local_views": 6, "global_scale": (0.14, 1.0), "freeze_last_layer_epochs": 1},
+    "vicreg": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.2, "weight_decay": 1e-6},
+    "barlow_twins": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.2, "weight_decay": 1.5e-6},
+    "moco_v3": {**_IMAGENET, "backbone": "vit", "optimizer": "adamw", "learning_rate": 1.5e-4, "weight_decay": 0.1,
+                "warmup_epochs": 40, "epochs": 300},
+}
+_CPU = dict(backbone="resnet_tiny", model_size="small", image_size=32, batch_size=64, max_steps=300,
+            optimizer="sgd", learning_rate=0.06 * 64 / 128, momentum=0.9, weight_decay=5e-4, warmup_steps=0,
+            schedule="cosine", transform="simclr")
+CPU_SETTINGS: dict[str, dict[str, Any]] = {
+    **{m: dict(_CPU) for m in ("simclr", "moco_v2", "byol", "barlow_twins", "vicreg")},
+    "simsiam": {**_CPU, "learning_rate": 0.06},
+    "swav": {**_CPU, "optimizer": "adamw", "learning_rate": 1e-3 * 64 / 128, "weight_decay": 1e-6,
+             "transform": "multicrop", "num_local_views": 0, "global_scale": (0.14, 1.0)},
+    "dino": {**_CPU, "transform": "multicrop", "num_local_views": 0},
+    "moco_v3": {**_CPU, "optimizer": "lars", "learning_rate": 0.3 * 64 / 256, "weight_decay": 1e-6,
+                "trust_coefficient": 0.02, "warmup_steps": 30},
+}
+
+
+def two_view_encoder(backbone: str = "resnet18", size: str = "small", image_size: int = 32,
+                     resnet: dict | None = None, vit: dict | None = None, image: dict | None = None):
+    """The image :class:`Encoder` of a two-view objective: ``PixelAdapter`` + :class:`ResNetBackbone` (names in
+    ``TWO_VIEW_RESNETS``; the CIFAR stem when ``image_size <= 64`` unless ``resnet`` says otherwise) or, for
+    ``"vit"``, an ``ImageAdapter`` (learned positions, class token) + the pre-LN ViT of ``SIZES["two_view"][size]``.
+    ``resnet`` / ``vit`` / ``image``: overrides of ResNetConfig / TransformerConfig / ImageConfig fields."""
+    from selfsup.backbones.resnet import ResNetBackbone, ResNetConfig
+    from selfsup.modalities.image import PixelAdapter
+    from selfsup.types import Encoder
+
+    sizes = size_of("two_view", size)
+    if backbone == "vit":
+        image_cfg = ImageConfig(**{**TWO_VIEW_IMAGE, **sizes["image"], "image_size": image_size, **(image or {})})
+        vit_cfg = TransformerConfig(**{**VIT_BACKBONE, **sizes["vit"], **(vit or {})})
+        return Encoder(ImageAdapter(image_cfg, vit_cfg.hidden_size), vit_backbone(vit_cfg))
+    if backbone not in TWO_VIEW_RESNETS:
+        raise ValueError(f"unknown two-view backbone {backbone!r}; choose from {sorted(TWO_VIEW_RESNETS) + ['vit']}")
+    cfg = ResNetConfig(**{"cifar_stem": image_size <= 64, **TWO_VIEW_RESNETS[backbone], **(resnet or {})})
+    return Encoder(PixelAdapter(cfg.num_channels, cfg.hidden_size), ResNetBackbone(cfg))
+
+
+def two_view(method: str, backbone: Any = "resnet18", size: str = "small", image_size: int = 32, max_steps: int = 0,
+             resnet: dict | None = None, vit: dict | None = None, image: dict | None = None, **overrides: Any):
+    """A two-view objective (``objectives/two_view.py``: simclr, moco_v2, moco_v3, byol, simsiam, swav, dino,
+    vicreg, barlow_twins) of a named size on a named backbone (``two_view_encoder``) or on a given
+    :class:`Encoder` (``backbone=encoder``, e.g. from ``hf_resnet.resnet_from_transformers``). ``max_steps``: the
+    length of the run, for the momentum schedules of MoCo, BYOL and DINO. ``overrides``: the method's config
+    fields (temperature, queue_size, out_dim, ...); an unknown one is an error naming the choices."""
+    from selfsup.backbones.resnet import ResNetBackbone
+    from selfsup.objectives.two_view import METHODS, build
+
+    if method not in METHODS:
+        raise ValueError(f"unknown two-view method {method!r}; choose from {sorted(METHODS)}")
+    encoder = backbone if not isinstance(backbone, str) else two_view_encoder(backbone, size, image_size, resnet,
+                                                                              vit, image)
+    kind = "resnet" if isinstance(encoder.backbone, ResNetBackbone) else "vit"
+    settings = {**size_of("two_view", size)["methods"][method], **TWO_VIEW_BACKBONE_DEFAULTS[kind].get(method, {}),
+                **TWO_VIEW_BACKBONE_DEFAULTS.get(f"{kind}/{size}", {}).get(method, {})}
+    if "max_steps" in {f.name for f in fields(METHODS[method][1])}:
+        settings["max_steps"] = max_steps
+    return build(method, encoder.adapter, encoder.backbone, **{**settings, **overrides})
+
+
+__all__ += ["two_view", "two_view_encoder", "GPU_SETTINGS", "CPU_SETTINGS", "IMAGENET_SETTINGS", "TWO_VIEW_RESNETS",
+            "TWO_VIEW_BACKBONE_DEFAULTS"]

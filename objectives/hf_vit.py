@@ -247,6 +247,28 @@ def export_mae(objective: MAEObjective, out_dir: str | Path, processor=None,
     return check_mae_export(objective, out, sample_pixels(objective) if pixel_values is None else pixel_values)
 
 
+def export_vit_encoder(encoder: Encoder, out_dir: str | Path, processor=None,
+                       pixel_values: torch.Tensor | None = None, atol: float = 1e-4) -> dict[str, float]:
+    """Write a ViT image encoder (a two-view method's) as ``ViTModel`` (+ ``processor``) at ``out_dir``, reload it
+    with ``AutoModel`` and compare the last hidden states (class token included) with ours."""
+    from transformers import AutoModel
+
+    out = Path(out_dir)
+    encoder = encoder.float().cpu().eval()
+    encoder_to_vit(encoder).save_pretrained(str(out))
+    if processor is not None:
+        processor.save_pretrained(str(out))
+    c = encoder.adapter.config
+    if pixel_values is None:
+        pixel_values = torch.randn(2, c.num_channels, c.image_size, c.image_size,
+                                   generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = encoder({"pixel_values": pixel_values.float()})[0].last_hidden_state
+        theirs = AutoModel.from_pretrained(str(out), add_pooling_layer=False).eval()(pixel_values=pixel_values.float())
+    return {"export/max_abs_hidden_diff": check_close(max_abs_diff(ours, theirs.last_hidden_state),
+                                                      "ViT hidden states", atol)}
+
+
 @torch.no_grad()
 def check_mae_export(objective: MAEObjective, out_dir: str | Path, pixel_values: torch.Tensor,
                      atol: float = 1e-4) -> dict[str, float]:
@@ -271,5 +293,5 @@ def check_mae_export(objective: MAEObjective, out_dir: str | Path, pixel_values:
 
 
 __all__ = ["mae_to_transformers", "mae_from_transformers", "encoder_to_vit", "vit_to_encoder",
-           "vit_image_processor", "export_mae", "check_mae_export", "vitmae_config", "vit_config",
+           "vit_image_processor", "export_mae", "export_vit_encoder", "check_mae_export", "vitmae_config", "vit_config",
            "to_vitmae_state_dict", "from_vitmae_state_dict", "PRETRAINING_DIR"]
