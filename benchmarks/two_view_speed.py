@@ -1,0 +1,136 @@
+"""Two-view training speed: ``selfsup`` SimCLR vs lightly's (``NTXentLoss`` + ``SimCLRProjectionHead``).
+
+Both sides train the same torchvision ResNet-18 with the CIFAR stem (3x3 convolution, no max-pool) and the same
+projection head (512 -> 512 -> 128, batch norm after each linear layer), from the same weights, on the same two
+views of 64 images of 32 x 32 each step, with the same SGD (lr 0.06, momentum 0.9, weight decay 5e-4). Each side
+runs as its library is used: lightly's benchmark scripts pass the two views through the model one after the
+other; ours passes them together (``objectives.two_view.encode``: one forward per resolution, as DINO and SwAV
+do). A step = forward + backward + optimizer step. Throughput (pairs of views per second) in fp32 and, where the
+CPU runs bf16 natively, under bf16 autocast; interleaved rounds, median per side. Before timing, lightly's
+``NTXentLoss`` on our projections must equal our loss (1e-5).
+
+    python benchmarks/two_view_speed.py --quick      # about a minute
+    python benchmarks/two_view_speed.py              # full run
+
+The last line printed is one JSON object: ``ours`` / ``reference`` / ``ratio`` (fp32, samples/s, ours /
+reference, higher is better) and the same with ``_bf16``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+
+import torch
+import torchvision
+from torch import nn
+
+from selfsup.benchmarking import interleaved, native_bf16, speed_args
+from selfsup.objectives.builders import two_view
+
+BATCH, IMAGE = 64, 32
+OPTIM = dict(lr=0.06, momentum=0.9, weight_decay=5e-4)
+
+
+class LightlySimCLR(nn.Module):
+    """lightly's CIFAR-10 SimCLR: torchvision ResNet-18 (CIFAR stem, no fc) + SimCLRProjectionHead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from lightly.models.modules import SimCLRProjectionHead
+
+        net = torchvision.models.resnet18(weights=None)
+        net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool, net.fc = nn.Identity(), nn.Identity()
+        self.backbone, self.head = net, SimCLRProjectionHead(512, 512, 128)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x).flatten(1))
+
+
+def build(seed: int = 0):
+    """(ours, lightly's) with the same weights."""
+    from lightly.loss import NTXentLoss
+
+    torch.manual_seed(seed)
+    ours = two_view("simclr", "resnet18", size="small", image_size=IMAGE, temperature=0.5)
+    theirs = LightlySimCLR()
+    backbone = {k: v for k, v in ours.backbone.state_dict().items()}
+    missing, unexpected = theirs.backbone.load_state_dict(backbone, strict=False)
+    assert not unexpected and all(k.startswith("fc.") for k in missing), (missing, unexpected)
+    head = {f"layers.{k.split('.', 1)[1]}": v for k, v in ours.state_dict().items() if k.startswith("projector.")}
+    theirs.head.load_state_dict(head)
+    return ours, theirs, NTXentLoss(temperature=0.5)
+
+
+def views(step: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(step)
+    return [torch.randn(BATCH, 3, IMAGE, IMAGE, generator=g) for _ in range(2)]
+
+
+@torch.no_grad()
+def check_loss() -> tuple[float, float]:
+    """Our loss and lightly's NTXentLoss on our own projections (same numbers, or the run fails)."""
+    ours, _, criterion = build()
+    ours.train()
+    x = views(0)
+    z1, z2 = ours.project(x)
+    a, b = float(ours({"views": x}).loss), float(criterion(z1, z2))
+    if abs(a - b) > 1e-5:
+        raise SystemExit(f"losses differ: ours {a} lightly {b}")
+    return a, b
+
+
+def measure(bf16: bool, steps: int, rounds: int, warmup: int) -> tuple[float, float]:
+    ours, theirs, criterion = build()
+    ours.train(), theirs.train()
+    opt_ours = torch.optim.SGD(ours.parameters(), **OPTIM)
+    opt_theirs = torch.optim.SGD(theirs.parameters(), **OPTIM)
+    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    data = views(1)
+
+    def step_ours() -> None:
+        with cast():
+            loss = ours({"views": data}).loss
+        loss.backward()
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+
+    def step_theirs() -> None:
+        with cast():
+            loss = criterion(theirs(data[0]), theirs(data[1]))
+        loss.backward()
+        opt_theirs.step()
+        opt_theirs.zero_grad(set_to_none=True)
+
+    return interleaved({"ours": step_ours, "reference": step_theirs}, steps, rounds, warmup, BATCH,
+                       "bf16" if bf16 else "fp32")
+
+
+def main() -> None:
+    args = speed_args(__doc__.splitlines()[0], "both", dict(steps=2, rounds=3, warmup=1),
+                      dict(steps=4, rounds=5, warmup=2))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps} x rounds "
+          f"{args.rounds} (warmup {args.warmup})", flush=True)
+    loss_ours, loss_lightly = check_loss()
+    result: dict = {"name": "two_view_speed", "unit": "samples/s", "ours": None, "reference": None, "ratio": None}
+    tags = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
+    if args.precision == "both" and not native_bf16():
+        tags = ("fp32",)
+        result["bf16_skipped"] = "CPU has no native bf16 (emulated; use --precision bf16 to force)"
+    for tag in tags:
+        ours, ref = measure(tag == "bf16", args.steps, args.rounds, args.warmup)
+        suffix = "" if tag == "fp32" else "_bf16"
+        result.update({f"ours{suffix}": round(ours, 2), f"reference{suffix}": round(ref, 2),
+                       f"ratio{suffix}": round(ours / ref, 3)})
+        print(f"[{tag}] median: ours {ours:.1f}  reference {ref:.1f} samples/s  ratio {ours / ref:.2f}x", flush=True)
+    result.update(loss_ours=round(loss_ours, 6), loss_lightly=round(loss_lightly, 6),
+                  config=dict(backbone="resnet18 (CIFAR stem)", head="512-512-128", batch_size=BATCH,
+                              image_size=IMAGE, optimizer=dict(OPTIM, name="sgd"), steps=args.steps,
+                              rounds=args.rounds, warmup=args.warmup, threads=torch.get_num_threads()))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""recipes/mae.py and recipes/two_view.py end to end on the built-in digits: pictures, probes, exports that
+transformers' pipeline runs, --init_from, and resume that restores queues, centres, teachers and prototypes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selfsup.recipes import mae, two_view
+from tests.conftest import straight_and_resumed
+
+EVAL = ["--eval_train_samples", "120", "--eval_test_samples", "40", "--random_init_seeds", "1"]
+
+
+def mae_argv(out, *extra, steps: int = 3):
+    return ["--output_dir", str(out), "--model_size", "tiny", "--max_steps", str(steps), "--report_to", "none",
+            "--per_device_train_batch_size", "16", "--mixed_precision", "no", *EVAL, *extra]
+
+
+def two_view_argv(method):
+    def argv(out, *extra, steps: int = 3):
+        return ["--method", method, "--output_dir", str(out), "--model_size", "tiny", "--backbone", "resnet_tiny",
+                "--image_size", "16", "--max_steps", str(steps), "--report_to", "none",
+                "--per_device_train_batch_size", "8", "--mixed_precision", "no", *EVAL, *extra]
+    return argv
+
+
+def features_by_pipeline(export_dir, image, **kw):
+    from transformers import pipeline
+
+    extract = pipeline("image-feature-extraction", model=str(export_dir), **kw)
+    return torch.tensor(np.asarray(extract(image, return_tensors=False)), dtype=torch.float32).reshape(-1)
+
+
+def test_mae_run_writes_pictures_probes_and_an_export_the_pipeline_runs(tmp_path):
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import AutoImageProcessor, AutoModelForPreTraining
+
+    out = tmp_path / "run"
+    metrics = mae.main(mae_argv(out, "--report_to", "tensorboard", "--eval_steps", "2", steps=3))
+    assert metrics["steps"] == 3 and metrics["export/max_abs_hidden_diff"] < 1e-4
+    assert {"knn/accuracy", "knn/random_init_accuracy", "probe/accuracy", "eval/mae_loss"} <= set(metrics)
+    png = Image.open(out / "reconstruction.png")
+    assert png.mode == "RGB" and png.size[0] > png.size[1] > 0
+    events = EventAccumulator(str(next(out.rglob("events.out.tfevents*")).parent), size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Images("images/reconstruction")] == [2, 3]
+    export = out / "export"
+    assert json.loads((export / "config.json").read_text())["model_type"] == "vit"
+    assert AutoModelForPreTraining.from_pretrained(str(export / "pretraining")).config.model_type == "vit_mae"
+    image = Image.fromarray((np.random.default_rng(0).random((20, 24, 3)) * 255).astype("uint8"))
+    pixels = AutoImageProcessor.from_pretrained(str(export))(image, return_tensors="pt")["pixel_values"]
+    objective = mae.mae_from_transformers(str(export))
+    with torch.no_grad():
+        ours = objective.encoder()({"pixel_values": pixels})[0].last_hidden_state.reshape(-1)
+    torch.testing.assert_close(features_by_pipeline(export, image), ours, atol=1e-4, rtol=1e-4)
+
+
+def test_mae_resume_is_the_straight_run(tmp_path):
+    final, resumed, middle = straight_and_resumed(mae.main, mae_argv, tmp_path, steps=4, at=2)
+    for k in final:
+        assert torch.equal(final[k], resumed[k]), k
+    assert any(not torch.equal(final[k], middle[k]) for k in final)
+
+
+def test_mae_init_from_the_export(tmp_path):
+    first = tmp_path / "first"
+    mae.main(mae_argv(first, steps=2))
+    more = tmp_path / "more"
+    mae.main(mae_argv(more, "--init_from", str(first / "export"), "--learning_rate", "0", "--checkpointing_steps",
+                      "1", steps=1))
+    exported = load_file(first / "export" / "pretraining" / "model.safetensors")
+    started = load_file(more / "checkpoint-1" / "model.safetensors")
+    assert torch.equal(started["decoder_pred.weight"], exported["decoder.decoder_pred.weight"])
+
+
+# what each method must carry across a resume (names in the checkpoint's model.safetensors)
+STATE = {"moco_v2": ("queue", "teacher."), "byol": ("teacher.",), "dino": ("center", "teacher."),
+         "swav": ("prototypes",)}
+
+
+@pytest.mark.parametrize("method", sorted(STATE))
+def test_two_view_resume_restores_the_methods_state(tmp_path, method):
+    final, resumed, middle = straight_and_resumed(two_view.main, two_view_argv(method), tmp_path, steps=4, at=2)
+    for k in final:
+        assert torch.equal(final[k], resumed[k]), k
+    for part in STATE[method]:
+        names = [k for k in final if part in k]
+        assert names, f"no {part} in the checkpoint"
+        assert any(not torch.equal(final[k], middle[k]) for k in names), f"{part} did not change after step 2"
+
+
+def test_two_view_exports_the_cifar_stem_resnet_with_its_code(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "run"
+    metrics = two_view.main(two_view_argv("simclr")(out, steps=2))
+    assert metrics["export/max_abs_hidden_diff"] < 1e-4 and "knn/random_init_accuracy" in metrics
+    export = out / "export"
+    assert json.loads((export / "config.json").read_text())["model_type"] == "selfsup_resnet"
+    assert (export / "modeling_selfsup_resnet.py").is_file() and (export / "preprocessor_config.json").is_file()
+    image = Image.fromarray((np.random.default_rng(1).random((16, 16, 3)) * 255).astype("uint8"))
+    feats = features_by_pipeline(export, image, trust_remote_code=True)
+    assert feats.numel() > 0 and torch.isfinite(feats).all()
+    again = two_view.main(two_view_argv("simclr")(tmp_path / "more", "--init_from", str(export),
+                                                  "--learning_rate", "0", steps=1))
+    assert again["export/max_abs_hidden_diff"] < 1e-4
+
+
+def test_two_view_on_a_vit_exports_a_vit_model(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "vit"
+    argv = two_view_argv("moco_v3")(out, steps=2)
+    argv[argv.index("resnet_tiny")] = "vit"
+    metrics = two_view.main(argv)
+    assert metrics["export/max_abs_hidden_diff"] < 1e-4
+    assert json.loads((out / "export" / "config.json").read_text())["model_type"] == "vit"
+    image = Image.fromarray((np.random.default_rng(2).random((16, 16, 3)) * 255).astype("uint8"))
+    assert torch.isfinite(features_by_pipeline(out / "export", image)).all()
+
+
+def test_presets_fill_what_the_flags_leave():
+    args = two_view.build_parser().parse_args(["--method", "barlow", "--learning_rate", "0.5"])
+    preset = two_view.apply_preset(args, num_images=50_000, num_processes=2)
+    assert args.method == "barlow_twins" and args.learning_rate == 0.5        # a given flag wins
+    assert args.optimizer == preset["optimizer"] and args.backbone == preset["backbone"]
+    assert args.per_device_train_batch_size * 2 == preset["batch_size"]
+    gpu = two_view.build_parser().parse_args(["--method", "simclr", "--preset", "gpu"])
+    preset = two_view.apply_preset(gpu, num_images=50_000, num_processes=1)
+    assert gpu.max_steps == preset["epochs"] * (50_000 // preset["batch_size"]) and gpu.backbone == "resnet18"
