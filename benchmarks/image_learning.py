@@ -2,7 +2,7 @@
 
 Pretrains each method on CIFAR-10's 50,000 training images (labels unused) through its recipe
 (``recipes/mae.py`` / ``recipes/two_view.py``), then scores a kNN (cosine, k = 200, T = 0.1, as lightly's
-benchmarks) fitted on 10,000 training images and scored on 2,000 test images (seeded samples), for the pretrained
+benchmarks) fitted on 5,000 training images and scored on 1,000 test images (seeded samples), for the pretrained
 encoder and a randomly initialised one of the same shape. Runs are by steps, so the figures do not depend on the
 machine's speed; the wall time of each run is reported beside them.
 
@@ -40,7 +40,7 @@ EXTRA = {"mae": ["--model_size", "small", "--learning_rate", "1.5e-3", "--warmup
 
 def run(method: str, data: Path, steps: int | None, out: Path, precision: str, extra: list[str]) -> dict:
     common = ["--train_file", str(data / "train.parquet"), "--eval_dir", str(data), "--output_dir", str(out),
-              "--eval_train_samples", "10000", "--eval_test_samples", "2000", "--report_to", "tensorboard",
+              "--eval_train_samples", "5000", "--eval_test_samples", "1000", "--report_to", "tensorboard",
               "--no_linear_probe", "--random_init_seeds", "1", "--mixed_precision", precision, "--seed", "0",
               *(["--max_steps", str(steps)] if steps else []), *EXTRA.get(method, []), *extra]
     t0 = time.perf_counter()
