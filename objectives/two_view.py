@@ -191,6 +191,38 @@ def width(backbone: nn.Module) -> int:
     return int(backbone.hidden_size)
 
 
+# -- what every method class shares (plain functions bound as methods: no inheritance between the methods) --------
+def monitor_state(self) -> dict[str, Any]:
+    """``extra_state``: the collapse monitor's counters."""
+    return {"collapse": self.monitor.state()}
+
+
+def load_monitor_state(self, state: dict[str, Any]) -> None:
+    """``load_extra_state``."""
+    self.monitor.load(state.get("collapse", {}))
+
+
+def online_encoder(self) -> Encoder:
+    """``encoder()``: the online (student) adapter + backbone."""
+    return Encoder(self.adapter, self.backbone)
+
+
+def count_step(self, step: int) -> None:
+    """``on_step_end`` of the methods without a teacher: the step the schedules read at forward time."""
+    self.global_step.fill_(step)
+
+
+def step_with_teacher(self, step: int) -> None:
+    """``on_step_end`` of the methods with an EMA teacher: count the step, then move the teacher."""
+    self.global_step.fill_(step)
+    ema_parameters(self.teacher, nn.ModuleDict(self.student()), self.momentum(step))
+
+
+def copy_student_to_teacher(self) -> None:
+    """``reset_teacher()``: the teacher becomes the student (after ``--init_from``)."""
+    ema_parameters(self.teacher, nn.ModuleDict(self.student()), 0.0)
+
+
 # -- SimCLR ------------------------------------------------------------------------------------------------------
 @dataclass
 class SimCLRConfig:
@@ -227,17 +259,11 @@ class SimCLR(Objective):
         loss = nt_xent(z1, z2, self.config.temperature, self.config.gather)
         return ObjectiveOutput(loss, None, {"nt_xent": loss.detach(), **self.monitor(z1, int(self.global_step))})
 
-    def on_step_end(self, step: int) -> None:
-        self.global_step.fill_(step)
+    on_step_end = count_step
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"collapse": self.monitor.state()}
+    extra_state, load_extra_state = monitor_state, load_monitor_state
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.monitor.load(state.get("collapse", {}))
-
-    def encoder(self) -> Encoder:
-        return Encoder(self.adapter, self.backbone)
+    encoder = online_encoder
 
 
 # -- MoCo v2 -----------------------------------------------------------------------------------------------------
@@ -304,22 +330,11 @@ class MoCoV2(Objective):
         metrics = {"info_nce": loss.detach(), "momentum": self.momentum(step), **self.monitor(q1, step)}
         return ObjectiveOutput(loss, None, metrics)
 
-    def on_step_end(self, step: int) -> None:
-        self.global_step.fill_(step)
-        ema_parameters(self.teacher, nn.ModuleDict(self.student()), self.momentum(step))
+    on_step_end, reset_teacher = step_with_teacher, copy_student_to_teacher
 
-    def reset_teacher(self) -> None:
-        """Make the key encoder a copy of the query encoder (after loading weights into it)."""
-        ema_parameters(self.teacher, nn.ModuleDict(self.student()), 0.0)
+    extra_state, load_extra_state = monitor_state, load_monitor_state
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"collapse": self.monitor.state()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.monitor.load(state.get("collapse", {}))
-
-    def encoder(self) -> Encoder:
-        return Encoder(self.adapter, self.backbone)
+    encoder = online_encoder
 
 
 # -- MoCo v3 -----------------------------------------------------------------------------------------------------
@@ -374,21 +389,11 @@ class MoCoV3(Objective):
         return ObjectiveOutput(loss, None, {"ctr": loss.detach(), "momentum": self.momentum(step),
                                             **self.monitor(q1, step)})
 
-    def on_step_end(self, step: int) -> None:
-        self.global_step.fill_(step)
-        ema_parameters(self.teacher, nn.ModuleDict(self.student()), self.momentum(step))
+    on_step_end, reset_teacher = step_with_teacher, copy_student_to_teacher
 
-    def reset_teacher(self) -> None:
-        ema_parameters(self.teacher, nn.ModuleDict(self.student()), 0.0)
+    extra_state, load_extra_state = monitor_state, load_monitor_state
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"collapse": self.monitor.state()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.monitor.load(state.get("collapse", {}))
-
-    def encoder(self) -> Encoder:
-        return Encoder(self.adapter, self.backbone)
+    encoder = online_encoder
 
 
 # -- BYOL --------------------------------------------------------------------------------------------------------
@@ -435,21 +440,11 @@ class BYOL(Objective):
         return ObjectiveOutput(loss, None, {"byol_loss": loss.detach(), "momentum": self.momentum(step),
                                             **self.monitor(p1, step)})
 
-    def on_step_end(self, step: int) -> None:
-        self.global_step.fill_(step)
-        ema_parameters(self.teacher, nn.ModuleDict(self.student()), self.momentum(step))
+    on_step_end, reset_teacher = step_with_teacher, copy_student_to_teacher
 
-    def reset_teacher(self) -> None:
-        ema_parameters(self.teacher, nn.ModuleDict(self.student()), 0.0)
+    extra_state, load_extra_state = monitor_state, load_monitor_state
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"collapse": self.monitor.state()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.monitor.load(state.get("collapse", {}))
-
-    def encoder(self) -> Encoder:
-        return Encoder(self.adapter, self.backbone)
+    encoder = online_encoder
 
 
 # -- SimSiam -----------------------------------------------------------------------------------------------------
@@ -484,17 +479,11 @@ class SimSiam(Objective):
         return ObjectiveOutput(loss, None, {"negative_cosine": loss.detach(),
                                             **self.monitor(z1, int(self.global_step))})
 
-    def on_step_end(self, step: int) -> None:
-        self.global_step.fill_(step)
+    on_step_end = count_step
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"collapse": self.monitor.state()}
+    extra_state, load_extra_state = monitor_state, load_monitor_state
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.monitor.load(state.get("collapse", {}))
-
-    def encoder(self) -> Encoder:
-        return Encoder(self.adapter, self.backbone)
+    encoder = online_encoder
 
 
 # -- SwAV --------------------------------------------------------------------------------------------------------
@@ -581,17 +570,11 @@ class SwAV(Objective):
         metrics = {"swav_loss": loss.detach(), "queue_in_use": float(queued is not None), **self.monitor(zs[0], step)}
         return ObjectiveOutput(loss, None, metrics)
 
-    def on_step_end(self, step: int) -> None:
-        self.global_step.fill_(step)
+    on_step_end = count_step
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"collapse": self.monitor.state()}
+    extra_state, load_extra_state = monitor_state, load_monitor_state
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.monitor.load(state.get("collapse", {}))
-
-    def encoder(self) -> Encoder:
-        return Encoder(self.adapter, self.backbone)
+    encoder = online_encoder
 
 
 # -- DINO --------------------------------------------------------------------------------------------------------
@@ -700,18 +683,9 @@ class DINO(Objective):
                    **self.monitor(bottleneck[: len(views[0])], step)}
         return ObjectiveOutput(loss, None, metrics)
 
-    def on_step_end(self, step: int) -> None:
-        self.global_step.fill_(step)
-        ema_parameters(self.teacher, nn.ModuleDict(self.student()), self.momentum(step))
+    on_step_end, reset_teacher = step_with_teacher, copy_student_to_teacher
 
-    def reset_teacher(self) -> None:
-        ema_parameters(self.teacher, nn.ModuleDict(self.student()), 0.0)
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"collapse": self.monitor.state()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.monitor.load(state.get("collapse", {}))
+    extra_state, load_extra_state = monitor_state, load_monitor_state
 
     def encoder(self, which: str | None = None) -> Encoder:
         """The teacher's encoder (default, ``config.export``) or the student's (``which="student"``)."""
@@ -755,17 +729,11 @@ class VICReg(Objective):
         metrics = {f"vicreg_{k}": v.detach() for k, v in terms.items()}
         return ObjectiveOutput(loss, None, {**metrics, **self.monitor(z1, int(self.global_step))})
 
-    def on_step_end(self, step: int) -> None:
-        self.global_step.fill_(step)
+    on_step_end = count_step
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"collapse": self.monitor.state()}
+    extra_state, load_extra_state = monitor_state, load_monitor_state
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.monitor.load(state.get("collapse", {}))
-
-    def encoder(self) -> Encoder:
-        return Encoder(self.adapter, self.backbone)
+    encoder = online_encoder
 
 
 # -- Barlow Twins ------------------------------------------------------------------------------------------------
@@ -795,17 +763,11 @@ class BarlowTwins(Objective):
         return ObjectiveOutput(loss, None, {"barlow_twins_loss": loss.detach(),
                                             **self.monitor(z1, int(self.global_step))})
 
-    def on_step_end(self, step: int) -> None:
-        self.global_step.fill_(step)
+    on_step_end = count_step
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"collapse": self.monitor.state()}
+    extra_state, load_extra_state = monitor_state, load_monitor_state
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.monitor.load(state.get("collapse", {}))
-
-    def encoder(self) -> Encoder:
-        return Encoder(self.adapter, self.backbone)
+    encoder = online_encoder
 
 
 # method name -> (objective class, config class): what builders.two_view chooses from
