@@ -1,7 +1,6 @@
 """data2vec audio: parity of the student with transformers' Data2VecAudioModel, export round trip, teacher targets
 and loss against plain references, the EMA teacher and its schedule, a training step (also under DDP)."""
 import warnings
-from argparse import Namespace
 
 import pytest
 import torch
@@ -230,7 +229,7 @@ def test_on_step_end_moves_the_teacher_by_the_scheduled_momentum(layers_only, tm
 
 # -- (e) training ---------------------------------------------------------------------------------------------
 def test_training_step_gives_finite_loss_and_gradients_only_to_the_student():
-    from selfsup.train import make_optimizer
+    from selfsup.train import TrainingSettings, make_optimizer
 
     torch.manual_seed(0)
     obj = build("tiny").train()
@@ -247,7 +246,7 @@ def test_training_step_gives_finite_loss_and_gradients_only_to_the_student():
                  "backbone.layers.0.attn.qkv.weight", "regression_head.weight"):
         assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
     assert all(p.grad is None for p in obj.teacher.parameters())
-    args = Namespace(weight_decay=0.01, learning_rate=1e-3, adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-6)
+    args = TrainingSettings(weight_decay=0.01, learning_rate=1e-3, adam_beta1=0.9, adam_beta2=0.98, adam_epsilon=1e-6)
     optimized = {id(p) for g in make_optimizer(obj, args, torch.device("cpu")).param_groups for p in g["params"]}
     assert not any(id(p) in optimized for p in obj.teacher.parameters())
     assert all(id(p) in optimized for p in obj.encoder().parameters())
