@@ -115,8 +115,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                           f"from {labelled[2]}")
     loader = view_loader(images, [mae_transform(args.image_size, mean=args.image_mean, std=args.image_std)],
                          args, accelerator)
-    grid_pixels = (score or fit).pixels[:args.grid_images] if score is not None else \
-        next(iter(loader))["pixel_values"][:args.grid_images]
+    if score is not None:   # spread over the held-out images (often sorted by class)
+        spread = torch.linspace(0, len(score.pixels) - 1, min(args.grid_images, len(score.pixels))).long()
+        grid_pixels = score.pixels[spread]
+    else:
+        grid_pixels = next(iter(loader))["pixel_values"][:args.grid_images]
     objective = build_objective(args)                                                      # build
     accelerator.print(f"model: {num_parameters(objective.encoder()) / 1e6:.1f}M encoder parameters, "
                       f"{num_parameters(objective) / 1e6:.1f}M in all; learning rate {args.learning_rate:.3g}")
