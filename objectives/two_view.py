@@ -223,6 +223,16 @@ def copy_student_to_teacher(self) -> None:
     ema_parameters(self.teacher, nn.ModuleDict(self.student()), 0.0)
 
 
+def predict_and_target(self, views: Sequence[Tensor]) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """(the online predictions of each view, the teacher's projections of each view, without gradient):
+    BYOL's and MoCo v3's two branches."""
+    online = self.predictor(self.projector(encode(self.adapter, self.backbone, views))).chunk(len(views))
+    with torch.no_grad():
+        t = self.teacher
+        target = t["projector"](encode(t["adapter"], t["backbone"], views)).chunk(len(views))
+    return online, target
+
+
 # -- SimCLR ------------------------------------------------------------------------------------------------------
 @dataclass
 class SimCLRConfig:
@@ -379,11 +389,8 @@ class MoCoV3(Objective):
         return cosine_momentum(step, self.config.max_steps, self.config.momentum, self.config.momentum_end)
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
-        views, c = get_views(batch)[:2], self.config
-        q1, q2 = self.predictor(self.projector(encode(self.adapter, self.backbone, views))).chunk(2)
-        with torch.no_grad():
-            t = self.teacher
-            k1, k2 = t["projector"](encode(t["adapter"], t["backbone"], views)).chunk(2)
+        c = self.config
+        (q1, q2), (k1, k2) = predict_and_target(self, get_views(batch)[:2])
         loss = moco_v3_loss(q1, k2, c.temperature) + moco_v3_loss(q2, k1, c.temperature)
         step = int(self.global_step)
         return ObjectiveOutput(loss, None, {"ctr": loss.detach(), "momentum": self.momentum(step),
@@ -430,11 +437,7 @@ class BYOL(Objective):
         return cosine_momentum(step, self.config.max_steps, self.config.momentum, self.config.momentum_end)
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
-        views = get_views(batch)[:2]
-        p1, p2 = self.predictor(self.projector(encode(self.adapter, self.backbone, views))).chunk(2)
-        with torch.no_grad():
-            t = self.teacher
-            z1, z2 = t["projector"](encode(t["adapter"], t["backbone"], views)).chunk(2)
+        (p1, p2), (z1, z2) = predict_and_target(self, get_views(batch)[:2])
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)
         step = int(self.global_step)
         return ObjectiveOutput(loss, None, {"byol_loss": loss.detach(), "momentum": self.momentum(step),
