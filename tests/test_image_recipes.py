@@ -131,3 +131,11 @@ def test_presets_fill_what_the_flags_leave():
     gpu = two_view.build_parser().parse_args(["--method", "simclr", "--preset", "gpu"])
     preset = two_view.apply_preset(gpu, num_images=50_000, num_processes=1)
     assert gpu.max_steps == preset["epochs"] * (50_000 // preset["batch_size"]) and gpu.backbone == "resnet18"
+
+
+def test_fewer_images_than_one_global_batch_stop_in_one_line(tmp_path):
+    from selfsup.errors import SelfsupError
+
+    with pytest.raises(SelfsupError, match="fewer than one global batch") as err:
+        two_view.main(two_view_argv("simclr")(tmp_path / "run", "--max_train_samples", "5", steps=1))
+    assert "\n" not in str(err.value)
