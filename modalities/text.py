@@ -1,4 +1,5 @@
-"""Text: the token-embedding adapter, corpus loading, WordPiece tokenizer training, packing, collation.
+"""Text: the token-embedding adapter, corpus loading, tokenizer training (WordPiece for BERT; byte-level BPE or
+characters for GPT), packing, collation.
 
 Corpora load through HF ``datasets`` from ``.txt/.json/.jsonl/.csv/.parquet`` files, folders of them, a saved
 dataset folder or a Hub name, in memory or streamed. The built-in default corpus is CPython's
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from selfsup.data import check_files, files_in_dir, suffix_of
 from selfsup.errors import SelfsupError
-from selfsup.modalities.tokenizer_train import train_wordpiece
+from selfsup.modalities.tokenizer_train import train_byte_level_bpe, train_char_level, train_wordpiece
 from selfsup.types import Adapter, Batch, Tokens
 
 BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -29,13 +30,17 @@ class TextAdapter(Adapter):
     ``roberta_positions``: positions as RoBERTa / data2vec text number them (``transformers``'
     ``create_position_ids_from_input_ids``): real tokens at rows ``pad_token_id + 1 + i``, padded tokens at row
     ``pad_token_id``; the table then has ``max_positions + pad_token_id + 1`` rows. Otherwise BERT's 0, 1, ...
+    ``pad_token_id=None``: no padding row (GPT-2's ``wte``: every row is trained; ``type_vocab_size=0`` and
+    ``embedding_norm=False`` give GPT-2's embeddings, word + position then dropout).
     """
 
     def __init__(self, vocab_size: int, hidden_size: int, max_positions: int = 512, type_vocab_size: int = 2,
-                 pad_token_id: int = 0, dropout: float = 0.1, layer_norm_eps: float = 1e-12,
+                 pad_token_id: int | None = 0, dropout: float = 0.1, layer_norm_eps: float = 1e-12,
                  embedding_norm: bool = True, roberta_positions: bool = False) -> None:
         super().__init__()
         self.hidden_size, self.vocab_size, self.pad_token_id = hidden_size, vocab_size, pad_token_id
+        if roberta_positions and pad_token_id is None:
+            raise ValueError("roberta_positions need a pad_token_id")
         self.position_offset = pad_token_id + 1 if roberta_positions else 0
         self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=pad_token_id)
         self.position_embeddings = nn.Embedding(max_positions + self.position_offset, hidden_size)
@@ -45,7 +50,8 @@ class TextAdapter(Adapter):
         for emb in (self.word_embeddings, self.position_embeddings, self.token_type_embeddings):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.02)
-        self.word_embeddings.weight.data[pad_token_id].zero_()
+        if pad_token_id is not None:
+            self.word_embeddings.weight.data[pad_token_id].zero_()
         if roberta_positions:
             self.position_embeddings.weight.data[pad_token_id].zero_()
 
@@ -115,12 +121,19 @@ def corpus_files(files: Sequence[str] | None = None, folder: str | None = None) 
     return paths
 
 
-def load_files(paths: list[Path], streaming: bool):
+SAMPLE_BY = ("line", "paragraph", "document")
+
+
+def load_files(paths: list[Path], streaming: bool, sample_by: str = "line"):
+    """The files as one ``datasets`` split. Text files give one example per line (``sample_by="line"``), per
+    paragraph or per file (``"document"``, line breaks kept: what a character-level model reads)."""
     import datasets
 
     builder = BUILDERS[suffix_of(paths[0])]
+    extra = {"sample_by": sample_by, "keep_linebreaks": True} if builder == "text" and sample_by != "line" else {}
     try:
-        ds = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", streaming=streaming)
+        ds = datasets.load_dataset(builder, data_files=[str(p) for p in paths], split="train", streaming=streaming,
+                                   **extra)
     except Exception as err:  # noqa: BLE001 - any reader error becomes one line naming the files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SelfsupError(f"{paths[0]}{' (and others)' if len(paths) > 1 else ''}: cannot be read as "
@@ -176,18 +189,19 @@ def load_corpus(train_file: Sequence[str] | None = None, train_dir: str | None =
                 dataset_name: str | None = None, dataset_config_name: str | None = None,
                 validation_file: Sequence[str] | None = None, text_column: str | None = None, streaming: bool = False,
                 max_train_samples: int | None = None, validation_split_percentage: float = 5.0, seed: int = 42,
-                streaming_validation_examples: int = 1000):
+                streaming_validation_examples: int = 1000, sample_by: str = "line"):
     """(train, validation, source) with one ``text`` column each; blank lines dropped. With no data given, the
     built-in corpus (``pydoc_data.topics``).
 
     Validation comes from ``validation_file``, the dataset's own split, or ``validation_split_percentage`` of
     the training text (drawn from ``seed``); a stream holds out its first ``streaming_validation_examples``.
+    ``sample_by``: what one example of a text file is (``load_files``).
     """
     val = None
     if train_file or train_dir:
         paths = corpus_files(train_file, train_dir)
         source = str(paths[0]) if len(paths) == 1 else f"{paths[0].parent}"
-        train = load_files(paths, streaming)
+        train = load_files(paths, streaming, sample_by)
     elif dataset_name:
         source = dataset_name
         train, val = load_named(dataset_name, dataset_config_name, streaming)
@@ -197,7 +211,7 @@ def load_corpus(train_file: Sequence[str] | None = None, train_dir: str | None =
         if streaming:
             train = train.to_iterable_dataset()
     if validation_file:
-        val = load_files(corpus_files(validation_file), streaming)
+        val = load_files(corpus_files(validation_file), streaming, sample_by)
     col = find_text_column(train, source, text_column)
     train = clean(train, col)
     if val is not None:
@@ -241,8 +255,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, lowercase: boo
     return train_wordpiece(texts, vocab_size, lowercase=lowercase, max_length=max_length)
 
 
-def load_tokenizer(path: str):
-    """A tokenizer saved with ``save_pretrained`` (local folder; remote code stays off)."""
+def train_causal_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = 8000, max_length: int = 1024):
+    """A GPT tokenizer trained deterministically on ``texts``: GPT-2-style byte-level BPE (``kind="bpe"``, at most
+    ``vocab_size`` tokens) or one token per character (``"char"``), each with ``<|endoftext|>`` as bos/eos/unk."""
+    if kind == "bpe":
+        return train_byte_level_bpe(texts, vocab_size, max_length=max_length)
+    if kind == "char":
+        return train_char_level(texts, max_length=max_length)
+    raise SelfsupError(f"unknown tokenizer kind {kind!r}; choose bpe or char")
+
+
+def load_tokenizer(path: str, masked_lm: bool = True):
+    """A tokenizer saved with ``save_pretrained`` (local folder; remote code stays off). ``masked_lm``: it must
+    have a mask and a pad token."""
     from transformers import AutoTokenizer
 
     folder = Path(path)
@@ -255,7 +280,7 @@ def load_tokenizer(path: str):
         tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as err:  # noqa: BLE001
         raise SelfsupError(f"{path}: cannot load tokenizer ({str(err).strip().splitlines()[0]})") from None
-    if tok.mask_token_id is None or tok.pad_token_id is None:
+    if masked_lm and (tok.mask_token_id is None or tok.pad_token_id is None):
         raise SelfsupError(f"{path}: tokenizer has no mask or pad token; masked LM needs both")
     return tok
 
@@ -288,12 +313,40 @@ def pack_function(tokenizer, block_size: int):
     return pack
 
 
-def pack_corpus(ds, tokenizer, block_size: int, desc: str = "tokenize and pack"):
-    """Tokenized fixed-length blocks (cached by ``datasets`` for file-backed corpora)."""
+def causal_pack_function(tokenizer, context: int, stride: int | None = None):
+    """A batched ``datasets.map`` function for causal LMs: tokenize, end every document with the eos token (when
+    the tokenizer has one), and cut the stream into blocks of exactly ``context + 1`` ids, block ``k`` =
+    ``stream[k * stride : k * stride + context + 1]``: a model reads a block's first ``context`` ids and predicts
+    its last ``context``. With the default ``stride = context`` every id after the first is a target exactly once;
+    a smaller stride gives overlapping windows (more alignments of the same text, as nanoGPT's random offsets).
+    Only whole blocks are made; the tail of each batch of documents that does not fill one is dropped
+    (``run_clm``'s ``group_texts`` kept it as a short block, huggingface/transformers#23424)."""
+    eos = tokenizer.eos_token_id
+    end = [] if eos is None else [eos]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    step = stride or context
+    if not 0 < step <= context:
+        raise ValueError(f"stride must be in [1, {context}], got {step}")
+
+    def pack(batch: dict[str, list]) -> dict[str, list]:
+        if backend is not None:
+            ids = [e.ids for e in backend.encode_batch(batch["text"], add_special_tokens=False)]
+        else:
+            ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        stream = [t for doc in ids for t in (*doc, *end)]
+        count = max(0, (len(stream) - 1 - context) // step + 1)
+        return {"input_ids": [stream[k * step:k * step + context + 1] for k in range(count)]}
+
+    return pack
+
+
+def pack_corpus(ds, tokenizer, block_size: int, desc: str = "tokenize and pack", pack=None):
+    """Tokenized fixed-length blocks (cached by ``datasets`` for file-backed corpora). ``pack``: a factory
+    ``(tokenizer, block_size) -> map function`` (default BERT's ``pack_function``; ``causal_pack_function``)."""
     kwargs: dict[str, Any] = dict(batched=True, batch_size=1000, remove_columns=["text"])
     if not hasattr(ds, "n_shards") or hasattr(ds, "cache_files"):
         kwargs["desc"] = desc
-    return ds.map(pack_function(tokenizer, block_size), **kwargs)
+    return ds.map((pack or pack_function)(tokenizer, block_size), **kwargs)
 
 
 def collate_blocks(examples: list[dict[str, Any]]) -> dict[str, Tensor]:

@@ -270,3 +270,32 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int, min_frequency: i
     first = special_tokens[0]
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=first, eos_token=first, unk_token=first,
                                    model_max_length=max_length, clean_up_tokenization_spaces=False)
+
+
+def char_level_backend(texts: Iterable[str], special_tokens: Sequence[str] = ("<|endoftext|>",)):
+    """A character-level ``tokenizers.Tokenizer``: one token per character of ``texts`` (sorted, after the specials),
+    nothing normalized or split; characters it has not seen become ``special_tokens[0]``."""
+    from tokenizers import Tokenizer, decoders, models
+
+    chars: set[str] = set()
+    for text in texts:
+        chars.update(text)
+    vocab = _vocab(special_tokens, sorted(chars - set(special_tokens)))
+    # BPE without merges splits its input into characters: the whole text is one "word", nothing is dropped
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=special_tokens[0]))
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(list(special_tokens))
+    return tok
+
+
+def train_char_level(texts: Iterable[str], special_tokens: Sequence[str] = ("<|endoftext|>",), max_length: int = 1024):
+    """A character-level tokenizer (nanoGPT's Shakespeare vocabulary, plus ``special_tokens``) built from ``texts``;
+    a ``PreTrainedTokenizerFast`` with bos/eos/unk ``special_tokens[0]`` that saves, loads with ``AutoTokenizer``
+    and works in ``pipeline("text-generation")``. Deterministic (the alphabet is sorted); ``decode(encode(s)) == s``
+    for any text made of seen characters."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = char_level_backend(texts, special_tokens)
+    first = special_tokens[0]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=first, eos_token=first, unk_token=first,
+                                   model_max_length=max_length, clean_up_tokenization_spaces=False)

@@ -440,3 +440,50 @@ def two_view(method: str, backbone: Any = "resnet18", size: str = "small", image
 
 __all__ += ["two_view", "two_view_encoder", "GPU_SETTINGS", "CPU_SETTINGS", "IMAGENET_SETTINGS", "TWO_VIEW_RESNETS",
             "TWO_VIEW_BACKBONE_DEFAULTS"]
+
+
+# -- GPT: autoregressive language modelling (objectives/clm.py) ------------------------------------------------
+# GPT-2's wiring (Radford et al., 2019; transformers' GPT2LMHeadModel): pre-LN with a final norm, causal, tanh GELU
+# ("gelu_new"), LayerNorm eps 1e-5, word + learned position embeddings with no norm, head tied to the word
+# embeddings, residual projections initialised with std 0.02 / sqrt(2 x layers). base = GPT-2 small's shape (124M
+# with its 50,257-token vocabulary; its context of 1,024 is ``max_positions``).
+SIZES["gpt"] = {"tiny": dict(backbone=TINY), "small": dict(backbone=SMALL), "base": dict(backbone=BASE)}
+GPT_BACKBONE = dict(norm_first=True, final_norm=True, causal=True, activation="gelu_new", layer_norm_eps=1e-5)
+# nanoGPT's CPU run of character-level Shakespeare (its README: config/train_shakespeare_char.py with --block_size=64
+# --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0):
+# the shape, the optimisation, the data split and the validation loss it reports for that run.
+NANOGPT_SHAKESPEARE_CHAR: dict[str, Any] = dict(
+    backbone=dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512, dropout=0.0,
+                  attention_dropout=0.0),
+    context=64, batch_size=12, max_steps=2000, learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100,
+    adam_beta1=0.9, adam_beta2=0.99, adam_epsilon=1e-8, weight_decay=0.1, max_grad_norm=1.0,
+    validation_fraction=0.1, reference_val_loss=1.88)
+
+
+def compose_gpt(backbone: TransformerConfig, vocab_size: int, max_positions: int = 1024):
+    """A :class:`CausalLanguageModeling` from a (causal) backbone config: GPT-2 embeddings (no padding row, no
+    embedding norm, dropout = the backbone's) and GPT-2's scaled initialisation of the residual projections."""
+    import math
+
+    from torch import nn
+
+    from selfsup.objectives.clm import CausalLanguageModeling
+
+    adapter = TextAdapter(vocab_size, backbone.hidden_size, max_positions, type_vocab_size=0, pad_token_id=None,
+                          dropout=backbone.dropout, layer_norm_eps=backbone.layer_norm_eps, embedding_norm=False)
+    encoder = TransformerEncoder(backbone)
+    std = 0.02 / math.sqrt(2 * backbone.num_layers)
+    for layer in encoder.layers:
+        nn.init.normal_(layer.attn.out.weight, std=std)
+        nn.init.normal_(layer.fc2.weight, std=std)
+    return CausalLanguageModeling(adapter, encoder)
+
+
+def gpt(size: str, vocab_size: int, max_positions: int = 1024, **backbone: Any):
+    """A GPT-2-style causal LM of a named size (``SIZES["gpt"]``, ``GPT_BACKBONE`` wiring); keyword arguments
+    override the backbone (dropout, attention_dropout, hidden_size, ...)."""
+    backbone_cfg = TransformerConfig(**{**GPT_BACKBONE, **size_of("gpt", size)["backbone"], **backbone})
+    return compose_gpt(backbone_cfg, vocab_size, max_positions)
+
+
+__all__ += ["gpt", "compose_gpt", "GPT_BACKBONE", "NANOGPT_SHAKESPEARE_CHAR"]

@@ -14,7 +14,7 @@ from selfsup.data import SeededExamples, ShardedStream, make_train_loader
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import probe_encoders
 from selfsup.modalities.text import (collate_blocks, collate_texts, load_corpus, load_labelled_text, load_tokenizer,
-                                     pack_corpus, sample_texts, train_tokenizer)
+                                     pack_corpus, sample_texts, train_causal_tokenizer, train_tokenizer)
 from selfsup.types import Encoder
 
 
@@ -56,15 +56,41 @@ def load_text(args: Namespace, accelerator):
                            text_column=args.text_column, streaming=args.streaming,
                            max_train_samples=args.max_train_samples,
                            validation_split_percentage=args.validation_split_percentage, seed=args.seed,
-                           streaming_validation_examples=args.streaming_validation_examples)
+                           streaming_validation_examples=args.streaming_validation_examples,
+                           sample_by=getattr(args, "sample_by", "line"))
 
 
-def text_blocks(args: Namespace, train_texts, val_texts, source: str, tokenizer, accelerator):
-    """(training loader over packed blocks of ``--max_seq_length`` ids, held-out blocks as id lists)."""
+def get_causal_tokenizer(args: Namespace, train_texts, accelerator):
+    """A GPT recipe's tokenizer: --tokenizer_name, else the --init_from checkpoint's, else one trained here on the
+    corpus (``--tokenizer bpe``: byte-level BPE of ``--vocab_size``; ``char``: characters), deterministically, and
+    reused on resume."""
+    if args.tokenizer_name:
+        return load_tokenizer(args.tokenizer_name, masked_lm=False)
+    if args.init_from and (Path(args.init_from) / "tokenizer.json").is_file():
+        return load_tokenizer(args.init_from, masked_lm=False)
+    saved = Path(args.output_dir) / "tokenizer"
+    resuming = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir) is not None
+    if accelerator.is_main_process and not (resuming and (saved / "tokenizer.json").is_file()):
+        what = f"a byte-level BPE tokenizer (vocab {args.vocab_size})" if args.tokenizer == "bpe" else \
+            "a character-level tokenizer"
+        accelerator.print(f"training {what} on the corpus")
+        tok = train_causal_tokenizer(sample_texts(train_texts, args.tokenizer_train_samples), args.tokenizer,
+                                     args.vocab_size, max_length=args.max_seq_length)
+        tok.save_pretrained(str(saved))
+    accelerator.wait_for_everyone()
+    return load_tokenizer(str(saved), masked_lm=False)
+
+
+def text_blocks(args: Namespace, train_texts, val_texts, source: str, tokenizer, accelerator, pack=None,
+                eval_pack=None):
+    """(training loader over packed blocks of ``--max_seq_length`` ids, held-out blocks as id lists). ``pack``:
+    how blocks are cut (``pack_corpus``'s; default BERT's ``[CLS] ... [SEP]`` blocks); ``eval_pack``: the same
+    for the held-out blocks (default ``pack``)."""
     with accelerator.main_process_first():
-        train_blocks = pack_corpus(train_texts, tokenizer, args.max_seq_length)
+        train_blocks = pack_corpus(train_texts, tokenizer, args.max_seq_length, pack=pack)
         val_blocks = [b["input_ids"] for _, b in zip(range(args.max_eval_blocks),
-                                                      pack_corpus(val_texts, tokenizer, args.max_seq_length))]
+                                                      pack_corpus(val_texts, tokenizer, args.max_seq_length,
+                                                                  pack=eval_pack or pack))]
     if args.streaming:
         shuffled = train_blocks.shuffle(seed=args.seed, buffer_size=10_000)
         data = ShardedStream(lambda epoch: (shuffled.set_epoch(epoch), iter(shuffled))[1],

@@ -1,0 +1,163 @@
+"""GPT training speed: ``selfsup`` CausalLanguageModeling vs ``transformers`` GPT2LMHeadModel.
+
+Both models hold the same weights (ours, converted with ``selfsup.objectives.hf_gpt2.to_transformers``), get the
+same packed blocks of token ids (``labels = input_ids``, as ``run_clm`` trains GPT-2) and the same
+``torch.optim.AdamW``. A step = forward + backward + optimizer step, in train mode (dropout 0.1 on both, as
+GPT-2). Throughput (samples/s) is measured in fp32 and under bf16 CPU autocast; warmup steps are excluded and the
+two sides are timed in alternating rounds (order flipped every round) so machine noise hits both; the median
+round per side is reported. bf16 is skipped under ``--precision both`` when the CPU has no native bf16; ask for it
+with ``--precision bf16``. Before timing, the mean loss of both on the first step (fp32, dropout off so both are
+deterministic) must agree to 1e-5, and again after one AdamW step, or the run fails.
+
+Configs (``--config``): ``small`` (default; the recipe's ``--model_size small``): 256 wide, 4 layers, 4 heads,
+intermediate 1024, context 128, vocabulary 8,000 (a byte-level BPE of that size), batch 16. ``nanogpt``: nanoGPT's
+CPU Shakespeare shape: 128 wide, 4 layers, 4 heads, context 64, vocabulary 66 (characters), batch 12, no dropout.
+
+    python benchmarks/gpt_speed.py --quick          # under a minute
+    python benchmarks/gpt_speed.py                  # full run, a few minutes
+    python benchmarks/gpt_speed.py --config nanogpt --precision fp32
+
+Where ours saves time: the backbone runs on the N - 1 positions that have a target (GPT-2 runs all N and drops
+the last logits); the tied head and the cross-entropy run fused in chunks of rows (no (tokens x vocabulary)
+logits or gradient in memory); GELU is one fused kernel (transformers' ``gelu_new`` is seven elementwise
+operations each way); no attention mask is built (SDPA's causal kernel).
+
+The last line printed is one JSON object: ``ours``/``reference``/``ratio`` (fp32, samples/s, ours/reference,
+higher is better) plus ``*_bf16``, ``loss_ours``, ``loss_reference`` and ``config``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args
+from selfsup.objectives.builders import NANOGPT_SHAKESPEARE_CHAR, gpt
+from selfsup.objectives.clm import CausalLanguageModeling
+from selfsup.objectives.hf_gpt2 import to_transformers
+
+NANO = NANOGPT_SHAKESPEARE_CHAR
+CONFIGS = {
+    "small": dict(backbone=dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, dropout=0.1,
+                                attention_dropout=0.1), vocab_size=8000, context=128, batch_size=16),
+    "nanogpt": dict(backbone=NANO["backbone"], vocab_size=66, context=NANO["context"], batch_size=NANO["batch_size"]),
+}
+OPTIM = dict(lr=1e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+LOSS_TOL = 1e-5
+
+
+def build_models(config: dict, seed: int = 0) -> tuple[CausalLanguageModeling, nn.Module]:
+    """Ours and the reference with identical weights, both in train mode."""
+    torch.manual_seed(seed)
+    ours = gpt("small", config["vocab_size"], max_positions=config["context"], **config["backbone"])
+    return ours.train(), to_transformers(ours).train()
+
+
+def make_batch(config: dict, seed: int = 0) -> Tensor:
+    """(B, N) token ids, shared by both sides."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, config["vocab_size"], (config["batch_size"], config["context"]), generator=gen)
+
+
+def make_optimizer(model: nn.Module, fused: bool) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), **OPTIM, fused=fused or None)
+
+
+def ours_loss(model: CausalLanguageModeling, ids: Tensor) -> Tensor:
+    out = model({"input_ids": ids})
+    return out.loss / out.num_targets
+
+
+def reference_loss(model: nn.Module, ids: Tensor) -> Tensor:
+    return model(input_ids=ids, labels=ids).loss
+
+
+def make_step(loss_fn: Callable, model: nn.Module, opt: torch.optim.Optimizer, ids: Tensor, bf16: bool) -> Step:
+    def step() -> None:
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            loss = loss_fn(model, ids)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def check_losses(config: dict, fused: bool) -> tuple[float, float]:
+    """First-step fp32 mean loss of both (dropout off), and agreement again after one AdamW step."""
+    ours, ref = build_models(config)
+    ids = make_batch(config)
+    ours.eval(), ref.eval()
+    first: list[float] = []
+    for loss_fn, model in ((ours_loss, ours), (reference_loss, ref)):
+        opt = make_optimizer(model, fused)
+        first.append(loss_fn(model, ids).item())
+        make_step(loss_fn, model, opt, ids, bf16=False)()
+    with torch.no_grad():
+        second = [ours_loss(ours, ids).item(), reference_loss(ref, ids).item()]
+    for what, (a, b) in (("first step", first), ("after one AdamW step", second)):
+        print(f"loss {what}: ours {a:.7f}  reference {b:.7f}  |diff| {abs(a - b):.2e}")
+        if abs(a - b) > LOSS_TOL:
+            raise SystemExit(f"FAIL: losses differ by {abs(a - b):.3e} > {LOSS_TOL} ({what}); "
+                             "the two models are not equivalent")
+    return first[0], first[1]
+
+
+def measure(config: dict, bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tuple[float, float]:
+    """Median samples/s of (ours, reference) over interleaved rounds."""
+    ours, ref = build_models(config)
+    ids = make_batch(config)
+    sides = {"ours": make_step(ours_loss, ours, make_optimizer(ours, fused), ids, bf16),
+             "reference": make_step(reference_loss, ref, make_optimizer(ref, fused), ids, bf16)}
+    return interleaved(sides, steps, rounds, warmup, config["batch_size"], "bf16" if bf16 else "fp32")
+
+
+def parse_args() -> argparse.Namespace:
+    config = "small"
+    if "--config" in sys.argv:  # our own flag, taken out before the shared speed flags are parsed
+        i = sys.argv.index("--config")
+        config = sys.argv[i + 1]
+        del sys.argv[i:i + 2]
+    if config not in CONFIGS:
+        raise SystemExit(f"error: --config must be one of {', '.join(CONFIGS)}")
+    args = speed_args(__doc__.splitlines()[0], "both", dict(steps=3, rounds=3, warmup=2),
+                      dict(steps=10, rounds=7, warmup=3))
+    args.config = config
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = CONFIGS[args.config]
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, config {args.config}, steps {args.steps} "
+          f"x rounds {args.rounds} (warmup {args.warmup}), fused AdamW {args.fused}", flush=True)
+    loss_ours, loss_ref = check_losses(config, args.fused)
+    result: dict = {"name": f"gpt_speed_{args.config}", "unit": "samples/s", "ours": None, "reference": None,
+                    "ratio": None, "ours_bf16": None, "reference_bf16": None, "ratio_bf16": None}
+    tags = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
+    if args.precision == "both" and not native_bf16():
+        tags = ("fp32",)
+        result["bf16_skipped"] = "CPU has no native bf16 (emulated; use --precision bf16 to force)"
+        print(f"bf16 skipped: {result['bf16_skipped']}", flush=True)
+    for tag in tags:
+        ours, ref = measure(config, tag == "bf16", args.steps, args.rounds, args.warmup, args.fused)
+        suffix = "" if tag == "fp32" else "_bf16"
+        result.update({f"ours{suffix}": round(ours, 2), f"reference{suffix}": round(ref, 2),
+                       f"ratio{suffix}": round(ours / ref, 3)})
+        print(f"[{tag}] median: ours {ours:.1f}  reference {ref:.1f} samples/s  ratio {ours / ref:.2f}x", flush=True)
+    result.update(loss_ours=round(loss_ours, 6), loss_reference=round(loss_ref, 6), config=dict(
+        **config["backbone"], vocab_size=config["vocab_size"], context=config["context"],
+        batch_size=config["batch_size"], optimizer=dict(OPTIM, fused=args.fused), steps=args.steps,
+        rounds=args.rounds, warmup=args.warmup, threads=torch.get_num_threads()))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
