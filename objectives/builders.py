@@ -487,3 +487,110 @@ def gpt(size: str, vocab_size: int, max_positions: int = 1024, **backbone: Any):
 
 
 __all__ += ["gpt", "compose_gpt", "GPT_BACKBONE", "NANOGPT_SHAKESPEARE_CHAR"]
+
+
+# -- CLIP / SigLIP: contrastive image-text pre-training (objectives/clip.py) --------------------------------------
+# Per size: the image ViT ("vit", "image"), the text Transformer ("text") and the joint width ("objective"). tiny:
+# tests (seconds); small: 32 x 32 images (CIFAR-10, digits) with 8 x 8 patches and short captions, on a CPU; base:
+# CLIP ViT-B/16 (openai/clip-vit-base-patch16: a 12 x 768 ViT at 224, a 12 x 512 text Transformer, 512 joint).
+SIZES["clip"] = {
+    "tiny": dict(vit=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), image=dict(patch_size=8),
+                 text=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
+                 objective=dict(embed_dim=16)),
+    "small": dict(vit=dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
+                  image=dict(patch_size=8),
+                  text=dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512),
+                  objective=dict(embed_dim=128)),
+    "base": dict(vit=BASE, image=dict(patch_size=16, image_size=224),
+                 text=dict(hidden_size=512, num_layers=12, num_heads=8, intermediate_size=2048),
+                 objective=dict(embed_dim=512)),
+}
+# The towers as transformers' CLIPModel / SiglipModel compute them: pre-LN with a final norm, no dropout; CLIP:
+# quick_gelu, eps 1e-5, a causal text tower, a class token and a LayerNorm before the first image layer; SigLIP:
+# tanh GELU, eps 1e-6, a bidirectional text tower, no class token (attention pooling).
+CLIP_TOWER = dict(norm_first=True, final_norm=True, layer_norm_eps=1e-5, activation="quick_gelu", dropout=0.0,
+                  attention_dropout=0.0)
+SIGLIP_TOWER = dict(norm_first=True, final_norm=True, layer_norm_eps=1e-6, activation="gelu_pytorch_tanh",
+                    dropout=0.0, attention_dropout=0.0)
+CLIP_LOSS_SETTINGS = {  # per loss: tower wiring, image adapter, text context, objective settings (the papers')
+    "clip": dict(tower=CLIP_TOWER, image=dict(positions="learned", class_token=True), context_length=77,
+                 objective=dict(logit_scale_init=1 / 0.07, image_pooling="cls", text_pooling="eos")),
+    "siglip": dict(tower=SIGLIP_TOWER, image=dict(positions="learned", class_token=False), context_length=64,
+                   objective=dict(logit_scale_init=10.0, logit_bias_init=-10.0, image_pooling="map",
+                                  image_projection=False, text_pooling="last", text_projection_bias=True)),
+}
+
+
+def clip_image_tower(backbone: str = "vit", size: str = "small", image_size: int = 32, loss: str = "clip",
+                     vit: dict | None = None, image: dict | None = None, resnet: dict | None = None):
+    """(image Encoder, attention pool or None) of a CLIP / SigLIP objective: a ViT wired as ``loss``'s (CLIP: class
+    token, learned positions, a LayerNorm before the first layer; SigLIP: no class token, attention pooling), or a
+    ResNet of ``TWO_VIEW_RESNETS`` (pooled by its token mean)."""
+    from selfsup.modalities.image_text import NormedAdapter
+    from selfsup.objectives.clip import AttentionPool
+    from selfsup.types import Encoder
+
+    if backbone != "vit":
+        return two_view_encoder(backbone, size, image_size, resnet=resnet), None
+    sizes, wiring = size_of("clip", size), CLIP_LOSS_SETTINGS[loss]
+    image_cfg = ImageConfig(**{**wiring["image"], **sizes["image"], "image_size": image_size, **(image or {})})
+    vit_cfg = TransformerConfig(**{**wiring["tower"], **sizes["vit"], **(vit or {})})
+    adapter = ImageAdapter(image_cfg, vit_cfg.hidden_size)
+    if loss == "clip":
+        return Encoder(NormedAdapter(adapter, vit_cfg.layer_norm_eps), TransformerEncoder(vit_cfg)), None
+    pool = AttentionPool(vit_cfg.hidden_size, vit_cfg.num_heads, vit_cfg.intermediate_size, vit_cfg.activation,
+                         vit_cfg.layer_norm_eps)
+    return Encoder(adapter, TransformerEncoder(vit_cfg)), pool
+
+
+def clip_text_tower(text: TransformerConfig, vocab_size: int, context_length: int, pad_token_id: int):
+    """The text Encoder: token + learned position embeddings (no norm, no token types, no dropout: CLIP's), and
+    the Transformer. CLIP pads with its end-of-text token, whose embedding must learn: no frozen padding row."""
+    import torch
+
+    from selfsup.types import Encoder
+
+    adapter = TextAdapter(vocab_size, text.hidden_size, context_length, type_vocab_size=0, pad_token_id=pad_token_id,
+                          dropout=0.0, layer_norm_eps=text.layer_norm_eps, embedding_norm=False)
+    adapter.word_embeddings.padding_idx = None
+    torch.nn.init.normal_(adapter.word_embeddings.weight, std=0.02)
+    return Encoder(adapter, TransformerEncoder(text))
+
+
+def compose_clip(image, text: TransformerConfig, vocab_size: int, context_length: int, config,
+                 image_pool=None, pad_token_id: int = 1):
+    """A :class:`CLIPObjective` from an image Encoder (and its attention pool), the text tower's config and the
+    objective's config."""
+    from selfsup.objectives.clip import CLIPObjective
+
+    return CLIPObjective(image, clip_text_tower(text, vocab_size, context_length, pad_token_id), config, image_pool)
+
+
+def clip(size: str = "small", loss: str = "clip", backbone: str = "vit", image_size: int | None = None,
+         vocab_size: int = 4096,
+         context_length: int | None = None, eos_token_id: int = 1, pad_token_id: int = 1, vit: dict | None = None,
+         text: dict | None = None, image: dict | None = None, resnet: dict | None = None, **objective: Any):
+    """CLIP (``loss="clip"``) or SigLIP (``"siglip"``) of a named size on a ViT (``backbone="vit"``) or a ResNet
+    image tower (``resnet_tiny``, ``resnet18``, ``resnet50``). ``context_length``: the text positions (CLIP 77,
+    SigLIP 64: its pipeline pads to 64). ``objective``: :class:`CLIPObjectiveConfig` fields (local_loss,
+    max_logit_scale, embed_dim, ...); ``vit`` / ``text`` / ``image`` / ``resnet``: overrides of the towers."""
+    from selfsup.objectives.clip import LOSSES, CLIPObjectiveConfig
+
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; choose from {list(LOSSES)}")
+    sizes, wiring = size_of("clip", size), CLIP_LOSS_SETTINGS[loss]
+    image_size = image_size or sizes["image"].get("image_size", 32)
+    encoder, pool = clip_image_tower(backbone, size, image_size, loss, vit, image, resnet)
+    settings = {**sizes["objective"], **wiring["objective"], "loss": loss, "eos_token_id": eos_token_id}
+    if backbone != "vit":   # a ResNet: the mean of its feature map, projected
+        settings.update(image_pooling="mean", image_projection=True)
+    elif not settings.get("image_projection", True):   # SigLIP: the pooled image is the embedding
+        settings["embed_dim"] = encoder.backbone.hidden_size
+    config = CLIPObjectiveConfig(**{**settings, **objective})
+    text_cfg = TransformerConfig(**{**wiring["tower"], **sizes["text"], "causal": loss == "clip", **(text or {})})
+    return compose_clip(encoder, text_cfg, vocab_size, context_length or wiring["context_length"], config, pool,
+                        pad_token_id)
+
+
+__all__ += ["clip", "compose_clip", "clip_image_tower", "clip_text_tower", "CLIP_LOSS_SETTINGS", "CLIP_TOWER",
+            "SIGLIP_TOWER"]

@@ -94,3 +94,66 @@ def probe_encoders(encoders: dict[str, Encoder | Sequence[Encoder]], make_batche
             runs.append(run)
         out.update({k: float(np.mean([r[k] for r in runs])) for k in runs[0]})
     return out
+
+
+# -- zero-shot classification (CLIP-style): frozen features of the inputs against features of the class names ------
+@torch.no_grad()
+def class_embeddings(encode: Callable[[list[str]], torch.Tensor], class_names: Sequence[str],
+                     templates: Sequence[str]) -> torch.Tensor:
+    """(C, D) one L2-normalised vector per class: the mean of the normalised embeddings of its prompts (every
+    template filled with the class name), normalised again (Radford et al. 2021, sec. 3.1.4; CLIP's
+    ``zeroshot_classifier``). ``encode(list of strings) -> (n, D)`` embeds prompts with any model."""
+    rows = []
+    for name in class_names:
+        e = torch.nn.functional.normalize(encode([t.format(name) for t in templates]).float(), dim=-1)
+        rows.append(torch.nn.functional.normalize(e.mean(dim=0), dim=-1))
+    return torch.stack(rows)
+
+
+def zero_shot_scores(features: np.ndarray | torch.Tensor, labels: Sequence[int], classes: torch.Tensor,
+                     k: int = 5) -> dict[str, object]:
+    """Zero-shot classification of (N, D) input features against (C, D) class embeddings by cosine similarity:
+    ``accuracy`` (top-1), ``top5_accuracy`` (top-``k``), ``predictions`` (N,) and ``confusion`` (C, C) counts
+    (rows: true class, columns: predicted)."""
+    x = torch.nn.functional.normalize(torch.as_tensor(features, dtype=torch.float32), dim=-1)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    with torch.autocast("cpu", enabled=False):
+        sims = x @ classes.float().T
+    top = sims.topk(min(k, classes.shape[0]), dim=1).indices
+    predictions = top[:, 0]
+    confusion = torch.zeros(classes.shape[0], classes.shape[0], dtype=torch.long)
+    confusion.index_put_((y, predictions), torch.ones_like(y), accumulate=True)
+    return {"accuracy": float((predictions == y).float().mean()),
+            "top5_accuracy": float((top == y[:, None]).any(dim=1).float().mean()),
+            "predictions": predictions.numpy(), "confusion": confusion.numpy()}
+
+
+def confusion_png(confusion: np.ndarray, class_names: Sequence[str], path: str, title: str = "") -> str:
+    """A confusion matrix as a PNG (rows: true class, columns: predicted; each row shaded by its share, counts
+    written in the cells), drawn with PIL. Returns the path."""
+    from pathlib import Path
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    c = len(class_names)
+    cell, left, top = 44, 12 + 7 * max(len(n) for n in class_names), 40 + 7 * max(len(n) for n in class_names)
+    image = Image.new("RGB", (left + c * cell + 10, top + c * cell + 30), "white")
+    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
+    share = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    for i in range(c):
+        draw.text((6, top + i * cell + cell // 2 - 5), class_names[i], fill="black", font=font)
+        label = Image.new("RGB", (top - 30, 14), "white")
+        ImageDraw.Draw(label).text((0, 0), class_names[i], fill="black", font=font)
+        image.paste(label.rotate(90, expand=True), (left + i * cell + cell // 2 - 7, 26))
+        for j in range(c):
+            shade = int(255 * (1 - share[i, j]))
+            box = (left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1)
+            draw.rectangle(box, fill=(shade, shade, 255), outline=(200, 200, 200))
+            draw.text((box[0] + 4, box[1] + cell // 2 - 6), str(int(confusion[i, j])),
+                      fill="white" if share[i, j] > 0.5 else "black", font=font)
+    draw.text((6, 6), title or "zero-shot confusion (rows: true, columns: predicted)", fill="black", font=font)
+    draw.text((left, top + c * cell + 8), "predicted", fill="black", font=font)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    return str(out)

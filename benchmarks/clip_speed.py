@@ -1,0 +1,142 @@
+"""CLIP training speed: ``selfsup`` CLIPObjective vs ``transformers`` CLIPModel (ViT image tower).
+
+Both models hold the same weights (ours, converted with ``selfsup.objectives.hf_clip.clip_to_transformers``),
+get the same images and the same right-padded captions every step, and the same ``torch.optim.AdamW``. A step =
+forward + backward (the symmetric InfoNCE over the batch, ``CLIPModel(return_loss=True)`` on the reference side)
++ optimizer step, in train mode (no dropout in either). Throughput (samples/s) is measured in fp32 (and under
+bf16 CPU autocast with ``--precision bf16`` / ``both``); warmup steps are excluded and the two sides are timed in
+alternating rounds (order flipped every round) so machine noise hits both; the median round per side is reported.
+Before timing, the loss of both on the first step (fp32) must agree to 1e-5, and again after one AdamW step, or
+the run fails.
+
+Config: the recipe's ``small`` size, as benchmarks/clip_learning.py trains it: a ViT of 4 layers x 128 (4 heads,
+intermediate 512, 8 x 8 patches on 32 x 32 images: 16 patches + the class token), a causal text Transformer of
+4 x 128 over captions of 6-16 tokens padded to the longest (a vocabulary of 4096), joint width 128, batch 128.
+
+    python benchmarks/clip_speed.py --quick          # under a minute
+    python benchmarks/clip_speed.py                  # full run, a few minutes
+    python benchmarks/clip_speed.py --precision both --threads 2
+
+The last line printed is one JSON object: ``ours``/``reference``/``ratio`` (fp32, samples/s, ours/reference,
+higher is better) plus ``*_bf16`` when measured, ``loss_ours``, ``loss_reference`` (fp32, checked) and ``config``.
+
+Where ours saves time: one fused QKV matmul instead of three per layer; the text tower runs SDPA's causal kernel
+without a padding mask (the tokens up to the end-of-text token never attend to padding under the causal mask),
+where ``CLIPTextModel`` builds a 4-D causal-and-padding mask and runs attention with it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args
+from selfsup.objectives.builders import clip
+from selfsup.objectives.clip import CLIPObjective
+from selfsup.objectives.hf_clip import clip_to_transformers
+
+BATCH, IMAGE, VOCAB, SIZE = 128, 32, 4096, "small"
+OPTIM = dict(lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1)
+LOSS_TOL = 1e-5
+
+
+def build_models(seed: int = 0) -> tuple[CLIPObjective, nn.Module]:
+    """Ours and the reference with identical weights, both in train mode."""
+    torch.manual_seed(seed)
+    ours = clip(SIZE, "clip", "vit", IMAGE, vocab_size=VOCAB)
+    return ours.train(), clip_to_transformers(ours).train()
+
+
+def make_batch(seed: int = 0) -> dict[str, Tensor]:
+    """Images and right-padded captions (bos, 4-14 random tokens, eos, then eos as padding), shared by both."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(6, 17, (BATCH,), generator=g)
+    ids = torch.ones(BATCH, int(lengths.max()), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths.tolist()):
+        ids[row, 0], ids[row, 1:n - 1] = 0, torch.randint(2, VOCAB, (n - 2,), generator=g)
+        mask[row, :n] = 1
+    return {"pixel_values": torch.randn(BATCH, 3, IMAGE, IMAGE, generator=g), "input_ids": ids, "attention_mask": mask}
+
+
+def make_optimizer(model: nn.Module, fused: bool) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **OPTIM, fused=fused or None)
+
+
+def ours_loss(model: CLIPObjective, batch: dict[str, Tensor]) -> Tensor:
+    return model(batch).loss
+
+
+def reference_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    return model(**batch, return_loss=True).loss
+
+
+def make_step(loss_fn: Callable, model: nn.Module, opt: torch.optim.Optimizer, batch: dict, bf16: bool) -> Step:
+    def step() -> None:
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            loss = loss_fn(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def check_losses(fused: bool) -> tuple[float, float]:
+    """First-step fp32 loss of both, and agreement again after one AdamW step."""
+    ours, ref = build_models()
+    batch = make_batch()
+    first: list[float] = []
+    for loss_fn, model in ((ours_loss, ours), (reference_loss, ref)):
+        opt = make_optimizer(model, fused)
+        first.append(loss_fn(model, batch).item())
+        make_step(loss_fn, model, opt, batch, bf16=False)()
+    with torch.no_grad():
+        second = [ours_loss(ours, batch).item(), reference_loss(ref, batch).item()]
+    for what, (a, b) in (("first step", first), ("after one AdamW step", second)):
+        print(f"loss {what}: ours {a:.7f}  reference {b:.7f}  |diff| {abs(a - b):.2e}")
+        if abs(a - b) > LOSS_TOL:
+            raise SystemExit(f"FAIL: losses differ by {abs(a - b):.3e} > {LOSS_TOL} ({what}); "
+                             "the two models are not equivalent")
+    return first[0], first[1]
+
+
+def measure(bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tuple[float, float]:
+    ours, ref = build_models()
+    batch = make_batch()
+    sides = {"ours": make_step(ours_loss, ours, make_optimizer(ours, fused), batch, bf16),
+             "reference": make_step(reference_loss, ref, make_optimizer(ref, fused), batch, bf16)}
+    return interleaved(sides, steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
+
+
+def main() -> None:
+    args = speed_args(__doc__.splitlines()[0], "fp32", dict(steps=3, rounds=3, warmup=2),
+                      dict(steps=8, rounds=6, warmup=3))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps} x rounds "
+          f"{args.rounds} (warmup {args.warmup}), fused AdamW {args.fused}", flush=True)
+    loss_ours, loss_ref = check_losses(args.fused)
+    result: dict = {"name": "clip_speed", "unit": "samples/s", "ours": None, "reference": None, "ratio": None}
+    tags = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
+    if args.precision == "both" and not native_bf16():
+        tags = ("fp32",)
+        result["bf16_skipped"] = "CPU has no native bf16 (emulated; use --precision bf16 to force)"
+    for tag in tags:
+        ours, ref = measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused)
+        suffix = "" if tag == "fp32" else "_bf16"
+        result.update({f"ours{suffix}": round(ours, 2), f"reference{suffix}": round(ref, 2),
+                       f"ratio{suffix}": round(ours / ref, 3)})
+        print(f"[{tag}] median: ours {ours:.1f}  reference {ref:.1f} samples/s  ratio {ours / ref:.2f}x", flush=True)
+    result.update(loss_ours=round(loss_ours, 6), loss_reference=round(loss_ref, 6), config=dict(
+        size=SIZE, image_size=IMAGE, vocab_size=VOCAB, batch_size=BATCH, caption_tokens="6-16, padded to the longest",
+        optimizer=dict(OPTIM, fused=args.fused), steps=args.steps, rounds=args.rounds, warmup=args.warmup,
+        threads=torch.get_num_threads()))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
