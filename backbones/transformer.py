@@ -1,16 +1,24 @@
 """One configurable Transformer encoder: BERT (post-LN), ViT / GPT-2 / CLIP (pre-LN), causal or not.
 
 Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels
-where the device has them). Query, key and value come from one fused projection (one matmul instead of three);
+where the device has them; on a CPU in bf16, short sequences take the math kernel: :func:`attention_kernels`).
+Query, key and value come from one fused projection (one matmul instead of three) and are views of its output;
 export code splits it back into the separate matrices of the ``transformers`` models.
+
+Two shortcuts for callers that know more than the encoder (MAE's decoder uses both; the numbers are the ones of
+the full computation): ``outputs_from`` -- only the last tokens are wanted, so the last layer runs its queries,
+output projection and MLP on them alone; ``first_qkv`` -- the caller has the first layer's QKV projection
+(pre-LN), e.g. computed once for inputs that repeat.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from selfsup.types import BackboneOutput
@@ -66,6 +74,22 @@ class TransformerConfig:
         return asdict(self)
 
 
+SHORT_SEQUENCE = 192  # below it the CPU flash kernel works in blocks of 32 queries, slow in bf16
+
+
+def attention_kernels(q: Tensor, num_keys: int):
+    """The SDPA kernels for queries ``q`` over ``num_keys`` tokens: on a CPU in bf16 (autocast or bf16 weights)
+    with fewer than ``SHORT_SEQUENCE`` tokens SDPA's math kernel (a few batched matmuls), elsewhere torch's
+    choice (flash on a CPU, the fused kernels on a GPU). Forward + backward timed on a 2-core Xeon with AMX, 1
+    and 2 threads: in bf16 math beats flash 3-5x at 17 and 65 tokens (MAE's encoder and decoder) and 1.2-1.7x
+    at 96-191, and loses 1.5-4x from 192 tokens on, where the flash kernel's query blocks grow from 32 to 64;
+    in fp32 flash is the faster at every length, so it stays. Both kernels give the same results up to
+    rounding (``tests/test_transformer.py``)."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and num_keys < SHORT_SEQUENCE:
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused QKV projection, on SDPA."""
 
@@ -77,15 +101,48 @@ class SelfAttention(nn.Module):
         self.dropout = cfg.attention_dropout
         self.causal = cfg.causal
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
-        """x: (B, N, D); attn_mask: (B, 1, 1|N, N) bool, True where attention is allowed, or None."""
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=self.causal and attn_mask is None,
-        )
-        return self.out(y.transpose(1, 2).reshape(b, n, d))
+    def forward(self, x: Tensor, attn_mask: Tensor | None, rows: Rows = 0, qkv: Tensor | None = None) -> Tensor:
+        """x: (B, N, D); attn_mask: (B, 1, 1|N, N) bool, True where attention is allowed, or None.
+
+        rows: the queries wanted (every token is still a key and a value): an int ``start``, the tokens from there
+        on, or a (B, M) long tensor of positions per example (:func:`take_rows`); the output is (B, M, D).
+        qkv: ``self.qkv(x)`` (B, N, 3·D) when the caller has it (then ``x`` is not read).
+        """
+        qkv = self.qkv(x) if qkv is None else qkv
+        b, n, d3 = qkv.shape
+        d = d3 // 3
+        # (B, N, 3, H, d) split along the 3: q, k, v are views, and the backward stacks their gradients
+        # straight into qkv's layout (one copy)
+        q, k, v = qkv.view(b, n, 3, self.num_heads, d // self.num_heads).unbind(2)
+        causal = self.causal and attn_mask is None
+        if not isinstance(rows, int) or rows:
+            q = take_rows(q, rows)
+            if attn_mask is not None and attn_mask.shape[-2] > 1:
+                attn_mask = take_rows(attn_mask.transpose(1, 2), rows).transpose(1, 2)
+            if self.causal:  # SDPA's is_causal aligns a shorter query block to the top left; ours are other rows
+                positions = torch.arange(n, device=qkv.device)
+                allowed = positions[:, None] >= positions[None] if isinstance(rows, int) else None
+                allowed = allowed[rows:] if allowed is not None else positions <= rows[:, None, :, None]
+                attn_mask = allowed if attn_mask is None else attn_mask & allowed
+                causal = False
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        with attention_kernels(q, n):
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal,
+            )
+        return self.out(y.transpose(1, 2).reshape(b, q.shape[2], d))
+
+
+Rows = "int | Tensor"
+
+
+def take_rows(x: Tensor, rows: int | Tensor) -> Tensor:
+    """The wanted tokens of x (B, N, ...): ``x[:, rows:]`` for an int, else ``x[e, rows[e]]`` per example for a
+    (B, M) long tensor (a gather: its backward writes each picked row once)."""
+    if isinstance(rows, int):
+        return x[:, rows:]
+    index = rows.view(*rows.shape, *([1] * (x.dim() - 2))).expand(*rows.shape, *x.shape[2:])
+    return x.gather(1, index)
 
 
 class TransformerLayer(nn.Module):
@@ -106,11 +163,17 @@ class TransformerLayer(nn.Module):
     def mlp(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(self.act_drop(self.act(self.fc1(x)))))
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None, rows: Rows = 0, qkv: Tensor | None = None) -> Tensor:
+        """x: (B, N, D) -> (B, M, D): with ``rows`` (see :meth:`SelfAttention.forward`) only those tokens are
+        computed (their attention still reads every token). qkv (pre-LN only): ``self.attn.qkv(self.norm1(x))``
+        when the caller has it."""
         if self.norm_first:
-            x = x + self.drop(self.attn(self.norm1(x), attn_mask))
+            h = self.norm1(x) if qkv is None else None
+            x = take_rows(x, rows) + self.drop(self.attn(h, attn_mask, rows, qkv))
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.drop(self.attn(x, attn_mask)))
+        if qkv is not None:
+            raise ValueError("a precomputed qkv needs a pre-LN layer (norm_first)")
+        x = self.norm1(take_rows(x, rows) + self.drop(self.attn(x, attn_mask, rows)))
         return self.norm2(x + self.mlp(x))
 
 
@@ -146,26 +209,40 @@ class TransformerEncoder(nn.Module):
         return keep
 
     def forward(
-        self, x: Tensor, padding_mask: Tensor | None = None, output_hidden_states: bool = False
+        self, x: Tensor, padding_mask: Tensor | None = None, output_hidden_states: bool = False,
+        outputs_from: int = 0, first_qkv: Tensor | None = None, outputs_at: Tensor | None = None,
     ) -> BackboneOutput:
         """x: (B, N, D); padding_mask: (B, N) True where padded.
 
         hidden_states (when asked for) holds the input and each layer's output before the final norm, as in
-        ``transformers``.
+        ``transformers``. outputs_from: only the tokens from there on are wanted: the last layer computes just
+        them (its attention still reads every token), so ``last_hidden_state`` (and the last hidden state) is
+        (B, N - outputs_from, D), the same numbers as ``[:, outputs_from:]`` of the full output. outputs_at: the
+        same for given positions, (B, M) long per example (CLIP's class or end-of-text token): the output is
+        (B, M, D), ``full[e, outputs_at[e]]``. first_qkv (pre-LN only): the first layer's ``attn.qkv(norm1(x))``
+        (B, N, 3·D) when the caller computed it.
         """
+        if outputs_at is not None and outputs_from:
+            raise ValueError("give outputs_from or outputs_at, not both")
+        wanted: Rows = outputs_at if outputs_at is not None else outputs_from
         attn_mask = self.attention_mask(padding_mask, x.shape[1])
         states = [x] if output_hidden_states else None
         layerdrop = self.config.layerdrop if self.training else 0.0
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
             skipped = layerdrop > 0.0 and bool(torch.rand([]) < layerdrop)   # one draw, as transformers does
+            rows = wanted if i == last else 0
+            qkv = first_qkv if i == 0 else None
             if skipped:
-                pass
+                x = take_rows(x, rows)
             elif self.config.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, attn_mask, use_reentrant=False)
+                x = checkpoint(layer, x, attn_mask, rows, qkv, use_reentrant=False)
             else:
-                x = layer(x, attn_mask)
+                x = layer(x, attn_mask, rows, qkv)
             if states is not None:
                 states.append(x)
+        if not self.layers:
+            x = take_rows(x, wanted)
         x = self.norm(x)
         return BackboneOutput(x, tuple(states) if states is not None else None)
 
@@ -187,4 +264,4 @@ def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["TransformerConfig", "TransformerEncoder", "init_weights", "num_parameters"]
+__all__ = ["TransformerConfig", "TransformerEncoder", "attention_kernels", "take_rows", "init_weights", "num_parameters"]

@@ -3,10 +3,13 @@
 :class:`ImageAdapter` turns ``pixel_values`` (B, C, H, W) into patch tokens in the two stages of the adapter
 contract, so that MAE can drop patches after the positions are added and before the class token is prepended:
 
-* ``embed(batch)`` -> :class:`Tokens` with ``x`` (B, N, D) the patch embeddings (a stride-P convolution) and
-  ``targets["pixels"]`` (B, N, P·P·C) each patch's pixels, row-major over the grid, channel last inside a
-  patch (``transformers``' ``ViTMAEForPreTraining.patchify`` order);
-* ``add_positions(x)`` adds the patch positions (fixed 2-D sin-cos, as MAE, or learned, as ViT);
+* ``embed(batch)`` -> :class:`Tokens` with ``x`` (B, N, D) the patch embeddings and ``targets["pixels"]``
+  (B, N, P·P·C) each patch's pixels (``patches(batch)``), row-major over the grid, channel last inside a patch
+  (``transformers``' ``ViTMAEForPreTraining.patchify`` order). The embedding is the stride-P convolution
+  ``patch_embed`` (its (D, C, P, P) weight and bias are the parameters, as ``transformers``' ViT names them),
+  run as one matmul on the patch pixels (``embed_patches``), so MAE embeds its visible patches alone;
+* ``add_positions(x)`` adds the patch positions (fixed 2-D sin-cos, as MAE, or learned, as ViT), interpolated
+  for images of another size than the configured one (multi-crop's local views);
 * ``add_class_token(x)`` prepends the class token plus its position (zero for sin-cos, as MAE).
 
 ``forward`` runs all three, which is what the encoder of every image objective sees. :class:`PixelAdapter` hands
@@ -15,10 +18,12 @@ Loading, bad-image handling and augmentations live in ``modalities/image_data.py
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.types import Adapter, Batch, Tokens
@@ -131,24 +136,57 @@ class ImageAdapter(Adapter):
     def position_prefixes(self) -> tuple[str, ...]:
         return ("position_embeddings", "cls_token")
 
-    def check_size(self, pixels: Tensor) -> None:
+    def check_size(self, pixels: Tensor, any_size: bool = False) -> None:
+        """(B, C, S, S) with the configured C and S, or with ``any_size`` any square S that is a multiple of the
+        patch size (multi-crop's smaller views; the positions are then interpolated)."""
         c = self.config
-        if pixels.dim() != 4 or pixels.shape[1] != c.num_channels or tuple(pixels.shape[2:]) != (c.image_size,) * 2:
-            raise ValueError(f"expected pixel_values of shape (B, {c.num_channels}, {c.image_size}, {c.image_size}), "
-                             f"got {tuple(pixels.shape)}")
+        ok = pixels.dim() == 4 and pixels.shape[1] == c.num_channels
+        if ok and any_size:
+            ok = pixels.shape[2] == pixels.shape[3] and pixels.shape[2] % c.patch_size == 0 and pixels.shape[2] > 0
+        elif ok:
+            ok = tuple(pixels.shape[2:]) == (c.image_size,) * 2
+        if not ok:
+            size = f"S, S) with S a multiple of {c.patch_size}" if any_size else f"{c.image_size}, {c.image_size})"
+            raise ValueError(f"expected pixel_values of shape (B, {c.num_channels}, {size}, got {tuple(pixels.shape)}")
+
+    def patches(self, batch: Batch, any_size: bool = False) -> Tensor:
+        """(B, N, P·P·C) each patch's pixels (:func:`patchify`) of ``batch["pixel_values"]``, size checked
+        (:meth:`check_size`)."""
+        pixels: Tensor = batch["pixel_values"]
+        self.check_size(pixels, any_size)
+        return patchify(pixels, self.config.patch_size)
+
+    def embed_patches(self, patches: Tensor) -> Tensor:
+        """(…, P·P·C) patch pixels in :func:`patchify`'s order -> (…, D) patch embeddings. The stride-P
+        convolution ``patch_embed`` (kernel = stride = P) is one matmul on the patch pixels, so only the patches
+        asked for are embedded (MAE: the visible ones); the (D, C, P, P) weight is read in (row, column, channel)
+        order."""
+        w = self.patch_embed.weight
+        return F.linear(patches.to(w.dtype), w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), self.patch_embed.bias)
 
     def embed(self, batch: Batch) -> Tokens:
-        pixels: Tensor = batch["pixel_values"]
-        self.check_size(pixels)
-        x = self.patch_embed(pixels.to(self.patch_embed.weight.dtype)).flatten(2).transpose(1, 2)
-        return Tokens(x=x, padding_mask=None, targets={"pixels": patchify(pixels, self.config.patch_size)})
+        pixels = self.patches(batch, any_size=True)
+        return Tokens(x=self.embed_patches(pixels), padding_mask=None, targets={"pixels": pixels})
 
-    def patch_positions(self) -> Tensor:
-        """(1, N, D) the positions of the patches (without the class token's)."""
-        return self.position_embeddings[:, self.num_prefix_tokens:]
+    def patch_positions(self, ids: Tensor | None = None, grid_size: int | None = None) -> Tensor:
+        """(1, N, D) the positions of the patches (without the class token's); with ``ids`` (B, M) patch
+        indices, theirs (B, M, D). For a ``grid_size`` other than the configured one (a smaller multi-crop view)
+        the table is resized by bicubic interpolation, as DINO's ViT and ``transformers``' ViT
+        (``interpolate_pos_encoding=True``) do."""
+        table = self.position_embeddings[:, self.num_prefix_tokens:]
+        g = self.config.grid_size
+        if grid_size is not None and grid_size != g:
+            grid = table.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+            grid = F.interpolate(grid, size=(grid_size, grid_size), mode="bicubic", align_corners=False)
+            table = grid.permute(0, 2, 3, 1).reshape(1, grid_size * grid_size, -1)
+        return table if ids is None else F.embedding(ids, table[0])
 
     def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        return x + self.patch_positions().to(x.dtype)
+        """x (B, N, D) the patches of a square grid (N = g²; g other than the configured grid: interpolated)."""
+        g = math.isqrt(x.shape[1])
+        if g * g != x.shape[1]:
+            raise ValueError(f"{x.shape[1]} patch tokens do not form a square grid")
+        return x + self.patch_positions(grid_size=g).to(x.dtype)
 
     def add_class_token(self, x: Tensor) -> Tensor:
         """Prepend the class token (plus its position) to (B, M, D) patch tokens, then dropout."""

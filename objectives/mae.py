@@ -4,27 +4,39 @@ masker x target x loss = a random 75 % of the patches dropped (argsort of per-pa
 pixels (per-patch normalised with ``norm_pix_loss``, sec. 3 "Reconstruction target") x MSE over the dropped
 patches. The steps, in the order the objective runs them:
 
-1. ``adapter.embed`` (patch embeddings, ``targets["pixels"]``) -> ``adapter.add_positions`` (patch positions);
-2. random masking: ``noise`` (B, N) from the batch (``"noise"``, as HF's ``forward(noise=...)``), else from each
-   example's seed (``"example_seeds"``, so N processes draw what one draws), else ``torch.rand``; the first
-   ``int(N * (1 - mask_ratio))`` patches of ``argsort(noise)`` stay visible;
-3. ``adapter.add_class_token`` -> the encoder (``backbone``, pre-LN + final norm) on the visible tokens only;
-4. ``decoder_embed`` -> mask tokens for the dropped patches -> decoder positions (fixed 2-D sin-cos of the
+1. ``adapter.patches`` (each patch's pixels: the targets) and random masking: ``noise`` (B, N) from the batch
+   (``"noise"``, as HF's ``forward(noise=...)``), else from each example's seed (``"example_seeds"``, so N
+   processes draw what one draws), else ``torch.rand``; the first K = ``int(N * (1 - mask_ratio))`` patches of
+   ``argsort(noise)`` stay visible;
+2. ``adapter.embed_patches`` + the patch positions on the K visible patches -> ``adapter.add_class_token`` -> the
+   encoder (``backbone``, pre-LN + final norm);
+3. ``decoder_embed`` -> mask tokens for the dropped patches -> decoder positions (fixed 2-D sin-cos of the
    decoder width, a zero row for the class token) -> ``decoder`` (pre-LN layers + the decoder norm) ->
    ``decoder_pred`` to P·P·C pixels;
-5. loss: per patch the mean squared error over its pixels, summed over the dropped patches
+4. loss: per patch the mean squared error over its pixels, summed over the dropped patches
    (``num_targets`` = their number; the engine divides by the global count, so the mean is HF's).
 
-Speed, with the same result: the decoder runs in *shuffled* order (visible tokens, then mask tokens, each with the
-positions of the patch it stands for, gathered once) instead of unshuffling with ``ids_restore``: attention is
-permutation-equivariant, so only the order of float sums changes. ``decoder_pred`` and the loss then run on the
-dropped patches alone (the last N - K tokens), not on every patch as HF does. :meth:`predict` unshuffles for the
-full (B, N, P·P·C) logits HF returns. On a CPU in bf16 attention runs on SDPA's math kernel
-(:func:`attention_kernels`).
+Speed, with HF's results (only the order of some float sums differs; ``tests/test_mae.py`` checks the loss, the
+logits and every gradient of a training step against ``ViTMAEForPreTraining``):
+
+* only the visible patches are embedded: the stride-P patch convolution is a matmul on their pixels (HF embeds
+  all N and then drops 75 %);
+* the decoder runs in *shuffled* order (class token, the visible tokens, then the mask tokens, each with the
+  position of the patch it stands for) instead of unshuffling with ``ids_restore``: attention is
+  permutation-equivariant. Its input is the visible rows, then rows of a per-patch table (``table_rows``);
+* its first layer: a mask token's input is ``mask_token`` + its patch's position, one of N rows for the whole
+  batch, so that layer's norm and QKV projection run on those N rows once and are gathered per token
+  (``TransformerEncoder(first_qkv=...)``) instead of running on B·(N - K) tokens;
+* its last layer computes only the dropped patches' tokens (``outputs_from``): every token is still a key and a
+  value, but the queries, the output projection, the MLP, the decoder norm, ``decoder_pred`` and the loss run on
+  the N - K dropped patches alone (HF predicts every patch and masks the loss). :meth:`predict` runs them on
+  every patch and unshuffles for the full (B, N, P·P·C) logits HF returns.
+
+On a CPU in bf16 the backbone's attention takes SDPA's math kernel on these short sequences
+(``selfsup.backbones.transformer.attention_kernels``). ``benchmarks/mae_speed.py`` times a training step.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -33,7 +45,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from selfsup.backbones.transformer import TransformerEncoder
 from selfsup.modalities.image import ImageAdapter, sincos_2d, unpatchify
@@ -108,6 +119,30 @@ def take(x: Tensor, ids: Tensor) -> Tensor:
     return torch.gather(x, 1, ids[:, :, None].expand(-1, -1, x.shape[-1]))
 
 
+class _TableRows(torch.autograd.Function):
+    """``table[index]`` whose backward is one matmul, ``one_hot(index)ᵀ @ grad``: no scatter-add (slow on a CPU,
+    and racy under advanced indexing), the same sums in a fixed order."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows, ctx.dtype = table.shape[0], table.dtype
+        return table.index_select(0, index.flatten()).view(*index.shape, table.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        flat = grad.reshape(-1, grad.shape[-1])
+        onehot = F.one_hot(index.flatten(), ctx.rows).to(flat.dtype)
+        return (onehot.t() @ flat).to(ctx.dtype), None
+
+
+def table_rows(table: Tensor, index: Tensor) -> Tensor:
+    """(*index.shape, D) rows of ``table`` (R, D) picked by ``index`` (long, any shape), differentiable in
+    ``table`` (a few rows picked by many tokens, as MAE's mask tokens)."""
+    return _TableRows.apply(table, index)
+
+
 def patch_targets(pixels: Tensor, norm_pix_loss: bool, eps: float = 1e-6) -> Tensor:
     """(…, P·P·C) patch pixels -> float32 targets, each patch normalised by its mean and (unbiased) variance
     when ``norm_pix_loss`` (MAE / HF)."""
@@ -128,15 +163,6 @@ def mae_loss(pred: Tensor, pixels: Tensor, mask: Tensor, norm_pix_loss: bool, ep
     mask = mask.bool()
     per_patch = (pred.float() - patch_targets(pixels, norm_pix_loss, eps)).pow(2).mean(dim=-1)
     return per_patch[mask].sum(), int(mask.sum())
-
-
-def attention_kernels(x: Tensor):
-    """The SDPA kernels for a step on ``x``: on a CPU in bf16 (autocast or bf16 weights) the math kernel, whose
-    backward is a few batched matmuls; the CPU flash kernel's bf16 backward took about half of a MAE step on short
-    sequences (17 / 65 tokens; ``benchmarks/mae_speed.py``). Elsewhere torch's choice (flash on CPU in fp32)."""
-    bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
-                                         and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-    return sdpa_kernel([SDPBackend.MATH]) if x.device.type == "cpu" and bf16 else contextlib.nullcontext()
 
 
 def xavier_init(module: nn.Module) -> nn.Module:
@@ -191,33 +217,52 @@ class MAEObjective(Objective):
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor, Masking]:
         """(latent (B, p + K, D) = the encoder's last hidden state on the class token and the visible patches,
-        which is ``ViTMAEModel``'s; patch pixels (B, N, P·P·C); the masking)."""
-        tokens = self.adapter.embed(batch)
-        x = self.adapter.add_positions(tokens.x)
-        masking = self.draw_masking(batch, x.device)
-        visible = take(x, masking.ids_shuffle[:, :masking.num_visible])
+        which is ``ViTMAEModel``'s; patch pixels (B, N, P·P·C); the masking). Only the visible patches are
+        embedded (the patch convolution is a matmul on their pixels) and given their positions."""
+        pixels = self.adapter.patches(batch)
+        masking = self.draw_masking(batch, pixels.device)
+        ids = masking.ids_shuffle[:, :masking.num_visible]
+        x = self.adapter.embed_patches(take(pixels, ids))
+        visible = x + self.adapter.patch_positions(ids).to(x.dtype)
         latent = self.backbone(self.adapter.add_class_token(visible)).last_hidden_state
-        return latent, tokens.targets["pixels"], masking
+        return latent, pixels, masking
 
-    def decode(self, latent: Tensor, masking: Masking) -> Tensor:
+    def decode(self, latent: Tensor, masking: Masking, outputs_from: int = 0) -> Tensor:
         """(B, p + N, Dd) the decoder's output (after its norm) in *shuffled* order: class token, the K visible
-        patches, then the N - K dropped ones, each token with the decoder position of its patch."""
-        p = self.adapter.num_prefix_tokens
+        patches, then the N - K dropped ones, each token with the decoder position of its patch. With
+        ``outputs_from`` only the tokens from there on (the decoder's last layer computes just them).
+
+        A dropped patch's decoder input is ``mask_token`` + its position, one of N rows whatever the example: the
+        input is the visible rows followed by those N rows picked per token (:func:`table_rows`), and with a pre-LN decoder
+        the first layer's norm and QKV projection run once on the N rows and are gathered the same way
+        (``first_qkv``) instead of running on all B·(N - K) mask tokens."""
+        p, k = self.adapter.num_prefix_tokens, masking.num_visible
         y = self.decoder_embed(latent)
         b, n = masking.ids_shuffle.shape
-        fill = self.mask_token.to(y.dtype).expand(b, n - masking.num_visible, -1)
         table = self.decoder_pos_embed[0].to(y.dtype)
-        pos = F.embedding(masking.ids_shuffle, table[p:])                   # (B, N, Dd), no grad
+        pos = F.embedding(masking.ids_shuffle[:, :k], table[p:])            # (B, K, Dd), no grad
         if p:
             pos = torch.cat([table[:p].expand(b, -1, -1), pos], dim=1)
-        return self.decoder(torch.cat([y, fill], dim=1) + pos).last_hidden_state
+        visible = y + pos                                                   # (B, p + K, Dd)
+        masked = self.mask_token[0].to(y.dtype) + table[p:]                 # (N, Dd): one row per patch
+        ids = masking.ids_shuffle[:, k:]                                    # (B, N - K): the dropped patches
+
+        def gather(per_token: Tensor, per_patch: Tensor) -> Tensor:         # (B, p + N, ·)
+            return torch.cat([per_token, table_rows(per_patch, ids)], dim=1)
+
+        first_qkv = None
+        if self.decoder.config.norm_first and len(self.decoder.layers) and n > k:
+            layer = self.decoder.layers[0]
+            qkv = lambda t: layer.attn.qkv(layer.norm1(t))                  # noqa: E731
+            first_qkv = gather(qkv(visible), qkv(masked))
+        return self.decoder(gather(visible, masked), outputs_from=outputs_from,
+                            first_qkv=first_qkv).last_hidden_state
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
-        with attention_kernels(self.decoder_pos_embed):
-            latent, pixels, masking = self.encode(batch)
-            h = self.decode(latent, masking)
+        latent, pixels, masking = self.encode(batch)
         start = self.adapter.num_prefix_tokens + masking.num_visible
-        pred = self.decoder_pred(h[:, start:])                              # (B, N - K, P·P·C): dropped only
+        h = self.decode(latent, masking, outputs_from=start)                # (B, N - K, Dd): dropped only
+        pred = self.decoder_pred(h)                                         # (B, N - K, P·P·C)
         target = patch_targets(take(pixels, masking.ids_shuffle[:, masking.num_visible:]),
                                self.config.norm_pix_loss, self.config.norm_pix_eps)
         loss = (pred.float() - target).pow(2).mean(dim=-1).sum()
@@ -228,9 +273,8 @@ class MAEObjective(Objective):
         """What ``ViTMAEForPreTraining`` returns: ``logits`` (B, N, P·P·C) at every patch in image order,
         ``mask`` (B, N) float (1 = dropped), ``ids_restore`` (B, N), ``latent`` (B, p + K, D), and ``loss``
         (the mean over the dropped patches)."""
-        with attention_kernels(self.decoder_pos_embed):
-            latent, pixels, masking = self.encode(batch)
-            h = self.decode(latent, masking)[:, self.adapter.num_prefix_tokens:]
+        latent, pixels, masking = self.encode(batch)
+        h = self.decode(latent, masking, outputs_from=self.adapter.num_prefix_tokens)
         logits = take(self.decoder_pred(h), masking.ids_restore)
         total, count = mae_loss(logits, pixels, masking.mask, self.config.norm_pix_loss, self.config.norm_pix_eps)
         return {"logits": logits, "mask": masking.mask.float(), "ids_restore": masking.ids_restore,
@@ -245,7 +289,7 @@ class MAEObjective(Objective):
         (B, N) bool."""
         out = self.predict(batch)
         c = self.adapter.config
-        pixels = self.adapter.embed(batch).targets["pixels"].float()
+        pixels = self.adapter.patches(batch).float()
         pred = out["logits"].float()
         if self.config.norm_pix_loss:
             mean, var = pixels.mean(dim=-1, keepdim=True), pixels.var(dim=-1, keepdim=True)
@@ -305,4 +349,4 @@ def reconstruction_grid(originals: Tensor, masked: Tensor, reconstructions: Tens
 
 
 __all__ = ["MAEConfig", "MAEObjective", "Masking", "random_masking", "masking_noise", "num_visible",
-           "patch_targets", "mae_loss", "xavier_init", "attention_kernels", "reconstruction_grid", "ReconstructionGrid", "take"]
+           "patch_targets", "table_rows", "mae_loss", "xavier_init", "reconstruction_grid", "ReconstructionGrid", "take"]

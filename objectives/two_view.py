@@ -11,7 +11,7 @@ views first, then (SwAV, DINO multi-crop) the local ones. Methods without multi-
 SwAV; one forward per resolution), so batch norm sees both global views at once, and each head runs once on the
 concatenated features. One vector per image: the class token's output when the adapter prepends one (ViT, as DINO
 and MoCo v3 do), else the mean over the tokens (a ResNet's tokens are its last feature map: global average
-pooling). ``Encoder.pooled`` (probes) always takes the mean.
+pooling). ``encoder()`` pools the same way, so the kNN and the linear probe see the method's vector.
 
 **Global batch.** Every loss is the global batch's mean, the same value on every process (two_view_losses), and
 every batch statistic is global: heads use :class:`GlobalBatchNorm`, ResNets too (``ResNetConfig.global_batchnorm``),
@@ -61,13 +61,16 @@ def get_views(batch: Batch, need: int = 2) -> list[Tensor]:
     return list(views)
 
 
+def pooling_of(adapter: nn.Module) -> str:
+    """``"first"`` (the class token's output) if the adapter prepends one, else ``"mean"`` over the tokens."""
+    return "first" if getattr(adapter, "num_prefix_tokens", 0) > 0 else "mean"
+
+
 def pooled(adapter: nn.Module, backbone: nn.Module, pixels: Tensor) -> Tensor:
-    """(B, D) one vector per image: the class token's output if the adapter has one, else the token mean."""
+    """(B, D) one vector per image, pooled as :func:`pooling_of` says."""
     tokens = adapter({"pixel_values": pixels})
     h = backbone(tokens.x, tokens.padding_mask).last_hidden_state
-    if getattr(adapter, "num_prefix_tokens", 0) > 0:
-        return h[:, 0]
-    return masked_mean(h, tokens.padding_mask)
+    return h[:, 0] if pooling_of(adapter) == "first" else masked_mean(h, tokens.padding_mask)
 
 
 def runs(views: Sequence[Tensor]) -> list[list[int]]:
@@ -203,8 +206,8 @@ def load_monitor_state(self, state: dict[str, Any]) -> None:
 
 
 def online_encoder(self) -> Encoder:
-    """``encoder()``: the online (student) adapter + backbone."""
-    return Encoder(self.adapter, self.backbone)
+    """``encoder()``: the online (student) adapter + backbone, pooled as the method pools (class token on a ViT)."""
+    return Encoder(self.adapter, self.backbone, pooling_of(self.adapter))
 
 
 def count_step(self, step: int) -> None:
@@ -694,9 +697,9 @@ class DINO(Objective):
         """The teacher's encoder (default, ``config.export``) or the student's (``which="student"``)."""
         which = which or self.config.export
         if which == "teacher":
-            return Encoder(self.teacher["adapter"], self.teacher["backbone"])
+            return Encoder(self.teacher["adapter"], self.teacher["backbone"], pooling_of(self.adapter))
         if which == "student":
-            return Encoder(self.adapter, self.backbone)
+            return Encoder(self.adapter, self.backbone, pooling_of(self.adapter))
         raise ValueError(f"which is {which!r}; choose 'teacher' or 'student'")
 
 
@@ -791,5 +794,5 @@ def build(method: str, adapter: Adapter, backbone: nn.Module, **settings: Any) -
 
 __all__ = ["METHODS", "build", "SimCLR", "SimCLRConfig", "MoCoV2", "MoCoV2Config", "MoCoV3", "MoCoV3Config", "BYOL",
            "BYOLConfig", "SimSiam", "SimSiamConfig", "SwAV", "SwAVConfig", "DINO", "DINOConfig", "DINOHead",
-           "WeightNormLinear", "VICReg", "VICRegConfig", "BarlowTwins", "BarlowTwinsConfig", "mlp", "pooled", "encode",
+           "WeightNormLinear", "VICReg", "VICRegConfig", "BarlowTwins", "BarlowTwinsConfig", "mlp", "pooled", "pooling_of", "encode",
            "runs", "cosine_momentum", "ema_parameters", "gate_grad", "ring_write", "get_views"]

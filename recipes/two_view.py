@@ -53,6 +53,8 @@ def build_parser() -> ArgumentParser:
                    help="default: the preset's (resnet_tiny on CPU, resnet18 for lightly's CIFAR-10 setting)")
     g.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="the settings the flags start from")
     g.add_argument("--num_local_views", type=int, default=None, help="SwAV / DINO multi-crop: local views")
+    g.add_argument("--local_size", type=int, default=None,
+                   help="their size (default: DINO's 96/224 of --image_size, a whole number of patches on a ViT)")
     g.add_argument("--temperature", type=float, default=None, help="the method's loss temperature")
     g.add_argument("--queue_size", type=int, default=None, help="MoCo v2's queue of negatives")
     # None = "the preset's"; base_parser's own defaults would hide whether the flag was given
@@ -81,14 +83,27 @@ def apply_preset(args: Namespace, num_images: int, num_processes: int) -> dict[s
     return preset
 
 
-def transforms_for(preset: dict[str, Any], args: Namespace) -> list:
-    """The views of the method's pipeline (``modalities.image_views``), at ``--image_size``."""
+def local_view_size(args: Namespace, patch_size: int | None) -> int:
+    """``--local_size``, else DINO's 96/224 of ``--image_size``; on a ViT (``patch_size``) rounded to a whole
+    number of patches (its positions are interpolated to the smaller grid)."""
+    size = args.local_size or max(1, round(args.image_size * 96 / 224))
+    if patch_size:
+        rounded = max(patch_size, round(size / patch_size) * patch_size)
+        if args.local_size and rounded != size:
+            raise SelfsupError(f"--local_size {size} is not a multiple of the ViT's patch size {patch_size}")
+        size = rounded
+    return size
+
+
+def transforms_for(preset: dict[str, Any], args: Namespace, patch_size: int | None = None) -> list:
+    """The views of the method's pipeline (``modalities.image_views``), at ``--image_size`` (multi-crop's local
+    views at :func:`local_view_size`)."""
     norm = dict(mean=args.image_mean, std=args.image_std)
     kind = preset.get("transform", "simclr")
     if kind == "byol":
         return byol_transforms(args.image_size, **norm)
     if kind == "multicrop":
-        return multicrop_transforms(args.image_size, num_local=args.num_local_views,
+        return multicrop_transforms(args.image_size, local_view_size(args, patch_size), num_local=args.num_local_views,
                                     global_scale=tuple(preset.get("global_scale", (0.4, 1.0))), **norm)
     small = args.image_size <= 64   # lightly's CIFAR-10 benchmark: colour jitter at half strength, no blur
     view = simclr_transform(args.image_size, jitter=(0.2, 0.2, 0.2, 0.05) if small else (0.4, 0.4, 0.4, 0.1),
@@ -161,13 +176,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = TrainingSettings.from_args(args)
     labelled = labelled_images(args, images)
     fit, score = (None, None) if labelled is None else (EvalImages(labelled[0], args), EvalImages(labelled[1], args))
-    views = transforms_for(preset, args)
-    loader = view_loader(images, views, args, accelerator)
-    accelerator.print(f"{args.method} on {args.backbone}: {len(views)} views of {args.image_size}px, "
-                      f"{args.max_steps} steps of {args.per_device_train_batch_size * accelerator.num_processes} "
-                      f"images, {args.optimizer} lr {args.learning_rate:.3g}")
     encoder = imported_encoder(args.init_from) if args.init_from else None                 # build
     objective = build_objective(args, preset, encoder)
+    adapter = objective.encoder().adapter
+    views = transforms_for(preset, args, adapter.config.patch_size if hasattr(adapter, "patch_embed") else None)
+    loader = view_loader(images, views, args, accelerator)
+    accelerator.print(f"{args.method} on {args.backbone}: {len(views)} views of {args.image_size}px"
+                      f"{f' ({args.num_local_views} local)' if args.num_local_views else ''}, "
+                      f"{args.max_steps} steps of {args.per_device_train_batch_size * accelerator.num_processes} "
+                      f"images, {args.optimizer} lr {args.learning_rate:.3g}")
     accelerator.print(f"model: {num_parameters(objective.encoder()) / 1e6:.1f}M encoder parameters")
     eval_fn = None if fit is None or not args.eval_steps else knn_monitor(lambda obj: obj.encoder(), fit, score, args, accelerator.device)
     trainer = Trainer(objective, loader, settings, accelerator, eval_fn,

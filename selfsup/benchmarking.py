@@ -41,7 +41,7 @@ def interleaved(sides: dict[str, Step], steps: int, rounds: int, warmup: int, ba
 
 
 def speed_args(description: str, precision: str, quick: dict, full: dict) -> argparse.Namespace:
-    """``--quick --steps --rounds --warmup --precision --threads --fused``; unset counts come from quick/full."""
+    """``--quick --steps --rounds --warmup --precision --threads --[no-]fused``; unset counts come from quick/full."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="few steps and rounds; a short run")
     p.add_argument("--steps", type=int, default=None, help="timed steps per side per round")
@@ -50,7 +50,9 @@ def speed_args(description: str, precision: str, quick: dict, full: dict) -> arg
     p.add_argument("--precision", choices=("fp32", "bf16", "both"), default=precision,
                    help="bf16 autocast is emulated (very slow) on CPUs without native bf16")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--fused", action="store_true", help="fused AdamW for both sides")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                   help="fused AdamW for both sides (the default: selfsup's engine and transformers' Trainer, "
+                        "adamw_torch_fused, both run it); --no-fused for the per-tensor loop")
     args = p.parse_args()
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:

@@ -53,9 +53,14 @@ class CollapseMonitor:
     def update(self, z: Tensor, step: int) -> dict[str, float]:
         """z: (B, dim) embeddings of this step (B >= 2) -> metrics "collapse/embedding_std",
         "collapse/embedding_std_ratio" (std * sqrt(dim): about 1 when healthy), "collapse/effective_rank",
-        "collapse/collapsed" (1.0 or 0.0)."""
+        "collapse/collapsed" (1.0 or 0.0). Embeddings that are not finite (a diverged step, whose loss the
+        engine skips) give NaN figures and count as not collapsed."""
         if z.ndim != 2 or z.shape[1] != self.dim or z.shape[0] < 2:
             raise ValueError(f"CollapseMonitor: expected (B >= 2, {self.dim}) embeddings, got {tuple(z.shape)}")
+        if not bool(torch.isfinite(z).all()):   # a diverged step: the engine skips its loss; nothing to rank
+            nan = float("nan")
+            return {"collapse/embedding_std": nan, "collapse/embedding_std_ratio": nan,
+                    "collapse/effective_rank": nan, "collapse/collapsed": 0.0}
         std, rank = float(embedding_std(z)), float(effective_rank(z))
         full = min(z.shape)
         low_std = std < self.std_threshold / math.sqrt(self.dim)

@@ -89,13 +89,21 @@ class Adapter(nn.Module):
         return tokens
 
 
+POOLINGS = ("mean", "first")
+
+
 class Encoder(nn.Module):
     """Adapter + backbone: what an objective's ``encoder()`` returns and what evaluation and export use."""
 
-    def __init__(self, adapter: Adapter, backbone: nn.Module) -> None:
+    def __init__(self, adapter: Adapter, backbone: nn.Module, pooling: str = "mean") -> None:
+        """pooling: how :meth:`pooled` makes one vector per example, ``"mean"`` over the tokens that are not
+        padding, or ``"first"``, the first token's (a class token that the objective trained, as DINO's)."""
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose from {list(POOLINGS)}")
         self.adapter = adapter
         self.backbone = backbone
+        self.pooling = pooling
 
     def forward(self, batch: Batch, output_hidden_states: bool = False) -> tuple[BackboneOutput, Tensor | None]:
         """Returns the backbone output and the (B, N) padding mask."""
@@ -104,20 +112,22 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def pooled(self, batch: Batch) -> Tensor:
-        """(B, D) mean of the last hidden state over the tokens that are not padding."""
+        """(B, D) the last hidden state pooled (``self.pooling``: the mean over tokens that are not padding, or
+        the first token)."""
         return self.pooled_views(batch, ("last",))["last"]
 
     @torch.no_grad()
     def pooled_views(self, batch: Batch, views: Sequence[str] = ("last",)) -> dict[str, Tensor]:
-        """Mean-pooled features from one forward pass: ``"last"`` (B, D) the last hidden state;
+        """Pooled features (``self.pooling``) from one forward pass: ``"last"`` (B, D) the last hidden state;
         ``"all_layers"`` (B, (L + 1) * D) the input to the first layer and every layer's output, concatenated."""
         out, padding_mask = self(batch, output_hidden_states="all_layers" in views)
+        pool = (lambda h: h[:, 0]) if self.pooling == "first" else (lambda h: masked_mean(h, padding_mask))
         result = {}
         if "last" in views:
-            result["last"] = masked_mean(out.last_hidden_state, padding_mask)
+            result["last"] = pool(out.last_hidden_state)
         if "all_layers" in views:
             states = out.hidden_states or (out.last_hidden_state,)
-            result["all_layers"] = torch.cat([masked_mean(h, padding_mask) for h in states], dim=-1)
+            result["all_layers"] = torch.cat([pool(h) for h in states], dim=-1)
         return result
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from selfsup.errors import SelfsupError
 from selfsup.recipes import mae, two_view
 from tests.conftest import straight_and_resumed
 
@@ -120,6 +121,18 @@ def test_two_view_on_a_vit_exports_a_vit_model(tmp_path):
     assert json.loads((out / "export" / "config.json").read_text())["model_type"] == "vit"
     image = Image.fromarray((np.random.default_rng(2).random((16, 16, 3)) * 255).astype("uint8"))
     assert torch.isfinite(features_by_pipeline(out / "export", image)).all()
+
+
+def test_dino_on_a_vit_trains_on_smaller_local_views(tmp_path):
+    """Multi-crop on a ViT: 2 global views of 16 px and 2 local ones rounded to whole patches (8 px, 2x2 patches),
+    which get interpolated positions; a --local_size that is not whole patches stops in one line."""
+    argv = two_view_argv("dino")(tmp_path / "dino", "--num_local_views", "2", steps=2)
+    argv[argv.index("resnet_tiny")] = "vit"
+    assert two_view.local_view_size(two_view.build_parser().parse_args(["--image_size", "16"]), 4) == 8
+    metrics = two_view.main(argv)
+    assert np.isfinite(metrics["train_loss"]) and metrics["export/max_abs_hidden_diff"] < 1e-4
+    with pytest.raises(SelfsupError, match="not a multiple of the ViT's patch size 4"):
+        two_view.main([*argv, "--local_size", "6"])
 
 
 def test_presets_fill_what_the_flags_leave():

@@ -64,6 +64,40 @@ def test_loss_logits_and_mask_equal_vitmae(norm_pix_loss):
     assert abs(float(plain) - float(out.loss) / out.num_targets) <= 1e-5
 
 
+@pytest.mark.parametrize("decoder_layers", [2, 1])
+def test_training_step_gradients_equal_vitmaes(decoder_layers):
+    """forward's shortcuts (visible patches alone embedded, the first decoder layer's QKV of the mask tokens once
+    per patch position, the last one's queries only at the dropped patches) leave the loss and every gradient
+    of a training step as ``ViTMAEForPreTraining``'s (one layer: first and last at once)."""
+    import copy
+
+    from selfsup.objectives.hf_vit import to_vitmae_state_dict
+
+    obj = make(decoder={"num_layers": decoder_layers}).train()
+    hf = mae_to_transformers(obj).train()
+    batch = {"pixel_values": images(), "noise": noise()}
+    out = obj(batch)
+    (out.loss / out.num_targets).backward()
+    ref = hf(**batch).loss
+    ref.backward()
+    assert abs(out.loss.item() / out.num_targets - ref.item()) <= 1e-6
+    grads = copy.deepcopy(obj)
+    with torch.no_grad():
+        for g, p in zip(grads.parameters(), obj.parameters()):
+            g.copy_(p.grad if p.grad is not None else torch.full_like(p, float("nan")))
+    ours = to_vitmae_state_dict(grads)
+    compared = 0
+    for name, p in hf.named_parameters():
+        if p.grad is None:
+            assert not p.requires_grad or torch.isnan(ours[name]).all(), name
+            continue
+        scale = float(p.grad.abs().max()) + 1e-3
+        assert (ours[name] - p.grad).abs().max() <= 1e-5 * scale, name
+        compared += 1
+    layers = obj.backbone.config.num_layers + decoder_layers     # our fused QKV is HF's q, k and v: 4 more each
+    assert compared == sum(p.grad is not None for p in obj.parameters()) + 4 * layers
+
+
 def test_encoder_equals_vit_model_for_sincos_and_learned_positions():
     for positions in ("sincos", "learned"):
         obj = make(image={"positions": positions})

@@ -158,3 +158,13 @@ def test_monitor_catches_dimensional_collapse_by_the_rank():
     assert len(caught) == 1 and "effective rank" in caught[0] and "std of" not in caught[0]
     with pytest.raises(ValueError, match=r"expected \(B >= 2, 16\) embeddings"):
         CollapseMonitor(16).update(z, 0)
+
+
+def test_monitor_reports_nan_for_a_diverged_step_and_carries_on():
+    """A step whose embeddings hold inf/NaN (the engine skips its loss) must not stop the run in an SVD."""
+    monitor = CollapseMonitor(dim=8, warn_after_steps=0)
+    z = torch.randn(16, 8)
+    z[3, 2] = float("inf")
+    out = monitor.update(z, step=1)
+    assert math.isnan(out["collapse/effective_rank"]) and out["collapse/collapsed"] == 0.0
+    assert monitor.update(torch.randn(16, 8), step=2)["collapse/effective_rank"] > 1

@@ -124,3 +124,114 @@ def test_activation_dropout_is_set_and_checked():
         enc.set_regularization(layerdrop=1.5)
     with pytest.raises(ValueError, match="activation_dropout"):
         preset(activation_dropout=-0.1)
+
+
+@pytest.mark.parametrize("norm_first,causal,with_padding", [(True, False, False), (True, False, True),
+                                                            (False, False, True), (True, True, False),
+                                                            (False, True, True)])
+def test_outputs_from_computes_the_same_last_tokens(norm_first, causal, with_padding):
+    """outputs_from: the last layer runs only the queries it is asked for; numbers and gradients are unchanged."""
+    enc = make(norm_first=norm_first, final_norm=norm_first, causal=causal, num_layers=3)
+    x = torch.randn(3, 9, 64)
+    pad = None
+    if with_padding:
+        pad = torch.zeros(3, 9, dtype=torch.bool)
+        pad[0, 7:] = True
+    grads = []
+    for start in (0, 4):
+        xi = x.clone().requires_grad_()
+        out = enc(xi, pad, output_hidden_states=True, outputs_from=start)
+        y = out.last_hidden_state
+        assert y.shape == (3, 9 - start, 64) and out.hidden_states[-1].shape == (3, 9 - start, 64)
+        if start:
+            torch.testing.assert_close(y, full[:, start:], rtol=0, atol=1e-5)
+        else:
+            full = y.detach()
+        (y[:, -5:] * torch.linspace(-1, 1, 64)).sum().backward()
+        grads.append(torch.cat([xi.grad.flatten(), *(p.grad.flatten() for p in enc.parameters())]))
+        enc.zero_grad()
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-5)
+    # every layer skipped (layerdrop) or none at all: the output is still only the tokens asked for
+    skipping = TransformerEncoder(preset(layerdrop=1.0, final_norm=True, norm_first=True)).train()
+    torch.testing.assert_close(skipping(x, outputs_from=4).last_hidden_state, skipping.norm(x[:, 4:]))
+    assert TransformerEncoder(preset(num_layers=0))(x, outputs_from=4).last_hidden_state.shape == (3, 5, 64)
+
+
+
+@pytest.mark.parametrize("norm_first,causal,with_padding", [(True, False, False), (True, True, False),
+                                                            (True, True, True), (False, False, True)])
+def test_outputs_at_computes_the_same_tokens_per_example(norm_first, causal, with_padding):
+    """outputs_at: per example the positions wanted (CLIP's end-of-text token, a class token): the last layer runs
+    only those queries, with the causal and padding masks of their rows; outputs and gradients are those of the
+    full run at the same positions."""
+    enc = make(norm_first=norm_first, final_norm=norm_first, causal=causal, num_layers=3)
+    x = torch.randn(3, 9, 64)
+    pad = None
+    if with_padding:
+        pad = torch.zeros(3, 9, dtype=torch.bool)
+        pad[0, 7:] = True
+    at = torch.tensor([[6], [0], [8]]) if not with_padding else torch.tensor([[6, 2], [0, 5], [8, 8]])
+    weights = torch.linspace(-1, 1, 64)
+    xi = x.clone().requires_grad_()
+    full = enc(xi, pad).last_hidden_state
+    picked = full[torch.arange(3)[:, None], at]
+    (picked * weights).sum().backward()
+    want = torch.cat([xi.grad.flatten(), *(p.grad.flatten() for p in enc.parameters() if p.grad is not None)])
+    enc.zero_grad(set_to_none=True)
+    xi = x.clone().requires_grad_()
+    out = enc(xi, pad, output_hidden_states=True, outputs_at=at)
+    assert out.last_hidden_state.shape == (3, at.shape[1], 64) and out.hidden_states[-1].shape == (3, at.shape[1], 64)
+    torch.testing.assert_close(out.last_hidden_state, picked.detach(), rtol=0, atol=1e-5)
+    (out.last_hidden_state * weights).sum().backward()
+    got = torch.cat([xi.grad.flatten(), *(p.grad.flatten() for p in enc.parameters() if p.grad is not None)])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        enc(x, outputs_from=1, outputs_at=at)
+
+def test_first_qkv_replaces_the_first_layers_projection():
+    enc = make(norm_first=True, final_norm=True)
+    x = torch.randn(2, 6, 64)
+    first = enc.layers[0]
+    qkv = first.attn.qkv(first.norm1(x))
+    torch.testing.assert_close(enc(x, first_qkv=qkv).last_hidden_state, enc(x).last_hidden_state, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pre-LN"):
+        make(norm_first=False)(x, first_qkv=qkv)
+
+
+def test_attention_kernel_choice_keeps_the_results():
+    """On a CPU in bf16, short sequences attend with SDPA's math kernel (faster there than the flash kernel) with
+    the flash kernel's results up to bf16 rounding; fp32 and long sequences keep torch's choice, untouched."""
+    import contextlib
+
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from selfsup.backbones.transformer import SHORT_SEQUENCE, attention_kernels
+
+    q16, k16, v16 = torch.randn(3, 2, 2, 17, 32).to(torch.bfloat16).unbind(0)
+    assert not isinstance(attention_kernels(q16, 17), contextlib.nullcontext)
+    for q, n in ((q16.float(), 17), (q16, SHORT_SEQUENCE)):
+        assert isinstance(attention_kernels(q, n), contextlib.nullcontext)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        flash = F.scaled_dot_product_attention(q16, k16, v16)
+    with attention_kernels(q16, 17):
+        ours = F.scaled_dot_product_attention(q16, k16, v16)
+    exact = F.scaled_dot_product_attention(q16.float(), k16.float(), v16.float())
+    assert (ours.float() - exact).abs().max() <= (flash.float() - exact).abs().max() + 1e-2
+    torch.testing.assert_close(ours.float(), flash.float(), rtol=0, atol=2e-2)
+    # a bf16 step (autocast) of a whole encoder: close to fp32, gradients finite
+    enc = make(norm_first=True, final_norm=True)
+    x = torch.randn(2, 17, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.profiler.profile(acc_events=True) as prof:
+        y = enc(x).last_hidden_state
+    kernels = {e.name for e in prof.events() if "scaled_dot_product" in e.name}
+    assert "aten::_scaled_dot_product_attention_math" in kernels and not any("flash" in k for k in kernels), kernels
+    assert (y.float() - enc(x).last_hidden_state).abs().max() < 0.1
+    y.float().square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in enc.parameters())
+    # fp32: exactly torch's own SDPA call
+    attn = enc.layers[0].attn
+    h = torch.randn(2, 17, 64)
+    q, k, v = (t.transpose(1, 2) for t in attn.qkv(h).view(2, 17, 3, 2, 32).unbind(2))
+    plain = attn.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 17, 64))
+    assert torch.equal(attn(h, None), plain)

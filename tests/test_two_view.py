@@ -424,3 +424,19 @@ def test_frozen_student_parameters_are_copied_not_averaged():
         obj.adapter.patch_embed.weight.mul_(1.37)                   # e.g. loaded weights
     obj.on_step_end(3)
     assert torch.equal(obj.teacher["adapter"].patch_embed.weight, obj.adapter.patch_embed.weight)
+
+
+@pytest.mark.parametrize("method", ["dino", "simclr"])
+def test_encoder_pools_as_the_method_does(method):
+    """What the probes read (Encoder.pooled) is the vector the method trained: the class token's output on a ViT,
+    the feature-map mean on a ResNet."""
+    views = make_views(1, b=3)
+    for backbone, pooling in (("vit", "first"), ("resnet_tiny", "mean")):
+        obj = build(method, backbone).eval()
+        encoder = obj.encoder()
+        assert encoder.pooling == pooling
+        with torch.no_grad():
+            torch.testing.assert_close(encoder.pooled({"pixel_values": views[0]}),
+                                       tv.pooled(encoder.adapter, encoder.backbone, views[0]))
+    with pytest.raises(ValueError, match="unknown pooling"):
+        type(encoder)(encoder.adapter, encoder.backbone, pooling="max")
