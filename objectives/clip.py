@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.backbones.transformer import ACTIVATIONS
+from selfsup.backbones.transformer import ACTIVATIONS, TransformerEncoder
 from selfsup.objectives.clip_losses import clip_logits, clip_loss, siglip_logits, siglip_loss
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput, masked_mean
 
@@ -130,6 +130,10 @@ class CLIPObjective(Objective):
     def pooled_image(self, pixel_values: Tensor) -> Tensor:
         """(B, D_image) one vector per image, before the projection."""
         tokens = self.image.adapter({"pixel_values": pixel_values})
+        if self.config.image_pooling == "cls" and isinstance(self.image.backbone, TransformerEncoder):
+            # only the class token's output is used: the last layer computes just that token
+            at = torch.zeros(len(tokens.x), 1, dtype=torch.long, device=tokens.x.device)
+            return self.image.backbone(tokens.x, tokens.padding_mask, outputs_at=at).last_hidden_state[:, 0]
         h = self.image.backbone(tokens.x, tokens.padding_mask).last_hidden_state
         if self.config.image_pooling == "cls":
             return h[:, 0]
@@ -149,15 +153,17 @@ class CLIPObjective(Objective):
                                                                         "attention_mask": attention_mask}
         tokens = self.text.adapter(batch)
         causal = self.text.backbone.config.causal
-        h = self.text.backbone(tokens.x, None if causal else tokens.padding_mask).last_hidden_state
         if self.config.text_pooling == "eos":
             is_eos = input_ids == self.config.eos_token_id
             if not bool(is_eos.any(dim=1).all()):
                 raise ValueError(f"every caption must hold the end-of-text token (id {self.config.eos_token_id})")
             index = is_eos.int().argmax(dim=1)
         else:
-            index = torch.full((len(h),), h.shape[1] - 1, device=h.device)
-        return self.text_projection(h[torch.arange(len(h), device=h.device), index])
+            index = torch.full((len(input_ids),), input_ids.shape[1] - 1, device=input_ids.device)
+        # only the pooled token's output is used: the last layer computes just that token per caption
+        h = self.text.backbone(tokens.x, None if causal else tokens.padding_mask,
+                               outputs_at=index[:, None]).last_hidden_state
+        return self.text_projection(h[:, 0])
 
     def scale(self) -> Tensor:
         """The logit multiplier ``exp(logit_scale)``."""
