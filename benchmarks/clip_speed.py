@@ -29,14 +29,13 @@ causal-and-padding mask and runs attention with it.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args
+from selfsup.benchmarking import (check_agreement, interleaved, precision_tags, record, speed_args,
+                                  training_step)
 from selfsup.objectives.builders import clip
 from selfsup.objectives.clip import CLIPObjective
 from selfsup.objectives.hf_clip import clip_to_transformers
@@ -80,17 +79,6 @@ def reference_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return model(**batch, return_loss=True).loss
 
 
-def make_step(loss_fn: Callable, model: nn.Module, opt: torch.optim.Optimizer, batch: dict, bf16: bool) -> Step:
-    def step() -> None:
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            loss = loss_fn(model, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
-
-
 def check_losses(fused: bool) -> tuple[float, float]:
     """First-step fp32 loss of both, and agreement again after one AdamW step."""
     ours, ref = build_models()
@@ -99,22 +87,18 @@ def check_losses(fused: bool) -> tuple[float, float]:
     for loss_fn, model in ((ours_loss, ours), (reference_loss, ref)):
         opt = make_optimizer(model, fused)
         first.append(loss_fn(model, batch).item())
-        make_step(loss_fn, model, opt, batch, bf16=False)()
+        training_step(loss_fn, model, opt, batch, bf16=False)()
     with torch.no_grad():
         second = [ours_loss(ours, batch).item(), reference_loss(ref, batch).item()]
-    for what, (a, b), tol in (("first step", first, LOSS_TOL), ("after one AdamW step", second, STEP_TOL)):
-        print(f"loss {what}: ours {a:.7f}  reference {b:.7f}  |diff| {abs(a - b):.2e}")
-        if abs(a - b) > tol:
-            raise SystemExit(f"FAIL: losses differ by {abs(a - b):.3e} > {tol} ({what}); "
-                             "the two models are not equivalent")
+    check_agreement([("first step", *first, LOSS_TOL), ("after one AdamW step", *second, STEP_TOL)])
     return first[0], first[1]
 
 
 def measure(bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tuple[float, float]:
     ours, ref = build_models()
     batch = make_batch()
-    sides = {"ours": make_step(ours_loss, ours, make_optimizer(ours, fused), batch, bf16),
-             "reference": make_step(reference_loss, ref, make_optimizer(ref, fused), batch, bf16)}
+    sides = {"ours": training_step(ours_loss, ours, make_optimizer(ours, fused), batch, bf16),
+             "reference": training_step(reference_loss, ref, make_optimizer(ref, fused), batch, bf16)}
     return interleaved(sides, steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
 
 
@@ -127,16 +111,8 @@ def main() -> None:
           f"{args.rounds} (warmup {args.warmup}), fused AdamW {args.fused}", flush=True)
     loss_ours, loss_ref = check_losses(args.fused)
     result: dict = {"name": "clip_speed", "unit": "samples/s", "ours": None, "reference": None, "ratio": None}
-    tags = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
-    if args.precision == "both" and not native_bf16():
-        tags = ("fp32",)
-        result["bf16_skipped"] = "CPU has no native bf16 (emulated; use --precision bf16 to force)"
-    for tag in tags:
-        ours, ref = measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused)
-        suffix = "" if tag == "fp32" else "_bf16"
-        result.update({f"ours{suffix}": round(ours, 2), f"reference{suffix}": round(ref, 2),
-                       f"ratio{suffix}": round(ours / ref, 3)})
-        print(f"[{tag}] median: ours {ours:.1f}  reference {ref:.1f} samples/s  ratio {ours / ref:.2f}x", flush=True)
+    for tag in precision_tags(args.precision, result):
+        record(result, tag, *measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused))
     result.update(loss_ours=round(loss_ours, 6), loss_reference=round(loss_ref, 6), config=dict(
         size=SIZE, image_size=IMAGE, vocab_size=VOCAB, batch_size=BATCH, caption_tokens="6-16, padded to the longest",
         optimizer=dict(OPTIM, fused=args.fused), steps=args.steps, rounds=args.rounds, warmup=args.warmup,

@@ -28,15 +28,14 @@ higher is better) plus ``*_bf16``, ``loss_ours``, ``loss_reference`` and ``confi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args
+from selfsup.benchmarking import (check_agreement, interleaved, precision_tags, record, speed_args,
+                                  training_step)
 from selfsup.objectives.builders import NANOGPT_SHAKESPEARE_CHAR, gpt
 from selfsup.objectives.clm import CausalLanguageModeling
 from selfsup.objectives.hf_gpt2 import to_transformers
@@ -77,17 +76,6 @@ def reference_loss(model: nn.Module, ids: Tensor) -> Tensor:
     return model(input_ids=ids, labels=ids).loss
 
 
-def make_step(loss_fn: Callable, model: nn.Module, opt: torch.optim.Optimizer, ids: Tensor, bf16: bool) -> Step:
-    def step() -> None:
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            loss = loss_fn(model, ids)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
-
-
 def check_losses(config: dict, fused: bool) -> tuple[float, float]:
     """First-step fp32 mean loss of both (dropout off), and agreement again after one AdamW step."""
     ours, ref = build_models(config)
@@ -97,14 +85,10 @@ def check_losses(config: dict, fused: bool) -> tuple[float, float]:
     for loss_fn, model in ((ours_loss, ours), (reference_loss, ref)):
         opt = make_optimizer(model, fused)
         first.append(loss_fn(model, ids).item())
-        make_step(loss_fn, model, opt, ids, bf16=False)()
+        training_step(loss_fn, model, opt, ids, bf16=False)()
     with torch.no_grad():
         second = [ours_loss(ours, ids).item(), reference_loss(ref, ids).item()]
-    for what, (a, b) in (("first step", first), ("after one AdamW step", second)):
-        print(f"loss {what}: ours {a:.7f}  reference {b:.7f}  |diff| {abs(a - b):.2e}")
-        if abs(a - b) > LOSS_TOL:
-            raise SystemExit(f"FAIL: losses differ by {abs(a - b):.3e} > {LOSS_TOL} ({what}); "
-                             "the two models are not equivalent")
+    check_agreement([("first step", *first, LOSS_TOL), ("after one AdamW step", *second, LOSS_TOL)])
     return first[0], first[1]
 
 
@@ -112,8 +96,8 @@ def measure(config: dict, bf16: bool, steps: int, rounds: int, warmup: int, fuse
     """Median samples/s of (ours, reference) over interleaved rounds."""
     ours, ref = build_models(config)
     ids = make_batch(config)
-    sides = {"ours": make_step(ours_loss, ours, make_optimizer(ours, fused), ids, bf16),
-             "reference": make_step(reference_loss, ref, make_optimizer(ref, fused), ids, bf16)}
+    sides = {"ours": training_step(ours_loss, ours, make_optimizer(ours, fused), ids, bf16),
+             "reference": training_step(reference_loss, ref, make_optimizer(ref, fused), ids, bf16)}
     return interleaved(sides, steps, rounds, warmup, config["batch_size"], "bf16" if bf16 else "fp32")
 
 
@@ -141,17 +125,8 @@ def main() -> None:
     loss_ours, loss_ref = check_losses(config, args.fused)
     result: dict = {"name": f"gpt_speed_{args.config}", "unit": "samples/s", "ours": None, "reference": None,
                     "ratio": None, "ours_bf16": None, "reference_bf16": None, "ratio_bf16": None}
-    tags = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
-    if args.precision == "both" and not native_bf16():
-        tags = ("fp32",)
-        result["bf16_skipped"] = "CPU has no native bf16 (emulated; use --precision bf16 to force)"
-        print(f"bf16 skipped: {result['bf16_skipped']}", flush=True)
-    for tag in tags:
-        ours, ref = measure(config, tag == "bf16", args.steps, args.rounds, args.warmup, args.fused)
-        suffix = "" if tag == "fp32" else "_bf16"
-        result.update({f"ours{suffix}": round(ours, 2), f"reference{suffix}": round(ref, 2),
-                       f"ratio{suffix}": round(ours / ref, 3)})
-        print(f"[{tag}] median: ours {ours:.1f}  reference {ref:.1f} samples/s  ratio {ours / ref:.2f}x", flush=True)
+    for tag in precision_tags(args.precision, result):
+        record(result, tag, *measure(config, tag == "bf16", args.steps, args.rounds, args.warmup, args.fused))
     result.update(loss_ours=round(loss_ours, 6), loss_reference=round(loss_ref, 6), config=dict(
         **config["backbone"], vocab_size=config["vocab_size"], context=config["context"],
         batch_size=config["batch_size"], optimizer=dict(OPTIM, fused=args.fused), steps=args.steps,

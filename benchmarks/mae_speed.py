@@ -38,14 +38,13 @@ ours runs attention on SDPA's math kernel there (``selfsup.backbones.transformer
 """
 from __future__ import annotations
 
-import contextlib
 import json
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args
+from selfsup.benchmarking import (check_agreement, interleaved, precision_tags, record, speed_args,
+                                  training_step)
 from selfsup.objectives.builders import mae
 from selfsup.objectives.hf_vit import mae_to_transformers
 from selfsup.objectives.mae import MAEObjective
@@ -76,25 +75,15 @@ def make_optimizer(model: nn.Module, fused: bool) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **OPTIM, fused=fused or None)
 
 
-def ours_loss(model: MAEObjective, pixels: Tensor, noise: Tensor) -> Tensor:
+def ours_loss(model: MAEObjective, batch: tuple[Tensor, Tensor]) -> Tensor:
+    pixels, noise = batch
     out = model({"pixel_values": pixels, "noise": noise})
     return out.loss / out.num_targets
 
 
-def reference_loss(model: nn.Module, pixels: Tensor, noise: Tensor) -> Tensor:
+def reference_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    pixels, noise = batch
     return model(pixel_values=pixels, noise=noise).loss
-
-
-def make_step(loss_fn: Callable, model: nn.Module, opt: torch.optim.Optimizer, pixels: Tensor, noise: Tensor,
-              bf16: bool) -> Step:
-    def step() -> None:
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            loss = loss_fn(model, pixels, noise)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
 
 
 def check_losses(fused: bool) -> tuple[float, float]:
@@ -104,15 +93,11 @@ def check_losses(fused: bool) -> tuple[float, float]:
     first: list[float] = []
     for loss_fn, model in ((ours_loss, ours), (reference_loss, ref)):
         opt = make_optimizer(model, fused)
-        first.append(loss_fn(model, pixels, noise).item())
-        make_step(loss_fn, model, opt, pixels, noise, bf16=False)()
+        first.append(loss_fn(model, (pixels, noise)).item())
+        training_step(loss_fn, model, opt, (pixels, noise), bf16=False)()
     with torch.no_grad():
-        second = [ours_loss(ours, pixels, noise).item(), reference_loss(ref, pixels, noise).item()]
-    for what, (a, b) in (("first step", first), ("after one AdamW step", second)):
-        print(f"loss {what}: ours {a:.7f}  reference {b:.7f}  |diff| {abs(a - b):.2e}")
-        if abs(a - b) > LOSS_TOL:
-            raise SystemExit(f"FAIL: losses differ by {abs(a - b):.3e} > {LOSS_TOL} ({what}); "
-                             "the two models are not equivalent")
+        second = [ours_loss(ours, (pixels, noise)).item(), reference_loss(ref, (pixels, noise)).item()]
+    check_agreement([("first step", *first, LOSS_TOL), ("after one AdamW step", *second, LOSS_TOL)])
     return first[0], first[1]
 
 
@@ -121,7 +106,7 @@ def bf16_losses() -> tuple[float, float]:
     ours, ref = build_models()
     pixels, noise = make_batch()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        return ours_loss(ours, pixels, noise).item(), reference_loss(ref, pixels, noise).item()
+        return ours_loss(ours, (pixels, noise)).item(), reference_loss(ref, (pixels, noise)).item()
 
 
 def measure(bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tuple[float, float]:
@@ -129,8 +114,8 @@ def measure(bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tu
     ours, ref = build_models()
     pixels, noise = make_batch()
     sides = {
-        "ours": make_step(ours_loss, ours, make_optimizer(ours, fused), pixels, noise, bf16),
-        "reference": make_step(reference_loss, ref, make_optimizer(ref, fused), pixels, noise, bf16),
+        "ours": training_step(ours_loss, ours, make_optimizer(ours, fused), (pixels, noise), bf16),
+        "reference": training_step(reference_loss, ref, make_optimizer(ref, fused), (pixels, noise), bf16),
     }
     return interleaved(sides, steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
 
@@ -145,21 +130,13 @@ def main() -> None:
     loss_ours, loss_ref = check_losses(args.fused)
     result: dict = {"name": "mae_speed", "unit": "samples/s", "ours": None, "reference": None, "ratio": None,
                     "ours_bf16": None, "reference_bf16": None, "ratio_bf16": None}
-    tags = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
-    if args.precision == "both" and not native_bf16():
-        tags = ("fp32",)
-        result["bf16_skipped"] = "CPU has no native bf16 (emulated; use --precision bf16 to force)"
-        print(f"bf16 skipped: {result['bf16_skipped']}", flush=True)
-    for tag in tags:
+    for tag in precision_tags(args.precision, result):
         ours, ref = measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused)
-        suffix = "" if tag == "fp32" else "_bf16"
         if tag == "bf16":
             a, b = bf16_losses()
             print(f"loss first step, bf16 autocast: ours {a:.5f}  reference {b:.5f}", flush=True)
             result.update(loss_ours_bf16=round(a, 5), loss_reference_bf16=round(b, 5))
-        result.update({f"ours{suffix}": round(ours, 2), f"reference{suffix}": round(ref, 2),
-                       f"ratio{suffix}": round(ours / ref, 3)})
-        print(f"[{tag}] median: ours {ours:.1f}  reference {ref:.1f} samples/s  ratio {ours / ref:.2f}x", flush=True)
+        record(result, tag, ours, ref)
     result.update(loss_ours=round(loss_ours, 6), loss_reference=round(loss_ref, 6), config=dict(
         backbone=BACKBONE, decoder=DECODER, image_size=IMAGE, patch_size=PATCH, batch_size=BATCH, mask_ratio=0.75,
         norm_pix_loss=True, optimizer=dict(OPTIM, fused=args.fused), steps=args.steps, rounds=args.rounds,

@@ -18,10 +18,10 @@ from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
-from selfsup.objectives.builders import bert_mlm, compose_bert, size_of
+from selfsup.objectives.builders import bert_mlm, compose_bert
 from selfsup.objectives.hf_bert import from_transformers, to_transformers
 from selfsup.objectives.mlm import MaskedLanguageModeling
-from selfsup.recipes._text import add_text_args, get_tokenizer, load_text, text_blocks, text_probe
+from selfsup.recipes._text import add_text_args, get_tokenizer, load_text, size_overrides, text_blocks, text_probe
 from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
 
@@ -39,23 +39,6 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def size_overrides(args: Namespace) -> dict[str, int]:
-    """--hidden_size / --num_layers / --num_heads over the preset (the FFN is 4x the width, as in BERT)."""
-    out: dict[str, int] = {}
-    if args.hidden_size:
-        out.update(hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
-                   num_heads=max(2, args.hidden_size // 64))
-    if args.num_layers:
-        out["num_layers"] = args.num_layers
-    if args.num_heads:
-        out["num_heads"] = args.num_heads
-    preset = size_of("bert_mlm", args.model_size)["backbone"]
-    width, heads = out.get("hidden_size", preset["hidden_size"]), out.get("num_heads", preset["num_heads"])
-    if width % heads:
-        raise SelfsupError(f"hidden size {width} is not a multiple of the {heads} attention heads")
-    return out
-
-
 def build_objective(args: Namespace, tokenizer) -> MaskedLanguageModeling:
     special = tokenizer.all_special_ids
     cont = [i for t, i in tokenizer.get_vocab().items() if t.startswith("##")] if args.whole_word_mask else None
@@ -69,7 +52,7 @@ def build_objective(args: Namespace, tokenizer) -> MaskedLanguageModeling:
     return bert_mlm(args.model_size, len(tokenizer), tokenizer.mask_token_id, tokenizer.pad_token_id, special,
                     max_positions=max(512, args.max_seq_length), mlm_probability=args.mlm_probability,
                     continuation_ids=cont, dropout=args.dropout, attention_dropout=args.dropout,
-                    gradient_checkpointing=args.gradient_checkpointing, **size_overrides(args))
+                    gradient_checkpointing=args.gradient_checkpointing, **size_overrides(args, "bert_mlm"))
 
 
 def make_eval_fn(val_blocks: list[list[int]], args: Namespace, device: torch.device):

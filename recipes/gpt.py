@@ -24,10 +24,10 @@ from selfsup.convert import check_close, max_abs_diff
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.text import SAMPLE_BY, causal_pack_function
-from selfsup.objectives.builders import gpt, size_of
+from selfsup.objectives.builders import gpt
 from selfsup.objectives.clm import CausalLanguageModeling, generate
 from selfsup.objectives.hf_gpt2 import from_transformers, to_transformers
-from selfsup.recipes._text import add_text_args, get_causal_tokenizer, load_text, text_blocks
+from selfsup.recipes._text import add_text_args, get_causal_tokenizer, load_text, size_overrides, text_blocks
 from selfsup.run import finish_run, start_run
 from selfsup.train import Trainer, TrainingSettings, lr_lambda
 
@@ -72,23 +72,6 @@ def check_args(args: Namespace) -> None:
         raise SelfsupError(f"--block_stride must be between 1 and --max_seq_length ({args.max_seq_length})")
 
 
-def size_overrides(args: Namespace) -> dict[str, int]:
-    """--hidden_size / --num_layers / --num_heads over the preset (the MLP is 4x the width, as in GPT-2)."""
-    out: dict[str, int] = {}
-    if args.hidden_size:
-        out.update(hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
-                   num_heads=max(2, args.hidden_size // 64))
-    if args.num_layers:
-        out["num_layers"] = args.num_layers
-    if args.num_heads:
-        out["num_heads"] = args.num_heads
-    preset = size_of("gpt", args.model_size)["backbone"]
-    width, heads = out.get("hidden_size", preset["hidden_size"]), out.get("num_heads", preset["num_heads"])
-    if width % heads:
-        raise SelfsupError(f"hidden size {width} is not a multiple of the {heads} attention heads")
-    return out
-
-
 def build_objective(args: Namespace, tokenizer) -> CausalLanguageModeling:
     if args.init_from:
         obj = from_transformers(args.init_from, args.dropout)
@@ -101,7 +84,7 @@ def build_objective(args: Namespace, tokenizer) -> CausalLanguageModeling:
         return obj
     return gpt(args.model_size, len(tokenizer), max_positions=args.max_seq_length, dropout=args.dropout,
                attention_dropout=args.dropout, gradient_checkpointing=args.gradient_checkpointing,
-               **size_overrides(args))
+               **size_overrides(args, "gpt"))
 
 
 def cosine_to_min_lr(trainer: Trainer, settings: TrainingSettings, min_learning_rate: float | None) -> None:

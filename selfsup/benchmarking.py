@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -58,3 +59,48 @@ def speed_args(description: str, precision: str, quick: dict, full: dict) -> arg
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
+
+
+def training_step(loss_fn: Callable, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch,
+                  bf16: bool) -> Step:
+    """One timed step: ``loss_fn(model, batch)`` (under bf16 CPU autocast if asked), backward, optimizer step,
+    gradients cleared."""
+    def step() -> None:
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            loss = loss_fn(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def check_agreement(checks: Sequence[tuple[str, float, float, float]]) -> None:
+    """``(what, ours, reference, tolerance)`` per check: print each and stop the run (``SystemExit``) when the two
+    sides differ by more than the tolerance: timing models that are not equivalent measures nothing."""
+    for what, a, b, tol in checks:
+        print(f"loss {what}: ours {a:.7f}  reference {b:.7f}  |diff| {abs(a - b):.2e}")
+        if abs(a - b) > tol:
+            raise SystemExit(f"FAIL: losses differ by {abs(a - b):.3e} > {tol} ({what}); "
+                             "the two models are not equivalent")
+
+
+def precision_tags(precision: str, result: dict) -> tuple[str, ...]:
+    """The precisions to time for ``--precision``; "both" leaves bf16 out on a CPU without native bf16 (and says
+    so in ``result["bf16_skipped"]``)."""
+    if precision != "both":
+        return (precision,)
+    if not native_bf16():
+        result["bf16_skipped"] = "CPU has no native bf16 (emulated; use --precision bf16 to force)"
+        print(f"bf16 skipped: {result['bf16_skipped']}", flush=True)
+        return ("fp32",)
+    return ("fp32", "bf16")
+
+
+def record(result: dict, tag: str, ours: float, reference: float) -> None:
+    """Put one precision's medians and their ratio in ``result`` (``*_bf16`` keys for bf16) and print them."""
+    suffix = "" if tag == "fp32" else f"_{tag}"
+    result.update({f"ours{suffix}": round(ours, 2), f"reference{suffix}": round(reference, 2),
+                   f"ratio{suffix}": round(ours / reference, 3)})
+    print(f"[{tag}] median: ours {ours:.1f}  reference {reference:.1f} samples/s  ratio {ours / reference:.2f}x",
+          flush=True)

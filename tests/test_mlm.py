@@ -135,8 +135,8 @@ def test_recipe_size_flags_override_the_preset():
     from selfsup.errors import SelfsupError
 
     args = bert_mlm.build_parser().parse_args(["--model_size", "tiny", "--hidden_size", "128", "--num_layers", "3"])
-    assert bert_mlm.size_overrides(args) == {"hidden_size": 128, "intermediate_size": 512, "num_heads": 2,
+    assert bert_mlm.size_overrides(args, "bert_mlm") == {"hidden_size": 128, "intermediate_size": 512, "num_heads": 2,
                                              "num_layers": 3}
     args = bert_mlm.build_parser().parse_args(["--model_size", "tiny", "--num_heads", "3"])
     with pytest.raises(SelfsupError, match="not a multiple"):
-        bert_mlm.size_overrides(args)
+        bert_mlm.size_overrides(args, "bert_mlm")
