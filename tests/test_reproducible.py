@@ -18,12 +18,24 @@ SPEECH = ["--model_size", "tiny", "--report_to", "none", "--per_device_train_bat
           "--synthetic_utterances", "24", "--max_duration", "1.0", "--mixed_precision", "no"]
 TEXT = ["--model_size", "tiny", "--report_to", "none", "--per_device_train_batch_size", "8", "--max_seq_length", "32",
         "--vocab_size", "600", "--max_eval_blocks", "8", "--mixed_precision", "no"]
+IMAGE = ["--model_size", "tiny", "--report_to", "none", "--per_device_train_batch_size", "8", "--mixed_precision", "no",
+         "--eval_train_samples", "60", "--eval_test_samples", "20", "--no_linear_probe"]
 RUNS = {
     "bert_mlm": ("bert_mlm", TEXT),
     "wav2vec2": ("wav2vec2", SPEECH),
     "hubert": ("hubert", [*SPEECH, "--num_clusters", "8"]),
     "data2vec_audio": ("data2vec", SPEECH),
     "data2vec_text": ("data2vec", ["--modality", "text", *TEXT]),
+    "gpt": ("gpt", TEXT),
+    "gpt_char": ("gpt", ["--tokenizer", "char", *TEXT]),
+    "mae": ("mae", IMAGE),
+    "two_view_moco_v2": ("two_view", ["--method", "moco_v2", "--backbone", "resnet_tiny", "--image_size", "16",
+                                      *IMAGE]),
+    "two_view_dino_vit": ("two_view", ["--method", "dino", "--backbone", "vit", "--image_size", "16",
+                                       "--num_local_views", "2", *IMAGE]),
+    "clip": ("clip", ["--model_size", "tiny", "--report_to", "none", "--per_device_train_batch_size", "8",
+                      "--max_train_samples", "120", "--vocab_size", "700", "--zero_shot_samples", "24",
+                      "--pipeline_check_images", "4", "--mixed_precision", "no"]),
 }
 
 
