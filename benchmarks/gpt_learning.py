@@ -46,9 +46,10 @@ def split_corpus(src: Path, out: Path, validation_fraction: float) -> tuple[Path
     return train, val, cut, len(text) - cut
 
 
-def recipe_flags(train: Path, val: Path, out: Path, steps: int, eval_steps: int, stride: int | None) -> list[str]:
+def recipe_flags(train: Path, val: Path, out: Path, steps: int, eval_steps: int, stride: int | None,
+                 seed: int = 42) -> list[str]:
     b = NANO["backbone"]
-    return [*(["--block_stride", str(stride)] if stride else []),
+    return [*(["--block_stride", str(stride)] if stride else []), "--seed", str(seed),
         "--train_file", str(train), "--validation_file", str(val), "--sample_by", "document", "--tokenizer", "char",
         "--output_dir", str(out), "--model_size", "tiny", "--hidden_size", str(b["hidden_size"]),
         "--num_layers", str(b["num_layers"]), "--num_heads", str(b["num_heads"]), "--dropout", str(b["dropout"]),
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max_steps", type=int, default=None)
     p.add_argument("--output_dir", default=None)
     p.add_argument("--block_stride", type=int, default=None, help="1: a training window at every character")
+    p.add_argument("--seed", type=int, default=42, help="the recipe's seed (initialisation and data order)")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not data.is_file():
@@ -83,13 +85,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     datasets.config.HF_DATASETS_CACHE = out / "datasets_cache"  # the packed blocks' cache stays in out/
     print(f"{data.name}: {n_train:,} training and {n_val:,} validation characters; {steps} steps")
-    metrics = gpt.main(recipe_flags(train, val, out / "run", steps, max(steps // 4, 1), args.block_stride))
+    metrics = gpt.main(recipe_flags(train, val, out / "run", steps, max(steps // 4, 1), args.block_stride, args.seed))
     result = {
         "name": "gpt_shakespeare_char_val_loss", "ours": round(metrics["eval/loss"], 4),
         "reference": NANO["reference_val_loss"], "unit": "validation loss (nats/char, lower is better)",
         "ratio": round(NANO["reference_val_loss"] / metrics["eval/loss"], 4),
         "train_loss": round(metrics["train_loss"], 4), "eval_accuracy": round(metrics["eval/accuracy"], 4),
-        "steps": metrics["steps"], "block_stride": args.block_stride or NANO["context"],
+        "steps": metrics["steps"], "block_stride": args.block_stride or NANO["context"], "seed": args.seed,
         "samples_per_second": round(metrics["samples_per_second"], 1),
         "train_seconds": round(metrics["steps"] * metrics["global_batch_size"] / metrics["samples_per_second"], 1),
     }
