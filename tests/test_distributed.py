@@ -166,8 +166,12 @@ def test_hubert_with_feature_penalty_in_two_processes_matches_one(tmp_path):
 TEXT = ("--max_seq_length", "32", "--vocab_size", "600", "--max_eval_blocks", "8", "--dropout", "0")
 
 
-@pytest.mark.parametrize("recipe,flags", [("data2vec", ("--modality", "text", *TEXT)), ("bert_mlm", TEXT)])
-def test_text_recipes_in_two_processes_match_one(tmp_path, recipe, flags):
+@pytest.mark.parametrize("recipe,flags,atol", [("data2vec", ("--modality", "text", *TEXT), 1e-6),
+                                               ("bert_mlm", TEXT, 1e-6), ("gpt", TEXT, 1e-5)])
+def test_text_recipes_in_two_processes_match_one(tmp_path, recipe, flags, atol):
     """Each packed block carries its own seed, so its token mask is the same whichever process it lands on:
-    2 x 4 blocks train exactly as 1 x 8 (dropout off)."""
-    assert_same_weights(*checkpoints_of_one_and_two(tmp_path, recipe, *flags), atol=1e-6)
+    2 x 4 blocks train exactly as 1 x 8 (dropout off). GPT: the next-token loss is normalised by the targets of
+    all processes. Its fused head forms the gradient of 2 x 4 rows in another order than of 8; on the weights whose
+    gradient is near Adam's eps that rounding moves the step, by up to 3e-6 here (measured 1.1e-6 and 2.8e-6). Blocks
+    split wrongly would change the steps themselves, of the learning rate's order (5e-4), far above 1e-5."""
+    assert_same_weights(*checkpoints_of_one_and_two(tmp_path, recipe, *flags), atol=atol)
