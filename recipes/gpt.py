@@ -29,7 +29,7 @@ from selfsup.objectives.clm import CausalLanguageModeling, generate
 from selfsup.objectives.hf_gpt2 import from_transformers, to_transformers
 from selfsup.recipes._text import add_text_args, get_causal_tokenizer, load_text, size_overrides, text_blocks
 from selfsup.run import finish_run, start_run
-from selfsup.train import Trainer, TrainingSettings, lr_lambda
+from selfsup.train import Trainer, TrainingSettings
 
 
 def build_parser() -> ArgumentParser:
@@ -45,8 +45,6 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--block_stride", type=int, default=None,
                    help="start a training block every N tokens (default --max_seq_length: no overlap; held-out "
                         "blocks never overlap)")
-    g.add_argument("--min_learning_rate", type=float, default=None,
-                   help="where the cosine schedule ends (default: --learning_rate / 10, as nanoGPT)")
     g.add_argument("--dropout", type=float, default=0.0, help="hidden, attention and embedding dropout")
     g.add_argument("--hidden_size", type=int, default=None, help="override the --model_size preset's width")
     g.add_argument("--num_layers", type=int, default=None, help="... its depth")
@@ -85,15 +83,6 @@ def build_objective(args: Namespace, tokenizer) -> CausalLanguageModeling:
     return gpt(args.model_size, len(tokenizer), max_positions=args.max_seq_length, dropout=args.dropout,
                attention_dropout=args.dropout, gradient_checkpointing=args.gradient_checkpointing,
                **size_overrides(args, "gpt"))
-
-
-def cosine_to_min_lr(trainer: Trainer, settings: TrainingSettings, min_learning_rate: float | None) -> None:
-    """nanoGPT's schedule: the engine's warmup, then cosine from --learning_rate down to ``min_learning_rate``
-    (default a tenth of it) instead of 0."""
-    floor = (settings.learning_rate / 10 if min_learning_rate is None else min_learning_rate) / settings.learning_rate
-    base, warmup = lr_lambda(settings.lr_scheduler_type, settings.warmup, settings.max_steps), settings.warmup
-    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
-        trainer.optimizer, lambda step: base(step) if step < warmup else floor + (1 - floor) * base(step))
 
 
 def prompts(tokenizer, val_blocks: list[list[int]], args: Namespace) -> list[list[int]]:
@@ -188,6 +177,8 @@ print(generate("The", max_new_tokens=40, do_sample=True, top_k=40)[0]["generated
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(build_parser(), argv)                                                # parse
     check_args(args)
+    if args.min_learning_rate is None:  # nanoGPT's cosine ends at a tenth of the peak
+        args.min_learning_rate = args.learning_rate / 10
     settings = TrainingSettings.from_args(args)
     accelerator = start_run(settings, args.seed)
     train_texts, val_texts, source = load_text(args, accelerator)                          # data
@@ -202,7 +193,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer = Trainer(objective, loader, settings, accelerator,
                       make_eval_fn(val_blocks, tokenizer, args, accelerator.device, samples),
                       run_config={"recipe": "gpt", "corpus": source})
-    cosine_to_min_lr(trainer, settings, args.min_learning_rate)
     metrics = trainer.train()                                                              # train + evaluate
     objective, export_dir = trainer.objective, None
     if accelerator.is_main_process:

@@ -29,6 +29,8 @@ def base_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     g.add_argument("--adam_beta2", type=float, default=0.98)
     g.add_argument("--adam_epsilon", type=float, default=1e-6)
     g.add_argument("--lr_scheduler_type", default="cosine", choices=["cosine", "linear", "constant"])
+    g.add_argument("--min_learning_rate", type=float, default=None,
+                   help="where the cosine / linear decay ends (default 0; recipes/gpt.py: --learning_rate / 10)")
     g.add_argument("--warmup_steps", type=int, default=None, help="default: --warmup_ratio of --max_steps")
     g.add_argument("--warmup_ratio", type=float, default=0.06)
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")

@@ -49,6 +49,7 @@ class TrainingSettings:
     adam_beta2: float = 0.98
     adam_epsilon: float = 1e-6
     lr_scheduler_type: str = "cosine"
+    min_learning_rate: float | None = None
     warmup_steps: int | None = None
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
@@ -114,8 +115,9 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warmup over ``warmup`` steps, then cosine / linear decay to 0 or constant."""
+def lr_lambda(kind: str, warmup: int, total: int, floor: float = 0.0) -> Callable[[int], float]:
+    """Linear warmup over ``warmup`` steps, then cosine / linear decay to ``floor`` (a fraction of the peak; 0 by
+    default, nanoGPT's 0.1) or constant."""
 
     def f(step: int) -> float:
         if step < warmup:
@@ -123,9 +125,20 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
         if kind == "constant":
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+        return floor + (1.0 - floor) * decay
 
     return f
+
+
+def schedule_floor(args: "TrainingSettings") -> float:
+    """``min_learning_rate`` as a fraction of ``learning_rate`` (0 when unset), checked."""
+    if not args.min_learning_rate:
+        return 0.0
+    if args.learning_rate <= 0 or not 0 <= args.min_learning_rate <= args.learning_rate:
+        raise ValueError(f"--min_learning_rate {args.min_learning_rate} must be between 0 and --learning_rate "
+                         f"{args.learning_rate}")
+    return args.min_learning_rate / args.learning_rate
 
 
 def make_optimizer(objective: torch.nn.Module, args: TrainingSettings, device: torch.device) -> torch.optim.Optimizer:
@@ -163,7 +176,7 @@ class Trainer:
         self.optimizer = make_optimizer(objective, args, accelerator.device)
         warmup = args.warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(args.lr_scheduler_type, warmup, args.max_steps))
+            self.optimizer, lr_lambda(args.lr_scheduler_type, warmup, args.max_steps, schedule_floor(args)))
         self.model, self.optimizer = accelerator.prepare(objective, self.optimizer)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.history: list[float] = []

@@ -174,14 +174,16 @@ def test_an_existing_tokenizer_is_used_as_given(bpe_run, tmp_path):
 
 
 def test_schedule_warms_up_then_ends_at_min_learning_rate():
-    from selfsup.train import TrainingSettings
+    """nanoGPT's schedule through the engine: warmup, then cosine down to --min_learning_rate, which the GPT recipe
+    sets to a tenth of the peak when it is not given."""
+    from selfsup.config import parse_args
+    from selfsup.train import TrainingSettings, lr_lambda, schedule_floor
 
-    settings = TrainingSettings(learning_rate=1e-3, warmup_steps=10, max_steps=100)
-    param = torch.nn.Parameter(torch.zeros(1))
-    trainer = SimpleNamespace(optimizer=torch.optim.SGD([param], lr=1e-3))
-    gpt.cosine_to_min_lr(trainer, settings, 1e-4)
-    f = trainer.scheduler.lr_lambdas[0]
+    settings = TrainingSettings(learning_rate=1e-3, warmup_steps=10, max_steps=100, min_learning_rate=1e-4)
+    f = lr_lambda(settings.lr_scheduler_type, settings.warmup, settings.max_steps, schedule_floor(settings))
     assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
     assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1) and f(55) == pytest.approx(0.55)
-    gpt.cosine_to_min_lr(trainer, settings, None)  # default: a tenth of the peak, as nanoGPT
-    assert trainer.scheduler.lr_lambdas[0](100) == pytest.approx(0.1)
+    assert lr_lambda("cosine", 10, 100)(100) == pytest.approx(0.0)          # the engine's default floor
+    with pytest.raises(ValueError, match="min_learning_rate"):
+        schedule_floor(TrainingSettings(learning_rate=1e-3, min_learning_rate=2e-3))
+    assert parse_args(gpt.build_parser(), ["--learning_rate", "1e-3"]).min_learning_rate is None
