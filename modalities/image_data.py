@@ -22,7 +22,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -379,13 +379,14 @@ def encode_labels(values: Sequence[Any], where: str,
     return [int(v) if v is not None else -1 for v in values], names
 
 
-def parquet_entries(files: Sequence[str | Path], image_column: str | None = None,
-                    label_column: str | None = None) -> tuple[list[ImageEntry], list[str] | None]:
-    """Rows of HF-layout parquet files: the image struct (``bytes``, or a ``path`` relative to the file), the
-    label (a ClassLabel's names read from the ``huggingface`` schema metadata)."""
+def parquet_files(files: Sequence[str | Path], image_column: str | None = None, label_column: str | None = None,
+                  extra_column: Callable[[Sequence[str], str], str | None] | None = None):
+    """Per HF-layout parquet file: ``(path, entries, class names so far, extra)``. The image struct (``bytes``, or
+    a ``path`` relative to the file) and the label (a ClassLabel's names read from the ``huggingface`` schema
+    metadata) become :class:`ImageEntry` rows; ``extra_column(columns, path)`` may name one more column whose
+    values come back as ``extra`` (image-text pairs: the caption), else ``extra`` is None."""
     import pyarrow.parquet as pq
 
-    entries: list[ImageEntry] = []
     names: list[str] | None = None
     for path in check_files(files, [".parquet"], what="image parquet file"):
         try:
@@ -400,7 +401,8 @@ def parquet_entries(files: Sequence[str | Path], image_column: str | None = None
         lab_col = label_column or _guess_label_column(schema.names, features)
         if lab_col is not None and lab_col not in schema.names:
             raise SelfsupError(f"{path}: no label column {lab_col!r} (columns: {', '.join(schema.names)})")
-        table = pq.read_table(path, columns=[img_col] + ([lab_col] if lab_col else []))
+        extra_col = extra_column(schema.names, str(path)) if extra_column else None
+        table = pq.read_table(path, columns=[img_col] + [c for c in (lab_col, extra_col) if c])
         file_names = features.get(lab_col, {}).get("names") if lab_col else None
         if names is not None and file_names is not None and file_names != names:
             raise SelfsupError(f"{path}: class names differ from those of {files[0]}")
@@ -408,8 +410,18 @@ def parquet_entries(files: Sequence[str | Path], image_column: str | None = None
         values = table.column(img_col).to_pylist()
         labels, names = encode_labels(table.column(lab_col).to_pylist() if lab_col else [None] * len(values),
                                       str(path), names)
-        entries += [ImageEntry(f"{path}[{i}]", _image_source(v, path.parent), y)
-                    for i, (v, y) in enumerate(zip(values, labels))]
+        entries = [ImageEntry(f"{path}[{i}]", _image_source(v, path.parent), y)
+                   for i, (v, y) in enumerate(zip(values, labels))]
+        yield path, entries, names, table.column(extra_col).to_pylist() if extra_col else None
+
+
+def parquet_entries(files: Sequence[str | Path], image_column: str | None = None,
+                    label_column: str | None = None) -> tuple[list[ImageEntry], list[str] | None]:
+    """Rows of HF-layout parquet files (:func:`parquet_files`) and the class names."""
+    entries: list[ImageEntry] = []
+    names: list[str] | None = None
+    for _, more, names, _ in parquet_files(files, image_column, label_column):
+        entries += more
     return entries, names
 
 

@@ -38,9 +38,8 @@ from torch.utils.data import Dataset
 
 from selfsup.data import check_files, example_seed
 from selfsup.errors import SelfsupError
-from selfsup.modalities.image_data import (BadImage, ImageEntry, _guess_image_column, _guess_label_column,
-                                           _hf_features, _image_source, check_image, decode_image, digits_entries,
-                                           encode_labels, folder_entries)
+from selfsup.modalities.image_data import (BadImage, ImageEntry, _image_source, check_image, decode_image,
+                                           digits_entries, encode_labels, folder_entries, parquet_files)
 from selfsup.modalities.image_views import VIEW_STREAM, single_thread
 from selfsup.modalities.tokenizer_train import count_words, learn_merges
 from selfsup.types import Adapter, Batch, Tokens
@@ -359,34 +358,13 @@ def metadata_pairs(folder: Path, text_column: str | None, label_column: str | No
 
 def parquet_pairs(files: Sequence[str | Path], image_column: str | None, text_column: str | None,
                   label_column: str | None, templates: Sequence[str]) -> tuple[list[Pair], list[str] | None, bool]:
-    """Rows of HF-layout parquet files: the image struct, the caption column, else captions templated from the
-    ClassLabel names in the files' ``huggingface`` metadata."""
-    import pyarrow.parquet as pq
-
+    """Rows of HF-layout parquet files (``image_data.parquet_files``): the image struct, the caption column, else
+    captions templated from the ClassLabel names in the files' ``huggingface`` metadata."""
     pairs: list[Pair] = []
     names, is_templated = None, False
-    for path in check_files(files, [".parquet"], what="image-text parquet file"):
-        try:
-            schema = pq.read_schema(path)
-        except Exception as err:  # noqa: BLE001
-            raise SelfsupError(f"{path}: cannot read parquet ({str(err).splitlines()[0]})") from None
-        features = _hf_features(schema)
-        img = image_column or _guess_image_column(schema.names, features, schema)
-        if img not in schema.names:
-            raise SelfsupError(f"{path}: no image column; name one with --image_column (columns: "
-                               f"{', '.join(schema.names)})")
-        text = _text_column(schema.names, text_column, str(path))
-        lab = label_column or _guess_label_column(schema.names, features)
-        table = pq.read_table(path, columns=[img] + [c for c in (text, lab) if c])
-        file_names = features.get(lab, {}).get("names") if lab else None
-        labels, file_names = encode_labels(table.column(lab).to_pylist() if lab else [None] * table.num_rows,
-                                           str(path), file_names)
-        if names is not None and file_names != names:
-            raise SelfsupError(f"{path}: class names differ from those of {files[0]}")
-        names = file_names
-        entries = [ImageEntry(f"{path}[{i}]", _image_source(v, path.parent), y)
-                   for i, (v, y) in enumerate(zip(table.column(img).to_pylist(), labels))]
-        texts = [_caption_cell(v) for v in table.column(text).to_pylist()] if text else None
+    for path, entries, names, captions in parquet_files(
+            files, image_column, label_column, lambda columns, where: _text_column(columns, text_column, where)):
+        texts = [_caption_cell(v) for v in captions] if captions is not None else None
         more, names, is_templated = _from_rows(entries, texts, names, str(path), templates)
         pairs += more
     return pairs, names, is_templated
