@@ -14,14 +14,13 @@ other process, open_clip without ``gather_with_grad``), which must differ from t
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup.distributed import gather_with_grad, rank, world_size
 from selfsup.objectives.builders import clip
+from tests.torchrun_worker import serve
 
 GLOBAL_BATCH, LENGTH, VOCAB = 8, 64, 50
 CASES = {"clip_full": ("clip", "vit", False), "clip_local": ("clip", "vit", True),
@@ -95,20 +94,5 @@ def run_all() -> dict[str, Tensor]:
     return out
 
 
-def main() -> None:
-    from safetensors.torch import save_file
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out_file")
-    args = parser.parse_args()
-    torch.distributed.init_process_group("gloo")
-    out = run_all()
-    if rank() == 0:
-        out["__world_size"] = torch.tensor([world_size()])
-        save_file(out, args.out_file)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    serve(run_all)

@@ -18,7 +18,6 @@ lower ranks.
 """
 from __future__ import annotations
 
-import argparse
 from typing import Callable
 
 import torch
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from selfsup.distributed import all_sum, gather_with_grad, rank, world_size
 from selfsup.objectives import two_view_losses as L
+from tests.torchrun_worker import serve
 
 GLOBAL_BATCH, QUEUE_ROWS, VIEWS, D_IN, D, PROTOTYPES = 8, 6, 3, 5, 4, 6
 DTYPE = torch.float64
@@ -191,20 +191,5 @@ def run_all() -> dict[str, Tensor]:
     return out
 
 
-def main() -> None:
-    from safetensors.torch import save_file
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out_file")
-    args = parser.parse_args()
-    torch.distributed.init_process_group("gloo")
-    out = run_all()
-    if rank() == 0:
-        out["__world_size"] = torch.tensor([world_size()])
-        save_file(out, args.out_file)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    serve(run_all)

@@ -5,12 +5,11 @@ centres, teachers, running statistics). Run as ``torchrun --nproc_per_node N tes
 plainly for one process)."""
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from selfsup.distributed import rank, world_size
 from selfsup.objectives.builders import two_view
+from tests.torchrun_worker import serve
 
 METHODS = ["simclr", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "dino", "vicreg", "barlow_twins"]
 GLOBAL_BATCH = 8
@@ -65,20 +64,5 @@ def run_all() -> dict[str, torch.Tensor]:
     return out
 
 
-def main() -> None:
-    from safetensors.torch import save_file
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out_file")
-    args = parser.parse_args()
-    torch.distributed.init_process_group("gloo")
-    out = run_all()
-    if rank() == 0:
-        out["__world_size"] = torch.tensor([world_size()])
-        save_file({k: v.contiguous() for k, v in out.items()}, args.out_file)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main()
+    serve(run_all)
