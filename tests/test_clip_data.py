@@ -89,6 +89,34 @@ def test_parquet_with_text_column_and_labelled_parquet_with_templates(tmp_path):
     assert labelled.pairs[1].captions == ("a photo of a dog.", "a dog picture.")
 
 
+def test_datasets_folder_with_image_and_text_columns_or_class_labels(tmp_path):
+    """A ``save_to_disk`` folder is read by the same code as a Hub data set (``datasets`` rows)."""
+    import datasets
+
+    images = [{"bytes": png_bytes(i * 40), "path": None} for i in range(4)]
+    captioned = datasets.Dataset.from_dict({"img": images, "sentences": [["one", "uno"], ["two"], [], ["four"]]},
+                                           features=datasets.Features({"img": datasets.Image(),
+                                                                       "sentences": [datasets.Value("string")]}))
+    datasets.DatasetDict(train=captioned, test=captioned.select([0])).save_to_disk(tmp_path / "cap")
+    pairs = load_pairs(dataset_name=str(tmp_path / "cap"), text_column="sentences")
+    assert len(pairs) == 3 and pairs.skipped == {"no caption": 1} and not pairs.templated
+    assert pairs.pairs[0].captions == ("one", "uno") and f"{tmp_path / 'cap'}[2]" in pairs.skip_examples["no caption"]
+    tok = train_caption_tokenizer(pairs.captions(), 300, min_frequency=1)
+    pairs.tokenize(tok, 16).with_views(lambda im: torch.tensor(np.asarray(im, dtype=np.float32).mean()), seed=0)
+    assert [round(float(pairs[i]["pixel_values"])) for i in range(3)] == [0, 40, 120]
+    assert len(load_pairs(dataset_name=str(tmp_path / "cap"), split="test", text_column="sentences")) == 1
+    with pytest.raises(SelfsupError, match="no 'validation' split"):
+        load_pairs(dataset_name=str(tmp_path / "cap"), split="validation")
+    with pytest.raises(SelfsupError, match="no text column 'caption'"):
+        load_pairs(dataset_name=str(tmp_path / "cap"), text_column="caption")
+    labelled = datasets.Dataset.from_dict({"image": images, "label": [1, 0, 1, 1]}, features=datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])}))
+    labelled.save_to_disk(tmp_path / "lab")
+    lab = load_pairs(dataset_name=str(tmp_path / "lab"), templates=["a photo of a {}."])
+    assert lab.templated and lab.class_names == ["cat", "dog"] and lab.labels == [1, 0, 1, 1]
+    assert lab.pairs[0].captions == ("a photo of a dog.",)
+
+
 def test_class_names_with_duplicates_and_templates_without_a_slot_stop(tmp_path):
     for name in ("Cat", "cat"):
         (tmp_path / "classes" / name).mkdir(parents=True, exist_ok=True)
