@@ -101,12 +101,16 @@ class SelfAttention(nn.Module):
         self.dropout = cfg.attention_dropout
         self.causal = cfg.causal
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None, rows: Rows = 0, qkv: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None, rows: Rows = 0, qkv: Tensor | None = None,
+                cache: dict | None = None) -> Tensor:
         """x: (B, N, D); attn_mask: (B, 1, 1|N, N) bool, True where attention is allowed, or None.
 
         rows: the queries wanted (every token is still a key and a value): an int ``start``, the tokens from there
         on, or a (B, M) long tensor of positions per example (:func:`take_rows`); the output is (B, M, D).
         qkv: ``self.qkv(x)`` (B, N, 3·D) when the caller has it (then ``x`` is not read).
+        cache (causal, inference): this layer's keys and values of the tokens before ``x`` (``{}`` at first),
+        extended in place; ``x`` holds only the new tokens, which attend to the cached ones and to each other
+        causally.
         """
         qkv = self.qkv(x) if qkv is None else qkv
         b, n, d3 = qkv.shape
@@ -115,6 +119,8 @@ class SelfAttention(nn.Module):
         # straight into qkv's layout (one copy)
         q, k, v = qkv.view(b, n, 3, self.num_heads, d // self.num_heads).unbind(2)
         causal = self.causal and attn_mask is None
+        if cache is not None:
+            return self._cached(q, k, v, cache)
         if not isinstance(rows, int) or rows:
             q = take_rows(q, rows)
             if attn_mask is not None and attn_mask.shape[-2] > 1:
@@ -131,6 +137,24 @@ class SelfAttention(nn.Module):
                 q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal,
             )
         return self.out(y.transpose(1, 2).reshape(b, q.shape[2], d))
+
+    def _cached(self, q: Tensor, k: Tensor, v: Tensor, cache: dict) -> Tensor:
+        """Attention of the new tokens' q, k, v (B, N, H, d) over the cached keys and values and their own."""
+        if not self.causal:
+            raise ValueError("a key/value cache needs a causal Transformer")
+        b, n, h, hd = q.shape
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if cache:
+            k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+        cache["k"], cache["v"] = k, v
+        past = k.shape[2] - n
+        mask = None    # one new token, or none cached: every key, or SDPA's causal (aligned at the top left)
+        if past and n > 1:
+            keys = torch.arange(past + n, device=q.device)
+            mask = keys[None] <= past + torch.arange(n, device=q.device)[:, None]
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask,
+                                           is_causal=not past and n > 1)
+        return self.out(y.transpose(1, 2).reshape(b, n, h * hd))
 
 
 Rows = "int | Tensor"
@@ -163,17 +187,18 @@ class TransformerLayer(nn.Module):
     def mlp(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(self.act_drop(self.act(self.fc1(x)))))
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None, rows: Rows = 0, qkv: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None, rows: Rows = 0, qkv: Tensor | None = None,
+                cache: dict | None = None) -> Tensor:
         """x: (B, N, D) -> (B, M, D): with ``rows`` (see :meth:`SelfAttention.forward`) only those tokens are
         computed (their attention still reads every token). qkv (pre-LN only): ``self.attn.qkv(self.norm1(x))``
-        when the caller has it."""
+        when the caller has it. cache: the attention's key/value cache (:meth:`SelfAttention.forward`)."""
         if self.norm_first:
             h = self.norm1(x) if qkv is None else None
-            x = take_rows(x, rows) + self.drop(self.attn(h, attn_mask, rows, qkv))
+            x = take_rows(x, rows) + self.drop(self.attn(h, attn_mask, rows, qkv, cache))
             return x + self.mlp(self.norm2(x))
         if qkv is not None:
             raise ValueError("a precomputed qkv needs a pre-LN layer (norm_first)")
-        x = self.norm1(take_rows(x, rows) + self.drop(self.attn(x, attn_mask, rows)))
+        x = self.norm1(take_rows(x, rows) + self.drop(self.attn(x, attn_mask, rows, cache=cache)))
         return self.norm2(x + self.mlp(x))
 
 
@@ -199,6 +224,10 @@ class TransformerEncoder(nn.Module):
         for layer in self.layers:
             layer.act_drop.p = self.config.activation_dropout
 
+    def new_cache(self) -> list[dict]:
+        """An empty key/value cache for :meth:`forward` (causal inference: one token at a time after a prompt)."""
+        return [{} for _ in self.layers]
+
     def attention_mask(self, padding_mask: Tensor | None, n: int) -> Tensor | None:
         """(B, N) padding mask -> (B, 1, 1|N, N) bool mask for SDPA (True = may attend), or None."""
         if padding_mask is None:
@@ -211,6 +240,7 @@ class TransformerEncoder(nn.Module):
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, output_hidden_states: bool = False,
         outputs_from: int = 0, first_qkv: Tensor | None = None, outputs_at: Tensor | None = None,
+        cache: list[dict] | None = None,
     ) -> BackboneOutput:
         """x: (B, N, D); padding_mask: (B, N) True where padded.
 
@@ -220,8 +250,12 @@ class TransformerEncoder(nn.Module):
         (B, N - outputs_from, D), the same numbers as ``[:, outputs_from:]`` of the full output. outputs_at: the
         same for given positions, (B, M) long per example (CLIP's class or end-of-text token): the output is
         (B, M, D), ``full[e, outputs_at[e]]``. first_qkv (pre-LN only): the first layer's ``attn.qkv(norm1(x))``
-        (B, N, 3·D) when the caller computed it.
+        (B, N, 3·D) when the caller computed it. cache (causal, inference, no padding): one dict per layer
+        (:meth:`new_cache`) with the keys and values of the tokens before ``x``; ``x`` holds the new tokens only,
+        and their outputs equal those of a run over all the tokens (``tests/test_transformer.py``).
         """
+        if cache is not None and (padding_mask is not None or len(cache) != len(self.layers)):
+            raise ValueError("a key/value cache takes no padding mask and one dict per layer (new_cache())")
         if outputs_at is not None and outputs_from:
             raise ValueError("give outputs_from or outputs_at, not both")
         wanted: Rows = outputs_at if outputs_at is not None else outputs_from
@@ -238,7 +272,7 @@ class TransformerEncoder(nn.Module):
             elif self.config.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, attn_mask, rows, qkv, use_reentrant=False)
             else:
-                x = layer(x, attn_mask, rows, qkv)
+                x = layer(x, attn_mask, rows, qkv, None if cache is None else cache[i])
             if states is not None:
                 states.append(x)
         if not self.layers:

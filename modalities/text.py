@@ -77,9 +77,12 @@ class TextAdapter(Adapter):
         padding_mask = None if mask is None else mask == 0
         return Tokens(x=x, padding_mask=padding_mask, targets={"ids": ids})
 
-    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None, start: int = 0) -> Tensor:
+        """Adds the position embeddings; ``start``: the position of the first token (a continuation, no padding)."""
         if not self.position_offset:
-            return self.dropout(self.norm(x + self.position_embeddings.weight[: x.shape[1]]))
+            return self.dropout(self.norm(x + self.position_embeddings.weight[start: start + x.shape[1]]))
+        if start:
+            raise ValueError("start needs positions without a padding offset")
         real = torch.ones(x.shape[:2], dtype=torch.long, device=x.device) if padding_mask is None \
             else (~padding_mask).long()
         positions = (real.cumsum(dim=1) + self.pad_token_id) * real + self.pad_token_id * (1 - real)

@@ -463,7 +463,7 @@ NANOGPT_SHAKESPEARE_CHAR: dict[str, Any] = dict(
                   attention_dropout=0.0),
     context=64, batch_size=12, max_steps=2000, learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100,
     adam_beta1=0.9, adam_beta2=0.99, adam_epsilon=1e-8, weight_decay=0.1, max_grad_norm=1.0,
-    validation_fraction=0.1, reference_val_loss=1.88)
+    lr_scheduler_type="cosine", validation_fraction=0.1, reference_val_loss=1.88)
 
 
 def compose_gpt(backbone: TransformerConfig, vocab_size: int, max_positions: int = 1024):

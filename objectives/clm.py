@@ -111,12 +111,15 @@ class CausalLanguageModeling(Objective):
     def max_positions(self) -> int:
         return self.adapter.max_positions
 
-    def hidden(self, ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """(B, N, D) last hidden state (after the final norm) of ids (B, N)."""
+    def hidden(self, ids: Tensor, attention_mask: Tensor | None = None, cache: list[dict] | None = None) -> Tensor:
+        """(B, N, D) last hidden state (after the final norm) of ids (B, N). cache (inference): the backbone's
+        key/value cache of the ids before these (``backbone.new_cache()``, extended in place); ids then continue
+        them, at the positions after the cached ones."""
         batch = {"input_ids": ids} if attention_mask is None else {"input_ids": ids, "attention_mask": attention_mask}
         tokens = self.adapter.embed(batch)
-        x = self.adapter.add_positions(tokens.x, tokens.padding_mask)
-        return self.backbone(x, tokens.padding_mask).last_hidden_state
+        start = cache[0]["k"].shape[2] if cache and cache[0] else 0
+        x = self.adapter.add_positions(tokens.x, tokens.padding_mask, start=start)
+        return self.backbone(x, tokens.padding_mask, cache=cache).last_hidden_state
 
     def logits(self, batch: Batch) -> Tensor:
         """(B, N, V) next-token logits at every position (what ``GPT2LMHeadModel`` returns)."""
@@ -140,21 +143,32 @@ class CausalLanguageModeling(Objective):
 
 
 @torch.no_grad()
+@torch.no_grad()
 def generate(objective: CausalLanguageModeling, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, greedy: bool = False, generator: torch.Generator | None = None) -> Tensor:
+             top_k: int | None = None, greedy: bool = False, generator: torch.Generator | None = None,
+             use_cache: bool = True) -> Tensor:
     """Continue ``input_ids`` (B, N) by ``max_new_tokens`` tokens: (B, N + max_new_tokens).
 
     greedy (or ``temperature == 0``): the most likely token each step (ties: the lowest id, as ``torch.argmax``
     and ``transformers``' greedy search). Otherwise a draw from ``softmax(logits / temperature)`` restricted to
     the ``top_k`` most likely tokens when given, from ``generator``. The context is cut to the model's
-    ``max_positions`` most recent tokens (no key/value cache: the model is recomputed each step).
+    ``max_positions`` most recent tokens. With ``use_cache`` the prompt is read once and each new token attends
+    to the cached keys and values of the earlier ones; once the context is full it slides, the positions of
+    every token change and the window is recomputed each step (nanoGPT's way, and all of it without the cache).
     """
     was_training = objective.training
     objective.eval()
     ids = input_ids
     weight = objective.adapter.word_embeddings.weight
+    window, cache = objective.max_positions, None
     for _ in range(max_new_tokens):
-        h = objective.hidden(ids[:, -objective.max_positions:])[:, -1]
+        if not use_cache or ids.shape[1] > window:
+            h = objective.hidden(ids[:, -window:])[:, -1]
+        elif cache is None:
+            cache = objective.backbone.new_cache()
+            h = objective.hidden(ids, cache=cache)[:, -1]
+        else:
+            h = objective.hidden(ids[:, -1:], cache=cache)[:, -1]
         logits = (h @ weight.t()).float()
         if greedy or temperature == 0:
             nxt = logits.argmax(-1, keepdim=True)

@@ -332,6 +332,9 @@ def clip_to_transformers(objective: CLIPObjective, tokenizer=None):
     return fill_model(model, to_hf_state_dict(objective), config.model_type)
 
 
+LEGACY_CLIP_EOS = 2
+
+
 def objective_from_config(hf_cfg: Any) -> CLIPObjective:
     """A fresh :class:`CLIPObjective` shaped as a CLIP / SigLIP / selfsup config (a config object or dict)."""
     get = (lambda k, d=None: hf_cfg.get(k, d)) if isinstance(hf_cfg, dict) else (lambda k, d=None: getattr(hf_cfg, k, d))
@@ -347,7 +350,12 @@ def objective_from_config(hf_cfg: Any) -> CLIPObjective:
                                     "num_heads": c["num_attention_heads"], "intermediate_size": c["intermediate_size"],
                                     "activation": c["hidden_act"], "layer_norm_eps": c["layer_norm_eps"],
                                     "causal": causal})
-    settings = {**wiring["objective"], **stored, "loss": loss, "eos_token_id": text.get("eos_token_id", 1)}
+    eos = text.get("eos_token_id", 1)
+    if loss == "clip" and eos == LEGACY_CLIP_EOS:
+        # transformers' CLIPTextTransformer, for configs saved before eos_token_id was right (openai/clip-*: 2),
+        # pools at argmax(input_ids): the end-of-text token there is the last id of the vocabulary
+        eos = text["vocab_size"] - 1
+    settings = {**wiring["objective"], **stored, "loss": loss, "eos_token_id": eos}
     if model_type in OWN_TYPES.values():
         backbone = ResNetBackbone(resnet_config_from(vision))
         image, pool = Encoder(objective_pixel_adapter(backbone), backbone), None

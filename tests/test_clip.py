@@ -65,13 +65,13 @@ def test_losses_gradcheck_and_shape_errors():
         L.clip_loss(randn(3, 4), randn(2, 4), 1.0)
 
 
-def hf_tiny(loss):
+def hf_tiny(loss, eos_token_id=1):
     """A randomly initialised tiny CLIPModel / SiglipModel (transformers' own init)."""
     from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    text = dict(tower, vocab_size=99, max_position_embeddings=64 if loss == "siglip" else 20, eos_token_id=1,
-                pad_token_id=1, bos_token_id=0)
+    text = dict(tower, vocab_size=99, max_position_embeddings=64 if loss == "siglip" else 20,
+                eos_token_id=eos_token_id, pad_token_id=1, bos_token_id=0)
     vision = dict(tower, image_size=32, patch_size=8)
     torch.manual_seed(3)
     if loss == "clip":
@@ -83,28 +83,30 @@ def hf_tiny(loss):
     return model
 
 
-def hf_batch(loss, n=5):
+def hf_batch(loss, n=5, eos=1):
     g = torch.Generator().manual_seed(4)
     length = 64 if loss == "siglip" else 12
-    ids = torch.randint(2, 99, (n, length), generator=g)
+    ids = torch.randint(2, 98, (n, length), generator=g)
     mask = torch.ones(n, length, dtype=torch.long)
     for row, end in enumerate((4, 7, 11, 5, 9)[:n]):   # CLIP: captions of different lengths, right-padded with eos
-        ids[row, 0], ids[row, end] = 0, 1
+        ids[row, 0], ids[row, end] = 0, eos
         if loss == "clip":
-            ids[row, end + 1:], mask[row, end + 1:] = 1, 0
+            ids[row, end + 1:], mask[row, end + 1:] = eos, 0
     batch = {"pixel_values": torch.randn(n, 3, 32, 32, generator=g), "input_ids": ids}
     if loss == "clip":
         batch["attention_mask"] = mask
     return batch
 
 
-@pytest.mark.parametrize("loss", ["clip", "siglip"])
-def test_loss_and_logits_equal_transformers(loss):
-    """Our objective holding a transformers model's weights gives its loss and logits (fp32, 1e-5)."""
-    model = hf_tiny(loss)
+@pytest.mark.parametrize("loss,legacy", [("clip", False), ("siglip", False), ("clip", True)])
+def test_loss_and_logits_equal_transformers(loss, legacy):
+    """Our objective holding a transformers model's weights gives its loss and logits (fp32, 1e-5). legacy: a
+    config with eos_token_id 2 (openai's checkpoints), which transformers pools at the largest id (98 here)."""
+    model = hf_tiny(loss, eos_token_id=2 if legacy else 1)
     ours = objective_from_config(model.config).eval()
     from_hf_state_dict(ours, model.state_dict())
-    batch = hf_batch(loss)
+    batch = hf_batch(loss, eos=98 if legacy else 1)
+    assert ours.config.eos_token_id == (98 if legacy else 1)
     with torch.no_grad():
         theirs = model(**batch, return_loss=True)
         out, logits = ours(batch), ours.logits(batch)

@@ -113,6 +113,22 @@ def test_greedy_decoding_equals_gpt2_generate():
     assert generate(obj, prompt, max_new_tokens=40, greedy=True).shape == (2, 45)
 
 
+def test_cached_generation_equals_recomputing_the_context():
+    """The key/value cache changes no token: greedy and sampled, up to the context and past it (the window
+    slides and is recomputed), against generate(use_cache=False) and the cached logits against the full ones."""
+    obj = make(positions=32)
+    prompt = torch.randint(0, VOCAB, (2, 5))
+    for kwargs in (dict(greedy=True), dict(temperature=0.9, top_k=20)):
+        runs = [generate(obj, prompt, 40, use_cache=c, generator=torch.Generator().manual_seed(3), **kwargs)
+                for c in (True, False)]
+        assert runs[0].shape == (2, 45) and torch.equal(runs[0], runs[1])
+    ids = torch.randint(0, VOCAB, (2, 20))
+    with torch.no_grad():
+        cache = obj.backbone.new_cache()
+        steps = [obj.hidden(ids[:, :8], cache=cache)] + [obj.hidden(ids[:, i:i + 1], cache=cache) for i in range(8, 20)]
+        torch.testing.assert_close(torch.cat(steps, 1), obj.hidden(ids), rtol=0, atol=1e-5)
+
+
 def test_sampling_respects_top_k_and_temperature():
     obj = make()
     prompt = torch.randint(0, VOCAB, (1, 6))

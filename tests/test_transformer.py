@@ -188,6 +188,24 @@ def test_outputs_at_computes_the_same_tokens_per_example(norm_first, causal, wit
     with pytest.raises(ValueError, match="not both"):
         enc(x, outputs_from=1, outputs_at=at)
 
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_key_value_cache_gives_the_full_runs_outputs(norm_first):
+    """A prompt, then a chunk of 3 tokens, then 1 and 1 more through the cache: each output equals the same
+    position of one causal run over all the tokens."""
+    enc = make(norm_first=norm_first, final_norm=norm_first, causal=True, num_layers=3)
+    x = torch.randn(2, 11, 64)
+    with torch.no_grad():
+        full = enc(x).last_hidden_state
+        cache = enc.new_cache()
+        pieces = [enc(x[:, a:b], cache=cache).last_hidden_state for a, b in ((0, 6), (6, 9), (9, 10), (10, 11))]
+    torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=0, atol=1e-5)
+    assert cache[0]["k"].shape == (2, 2, 11, 32)
+    with pytest.raises(ValueError, match="causal"):
+        make(causal=False)(x, cache=make(causal=False).new_cache())
+    with pytest.raises(ValueError, match="padding"):
+        enc(x, torch.zeros(2, 11, dtype=torch.bool), cache=enc.new_cache())
+
+
 def test_first_qkv_replaces_the_first_layers_projection():
     enc = make(norm_first=True, final_norm=True)
     x = torch.randn(2, 6, 64)
