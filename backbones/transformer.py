@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from selfsup.dropout import Dropout, attention_with_dropout, fast_dropout
 from selfsup.types import BackboneOutput
 
 ACTIVATIONS = {
@@ -132,10 +133,12 @@ class SelfAttention(nn.Module):
                 attn_mask = allowed if attn_mask is None else attn_mask & allowed
                 causal = False
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        with attention_kernels(q, n):
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal,
-            )
+        p = self.dropout if self.training else 0.0
+        if p > 0.0 and q.device.type == "cpu" and fast_dropout():   # SDPA's CPU dropout: a draw per element
+            y = attention_with_dropout(q, k, v, attn_mask, causal, p)
+        else:
+            with attention_kernels(q, n):
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, is_causal=causal)
         return self.out(y.transpose(1, 2).reshape(b, q.shape[2], d))
 
     def _cached(self, q: Tensor, k: Tensor, v: Tensor, cache: dict) -> Tensor:
@@ -181,8 +184,8 @@ class TransformerLayer(nn.Module):
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.bias)
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.act = ACTIVATIONS[cfg.activation]
-        self.act_drop = nn.Dropout(cfg.activation_dropout)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.act_drop = Dropout(cfg.activation_dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def mlp(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(self.act_drop(self.act(self.fc1(x)))))

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from selfsup.backbones.transformer import ACTIVATIONS
+from selfsup.dropout import Dropout
 from selfsup.modalities.audio_conv import feature_encoder
 from selfsup.types import Adapter, Batch, Tokens
 
@@ -144,14 +145,14 @@ class AudioAdapter(Adapter):
             for i, (k, s) in enumerate(zip(config.conv_kernel, config.conv_stride)))
         self.projection_norm = nn.LayerNorm(dims[-1], eps=layer_norm_eps)
         self.projection = nn.Linear(dims[-1], hidden_size)
-        self.projection_dropout = nn.Dropout(config.feat_proj_dropout)
+        self.projection_dropout = Dropout(config.feat_proj_dropout)
         k = math.sqrt(1 / dims[-1])
         nn.init.uniform_(self.projection.weight, -k, k)
         nn.init.uniform_(self.projection.bias, -k, k)
         self.pos_conv = ConvPositionalEmbedding(hidden_size, config.num_conv_pos_embeddings,
                                                 config.num_conv_pos_embedding_groups, config.activation)
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if encoder_norm else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def content_prefixes(self) -> tuple[str, ...]:
         return ("conv_layers.", "projection_norm.", "projection.")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.backbones.transformer import ACTIVATIONS
+from selfsup.dropout import Dropout
 from selfsup.modalities.audio import AudioAdapter, ConvLayer, check_grad_mult
 from selfsup.types import Adapter, Batch, Tokens
 
@@ -104,7 +105,7 @@ class Data2VecAudioAdapter(Adapter):
             for i, (k, s) in enumerate(zip(config.conv_kernel, config.conv_stride)))
         self.projection_norm = nn.LayerNorm(dims[-1], eps=layer_norm_eps)
         self.projection = nn.Linear(dims[-1], hidden_size)
-        self.projection_dropout = nn.Dropout(config.feat_proj_dropout)
+        self.projection_dropout = Dropout(config.feat_proj_dropout)
         bound = (1 / dims[-1]) ** 0.5
         nn.init.uniform_(self.projection.weight, -bound, bound)
         nn.init.uniform_(self.projection.bias, -bound, bound)
@@ -112,7 +113,7 @@ class Data2VecAudioAdapter(Adapter):
             hidden_size, config.num_conv_pos_embeddings, config.conv_pos_kernel_size,
             config.num_conv_pos_embedding_groups, config.activation)
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def content_prefixes(self) -> tuple[str, ...]:
         return ("conv_layers.", "projection_norm.", "projection.")

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.dropout import Dropout
 from selfsup.types import Adapter, Batch, Tokens
 
 POSITIONS = ("sincos", "learned")
@@ -117,7 +118,7 @@ class ImageAdapter(Adapter):
         else:
             self.position_embeddings = nn.Parameter(torch.zeros(1, rows, hidden_size))
             nn.init.trunc_normal_(self.position_embeddings, std=0.02)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         # MAE's init: the patch projection as a linear layer (xavier uniform), class token N(0, 0.02)
         w = self.patch_embed.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.data import check_files, files_in_dir, suffix_of
+from selfsup.dropout import Dropout
 from selfsup.errors import SelfsupError
 from selfsup.modalities.tokenizer_train import train_byte_level_bpe, train_char_level, train_wordpiece
 from selfsup.types import Adapter, Batch, Tokens
@@ -46,7 +47,7 @@ class TextAdapter(Adapter):
         self.position_embeddings = nn.Embedding(max_positions + self.position_offset, hidden_size)
         self.token_type_embeddings = nn.Embedding(type_vocab_size, hidden_size) if type_vocab_size else None
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if embedding_norm else nn.Identity()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         for emb in (self.word_embeddings, self.position_embeddings, self.token_type_embeddings):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.02)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.backbones.transformer import TransformerEncoder
+from selfsup.dropout import Dropout
 from selfsup.modalities.audio import AudioAdapter
 from selfsup.distributed import all_sum, world_size
 from selfsup.objectives.losses import feature_penalty
@@ -187,7 +188,7 @@ class Wav2Vec2Objective(Objective):
         self.adapter, self.backbone, self.masker = adapter, backbone, masker
         backbone = backbone.config
         self.mask_embedding = nn.Parameter(torch.empty(backbone.hidden_size).uniform_())
-        self.dropout_features = nn.Dropout(config.dropout_features)
+        self.dropout_features = Dropout(config.dropout_features)
         self.quantizer = GumbelQuantizer(
             self.adapter.feature_size, config.num_codevector_groups, config.num_codevectors_per_group,
             config.codevector_dim, config.max_gumbel_temperature, config.min_gumbel_temperature,
