@@ -24,13 +24,14 @@ from torch.utils.checkpoint import checkpoint
 from selfsup.dropout import Dropout, attention_with_dropout, fast_dropout
 from selfsup.types import BackboneOutput
 
+QUICK_GELU = 1.702   # CLIP's x * sigmoid(1.702 x)
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
     "silu": F.silu,
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "quick_gelu": lambda x: x * torch.sigmoid(QUICK_GELU * x),
 }
 
 
@@ -184,11 +185,22 @@ class TransformerLayer(nn.Module):
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.bias)
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.act = ACTIVATIONS[cfg.activation]
+        self.quick_gelu = cfg.activation == "quick_gelu" and cfg.bias
         self.act_drop = Dropout(cfg.activation_dropout)
         self.drop = Dropout(cfg.dropout)
 
     def mlp(self, x: Tensor) -> Tensor:
+        if self.quick_gelu:
+            return self.drop(self._quick_gelu_mlp(x))
         return self.drop(self.fc2(self.act_drop(self.act(self.fc1(x)))))
+
+    def _quick_gelu_mlp(self, x: Tensor) -> Tensor:
+        """fc2(quick_gelu(fc1(x))) with quick_gelu(z) = silu(a·z) / a: a goes into fc1's GEMM (alpha and beta) and
+        1/a into fc2's, so the activation is one fused SiLU each way, not autograd's chain of multiplies."""
+        a, flat = QUICK_GELU, x.reshape(-1, x.shape[-1])
+        h = F.silu(torch.addmm(self.fc1.bias, flat, self.fc1.weight.t(), beta=a, alpha=a))
+        y = torch.addmm(self.fc2.bias, self.act_drop(h), self.fc2.weight.t(), alpha=1.0 / a)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
     def forward(self, x: Tensor, attn_mask: Tensor | None, rows: Rows = 0, qkv: Tensor | None = None,
                 cache: dict | None = None) -> Tensor:

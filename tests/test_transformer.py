@@ -253,3 +253,19 @@ def test_attention_kernel_choice_keeps_the_results():
     q, k, v = (t.transpose(1, 2) for t in attn.qkv(h).view(2, 17, 3, 2, 32).unbind(2))
     plain = attn.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 17, 64))
     assert torch.equal(attn(h, None), plain)
+
+
+def test_quick_gelu_mlp_equals_the_formula():
+    """CLIP's MLP, computed as silu(1.702 z) / 1.702 with the scales in the GEMMs: outputs and gradients equal
+    fc2(z * sigmoid(1.702 z)), z = fc1(x), the plain way."""
+    layer = make(activation="quick_gelu", norm_first=True).layers[0]
+    x = torch.randn(3, 7, 64, requires_grad=True)
+    fused = layer.mlp(x)
+    plain = layer.fc2(layer.fc1(x) * torch.sigmoid(1.702 * layer.fc1(x)))
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    grads = [torch.autograd.grad((y * torch.linspace(-1, 1, 64)).sum(), [x, *layer.parameters()], allow_unused=True)
+             for y in (fused, plain)]
+    for a, b in zip(*grads):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert layer.quick_gelu and not make(activation="gelu").layers[0].quick_gelu
