@@ -25,7 +25,8 @@ each image, the end-of-text token of each caption: ``TransformerEncoder(outputs_
 key and a value), where ``CLIPModel`` runs it, and the text tower's final norm, on every token; one fused QKV
 matmul instead of three per layer; the text tower runs SDPA's causal kernel without a padding mask (the tokens up
 to the end-of-text token never attend to padding under the causal mask), where ``CLIPTextModel`` builds a 4-D
-causal-and-padding mask and runs attention with it.
+causal-and-padding mask and runs attention with it; quick_gelu is one fused SiLU with its 1.702 folded into the
+MLP's two GEMMs, where ``transformers`` runs ``x * sigmoid(1.702 x)`` as separate multiplies.
 """
 from __future__ import annotations
 
