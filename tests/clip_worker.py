@@ -18,28 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.distributed import gather_with_grad, rank, world_size
+from selfsup.distributed import gather_with_grad, world_size
 from selfsup.objectives.builders import clip
-from tests.torchrun_worker import serve
+from tests.torchrun_worker import mine, serve
 
 GLOBAL_BATCH, LENGTH, VOCAB = 8, 64, 50
 CASES = {"clip_full": ("clip", "vit", False), "clip_local": ("clip", "vit", True),
          "siglip_full": ("siglip", "vit", False), "siglip_local": ("siglip", "vit", True),
          "clip_resnet_local": ("clip", "resnet_tiny", True), "control_no_gather": ("clip", "vit", False)}
 
-
-def split(total: int, n: int) -> list[int]:
-    if n == 1:
-        return [total]
-    if n == 2:
-        return [total // 2 - 1, total - (total // 2 - 1)]
-    raise ValueError(f"run with 1 or 2 processes, not {n}")
-
-
-def mine(t: Tensor) -> Tensor:
-    sizes = split(t.shape[0], world_size())
-    start = sum(sizes[: rank()])
-    return t[start:start + sizes[rank()]]
 
 
 def global_batch(loss: str) -> dict[str, Tensor]:

@@ -11,6 +11,22 @@ import torch
 from selfsup.distributed import rank, world_size
 
 
+def split(total: int, n: int) -> list[int]:
+    """Rows per process: all of them for one process, deliberately unequal for two."""
+    if n == 1:
+        return [total]
+    if n == 2:
+        return [total // 2 - 1, total - (total // 2 - 1)]
+    raise ValueError(f"run with 1 or 2 processes, not {n}")
+
+
+def mine(t: torch.Tensor) -> torch.Tensor:
+    """This process's rows of a global batch ``t`` (:func:`split`)."""
+    sizes = split(t.shape[0], world_size())
+    start = sum(sizes[: rank()])
+    return t[start:start + sizes[rank()]]
+
+
 def serve(run_all: Callable[[], dict[str, torch.Tensor]]) -> None:
     from safetensors.torch import save_file
 

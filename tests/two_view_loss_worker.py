@@ -24,27 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.distributed import all_sum, gather_with_grad, rank, world_size
+from selfsup.distributed import all_sum, gather_with_grad, world_size
 from selfsup.objectives import two_view_losses as L
-from tests.torchrun_worker import serve
+from tests.torchrun_worker import mine, serve
 
 GLOBAL_BATCH, QUEUE_ROWS, VIEWS, D_IN, D, PROTOTYPES = 8, 6, 3, 5, 4, 6
 DTYPE = torch.float64
 
-
-def split(total: int, n: int) -> list[int]:
-    """Rows per process: all of them for one process, deliberately unequal for two."""
-    if n == 1:
-        return [total]
-    if n == 2:
-        return [total // 2 - 1, total - (total // 2 - 1)]
-    raise ValueError(f"run with 1 or 2 processes, not {n}")
-
-
-def mine(t: Tensor) -> Tensor:
-    sizes = split(t.shape[0], world_size())
-    start = sum(sizes[: rank()])
-    return t[start:start + sizes[rank()]]
 
 
 def global_data() -> dict[str, Tensor]:
