@@ -16,6 +16,15 @@ def make(**kw) -> TransformerEncoder:
                                                    **kw})).eval()
 
 
+def nine_tokens(with_padding: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(3, 9, 64) inputs; with padding, the first example's last two tokens are padded."""
+    x, pad = torch.randn(3, 9, 64), None
+    if with_padding:
+        pad = torch.zeros(3, 9, dtype=torch.bool)
+        pad[0, 7:] = True
+    return x, pad
+
+
 def test_shapes_and_hidden_states():
     enc = make(final_norm=True, norm_first=True)
     x = torch.randn(3, 7, 64)
@@ -132,11 +141,7 @@ def test_activation_dropout_is_set_and_checked():
 def test_outputs_from_computes_the_same_last_tokens(norm_first, causal, with_padding):
     """outputs_from: the last layer runs only the queries it is asked for; numbers and gradients are unchanged."""
     enc = make(norm_first=norm_first, final_norm=norm_first, causal=causal, num_layers=3)
-    x = torch.randn(3, 9, 64)
-    pad = None
-    if with_padding:
-        pad = torch.zeros(3, 9, dtype=torch.bool)
-        pad[0, 7:] = True
+    x, pad = nine_tokens(with_padding)
     grads = []
     for start in (0, 4):
         xi = x.clone().requires_grad_()
@@ -165,11 +170,7 @@ def test_outputs_at_computes_the_same_tokens_per_example(norm_first, causal, wit
     only those queries, with the causal and padding masks of their rows; outputs and gradients are those of the
     full run at the same positions."""
     enc = make(norm_first=norm_first, final_norm=norm_first, causal=causal, num_layers=3)
-    x = torch.randn(3, 9, 64)
-    pad = None
-    if with_padding:
-        pad = torch.zeros(3, 9, dtype=torch.bool)
-        pad[0, 7:] = True
+    x, pad = nine_tokens(with_padding)
     at = torch.tensor([[6], [0], [8]]) if not with_padding else torch.tensor([[6, 2], [0, 5], [8, 8]])
     weights = torch.linspace(-1, 1, 64)
     xi = x.clone().requires_grad_()
