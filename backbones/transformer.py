@@ -269,8 +269,12 @@ class TransformerEncoder(nn.Module):
         (:meth:`new_cache`) with the keys and values of the tokens before ``x``; ``x`` holds the new tokens only,
         and their outputs equal those of a run over all the tokens (``tests/test_transformer.py``).
         """
-        if cache is not None and (padding_mask is not None or len(cache) != len(self.layers)):
-            raise ValueError("a key/value cache takes no padding mask and one dict per layer (new_cache())")
+        if cache is not None:
+            if padding_mask is not None or len(cache) != len(self.layers):
+                raise ValueError("a key/value cache takes no padding mask and one dict per layer (new_cache())")
+            if self.training or outputs_from or outputs_at is not None or first_qkv is not None:
+                raise ValueError("a key/value cache is for inference (eval mode) without outputs_from, outputs_at "
+                                 "or first_qkv")
         if outputs_at is not None and outputs_from:
             raise ValueError("give outputs_from or outputs_at, not both")
         wanted: Rows = outputs_at if outputs_at is not None else outputs_from

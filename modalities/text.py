@@ -81,6 +81,9 @@ class TextAdapter(Adapter):
     def add_positions(self, x: Tensor, padding_mask: Tensor | None = None, start: int = 0) -> Tensor:
         """Adds the position embeddings; ``start``: the position of the first token (a continuation, no padding)."""
         if not self.position_offset:
+            if start + x.shape[1] > self.max_positions:
+                raise ValueError(f"positions {start}..{start + x.shape[1] - 1} exceed max_positions "
+                                 f"{self.max_positions}")
             return self.dropout(self.norm(x + self.position_embeddings.weight[start: start + x.shape[1]]))
         if start:
             raise ValueError("start needs positions without a padding offset")

@@ -143,7 +143,6 @@ class CausalLanguageModeling(Objective):
 
 
 @torch.no_grad()
-@torch.no_grad()
 def generate(objective: CausalLanguageModeling, input_ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, greedy: bool = False, generator: torch.Generator | None = None,
              use_cache: bool = True) -> Tensor:

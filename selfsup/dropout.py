@@ -3,9 +3,9 @@
 ``torch.nn.Dropout`` on a CPU draws one Bernoulli sample per element, and that draw, not the multiply, is its
 cost: about 12 ms forward for 2 M floats on two cores of a Xeon, where a multiply takes 0.5 ms. Here one 64-bit
 draw of the generator makes four 16-bit numbers, and an element is kept when its number is at or above the
-threshold of ``p``: the draws fall to a quarter and dropout forward + backward is 2.4-2.8x faster
-(``tests/test_dropout.py`` checks the statistics; docs/benchmarks.md the speed). The keep probability is ``p``
-rounded to a multiple of 1/65,536 (0.1 -> 0.099991); kept values are scaled by the inverse of the probability
+threshold of ``p``: the draws fall to a quarter and dropout forward + backward is 2.0-2.3x faster
+(``tests/test_dropout.py`` checks the statistics; ``benchmarks/dropout_speed.py`` and docs/benchmarks.md the
+speed). The drop probability is ``p`` rounded to a multiple of 1/65,536 (0.1 -> 0.1000061); kept values are scaled by the inverse of the probability
 actually used, so the output's expectation is the input, as with ``nn.Dropout``. Randomness comes from torch's
 default generator (or the one given), so ``torch.manual_seed`` makes a run repeat.
 

@@ -205,6 +205,10 @@ def test_key_value_cache_gives_the_full_runs_outputs(norm_first):
         make(causal=False)(x, cache=make(causal=False).new_cache())
     with pytest.raises(ValueError, match="padding"):
         enc(x, torch.zeros(2, 11, dtype=torch.bool), cache=enc.new_cache())
+    with pytest.raises(ValueError, match="inference"):
+        enc.train()(x, cache=enc.new_cache())
+    with pytest.raises(ValueError, match="inference"):
+        enc.eval()(x, outputs_from=3, cache=enc.new_cache())
 
 
 def test_first_qkv_replaces_the_first_layers_projection():
