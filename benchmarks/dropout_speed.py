@@ -17,22 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from selfsup.benchmarking import interleaved_medians
 from selfsup.dropout import attention_with_dropout, dropout
 
 P = 0.1
-
-
-def per_second(fn, calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return calls / (time.perf_counter() - start)
 
 
 def check_statistics(n: int = 2_000_000) -> None:
@@ -72,13 +64,8 @@ def attention_sides(batch: int = 16, n: int = 128, heads: int = 4, head_dim: int
 
 
 def measure(sides: dict, calls: int, rounds: int, tag: str) -> tuple[float, float]:
-    for step in sides.values():
-        per_second(step, 2)
-    results: dict[str, list[float]] = {k: [] for k in sides}
-    for r in range(rounds):
-        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            results[name].append(per_second(sides[name], calls))
-    ours, ref = statistics.median(results["ours"]), statistics.median(results["reference"])
+    medians = interleaved_medians(sides, calls, rounds, 2, 1, tag, "calls/s")
+    ours, ref = medians["ours"], medians["reference"]
     print(f"[{tag}] ours {ours:.1f}  reference {ref:.1f} calls/s  ratio {ours / ref:.2f}x", flush=True)
     return ours, ref
 

@@ -3,7 +3,7 @@
 Both models hold the same weights (ours converted with ``selfsup.objectives.hf_gpt2.to_transformers``), in eval
 mode, and continue the same prompts greedily (``do_sample=False``: the two must give the same tokens, checked
 before timing, or the run fails). Throughput is new tokens per second over the batch (batch x new tokens per
-call), the two sides timed in alternating rounds (``selfsup.benchmarking.interleaved``), the median round
+call), the sides timed in alternating rounds (``selfsup.benchmarking.interleaved_medians``), the median round
 reported. Our ``generate(use_cache=False)``, which recomputes the context for every token, is timed in the same
 rounds as a third side, so the cache's own gain is measured too.
 
@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))   # run as a script: the sibling gpt_speed.py
 from gpt_speed import CONFIGS, build_models  # noqa: E402
 
+from selfsup.benchmarking import interleaved_medians  # noqa: E402
 from selfsup.objectives.clm import generate  # noqa: E402
 
 
@@ -72,16 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not (torch.equal(outputs["ours"], outputs["reference"]) and torch.equal(outputs["ours"], outputs["ours_no_cache"])):
         raise SystemExit("the greedy continuations differ: not timing")
     print("greedy continuations: identical on all three sides", flush=True)
-    times: dict[str, list[float]] = {name: [] for name in sides}
     with torch.no_grad():
-        for r in range(args.rounds):
-            for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-                start = time.perf_counter()
-                sides[name]()
-                times[name].append(args.batch * new / (time.perf_counter() - start))
-            print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{k} {v[-1]:.0f}" for k, v in times.items())
-                  + " new tokens/s", flush=True)
-    med = {name: statistics.median(v) for name, v in times.items()}
+        med = interleaved_medians(sides, 1, args.rounds, 0, args.batch * new, args.config, "new tokens/s")
     result = {"name": f"gpt_generate_speed_{args.config}", "unit": "new tokens/s", "ours": round(med["ours"], 1),
               "reference": round(med["reference"], 1), "ratio": round(med["ours"] / med["reference"], 3),
               "ours_no_cache": round(med["ours_no_cache"], 1),

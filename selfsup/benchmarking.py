@@ -30,15 +30,23 @@ def interleaved(sides: dict[str, Step], steps: int, rounds: int, warmup: int, ba
                 tag: str) -> tuple[float, float]:
     """Median samples/s of ``sides["ours"]`` and ``sides["reference"]``: untimed warmup, then rounds in which the
     two are timed one after the other, the order flipped every round, so machine noise hits both."""
+    medians = interleaved_medians(sides, steps, rounds, warmup, batch_size, tag, "samples/s")
+    return medians["ours"], medians["reference"]
+
+
+def interleaved_medians(sides: dict[str, Step], steps: int, rounds: int, warmup: int, per_step: int, tag: str,
+                        unit: str) -> dict[str, float]:
+    """:func:`interleaved` for any number of sides: the median over rounds of ``per_step`` items per step per
+    second, per side; the order of the sides is reversed every other round."""
     for step in sides.values():
-        time_steps(step, warmup, batch_size)
+        time_steps(step, warmup, per_step)
     results: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(rounds):
         for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            results[name].append(time_steps(sides[name], steps, batch_size))
-        print(f"[{tag}] round {r + 1}/{rounds}: ours {results['ours'][-1]:.2f}  "
-              f"reference {results['reference'][-1]:.2f} samples/s", flush=True)
-    return statistics.median(results["ours"]), statistics.median(results["reference"])
+            results[name].append(time_steps(sides[name], steps, per_step))
+        print(f"[{tag}] round {r + 1}/{rounds}: " + "  ".join(f"{k} {v[-1]:.2f}" for k, v in results.items())
+              + f" {unit}", flush=True)
+    return {name: statistics.median(v) for name, v in results.items()}
 
 
 def speed_args(description: str, precision: str, quick: dict, full: dict) -> argparse.Namespace:
