@@ -155,6 +155,8 @@ def generate(objective: CausalLanguageModeling, input_ids: Tensor, max_new_token
     to the cached keys and values of the earlier ones; once the context is full it slides, the positions of
     every token change and the window is recomputed each step (nanoGPT's way, and all of it without the cache).
     """
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"generate needs prompts of shape (batch, at least one token), got {tuple(input_ids.shape)}")
     was_training = objective.training
     objective.eval()
     ids = input_ids

@@ -127,6 +127,8 @@ def test_cached_generation_equals_recomputing_the_context():
         cache = obj.backbone.new_cache()
         steps = [obj.hidden(ids[:, :8], cache=cache)] + [obj.hidden(ids[:, i:i + 1], cache=cache) for i in range(8, 20)]
         torch.testing.assert_close(torch.cat(steps, 1), obj.hidden(ids), rtol=0, atol=1e-5)
+        with pytest.raises(ValueError, match="at least one token"):
+            generate(obj, torch.zeros(2, 0, dtype=torch.long), 4)
         with pytest.raises(ValueError, match="exceed max_positions 32"):   # 20 cached + 13 > the 32 positions
             obj.hidden(torch.randint(0, VOCAB, (2, 13)), cache=cache)
 
