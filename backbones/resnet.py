@@ -23,6 +23,7 @@ are ``BatchNorm2d``'s, so checkpoints and exports do not see the difference.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -176,8 +177,8 @@ class ResNetBackbone(nn.Module):
     def stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None,
-                output_hidden_states: bool = False) -> BackboneOutput:
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None, output_hidden_states: bool = False,
+                structure: Mapping[str, Any] | None = None) -> BackboneOutput:
         """x: (B, C, H, W) images. Returns the last feature map as (B, H'·W', C) tokens; with
         ``output_hidden_states`` also the stem's output (after the max-pool) and every stage's, each as tokens
         (5 entries, as ``transformers``' ``ResNetModel``)."""

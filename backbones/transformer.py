@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, replace
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -255,9 +256,10 @@ class TransformerEncoder(nn.Module):
     def forward(
         self, x: Tensor, padding_mask: Tensor | None = None, output_hidden_states: bool = False,
         outputs_from: int = 0, first_qkv: Tensor | None = None, outputs_at: Tensor | None = None,
-        cache: list[dict] | None = None,
+        cache: list[dict] | None = None, structure: Mapping[str, Any] | None = None,
     ) -> BackboneOutput:
-        """x: (B, N, D); padding_mask: (B, N) True where padded.
+        """x: (B, N, D); padding_mask: (B, N) True where padded; structure: unused (a Transformer attends over
+        every token; a graph's structural encoding reaches it through the adapter's positions).
 
         hidden_states (when asked for) holds the input and each layer's output before the final norm, as in
         ``transformers``. outputs_from: only the tokens from there on are wanted: the last layer computes just

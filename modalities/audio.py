@@ -133,6 +133,8 @@ class AudioAdapter(Adapter):
     wav2vec2-base); pre-LN ("stable layer norm") models have theirs after the last layer, in the backbone.
     """
 
+    batch_keys = ("input_values", "attention_mask")
+
     def __init__(self, config: AudioConfig, hidden_size: int, dropout: float = 0.1, layer_norm_eps: float = 1e-5,
                  encoder_norm: bool = True) -> None:
         super().__init__()
@@ -211,7 +213,12 @@ class AudioAdapter(Adapter):
         padding_mask = None if mask is None else self.frame_padding_mask(mask, x.shape[1])
         return Tokens(x=x, padding_mask=padding_mask, targets={"features": features, "conv_features": conv})
 
-    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def target_size(self, name: str) -> int:
+        if name in ("features", "conv_features"):
+            return self.feature_size
+        return super().target_size(name)
+
+    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None, structure=None) -> Tensor:
         """(B, F, D) -> (B, F, D): padded frames zeroed, + pos-conv, (LayerNorm for post-LN), dropout."""
         if padding_mask is not None:
             x = x.masked_fill(padding_mask[:, :, None], 0.0)

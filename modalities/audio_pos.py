@@ -95,6 +95,8 @@ class Data2VecAudioAdapter(Adapter):
     (right padding). Same ``embed`` / ``add_positions`` contract as :class:`~selfsup.modalities.audio.AudioAdapter`.
     """
 
+    batch_keys = AudioAdapter.batch_keys
+
     def __init__(self, config: Data2VecAudioAdapterConfig, hidden_size: int, dropout: float = 0.1,
                  layer_norm_eps: float = 1e-5) -> None:
         super().__init__()
@@ -139,7 +141,9 @@ class Data2VecAudioAdapter(Adapter):
         padding_mask = None if mask is None else self.frame_padding_mask(mask, x.shape[1])
         return Tokens(x=x, padding_mask=padding_mask, targets={"features": features})
 
-    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    target_size = AudioAdapter.target_size
+
+    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None, structure=None) -> Tensor:
         """(B, F, D) -> (B, F, D): padded frames zeroed, + position convs, encoder LayerNorm, dropout."""
         if padding_mask is not None:
             x = x.masked_fill(padding_mask[:, :, None], 0.0)

@@ -10,7 +10,7 @@ contract, so that MAE can drop patches after the positions are added and before 
   run as one matmul on the patch pixels (``embed_patches``), so MAE embeds its visible patches alone;
 * ``add_positions(x)`` adds the patch positions (fixed 2-D sin-cos, as MAE, or learned, as ViT), interpolated
   for images of another size than the configured one (multi-crop's local views);
-* ``add_class_token(x)`` prepends the class token plus its position (zero for sin-cos, as MAE).
+* ``add_prefix(x)`` prepends the class token plus its position (zero for sin-cos, as MAE).
 
 ``forward`` runs all three, which is what the encoder of every image objective sees. :class:`PixelAdapter` hands
 the images unchanged to a backbone that takes pixels (a ResNet), which returns its last feature map as tokens.
@@ -105,6 +105,8 @@ def unpatchify(patches: Tensor, patch_size: int, num_channels: int = 3) -> Tenso
 class ImageAdapter(Adapter):
     """``pixel_values`` (B, C, H, W) -> patch tokens; see the module docstring for the three stages."""
 
+    batch_keys = ("pixel_values",)
+
     def __init__(self, config: ImageConfig, hidden_size: int) -> None:
         super().__init__()
         self.config, self.hidden_size = config, hidden_size
@@ -182,28 +184,43 @@ class ImageAdapter(Adapter):
             table = grid.permute(0, 2, 3, 1).reshape(1, grid_size * grid_size, -1)
         return table if ids is None else F.embedding(ids, table[0])
 
-    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None, structure=None) -> Tensor:
         """x (B, N, D) the patches of a square grid (N = g²; g other than the configured grid: interpolated)."""
         g = math.isqrt(x.shape[1])
         if g * g != x.shape[1]:
             raise ValueError(f"{x.shape[1]} patch tokens do not form a square grid")
         return x + self.patch_positions(grid_size=g).to(x.dtype)
 
-    def add_class_token(self, x: Tensor) -> Tensor:
+    def add_prefix(self, x: Tensor) -> Tensor:
         """Prepend the class token (plus its position) to (B, M, D) patch tokens, then dropout."""
         if self.cls_token is not None:
             cls = (self.cls_token + self.position_embeddings[:, :1]).to(x.dtype).expand(len(x), -1, -1)
             x = torch.cat([cls, x], dim=1)
         return self.dropout(x)
 
-    def forward(self, batch: Batch) -> Tokens:
-        tokens = self.embed(batch)
-        tokens.x = self.add_class_token(self.add_positions(tokens.x))
-        return tokens
+    add_class_token = add_prefix
+
+    def target_size(self, name: str) -> int:
+        if name == "pixels":
+            return self.config.patch_size ** 2 * self.config.num_channels
+        return super().target_size(name)
+
+    def target_to_input(self, name: str, values: Tensor) -> Tensor:
+        """``"pixels"`` (B, N, P·P·C) -> images (B, C, H, W) (:func:`unpatchify`)."""
+        if name == "pixels":
+            return unpatchify(values, self.config.patch_size, self.config.num_channels)
+        return values
+
+    def decoder_positions(self, width: int) -> Tensor:
+        """MAE's decoder positions: fixed 2-D sin-cos of ``width`` over the patch grid, a zero row first for the
+        class token (when there is one)."""
+        return sincos_2d(width, self.config.grid_size, self.num_prefix_tokens > 0)
 
 
 class PixelAdapter(Adapter):
     """For backbones that take images (a ResNet): ``x`` is ``pixel_values`` (B, C, H, W) itself; no positions."""
+
+    batch_keys = ("pixel_values",)
 
     def __init__(self, num_channels: int = 3, hidden_size: int = 0) -> None:
         super().__init__()
@@ -215,5 +232,5 @@ class PixelAdapter(Adapter):
             raise ValueError(f"expected pixel_values of shape (B, {self.num_channels}, H, W), got {tuple(pixels.shape)}")
         return Tokens(x=pixels, padding_mask=None, targets={})
 
-    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None, structure=None) -> Tensor:
         return x

@@ -82,8 +82,16 @@ class NormedAdapter(Adapter):
     def embed(self, batch: Batch) -> Tokens:
         return self.inner.embed(batch)
 
-    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
-        return self.inner.add_positions(x, padding_mask)
+    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None, structure=None) -> Tensor:
+        return self.inner.add_positions(x, padding_mask, structure)
+
+    def add_prefix(self, x: Tensor) -> Tensor:
+        return self.inner.add_prefix(x)
+
+    batch_keys = property(lambda self: self.inner.batch_keys)
+    target_size = property(lambda self: self.inner.target_size)
+    target_to_input = property(lambda self: self.inner.target_to_input)
+    decoder_positions = property(lambda self: self.inner.decoder_positions)
 
     def forward(self, batch: Batch) -> Tokens:
         tokens = self.inner(batch)

@@ -35,6 +35,8 @@ class TextAdapter(Adapter):
     ``embedding_norm=False`` give GPT-2's embeddings, word + position then dropout).
     """
 
+    batch_keys = ("input_ids", "attention_mask")
+
     def __init__(self, vocab_size: int, hidden_size: int, max_positions: int = 512, type_vocab_size: int = 2,
                  pad_token_id: int | None = 0, dropout: float = 0.1, layer_norm_eps: float = 1e-12,
                  embedding_norm: bool = True, roberta_positions: bool = False) -> None:
@@ -78,7 +80,23 @@ class TextAdapter(Adapter):
         padding_mask = None if mask is None else mask == 0
         return Tokens(x=x, padding_mask=padding_mask, targets={"ids": ids})
 
-    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None, start: int = 0) -> Tensor:
+    def input_ids(self, batch: Batch) -> Tensor:
+        return batch["input_ids"]
+
+    def with_input_ids(self, batch: Batch, ids: Tensor) -> dict[str, Any]:
+        """``batch`` with ``input_ids`` replaced by ``ids`` (B, N'); an ``attention_mask`` is cut to N'."""
+        out = {**batch, "input_ids": ids}
+        mask = batch.get("attention_mask")
+        if mask is not None and mask.shape[1] != ids.shape[1]:
+            out["attention_mask"] = mask[:, : ids.shape[1]]
+        return out
+
+    def target_size(self, name: str) -> int:
+        if name == "ids":
+            return self.vocab_size
+        return super().target_size(name)
+
+    def add_positions(self, x: Tensor, padding_mask: Tensor | None = None, structure=None, start: int = 0) -> Tensor:
         """Adds the position embeddings; ``start``: the position of the first token (a continuation, no padding)."""
         if not self.position_offset:
             if start + x.shape[1] > self.max_positions:

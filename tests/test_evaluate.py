@@ -31,21 +31,21 @@ class Lookup(Adapter):
     def embed(self, batch):
         return Tokens(x=batch["x"][:, None, :], padding_mask=None)
 
-    def add_positions(self, x, padding_mask=None):
+    def add_positions(self, x, padding_mask=None, structure=None):
         return x
 
 
 class Identity(torch.nn.Module):
     """A backbone that passes the features through."""
 
-    def forward(self, x, padding_mask=None, output_hidden_states=False):
+    def forward(self, x, padding_mask=None, output_hidden_states=False, structure=None):
         return BackboneOutput(x)
 
 
 class Noise(torch.nn.Module):
     """A backbone that replaces the features with noise."""
 
-    def forward(self, x, padding_mask=None, output_hidden_states=False):
+    def forward(self, x, padding_mask=None, output_hidden_states=False, structure=None):
         return BackboneOutput(torch.randn_like(x))
 
 
@@ -70,7 +70,7 @@ def test_all_layers_probe_sees_what_the_last_layer_lost():
     data = {"train": xtr, "test": xte}
 
     class LastLayerNoise(torch.nn.Module):
-        def forward(self, x, padding_mask=None, output_hidden_states=False):
+        def forward(self, x, padding_mask=None, output_hidden_states=False, structure=None):
             noise = torch.randn_like(x)
             return BackboneOutput(noise, (x, noise) if output_hidden_states else None)
 
