@@ -77,6 +77,42 @@ class TransformerConfig:
         return asdict(self)
 
 
+# The sizes every family starts from (a family's own table says where it departs): tiny (tests, seconds), small (a
+# CPU, minutes), base (BERT-base / ViT-B / wav2vec2-base's shape).
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256),
+    "small": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+    "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+}
+# How the reference models wire the Transformer (the config fields apart from size). bert: the defaults (post-LN,
+# GELU, eps 1e-12); vit: transformers' ViTModel / ViTMAEModel (pre-LN + final norm, eps 1e-12 as HF's default --
+# the official MAE code uses 1e-6 --, no dropout); gpt2: GPT2LMHeadModel (pre-LN + final norm, causal, tanh GELU,
+# eps 1e-5); clip / siglip: CLIPModel's and SiglipModel's towers (pre-LN + final norm, no dropout; quick_gelu and
+# eps 1e-5 / tanh GELU and eps 1e-6); speech: fairseq's wav2vec 2.0 / HuBERT / data2vec audio (eps 1e-5).
+WIRINGS: dict[str, dict] = {
+    "bert": {},
+    "vit": dict(norm_first=True, final_norm=True, layer_norm_eps=1e-12, activation="gelu", dropout=0.0,
+                attention_dropout=0.0),
+    "gpt2": dict(norm_first=True, final_norm=True, causal=True, activation="gelu_new", layer_norm_eps=1e-5),
+    "clip": dict(norm_first=True, final_norm=True, layer_norm_eps=1e-5, activation="quick_gelu", dropout=0.0,
+                 attention_dropout=0.0),
+    "siglip": dict(norm_first=True, final_norm=True, layer_norm_eps=1e-6, activation="gelu_pytorch_tanh",
+                   dropout=0.0, attention_dropout=0.0),
+    "speech": dict(layer_norm_eps=1e-5),
+}
+
+
+def transformer_config(size: str | dict | None = None, wiring: str = "bert", **overrides) -> TransformerConfig:
+    """The :class:`TransformerConfig` of a named ``size`` (:data:`SIZES`, or a dict of sizes) wired as ``wiring``
+    (:data:`WIRINGS`), with keyword overrides."""
+    if isinstance(size, str) and size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose from {sorted(SIZES)}")
+    if wiring not in WIRINGS:
+        raise ValueError(f"unknown Transformer wiring {wiring!r}; choose from {sorted(WIRINGS)}")
+    sizes = SIZES[size] if isinstance(size, str) else dict(size or {})
+    return TransformerConfig(**{**WIRINGS[wiring], **sizes, **overrides})
+
+
 SHORT_SEQUENCE = 192  # below it the CPU flash kernel works in blocks of 32 queries, slow in bf16
 
 
@@ -232,6 +268,11 @@ class TransformerEncoder(nn.Module):
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
+    @property
+    def input_size(self) -> int:
+        """The width of the tokens it reads (its hidden size)."""
+        return self.config.hidden_size
+
     def set_regularization(self, activation_dropout: float | None = None, layerdrop: float | None = None) -> None:
         """Change the activation dropout and the layerdrop of a built encoder (None: keep)."""
         changes = {k: v for k, v in (("activation_dropout", activation_dropout), ("layerdrop", layerdrop))
@@ -319,4 +360,4 @@ def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["TransformerConfig", "TransformerEncoder", "attention_kernels", "take_rows", "init_weights", "num_parameters"]
+__all__ = ["TransformerConfig", "TransformerEncoder", "SIZES", "WIRINGS", "transformer_config", "attention_kernels", "take_rows", "init_weights", "num_parameters"]

@@ -25,7 +25,7 @@ import torchvision
 from torch import nn
 
 from selfsup.benchmarking import interleaved, native_bf16, speed_args
-from selfsup.objectives.builders import two_view
+from selfsup.objectives.two_view.build import two_view
 
 BATCH, IMAGE = 64, 32
 OPTIM = dict(lr=0.06, momentum=0.9, weight_decay=5e-4)
@@ -74,7 +74,7 @@ def check_loss() -> tuple[float, float]:
     ours.train()
     x = views(0)
     z1, z2 = ours.project(x)
-    a, b = float(ours({"views": x}).loss), float(criterion(z1, z2))
+    a, b = float(ours({"views": [{"pixel_values": v} for v in x]}).loss), float(criterion(z1, z2))
     if abs(a - b) > 1e-5:
         raise SystemExit(f"losses differ: ours {a} lightly {b}")
     return a, b
@@ -90,7 +90,7 @@ def measure(bf16: bool, steps: int, rounds: int, warmup: int) -> tuple[float, fl
 
     def step_ours() -> None:
         with cast():
-            loss = ours({"views": data}).loss
+            loss = ours({"views": [{"pixel_values": v} for v in data]}).loss
         loss.backward()
         opt_ours.step()
         opt_ours.zero_grad(set_to_none=True)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -234,3 +236,46 @@ class PixelAdapter(Adapter):
 
     def add_positions(self, x: Tensor, padding_mask: Tensor | None = None, structure=None) -> Tensor:
         return x
+
+
+class ReconstructionGrid(NamedTuple):
+    """path: the PNG written (or None); image: (H, W, 3) uint8 (``SummaryWriter.add_image(tag, image,
+    step, dataformats="HWC")``)."""
+
+    path: Path | None
+    image: np.ndarray
+
+
+def reconstruction_grid(originals: Tensor, masked: Tensor, reconstructions: Tensor, mean, std,
+                        path: str | Path | None = None, max_images: int = 8, scale: int | None = None,
+                        pad: int = 2) -> ReconstructionGrid:
+    """A picture of MAE at work: rows original / masked / reconstruction, ``max_images`` columns.
+
+    The three (B, C, H, W) tensors are in normalised space (``pixel_values``); ``mean`` / ``std`` (C,) undo the
+    normalisation. Each image is enlarged ``scale`` times (nearest; default: to about 96 pixels) and cells are
+    separated by ``pad`` white pixels, so the PNG is ``3·s·H + 4·pad`` high and ``n·s·W + (n + 1)·pad`` wide.
+    Written with PIL when ``path`` is given.
+    """
+    rows = [t[:max_images].detach().float().cpu() for t in (originals, masked, reconstructions)]
+    n, c, h, w = rows[0].shape
+    s = scale or max(1, 96 // max(h, w))
+    m = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+    d = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+    grid = np.full((3 * s * h + 4 * pad, n * s * w + (n + 1) * pad, 3), 255, dtype=np.uint8)
+    for r, images in enumerate(rows):
+        images = (images * d + m).clamp(0, 1)
+        images = images.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
+        images = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        if c == 1:
+            images = images.repeat(3, axis=-1)
+        for i in range(n):
+            y, x = pad + r * (s * h + pad), pad + i * (s * w + pad)
+            grid[y:y + s * h, x:x + s * w] = images[i, :, :, :3]
+    out = None
+    if path is not None:
+        from PIL import Image
+
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(out, format="PNG")
+    return ReconstructionGrid(out, grid)

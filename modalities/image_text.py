@@ -89,6 +89,7 @@ class NormedAdapter(Adapter):
         return self.inner.add_prefix(x)
 
     batch_keys = property(lambda self: self.inner.batch_keys)
+    batch_size = property(lambda self: self.inner.batch_size)
     target_size = property(lambda self: self.inner.target_size)
     target_to_input = property(lambda self: self.inner.target_to_input)
     decoder_positions = property(lambda self: self.inner.decoder_positions)

@@ -171,9 +171,10 @@ def single_thread() -> Iterator[None]:
 
 
 def collate_views(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``{"views": [(B, 3, h_v, w_v) per view], "labels": (B,) long, "example_seeds": (B,) long}``."""
+    """``{"views": [{"pixel_values": (B, 3, h_v, w_v)} per view], "labels": (B,) long, "example_seeds": (B,)
+    long}``: each view a batch the image adapters read."""
     num_views = len(examples[0]["views"])
-    return {"views": [torch.stack([e["views"][v] for e in examples]) for v in range(num_views)],
+    return {"views": [{"pixel_values": torch.stack([e["views"][v] for e in examples])} for v in range(num_views)],
             "labels": torch.tensor([int(e["label"]) for e in examples], dtype=torch.long),
             "example_seeds": torch.tensor([int(e["seed"]) for e in examples], dtype=torch.long)}
 
@@ -185,4 +186,4 @@ def collate_images(examples: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
         raise ValueError(f"collate_images takes one view per example, got {len(examples[0]['views'])}; "
                          "use collate_views")
     batch = collate_views(examples)
-    return {"pixel_values": batch["views"][0], "labels": batch["labels"], "example_seeds": batch["example_seeds"]}
+    return {"pixel_values": batch["views"][0]["pixel_values"], "labels": batch["labels"], "example_seeds": batch["example_seeds"]}

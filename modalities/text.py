@@ -91,6 +91,11 @@ class TextAdapter(Adapter):
             out["attention_mask"] = mask[:, : ids.shape[1]]
         return out
 
+    def class_embeddings(self, name: str) -> Tensor:
+        if name == "ids":
+            return self.word_embeddings.weight
+        return super().class_embeddings(name)
+
     def target_size(self, name: str) -> int:
         if name == "ids":
             return self.vocab_size

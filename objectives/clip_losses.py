@@ -27,28 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.distributed import all_sum, gather_with_grad, rank, world_size
+from selfsup.distributed import gather_with_grad, global_rows, row_offset, world_size
 
 
 def _check(image: Tensor, text: Tensor, what: str) -> None:
     if image.ndim != 2 or image.shape != text.shape:
         raise ValueError(f"{what}: expected image and text embeddings of the same (B, D) shape, got "
                          f"{tuple(image.shape)} and {tuple(text.shape)}")
-
-
-def row_offset(rows: int, device: torch.device) -> int:
-    """Index of this process's first row in the gathered batch (the rows of the lower ranks); 0 on one process."""
-    if world_size() == 1:
-        return 0
-    with torch.no_grad():
-        sizes = gather_with_grad(torch.tensor([rows], device=device))
-    return int(sizes[: rank()].sum())
-
-
-def global_rows(x: Tensor) -> Tensor:
-    """The rows of ``x`` summed over the processes, as a float (no gradient)."""
-    local = torch.tensor(float(x.shape[0]), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-    return all_sum(local, differentiable=False)
 
 
 def clip_logits(image: Tensor, text: Tensor, scale: Tensor | float) -> Tensor:
@@ -112,4 +97,4 @@ def siglip_loss(image: Tensor, text: Tensor, scale: Tensor | float, bias: Tensor
     return local * world_size() / global_rows(image)
 
 
-__all__ = ["clip_loss", "siglip_loss", "clip_logits", "siglip_logits", "row_offset", "global_rows"]
+__all__ = ["clip_loss", "siglip_loss", "clip_logits", "siglip_logits", ]

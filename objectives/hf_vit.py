@@ -283,7 +283,7 @@ def check_mae_export(objective: MAEObjective, out_dir: str | Path, pixel_values:
     vit = AutoModel.from_pretrained(str(out), add_pooling_layer=False).eval()
     mae = AutoModelForPreTraining.from_pretrained(str(out / PRETRAINING_DIR)).eval()
     ours_h = objective.encoder()({"pixel_values": pixel_values})[0].last_hidden_state
-    noise = torch.rand(len(pixel_values), objective.num_patches, generator=torch.Generator().manual_seed(0))
+    noise = torch.rand(len(pixel_values), objective.adapter.config.num_patches, generator=torch.Generator().manual_seed(0))
     ours = objective.predict({"pixel_values": pixel_values, "noise": noise})
     theirs = mae(pixel_values=pixel_values, noise=noise)
     return {"export/max_abs_hidden_diff": check_close(max_abs_diff(ours_h, vit(pixel_values=pixel_values)

@@ -38,33 +38,54 @@ On a CPU in bf16 the backbone's attention takes SDPA's math kernel on these shor
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.backbones.transformer import TransformerEncoder
-from selfsup.modalities.image import ImageAdapter, sincos_2d, unpatchify
 from selfsup.objectives.masking import example_generators
-from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
+from selfsup.types import (EXAMPLE_SEEDS, NOISE, Adapter, Batch, Encoder, Objective, ObjectiveOutput, Tokens,
+                           prefix_padding)
 
 
 @dataclass
 class MAEConfig:
-    """mask_ratio: share of the patches dropped (the paper's 0.75); norm_pix_loss: regress each patch's pixels
-    normalised by its own mean and variance (the paper's best target; HF's default is False);
-    norm_pix_eps: added to that variance (HF / MAE: 1e-6)."""
+    """mask_ratio: share of the tokens masked (MAE 0.75; GraphMAE 0.5-0.75); norm_pix_loss: regress each
+    token's target normalised by its own mean and variance (MAE's best image target; HF's default is False; off for
+    graphs); norm_pix_eps: added to that variance (HF / MAE: 1e-6); target: the adapter's target to reconstruct
+    (``"pixels"`` of image or series patches, ``"features"`` of graph nodes).
+
+    mask_mode: ``"drop"`` (MAE: the encoder sees the visible tokens only, the decoder inserts mask tokens) or
+    ``"replace"`` (GraphMAE / SimMIM: masked tokens become a learned mask token and every token is encoded);
+    replace_rate: in replace mode, the share of masked tokens given another token's content instead (GraphMAE's
+    0.05-0.1); remask: the decoder's input at masked positions in replace mode, ``"zero"`` (GraphMAE's re-mask)
+    or ``"token"`` (a learned decoder mask token); loss: ``"mse"`` (MAE) or ``"sce"`` (GraphMAE's scaled cosine
+    error with exponent ``sce_alpha``); decoder_embed_bias: GraphMAE's encoder-to-decoder map has none;
+    prediction_head: a linear map from the decoder's width to the target (False when the decoder outputs the
+    target itself, as GraphMAE's one-layer GNN decoder)."""
 
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
     norm_pix_eps: float = 1e-6
+    target: str = "pixels"
+    mask_mode: str = "drop"
+    replace_rate: float = 0.0
+    remask: str = "zero"
+    loss: str = "mse"
+    sce_alpha: float = 2.0
+    decoder_embed_bias: bool = True
+    prediction_head: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        for name, value, choices in (("mask_mode", self.mask_mode, ("drop", "replace")),
+                                     ("remask", self.remask, ("zero", "token")), ("loss", self.loss, ("mse", "sce"))):
+            if value not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose from {list(choices)}")
+        if not 0.0 <= self.replace_rate <= 1.0:
+            raise ValueError(f"replace_rate must be in [0, 1], got {self.replace_rate}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,13 +122,13 @@ def random_masking(noise: Tensor, mask_ratio: float) -> Masking:
 def masking_noise(batch: Batch, shape: tuple[int, int], device: torch.device) -> Tensor:
     """(B, N) float32 noise: ``batch["noise"]``, else one ``torch.rand(N)`` per example from its seed
     (``batch["example_seeds"]``, see ``selfsup.data.example_seed``), else ``torch.rand``."""
-    if batch.get("noise") is not None:
-        noise = torch.as_tensor(batch["noise"])
+    if batch.get(NOISE) is not None:
+        noise = torch.as_tensor(batch[NOISE])
         if tuple(noise.shape) != tuple(shape):
             raise ValueError(f"noise has shape {tuple(noise.shape)}; expected (batch, patches) = {tuple(shape)}")
         return noise.to(device=device, dtype=torch.float32)
-    if batch.get("example_seeds") is not None:
-        gens = example_generators(torch.as_tensor(batch["example_seeds"]))
+    if batch.get(EXAMPLE_SEEDS) is not None:
+        gens = example_generators(torch.as_tensor(batch[EXAMPLE_SEEDS]))
         if len(gens) != shape[0]:
             raise ValueError(f"{len(gens)} example_seeds for a batch of {shape[0]}")
         return torch.stack([torch.rand(shape[1], generator=g) for g in gens]).to(device)
@@ -180,173 +201,212 @@ def xavier_init(module: nn.Module) -> nn.Module:
 
 
 class MAEObjective(Objective):
-    """MAE, given an :class:`ImageAdapter`, a pre-LN :class:`TransformerEncoder` (the ViT encoder) and a second
-    one as the decoder (its final norm is MAE's decoder norm); it owns ``decoder_embed``, ``mask_token``, the
-    fixed ``decoder_pos_embed`` (1, 1 + N, Dd) and ``decoder_pred``. See the module docstring for the steps.
+    """A masked autoencoder over any adapter whose tokens carry a reconstruction target: MAE on image patches
+    (``mask_mode="drop"``), GraphMAE on graph nodes (``"replace"``), the same class. Given the adapter, the
+    encoder (``backbone``) and the decoder (a second backbone; a pre-LN Transformer's final norm is MAE's decoder
+    norm, a one-layer GNN is GraphMAE's); it owns ``decoder_embed``, the mask token(s), the decoder's fixed
+    positions when the adapter has them (``decoder_positions``: MAE's 2-D sin-cos) and ``decoder_pred``. See the
+    module docstring for MAE's steps and :meth:`forward_replace` for GraphMAE's.
 
-    batch: ``pixel_values`` (B, C, H, W), optional ``noise`` (B, N) or ``example_seeds`` (B,). ``forward``
-    returns the loss summed over the dropped patches (``num_targets``) and ``metrics["mae_loss"]``, the mean.
+    batch: what the adapter reads, optional ``noise`` (B, N) or ``example_seeds`` (B,). ``forward`` returns the
+    loss summed over the masked tokens (``num_targets``) and ``metrics["mae_loss"]``, the mean.
     """
 
-    def __init__(self, adapter: ImageAdapter, backbone: TransformerEncoder, decoder: TransformerEncoder,
+    def __init__(self, adapter: Adapter, backbone: nn.Module, decoder: nn.Module,
                  config: MAEConfig | None = None) -> None:
         super().__init__()
-        self.config = config or MAEConfig()
-        if adapter.hidden_size != backbone.config.hidden_size:
-            raise ValueError(f"adapter width {adapter.hidden_size} != encoder width {backbone.config.hidden_size}")
+        self.config = c = config or MAEConfig()
         self.adapter, self.backbone, self.decoder = adapter, backbone, decoder
-        image, width = adapter.config, decoder.config.hidden_size
-        self.decoder_embed = nn.Linear(backbone.config.hidden_size, width)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.register_buffer("decoder_pos_embed",
-                             sincos_2d(width, image.grid_size, adapter.num_prefix_tokens > 0)[None])
-        self.decoder_pred = nn.Linear(width, image.patch_size ** 2 * image.num_channels)
+        width = input_size(decoder)
+        self.decoder_embed = nn.Linear(backbone.hidden_size, width, bias=c.decoder_embed_bias)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))           # the decoder's (MAE)
+        if c.mask_mode == "replace":                                         # the encoder's (GraphMAE, SimMIM)
+            self.encoder_mask_token = nn.Parameter(torch.zeros(adapter.hidden_size))
+        table = adapter.decoder_positions(width)
+        if table is not None:
+            self.register_buffer("decoder_pos_embed", table[None].float())
+        else:
+            self.decoder_pos_embed = None
+        target_size = adapter.target_size(c.target)
+        self.decoder_pred = nn.Linear(width, target_size) if c.prediction_head else nn.Identity()
         xavier_init(self.decoder_embed), xavier_init(self.decoder_pred)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    @property
-    def num_patches(self) -> int:
-        return self.adapter.config.num_patches
-
-    # -- the steps ---------------------------------------------------------------------------------------------
-    def draw_masking(self, batch: Batch, device: torch.device | None = None) -> Masking:
-        """The masking of ``batch`` (see :func:`masking_noise`)."""
-        b = len(batch["pixel_values"])
-        noise = masking_noise(batch, (b, self.num_patches), device or batch["pixel_values"].device)
+    # -- masking ------------------------------------------------------------------------------------------------
+    def draw_masking(self, batch: Batch, num_tokens: int, device: torch.device) -> Masking:
+        """MAE's masking of ``batch``'s N = ``num_tokens`` tokens (see :func:`masking_noise`)."""
+        noise = masking_noise(batch, (self.adapter.batch_size(batch), num_tokens), device)
         return random_masking(noise, self.config.mask_ratio)
 
+    # -- MAE: the encoder sees the visible tokens only ------------------------------------------------------------
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor, Masking]:
-        """(latent (B, p + K, D) = the encoder's last hidden state on the class token and the visible patches,
-        which is ``ViTMAEModel``'s; patch pixels (B, N, P·P·C); the masking). Only the visible patches are
-        embedded (the patch convolution is a matmul on their pixels) and given their positions."""
-        pixels = self.adapter.patches(batch)
-        masking = self.draw_masking(batch, pixels.device)
-        ids = masking.ids_shuffle[:, :masking.num_visible]
-        x = self.adapter.embed_patches(take(pixels, ids))
-        visible = x + self.adapter.patch_positions(ids).to(x.dtype)
-        latent = self.backbone(self.adapter.add_class_token(visible)).last_hidden_state
-        return latent, pixels, masking
+        """(latent (B, p + K, D) = the encoder's last hidden state on the prefix and the visible tokens, which is
+        ``ViTMAEModel``'s; the targets (B, N, F); the masking). Every token is embedded and given its position,
+        then only the K visible ones go on."""
+        tokens = self.adapter.embed(batch)
+        if tokens.padding_mask is not None:
+            raise ValueError("mask_mode 'drop' needs unpadded tokens (every example the same length); "
+                             "use mask_mode 'replace' for padded tokens")
+        target = tokens.targets[self.config.target]
+        masking = self.draw_masking(batch, tokens.x.shape[1], tokens.x.device)
+        x = self.adapter.add_positions(tokens.x, None, tokens.structure)
+        visible = take(x, masking.ids_shuffle[:, :masking.num_visible])
+        latent = self.backbone(self.adapter.add_prefix(visible), structure=tokens.structure).last_hidden_state
+        return latent, target, masking
 
     def decode(self, latent: Tensor, masking: Masking, outputs_from: int = 0) -> Tensor:
-        """(B, p + N, Dd) the decoder's output (after its norm) in *shuffled* order: class token, the K visible
-        patches, then the N - K dropped ones, each token with the decoder position of its patch. With
+        """(B, p + N, Dd) the decoder's output (after its norm) in *shuffled* order: prefix, the K visible
+        tokens, then the N - K dropped ones, each token with the decoder position of its token. With
         ``outputs_from`` only the tokens from there on (the decoder's last layer computes just them).
 
-        A dropped patch's decoder input is ``mask_token`` + its position, one of N rows whatever the example: the
-        input is the visible rows followed by those N rows picked per token (:func:`table_rows`), and with a pre-LN decoder
-        the first layer's norm and QKV projection run once on the N rows and are gathered the same way
-        (``first_qkv``) instead of running on all B·(N - K) mask tokens."""
+        A dropped token's decoder input is ``mask_token`` + its position, one of N rows whatever the example: the
+        input is the visible rows followed by those N rows picked per token (:func:`table_rows`), and with a pre-LN
+        Transformer decoder the first layer's norm and QKV projection run once on the N rows and are gathered the
+        same way (``first_qkv``) instead of running on all B·(N - K) mask tokens."""
         p, k = self.adapter.num_prefix_tokens, masking.num_visible
         y = self.decoder_embed(latent)
         b, n = masking.ids_shuffle.shape
-        table = self.decoder_pos_embed[0].to(y.dtype)
+        if self.decoder_pos_embed is not None:
+            table = self.decoder_pos_embed[0].to(y.dtype)
+        else:
+            table = y.new_zeros(p + n, y.shape[-1])
         pos = F.embedding(masking.ids_shuffle[:, :k], table[p:])            # (B, K, Dd), no grad
         if p:
             pos = torch.cat([table[:p].expand(b, -1, -1), pos], dim=1)
         visible = y + pos                                                   # (B, p + K, Dd)
-        masked = self.mask_token[0].to(y.dtype) + table[p:]                 # (N, Dd): one row per patch
-        ids = masking.ids_shuffle[:, k:]                                    # (B, N - K): the dropped patches
+        masked = self.mask_token[0].to(y.dtype) + table[p:]                 # (N, Dd): one row per token
+        ids = masking.ids_shuffle[:, k:]                                    # (B, N - K): the dropped tokens
 
         def gather(per_token: Tensor, per_patch: Tensor) -> Tensor:         # (B, p + N, ·)
             return torch.cat([per_token, table_rows(per_patch, ids)], dim=1)
 
-        first_qkv = None
-        if self.decoder.config.norm_first and len(self.decoder.layers) and n > k:
-            layer = self.decoder.layers[0]
+        first_qkv, layers = None, getattr(self.decoder, "layers", None)
+        if getattr(getattr(self.decoder, "config", None), "norm_first", False) and layers and n > k:
+            layer = layers[0]
             qkv = lambda t: layer.attn.qkv(layer.norm1(t))                  # noqa: E731
             first_qkv = gather(qkv(visible), qkv(masked))
         return self.decoder(gather(visible, masked), outputs_from=outputs_from,
                             first_qkv=first_qkv).last_hidden_state
 
-    def forward(self, batch: Batch) -> ObjectiveOutput:
-        latent, pixels, masking = self.encode(batch)
+    def forward_drop(self, batch: Batch) -> ObjectiveOutput:
+        latent, target_all, masking = self.encode(batch)
         start = self.adapter.num_prefix_tokens + masking.num_visible
         h = self.decode(latent, masking, outputs_from=start)                # (B, N - K, Dd): dropped only
-        pred = self.decoder_pred(h)                                         # (B, N - K, P·P·C)
-        target = patch_targets(take(pixels, masking.ids_shuffle[:, masking.num_visible:]),
-                               self.config.norm_pix_loss, self.config.norm_pix_eps)
-        loss = (pred.float() - target).pow(2).mean(dim=-1).sum()
-        n = target.shape[0] * target.shape[1]
+        pred = self.decoder_pred(h)                                         # (B, N - K, F)
+        target = take(target_all, masking.ids_shuffle[:, masking.num_visible:])
+        return self.loss(pred.flatten(0, 1), target.flatten(0, 1))
+
+    # -- GraphMAE / SimMIM: masked tokens replaced, every token encoded -------------------------------------------
+    def replace_masking(self, batch: Batch, tokens: Tokens) -> tuple[Tensor, Tensor]:
+        """(mask (B, N) bool of the tokens to reconstruct, source (B, N) long: the token whose content each
+        position gets). Each example masks ``int(mask_ratio * n)`` of its n real tokens (the lowest noise); a
+        masked token takes another random real token's content of the same example with probability
+        ``replace_rate`` (GraphMAE's random replacement), else the mask token. Draws come from each example's seed
+        (``example_seeds``), of its own length, so they do not depend on the batch it is in."""
+        x, padding_mask = tokens.x, tokens.padding_mask
+        b, n = x.shape[:2]
+        lengths = [n] * b if padding_mask is None else (~padding_mask).sum(dim=1).tolist()
+        c, seeds = self.config, batch.get(EXAMPLE_SEEDS)
+        gens = example_generators(torch.as_tensor(seeds)) if seeds is not None else [None] * b
+        fixed = batch.get(NOISE)
+        mask = torch.zeros(b, n, dtype=torch.bool)
+        source = torch.arange(n).repeat(b, 1)
+        for i, (length, g) in enumerate(zip(lengths, gens)):
+            noise = fixed[i, :length].float().cpu() if fixed is not None else torch.rand(length, generator=g)
+            chosen = noise.argsort()[: int(c.mask_ratio * length)]
+            mask[i, chosen] = True
+            if c.replace_rate > 0 and len(chosen):
+                swap = torch.rand(len(chosen), generator=g) < c.replace_rate
+                source[i, chosen[swap]] = torch.randint(length, (int(swap.sum()),), generator=g)
+        return mask.to(x.device), source.to(x.device)
+
+    def forward_replace(self, batch: Batch) -> ObjectiveOutput:
+        """GraphMAE (Hou et al., 2022, sec. 3): every token is encoded, the masked ones replaced by a learned mask
+        token (or, at ``replace_rate``, by another token's content); the encoder's output goes through
+        ``decoder_embed``, the masked positions are *re-masked* (``remask``: zeroed as GraphMAE, or MAE's decoder
+        mask token), the decoder reconstructs the targets and the loss is scored at the masked tokens."""
+        tokens = self.adapter.embed(batch)
+        mask, source = self.replace_masking(batch, tokens)
+        x = torch.gather(tokens.x, 1, source[:, :, None].expand(-1, -1, tokens.x.shape[-1]))
+        token = mask & (source == torch.arange(mask.shape[1], device=mask.device))
+        x = torch.where(token[:, :, None], self.encoder_mask_token.to(x.dtype), x)
+        structure, padding = tokens.structure, tokens.padding_mask
+        x = self.adapter.add_prefix(self.adapter.add_positions(x, padding, structure))
+        p = self.adapter.num_prefix_tokens
+        padding = prefix_padding(padding, p)
+        h = self.backbone(x, padding, structure=structure).last_hidden_state
+        y = self.decoder_embed(h)
+        full_mask = F.pad(mask, (p, 0)) if p else mask
+        fill = self.mask_token[0, 0].to(y.dtype) if self.config.remask == "token" else y.new_zeros(())
+        y = torch.where(full_mask[:, :, None], fill, y)
+        if self.decoder_pos_embed is not None:
+            y = y + self.decoder_pos_embed[:, : y.shape[1]].to(y.dtype)
+        out = self.decoder(y, padding, structure=structure).last_hidden_state
+        pred = self.decoder_pred(out[full_mask])
+        return self.loss(pred, tokens.targets[self.config.target][mask])
+
+    # -- loss ---------------------------------------------------------------------------------------------------
+    def loss(self, pred: Tensor, target: Tensor) -> ObjectiveOutput:
+        """pred, target: (M, F) at the M masked tokens; MSE (of each token's mean) or SCE, summed over them."""
+        c = self.config
+        target = patch_targets(target, c.norm_pix_loss, c.norm_pix_eps)
+        if c.loss == "sce":
+            per_token = scaled_cosine_error(pred, target, c.sce_alpha)
+        else:
+            per_token = (pred.float() - target).pow(2).mean(dim=-1)
+        loss, n = per_token.sum(), per_token.shape[0]
         return ObjectiveOutput(loss=loss, num_targets=n, metrics={"mae_loss": loss.detach() / max(n, 1)})
 
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        return self.forward_drop(batch) if self.config.mask_mode == "drop" else self.forward_replace(batch)
+
     def predict(self, batch: Batch) -> dict[str, Tensor]:
-        """What ``ViTMAEForPreTraining`` returns: ``logits`` (B, N, P·P·C) at every patch in image order,
-        ``mask`` (B, N) float (1 = dropped), ``ids_restore`` (B, N), ``latent`` (B, p + K, D), and ``loss``
-        (the mean over the dropped patches)."""
-        latent, pixels, masking = self.encode(batch)
+        """What ``ViTMAEForPreTraining`` returns (``mask_mode="drop"``): ``logits`` (B, N, F) at every token in
+        input order, ``mask`` (B, N) float (1 = dropped), ``ids_restore`` (B, N), ``latent`` (B, p + K, D), and
+        ``loss`` (the mean over the dropped tokens)."""
+        latent, target, masking = self.encode(batch)
         h = self.decode(latent, masking, outputs_from=self.adapter.num_prefix_tokens)
         logits = take(self.decoder_pred(h), masking.ids_restore)
-        total, count = mae_loss(logits, pixels, masking.mask, self.config.norm_pix_loss, self.config.norm_pix_eps)
+        c = self.config
+        total, count = mae_loss(logits, target, masking.mask, c.norm_pix_loss, c.norm_pix_eps)
         return {"logits": logits, "mask": masking.mask.float(), "ids_restore": masking.ids_restore,
                 "latent": latent, "loss": total / max(count, 1)}
 
     @torch.no_grad()
     def reconstruct(self, batch: Batch) -> dict[str, Tensor]:
-        """Images (B, C, H, W) for a picture, in the space of ``pixel_values``: ``original``; ``masked`` (the
-        dropped patches zeroed, as the MAE demo shows them); ``reconstruction`` (the prediction at every patch,
-        un-normalised with each patch's own mean and variance under ``norm_pix_loss``, as the MAE
-        visualisation does); ``pasted`` (the reconstruction with the visible patches pasted back); ``mask``
-        (B, N) bool."""
+        """For a picture (``mask_mode="drop"``), in the input's space (``adapter.target_to_input``: MAE's images
+        (B, C, H, W)): ``original``; ``masked`` (the dropped tokens zeroed, as the MAE demo shows them);
+        ``reconstruction`` (the prediction at every token, un-normalised with each token's own mean and variance
+        under ``norm_pix_loss``, as the MAE visualisation does); ``pasted`` (the reconstruction with the visible
+        tokens pasted back); ``mask`` (B, N) bool."""
         out = self.predict(batch)
-        c = self.adapter.config
-        pixels = self.adapter.patches(batch).float()
+        target = self.adapter.embed(batch).targets[self.config.target].float()
         pred = out["logits"].float()
         if self.config.norm_pix_loss:
-            mean, var = pixels.mean(dim=-1, keepdim=True), pixels.var(dim=-1, keepdim=True)
+            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
             pred = pred * (var + self.config.norm_pix_eps) ** 0.5 + mean
         mask = out["mask"].bool()
-        keep = (~mask)[:, :, None].to(pixels.dtype)
-        image = lambda patches: unpatchify(patches, c.patch_size, c.num_channels)  # noqa: E731
-        return {"original": batch["pixel_values"].float(), "masked": image(pixels * keep),
-                "reconstruction": image(pred), "pasted": image(pixels * keep + pred * (1 - keep)), "mask": mask}
+        keep = (~mask)[:, :, None].to(target.dtype)
+        back = lambda values: self.adapter.target_to_input(self.config.target, values)  # noqa: E731
+        return {"original": back(target), "masked": back(target * keep), "reconstruction": back(pred),
+                "pasted": back(target * keep + pred * (1 - keep)), "mask": mask}
 
     def encoder(self) -> Encoder:
-        """The full-image encoder: every patch plus the class token, (B, p + N, D)."""
+        """The full encoder: every token plus the prefix, (B, p + N, D)."""
         return Encoder(self.adapter, self.backbone)
 
 
-class ReconstructionGrid(NamedTuple):
-    """path: the PNG written (or None); image: (H, W, 3) uint8 (``SummaryWriter.add_image(tag, image,
-    step, dataformats="HWC")``)."""
-
-    path: Path | None
-    image: np.ndarray
+def input_size(backbone: nn.Module) -> int:
+    """The width of the tokens a backbone reads (``input_size`` where it differs from its output width)."""
+    return int(getattr(backbone, "input_size", backbone.hidden_size))
 
 
-def reconstruction_grid(originals: Tensor, masked: Tensor, reconstructions: Tensor, mean, std,
-                        path: str | Path | None = None, max_images: int = 8, scale: int | None = None,
-                        pad: int = 2) -> ReconstructionGrid:
-    """A picture of MAE at work: rows original / masked / reconstruction, ``max_images`` columns.
-
-    The three (B, C, H, W) tensors are in normalised space (``pixel_values``); ``mean`` / ``std`` (C,) undo the
-    normalisation. Each image is enlarged ``scale`` times (nearest; default: to about 96 pixels) and cells are
-    separated by ``pad`` white pixels, so the PNG is ``3·s·H + 4·pad`` high and ``n·s·W + (n + 1)·pad`` wide.
-    Written with PIL when ``path`` is given.
-    """
-    rows = [t[:max_images].detach().float().cpu() for t in (originals, masked, reconstructions)]
-    n, c, h, w = rows[0].shape
-    s = scale or max(1, 96 // max(h, w))
-    m = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
-    d = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-    grid = np.full((3 * s * h + 4 * pad, n * s * w + (n + 1) * pad, 3), 255, dtype=np.uint8)
-    for r, images in enumerate(rows):
-        images = (images * d + m).clamp(0, 1)
-        images = images.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
-        images = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        if c == 1:
-            images = images.repeat(3, axis=-1)
-        for i in range(n):
-            y, x = pad + r * (s * h + pad), pad + i * (s * w + pad)
-            grid[y:y + s * h, x:x + s * w] = images[i, :, :, :3]
-    out = None
-    if path is not None:
-        from PIL import Image
-
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid).save(out, format="PNG")
-    return ReconstructionGrid(out, grid)
+def scaled_cosine_error(pred: Tensor, target: Tensor, alpha: float = 2.0) -> Tensor:
+    """GraphMAE's scaled cosine error per token (Hou et al., 2022, eq. 4): ``(1 - cos(pred, target)) ** alpha``,
+    (M,) float32 for (M, F) rows."""
+    cos = (F.normalize(pred.float(), dim=-1) * F.normalize(target.float(), dim=-1)).sum(dim=-1)
+    return (1.0 - cos).pow(alpha)
 
 
-__all__ = ["MAEConfig", "MAEObjective", "Masking", "random_masking", "masking_noise", "num_visible",
-           "patch_targets", "table_rows", "mae_loss", "xavier_init", "reconstruction_grid", "ReconstructionGrid", "take"]
+__all__ = ["MAEConfig", "MAEObjective", "scaled_cosine_error", "input_size", "Masking", "random_masking", "masking_noise", "num_visible",
+           "patch_targets", "table_rows", "mae_loss", "xavier_init", "take"]

@@ -23,7 +23,8 @@ from selfsup.export import write_model_card
 from selfsup.modalities.image_views import mae_transform
 from selfsup.objectives.builders import MAE_TRAINING, mae, mae_learning_rate
 from selfsup.objectives.hf_vit import export_mae, mae_from_transformers, vit_image_processor
-from selfsup.objectives.mae import MAEObjective, reconstruction_grid
+from selfsup.modalities.image import reconstruction_grid
+from selfsup.objectives.mae import MAEObjective
 from selfsup.recipes._image import (EvalImages, add_image_args, image_probe, labelled_images, load_training_images,
                                     view_loader)
 from selfsup.run import finish_run, random_init_encoders, start_run
@@ -58,7 +59,7 @@ def build_objective(args: Namespace) -> MAEObjective:
 def make_eval_fn(objective: MAEObjective, grid_pixels: torch.Tensor, fit: EvalImages | None,
                  score: EvalImages | None, args: Namespace, device: torch.device):
     """At each evaluation: the reconstruction loss on held-out images (fixed masks), the picture, and the kNN."""
-    noise = torch.rand(len(grid_pixels), objective.num_patches, generator=torch.Generator().manual_seed(args.seed))
+    noise = torch.rand(len(grid_pixels), objective.adapter.config.num_patches, generator=torch.Generator().manual_seed(args.seed))
     out_png = Path(args.output_dir) / "reconstruction.png"
 
     def eval_fn(obj: MAEObjective) -> dict[str, Any]:

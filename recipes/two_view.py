@@ -24,8 +24,10 @@ from selfsup.config import base_parser, parse_args
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.image_views import byol_transforms, multicrop_transforms, simclr_transform
-from selfsup.objectives.builders import (CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS, TWO_VIEW_RESNETS,
-                                         two_view)
+from selfsup.objectives import registry
+from selfsup.objectives.two_view.build import two_view
+from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS
+from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS
 from selfsup.objectives.hf_resnet import export_resnet, resnet_from_transformers
 from selfsup.objectives.hf_vit import export_vit_encoder, vit_image_processor, vit_to_encoder
 from selfsup.recipes._image import (EvalImages, add_image_args, image_probe, knn_monitor, labelled_images,
@@ -34,9 +36,8 @@ from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
 from selfsup.types import Encoder, Objective
 
-ALIASES = {"moco": "moco_v2", "barlow": "barlow_twins"}
-METHOD_CHOICES = ["simclr", "moco", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "dino", "vicreg", "barlow",
-                  "barlow_twins"]
+ALIASES = registry.ALIASES
+METHOD_CHOICES = [m for m in registry.names("two_view") if m in CPU_SETTINGS] + sorted(ALIASES)
 PRESETS = {"cpu": CPU_SETTINGS, "gpu": GPU_SETTINGS, "imagenet": IMAGENET_SETTINGS}
 # flags the preset fills when they are not given (flag -> preset key)
 FROM_PRESET = {"learning_rate": "learning_rate", "weight_decay": "weight_decay", "optimizer": "optimizer",
@@ -197,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                          accelerator.device)
             metrics.update(image_probe({"": objective.encoder(), "random_init_": fresh}, fit, score, args,
                                        accelerator.device))
-        sample = (score or fit).pixels[:4] if fit is not None else next(iter(loader))["views"][0][:4]
+        sample = (score or fit).pixels[:4] if fit is not None else next(iter(loader))["views"][0]["pixel_values"][:4]
         export_dir = export(objective, args, metrics, source, sample)                      # export
     return finish_run(accelerator, metrics, args.output_dir, export_dir, args.hub_model_id,  # finish
                       args.push_to_hub, args.hub_private_repo)

@@ -117,4 +117,32 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return _GatherWithGrad.apply(x)
 
 
-__all__ = ["world_size", "rank", "all_sum", "gather_with_grad"]
+def global_count(x: Tensor, n: int) -> Tensor:
+    """``n`` summed over the processes, as a float of x's dtype or float32 if x is narrower (bf16 cannot hold most
+    counts exactly), no gradient: the number of rows, anchors or pairs of the global batch."""
+    local = torch.tensor(float(n), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+    return all_sum(local, differentiable=False)
+
+
+def global_rows(x: Tensor) -> Tensor:
+    """The rows of ``x`` summed over the processes (see :func:`global_count`)."""
+    return global_count(x, x.shape[0])
+
+
+def global_mean(values: Tensor) -> Tensor:
+    """Mean of ``values``' elements over every process's elements: the same scalar on each process, with the
+    gradient of the global mean (``all_sum`` is differentiable)."""
+    return all_sum(values.sum()) / global_count(values, values.numel())
+
+
+def row_offset(rows: int, device: torch.device | str = "cpu") -> int:
+    """Index of this process's first row in a gathered batch (the rows of the lower ranks); 0 on one process."""
+    if world_size() == 1:
+        return 0
+    with torch.no_grad():
+        sizes = gather_with_grad(torch.tensor([rows], device=device))
+    return int(sizes[: rank()].sum())
+
+
+__all__ = ["world_size", "rank", "all_sum", "gather_with_grad", "global_count", "global_rows", "global_mean",
+           "row_offset"]

@@ -139,6 +139,19 @@ class Adapter(nn.Module):
         the adapter reads besides the ids (a padding mask is cut or kept to N')."""
         raise TypeError(f"{type(self).__name__} reads no discrete ids")
 
+    def class_embeddings(self, name: str) -> Tensor:
+        """(C, D) the input embedding of the C classes of the discrete target ``name`` (text: the word
+        embeddings of ``"ids"``), for heads tied to the input (BERT, GPT-2)."""
+        raise TypeError(f"{type(self).__name__} embeds no discrete target {name!r}")
+
+    def batch_size(self, batch: Batch) -> int:
+        """The number of examples in ``batch`` (default: the length of the first tensor the adapter reads)."""
+        for key in self.batch_keys:
+            value = batch.get(key)
+            if isinstance(value, Tensor):
+                return len(value)
+        raise ValueError(f"{type(self).__name__}: none of its keys {list(self.batch_keys)} is in the batch")
+
     def target_size(self, name: str) -> int:
         """The per-token size of ``targets[name]``: a vector's width, or the number of classes of ids."""
         raise KeyError(f"{type(self).__name__} provides no target {name!r}")
@@ -218,10 +231,12 @@ class Encoder(nn.Module):
     def features(self, batch: Batch) -> Tensor:
         """(B, D) one vector per example, with gradient (``pooling`` over ``layers``): what two-view objectives
         train and probes score."""
-        out, padding_mask = self(batch, output_hidden_states=self.layers == "all")
-        if self.layers == "all":
-            return torch.cat([pool(h, padding_mask, self.pooling) for h in (out.hidden_states or ())[1:]], dim=-1)
-        return pool(out.last_hidden_state, padding_mask, self.pooling)
+        return features(self.adapter, self.backbone, batch, self.pooling, self.layers)
+
+    @property
+    def feature_size(self) -> int:
+        """The width of :meth:`features`: the backbone's, times its layers when ``layers == "all"``."""
+        return feature_size(self.backbone, self.layers)
 
     @torch.no_grad()
     def pooled(self, batch: Batch) -> Tensor:
@@ -243,6 +258,24 @@ class Encoder(nn.Module):
         if "all_layers" in views:
             result["all_layers"] = torch.cat([pool(h, padding_mask, self.pooling) for h in states], dim=-1)
         return result
+
+
+def features(adapter: Adapter, backbone: nn.Module, batch: Batch, pooling: str = "mean",
+             layers: str = "last") -> Tensor:
+    """(B, D) one vector per example of ``batch`` through ``adapter`` and ``backbone``, with gradient: the
+    ``pooling`` (:func:`pool`) of the last hidden state, or of every layer's output concatenated
+    (``layers="all"``)."""
+    tokens = adapter(batch)
+    out = backbone(tokens.x, tokens.padding_mask, layers == "all", structure=tokens.structure)
+    if layers == "all":
+        return torch.cat([pool(h, tokens.padding_mask, pooling) for h in (out.hidden_states or ())[1:]], dim=-1)
+    return pool(out.last_hidden_state, tokens.padding_mask, pooling)
+
+
+def feature_size(backbone: nn.Module, layers: str = "last") -> int:
+    """The width of :func:`features` on ``backbone``."""
+    width = int(backbone.hidden_size)
+    return width * int(backbone.config.num_layers) if layers == "all" else width
 
 
 def masked_mean(x: Tensor, padding_mask: Tensor | None) -> Tensor:

@@ -80,8 +80,8 @@ def test_dataloader_workers_give_the_same_views():
         batches[workers] = list(loader)
     for a, b in zip(batches[0], batches[2]):
         assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["example_seeds"], b["example_seeds"])
-        assert all(torch.equal(x, y) for x, y in zip(a["views"], b["views"]))
-    assert torch.equal(batches[0][0]["views"][0][0], data[7]["views"][0])
+        assert all(torch.equal(x["pixel_values"], y["pixel_values"]) for x, y in zip(a["views"], b["views"]))
+    assert torch.equal(batches[0][0]["views"][0]["pixel_values"][0], data[7]["views"][0])
 
 
 def test_index_epoch_and_view_change_the_draws():
@@ -200,7 +200,7 @@ def test_eval_transform_keeps_a_same_size_image_and_denormalize_inverts_it():
 def test_collate_views_and_images():
     data = ViewDataset(image_set(4), multicrop_transforms(32, local_size=16, num_local=2), seed=0)
     batch = collate_views([data[i] for i in range(4)])
-    assert [tuple(v.shape) for v in batch["views"]] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 2
+    assert [tuple(v["pixel_values"].shape) for v in batch["views"]] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 2
     assert batch["labels"].tolist() == [0, 1, 2, 0] and batch["labels"].dtype == torch.long
     assert batch["example_seeds"].tolist() == [data[i]["seed"] for i in range(4)]
     single = ViewDataset(image_set(4), mae_transform(32), seed=0)

@@ -10,7 +10,8 @@ from selfsup.modalities.image import unpatchify
 from selfsup.objectives.builders import MAE_TRAINING, mae as build, mae_learning_rate, size_of
 from selfsup.objectives.hf_vit import (PRETRAINING_DIR, encoder_to_vit, export_mae, mae_from_transformers,
                                        mae_to_transformers, vit_image_processor, vit_to_encoder)
-from selfsup.objectives.mae import mae_loss, num_visible, patch_targets, reconstruction_grid
+from selfsup.modalities.image import reconstruction_grid
+from selfsup.objectives.mae import mae_loss, num_visible, patch_targets
 from selfsup.types import Encoder
 from tests.graph_checks import racy_gathers
 
@@ -172,7 +173,7 @@ def test_import_round_trip(tmp_path):
         decoder_intermediate_size=32, mask_ratio=0.6)).eval()
     fresh = mae_from_transformers(plain).eval()
     assert fresh.config.mask_ratio == 0.6 and not fresh.config.norm_pix_loss
-    assert fresh.adapter.config.positions == "sincos" and fresh.num_patches == 16
+    assert fresh.adapter.config.positions == "sincos" and fresh.adapter.config.num_patches == 16
     x, z = torch.randn(2, 3, 16, 16), torch.rand(2, 16)
     with torch.no_grad():
         assert abs(float(fresh.predict({"pixel_values": x, "noise": z})["loss"])
@@ -208,7 +209,7 @@ def test_masking_keeps_int_n_times_one_minus_ratio_patches():
         obj = make(mask_ratio=ratio)
         k = num_visible(16, ratio)
         assert k == int(16 * (1 - ratio))
-        masking = obj.draw_masking({"pixel_values": x})
+        masking = obj.draw_masking({"pixel_values": x}, obj.adapter.config.num_patches, torch.device("cpu"))
         assert masking.num_visible == k and torch.equal((~masking.mask).sum(1), torch.full((4,), k))
         with torch.no_grad():
             full = obj.predict({"pixel_values": x})
@@ -219,9 +220,9 @@ def test_masking_keeps_int_n_times_one_minus_ratio_patches():
 def test_per_example_seeds_give_the_same_mask_in_any_batch():
     obj = make()
     x = images(4)
-    a = obj.draw_masking({"pixel_values": x, "example_seeds": torch.tensor([11, 12, 13, 14])}).mask
-    b = obj.draw_masking({"pixel_values": x[:2], "example_seeds": torch.tensor([13, 11])}).mask
-    c = obj.draw_masking({"pixel_values": x[:1], "example_seeds": torch.tensor([14])}).mask
+    a = obj.draw_masking({"pixel_values": x, "example_seeds": torch.tensor([11, 12, 13, 14])}, obj.adapter.config.num_patches, torch.device("cpu")).mask
+    b = obj.draw_masking({"pixel_values": x[:2], "example_seeds": torch.tensor([13, 11])}, obj.adapter.config.num_patches, torch.device("cpu")).mask
+    c = obj.draw_masking({"pixel_values": x[:1], "example_seeds": torch.tensor([14])}, obj.adapter.config.num_patches, torch.device("cpu")).mask
     assert torch.equal(b[0], a[2]) and torch.equal(b[1], a[0]) and torch.equal(c[0], a[3])
     assert not torch.equal(a[0], a[1])
     # a split batch gives the same summed loss as the whole one (what N processes need)
@@ -322,7 +323,7 @@ def test_a_few_steps_decrease_the_loss_on_a_fixed_batch():
 
 def test_sizes_and_recipe_numbers():
     small = build("small")
-    assert small.num_patches == 64 and small.backbone.config.hidden_size == 192
+    assert small.adapter.config.num_patches == 64 and small.backbone.config.hidden_size == 192
     assert (small.backbone.config.num_layers, small.backbone.config.num_heads) == (6, 3)
     assert (small.decoder.config.hidden_size, small.decoder.config.num_layers) == (128, 2)
     assert small.backbone.config.norm_first and small.backbone.config.final_norm

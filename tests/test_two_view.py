@@ -1,4 +1,4 @@
-"""The two-view objectives (objectives/two_view.py): each method's loss is the shared loss (two_view_losses) on its
+"""The two-view objectives (objectives/two_view/): each method's loss is the shared loss (losses.py) on its
 heads' outputs; MoCo's queue, BYOL/MoCo/DINO's EMA teachers and schedules, DINO's centre, SwAV's prototypes and
 queue behave as the papers say; all of it survives a state-dict round trip; no racy gathers in any loss graph.
 Tiny models (a 2-layer ViT, a 4-block ResNet) on 16 x 16 views."""
@@ -12,13 +12,18 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
 from selfsup.backbones.resnet import GlobalBatchNorm, ResNetBackbone
-from selfsup.objectives import two_view as tv
-from selfsup.objectives import two_view_losses as L
-from selfsup.objectives.builders import (CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS, SIZES, two_view,
-                                         two_view_encoder)
+from selfsup.objectives import registry
+from selfsup.objectives.ema import cosine_momentum
+from selfsup.objectives.two_view import common as tv
+from selfsup.objectives.two_view import losses as L
+from selfsup.objectives.two_view.build import image_encoder as two_view_encoder
+from selfsup.objectives.two_view.build import two_view
+from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS
+from selfsup.objectives.two_view.sizes import SIZES
+from selfsup.types import features as pooled_features
 from tests.graph_checks import racy_gathers
 
-METHODS = sorted(tv.METHODS)
+METHODS = sorted(m for m in registry.names("two_view") if m != "graphcl")   # graphcl: SimCLR
 MULTI_CROP = ("swav", "dino")
 
 
@@ -31,6 +36,11 @@ def make_views(n: int = 2, b: int = 4, size: int = 16, local: int = 0, seed: int
     g = torch.Generator().manual_seed(seed)
     return ([torch.randn(b, 3, size, size, generator=g) for _ in range(n)]
             + [torch.randn(b, 3, size // 2, size // 2, generator=g) for _ in range(local)])
+
+
+def vb(views: list[torch.Tensor]) -> list[dict]:
+    """Views as the batches a two-view objective reads."""
+    return [{"pixel_values": v} for v in views]
 
 
 def features(adapter, backbone, views) -> torch.Tensor:
@@ -127,7 +137,7 @@ def test_loss_is_the_shared_loss_on_the_heads_outputs(method, backbone, local):
     obj = build(method, backbone).train()
     views = make_views(local=local)
     state = snapshot(obj)
-    out = obj({"views": views})
+    out = obj({"views": vb(views)})
     assert out.num_targets is None and out.loss.ndim == 0
     expected = REFERENCE[method](obj, views, state)
     assert torch.allclose(out.loss, expected, rtol=1e-5, atol=1e-6), (float(out.loss), float(expected))
@@ -139,7 +149,7 @@ def test_loss_is_the_shared_loss_on_the_heads_outputs(method, backbone, local):
 def test_forward_backward(method, backbone):
     obj = build(method, backbone).train()
     local = 2 if (method in MULTI_CROP and backbone != "vit") else 0   # ViT crops must match its image size
-    out = obj({"views": make_views(local=local)})
+    out = obj({"views": vb(make_views(local=local))})
     assert racy_gathers(out.loss) == []
     out.loss.backward()
     trainable = {n: p for n, p in obj.named_parameters() if p.requires_grad}
@@ -158,8 +168,8 @@ def test_resnet_pools_by_the_mean_and_vit_by_the_class_token():
         with torch.no_grad():
             h = enc({"pixel_values": x})[0].last_hidden_state
             expected = h[:, 0] if name == "vit" else h.mean(dim=1)
-            assert torch.equal(tv.pooled(enc.adapter, enc.backbone, x), expected)
-    assert tv.runs(make_views(n=2, local=3)) == [[0, 1], [2, 3, 4]]
+            assert torch.equal(pooled_features(enc.adapter, enc.backbone, {"pixel_values": x}, enc.pooling), expected)
+    assert tv.runs(two_view_encoder("vit", "tiny", 16).adapter, vb(make_views(n=2, local=3))) == [[0, 1], [2, 3, 4]]
 
 
 def test_heads_use_global_batch_norm():
@@ -177,7 +187,7 @@ def test_moco_queue_gets_the_keys_after_the_loss_saw_the_old_queue():
     obj = build("moco_v2", queue_size=32).train()          # tiny: symmetric
     views = make_views(b=4)
     old = obj.queue.clone()
-    out = obj({"views": views})
+    out = obj({"views": vb(views)})
     k1, k2 = keys(obj, views)
     assert int(obj.queue_ptr) == 8
     assert torch.allclose(obj.queue[:8], torch.cat([k1, k2]), atol=1e-6)   # both views' keys, after the loss
@@ -195,14 +205,14 @@ def test_moco_queue_gets_the_keys_after_the_loss_saw_the_old_queue():
 def test_moco_queue_pointer_wraps_and_eval_does_not_enqueue():
     obj = build("moco_v2", queue_size=10).train()
     first, second = make_views(b=4, seed=1), make_views(b=4, seed=2)
-    obj({"views": first})
+    obj({"views": vb(first)})
     assert int(obj.queue_ptr) == 8
-    obj({"views": second})
+    obj({"views": vb(second)})
     k = torch.cat(keys(obj, second))
     assert int(obj.queue_ptr) == 6                          # 8 + 8 wraps around 10
     assert torch.allclose(obj.queue[8:], k[:2], atol=1e-6) and torch.allclose(obj.queue[:6], k[2:], atol=1e-6)
     before = obj.queue.clone()
-    obj.eval()({"views": first})
+    obj.eval()({"views": vb(first)})
     assert torch.equal(obj.queue, before) and int(obj.queue_ptr) == 6
 
 
@@ -210,7 +220,7 @@ def test_moco_asymmetric_enqueues_the_second_views_keys():
     obj = build("moco_v2", queue_size=16, symmetric=False).train()
     views = make_views(b=4)
     old = obj.queue.clone()
-    out = obj({"views": views})
+    out = obj({"views": vb(views)})
     k1, k2 = keys(obj, views)
     assert int(obj.queue_ptr) == 4 and torch.allclose(obj.queue[:4], k2, atol=1e-6)
     q1 = F.normalize(obj.projector(features(obj.adapter, obj.backbone, views)), dim=1)[:4]
@@ -225,12 +235,12 @@ def test_ring_write_keeps_the_last_rows():
 
 # -- EMA teachers and schedules ------------------------------------------------------------------------------------
 def test_cosine_momentum_formula():
-    assert tv.cosine_momentum(0, 100, 0.996) == pytest.approx(0.996)
-    assert tv.cosine_momentum(50, 100, 0.996) == pytest.approx(1 - 0.004 * (math.cos(math.pi / 2) + 1) / 2)
-    assert tv.cosine_momentum(100, 100, 0.99) == pytest.approx(1.0)
-    assert tv.cosine_momentum(30, 0, 0.99) == 0.99                 # no run length: constant
+    assert cosine_momentum(0, 100, 0.996) == pytest.approx(0.996)
+    assert cosine_momentum(50, 100, 0.996) == pytest.approx(1 - 0.004 * (math.cos(math.pi / 2) + 1) / 2)
+    assert cosine_momentum(100, 100, 0.99) == pytest.approx(1.0)
+    assert cosine_momentum(30, 0, 0.99) == 0.99                 # no run length: constant
     for k in (0, 17, 40, 99):                                      # BYOL, sec. 3.2
-        assert tv.cosine_momentum(k, 100, 0.99) == pytest.approx(1 - (1 - 0.99) * (math.cos(math.pi * k / 100) + 1) / 2)
+        assert cosine_momentum(k, 100, 0.99) == pytest.approx(1 - (1 - 0.99) * (math.cos(math.pi * k / 100) + 1) / 2)
 
 
 @pytest.mark.parametrize("method,base,end", [("byol", 0.99, 1.0), ("dino", 0.99, 1.0), ("moco_v3", 0.99, 1.0),
@@ -238,29 +248,29 @@ def test_cosine_momentum_formula():
 def test_teacher_moves_only_in_on_step_end_by_the_schedule(method, base, end):
     obj = build(method, "resnet_tiny", max_steps=10).train()
     assert obj.momentum(0) == pytest.approx(base) and obj.momentum(10) == pytest.approx(end)
-    assert obj.momentum(4) == pytest.approx(tv.cosine_momentum(4, 10, base, end))
+    assert obj.momentum(4) == pytest.approx(cosine_momentum(4, 10, base, end))
     teacher0 = {k: v.clone() for k, v in obj.teacher.named_parameters()}
     student = {"adapter": obj.adapter, "backbone": obj.backbone}
     student[("head" if method == "dino" else "projector")] = obj.head if method == "dino" else obj.projector
     opt = torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.5)
     local = 2 if method == "dino" else 0
-    obj({"views": make_views(local=local)}).loss.backward()
+    obj({"views": vb(make_views(local=local))}).loss.backward()
     opt.step()
     assert all(torch.equal(v, teacher0[k]) for k, v in obj.teacher.named_parameters())   # forward + step: no change
     s = dict(torch.nn.ModuleDict(student).named_parameters())
     obj.on_step_end(4)
-    m = tv.cosine_momentum(4, 10, base, end)
+    m = cosine_momentum(4, 10, base, end)
     moved = 0
     for k, v in obj.teacher.named_parameters():
         assert torch.allclose(v, m * teacher0[k] + (1 - m) * s[k].detach(), atol=1e-7), k
         moved += int(not torch.equal(v, teacher0[k]))
     assert moved > 0 and int(obj.global_step) == 4
-    assert obj({"views": make_views()}).metrics["momentum"] == pytest.approx(m)
+    assert obj({"views": vb(make_views())}).metrics["momentum"] == pytest.approx(m)
 
 
 def test_teacher_keeps_its_own_batch_norm_statistics():
     obj = build("byol", "resnet_tiny").train()
-    obj({"views": make_views()})
+    obj({"views": vb(make_views())})
     s, t = obj.backbone.bn1.running_mean.clone(), obj.teacher["backbone"].bn1.running_mean.clone()
     obj.on_step_end(1)
     assert torch.equal(obj.teacher["backbone"].bn1.running_mean, t) and torch.equal(obj.backbone.bn1.running_mean, s)
@@ -271,21 +281,21 @@ def test_dino_centre_updates_in_training_only():
     obj = build("dino").train()
     views = make_views()
     old = obj.loss_fn.center.clone()
-    obj({"views": views})
+    obj({"views": vb(views)})
     teacher = teacher_out(obj, views, "head")
     m = obj.config.center_momentum
     assert torch.allclose(obj.loss_fn.center, m * old + (1 - m) * teacher.mean(dim=0, keepdim=True), atol=1e-6)
     after = obj.loss_fn.center.clone()
-    obj.eval()({"views": views})
+    obj.eval()({"views": vb(views)})
     assert torch.equal(obj.loss_fn.center, after)
 
 
 def test_dino_teacher_sees_global_views_and_is_exported_by_default():
     obj = build("dino", "resnet_tiny", warmup_teacher_temp=0.02, teacher_temp=0.06, warmup_teacher_temp_steps=5)
-    out = obj.train()({"views": make_views(local=3)})
+    out = obj.train()({"views": vb(make_views(local=3))})
     assert out.metrics["teacher_temp"] == pytest.approx(0.02)
     obj.on_step_end(5)
-    assert obj({"views": make_views()}).metrics["teacher_temp"] == pytest.approx(0.06)
+    assert obj({"views": vb(make_views())}).metrics["teacher_temp"] == pytest.approx(0.06)
     assert obj.encoder().backbone is obj.teacher["backbone"]
     assert obj.encoder("student").backbone is obj.backbone
     assert build("dino", export="student").encoder().backbone is not None
@@ -294,11 +304,11 @@ def test_dino_teacher_sees_global_views_and_is_exported_by_default():
 
 def test_dino_last_layer_frozen_for_the_first_steps():
     obj = build("dino", freeze_last_layer_steps=2).train()
-    obj({"views": make_views()}).loss.backward()
+    obj({"views": vb(make_views())}).loss.backward()
     assert float(obj.head.last_layer.weight_v.grad.abs().max()) == 0.0
     assert float(obj.head.mlp[0].weight.grad.abs().max()) > 0
     obj.zero_grad(), obj.on_step_end(2)
-    obj({"views": make_views()}).loss.backward()
+    obj({"views": vb(make_views())}).loss.backward()
     assert float(obj.head.last_layer.weight_v.grad.abs().max()) > 0
 
 
@@ -309,7 +319,7 @@ def test_swav_prototypes_are_unit_norm_and_frozen_for_the_first_steps():
         obj.prototypes.weight.mul_(3.0)
     opt = torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.5)
     for step in range(4):
-        out = obj({"views": make_views(seed=step)})
+        out = obj({"views": vb(make_views(seed=step))})
         norms = obj.prototypes.weight.detach().norm(dim=1)
         assert torch.allclose(norms, torch.ones_like(norms), atol=1e-6)
         before = obj.prototypes.weight.detach().clone()
@@ -325,16 +335,16 @@ def test_swav_prototypes_are_unit_norm_and_frozen_for_the_first_steps():
 def test_swav_queue_fills_then_joins_the_assignment():
     obj = build("swav", queue_length=8, queue_start_step=1).train()
     views = [make_views(seed=s) for s in range(4)]
-    assert obj({"views": views[0]}).metrics["queue_in_use"] == 0.0 and int(obj.queue_filled) == 0   # step 0
+    assert obj({"views": vb(views[0])}).metrics["queue_in_use"] == 0.0 and int(obj.queue_filled) == 0   # step 0
     obj.on_step_end(1)
-    obj({"views": views[1]})
+    obj({"views": vb(views[1])})
     z = F.normalize(obj.projector(features(obj.adapter, obj.backbone, views[1])), dim=1).detach()
     assert int(obj.queue_filled) == 4
     assert torch.allclose(obj.queue[0, :4], z[:4], atol=1e-6) and torch.allclose(obj.queue[1, :4], z[4:], atol=1e-6)
-    obj({"views": views[2]})
+    obj({"views": vb(views[2])})
     assert int(obj.queue_filled) == 8
     queue = obj.queue.clone()
-    out = obj({"views": views[3]})
+    out = obj({"views": vb(views[3])})
     assert out.metrics["queue_in_use"] == 1.0
     c, prototypes = obj.config, obj.prototypes.weight.detach()
     zz = F.normalize(obj.projector(features(obj.adapter, obj.backbone, views[3])), dim=1)
@@ -354,7 +364,7 @@ def test_state_round_trip_resumes_exactly(tmp_path, method, overrides):
     opt = torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.1)
     for step in range(3):
         opt.zero_grad()
-        obj({"views": make_views(seed=step)}).loss.backward()
+        obj({"views": vb(make_views(seed=step))}).loss.backward()
         opt.step()
         obj.on_step_end(step + 1)
     save_model(obj, str(tmp_path / "model.safetensors"))           # as selfsup.checkpoint does
@@ -369,7 +379,7 @@ def test_state_round_trip_resumes_exactly(tmp_path, method, overrides):
                 "swav": {"queue", "queue_filled", "prototypes.weight"}}[method]
     assert expected <= names and any(k.startswith("teacher.") for k in names) == (method != "swav")
     assert fresh.extra_state() == extra
-    batch = {"views": make_views(seed=9)}
+    batch = {"views": vb(make_views(seed=9))}
     assert torch.equal(obj(batch).loss, fresh(batch).loss)
 
 
@@ -377,7 +387,7 @@ def test_same_inputs_same_bits():
     losses, grads = [], []
     for _ in range(2):
         obj = build("simclr", "resnet_tiny").train()
-        out = obj({"views": make_views()})
+        out = obj({"views": vb(make_views())})
         out.loss.backward()
         losses.append(out.loss.detach())
         grads.append(torch.cat([p.grad.flatten() for p in obj.parameters()]))
@@ -387,7 +397,7 @@ def test_same_inputs_same_bits():
 # -- builders ------------------------------------------------------------------------------------------------------
 def test_builder_tables_cover_every_method():
     for size in ("tiny", "small", "base"):
-        assert set(SIZES["two_view"][size]["methods"]) == set(METHODS)
+        assert set(SIZES[size]["methods"]) == set(registry.names("two_view"))
     for table in (GPU_SETTINGS, CPU_SETTINGS, IMAGENET_SETTINGS):
         assert set(table) == set(METHODS)
         for settings in table.values():
@@ -396,7 +406,7 @@ def test_builder_tables_cover_every_method():
 
 
 def test_builder_wiring_and_errors():
-    with pytest.raises(ValueError, match="unknown two-view method"):
+    with pytest.raises(ValueError, match="unknown method"):
         two_view("simclrr")
     with pytest.raises(ValueError, match="temperatur"):
         build("simclr", temperatur=0.1)
@@ -407,13 +417,13 @@ def test_builder_wiring_and_errors():
     assert obj.backbone.config.cifar_stem                         # 16 x 16 images: the CIFAR stem
     assert not two_view_encoder("resnet_tiny", "tiny", 96).backbone.config.cifar_stem
     v3 = build("moco_v3")
-    assert v3.config.freeze_patch_embed and not v3.adapter.patch_embed.weight.requires_grad
+    assert v3.config.freeze_embedding and not v3.adapter.patch_embed.weight.requires_grad
     assert build("moco_v3", "resnet_tiny").config.proj_layers == 2 and v3.config.proj_layers == 3
     assert two_view("moco_v3", "resnet_tiny", size="base").config.temperature == 1.0   # ImageNet ResNet-50
     enc = two_view_encoder("resnet_tiny", "tiny", 16)
     given = two_view("simsiam", backbone=enc, size="tiny")
     assert given.backbone is enc.backbone and given.encoder().backbone is enc.backbone
-    assert build("swav").config.num_prototypes == SIZES["two_view"]["tiny"]["methods"]["swav"]["num_prototypes"]
+    assert build("swav").config.num_prototypes == SIZES["tiny"]["methods"]["swav"]["num_prototypes"]
     with pytest.raises(ValueError, match="views"):
         build("simclr")({"pixel_values": torch.randn(2, 3, 16, 16)})
 
@@ -436,7 +446,8 @@ def test_encoder_pools_as_the_method_does(method):
         encoder = obj.encoder()
         assert encoder.pooling == pooling
         with torch.no_grad():
-            torch.testing.assert_close(encoder.pooled({"pixel_values": views[0]}),
-                                       tv.pooled(encoder.adapter, encoder.backbone, views[0]))
+            batch = {"pixel_values": views[0]}
+            torch.testing.assert_close(encoder.pooled(batch),
+                                       pooled_features(encoder.adapter, encoder.backbone, batch, encoder.pooling))
     with pytest.raises(ValueError, match="unknown pooling"):
-        type(encoder)(encoder.adapter, encoder.backbone, pooling="max")
+        type(encoder)(encoder.adapter, encoder.backbone, pooling="median")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from selfsup.objectives import two_view_losses as L
+from selfsup.objectives.two_view import losses as L
 from tests import two_view_loss_worker as worker
 from tests.conftest import ROOT
 from tests.test_distributed import launch

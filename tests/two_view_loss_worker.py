@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.distributed import all_sum, gather_with_grad, world_size
-from selfsup.objectives import two_view_losses as L
+from selfsup.distributed import all_sum, gather_with_grad, global_mean, global_rows, world_size
+from selfsup.objectives.two_view import losses as L
 from tests.torchrun_worker import mine, serve
 
 GLOBAL_BATCH, QUEUE_ROWS, VIEWS, D_IN, D, PROTOTYPES = 8, 6, 3, 5, 4, 6
@@ -140,7 +140,7 @@ def control_barlow_per_process(m, d):
 def control_barlow_nondiff(m, d):
     """Wrong: c summed across processes without gradient (torch.distributed.all_reduce, the reference code's)."""
     z1, z2 = m(d["x"][:, 0]), m(d["x"][:, 1])
-    n = L._global_rows(z1)
+    n = global_rows(z1)
     part = L._global_batch_norm(z1, n, 1e-5).T @ L._global_batch_norm(z2, n, 1e-5) / n
     c = part + (all_sum(part.detach(), differentiable=False) - part.detach())   # global value, local gradient
     return _barlow_from_c(c), {}
@@ -149,7 +149,7 @@ def control_barlow_nondiff(m, d):
 def control_nt_xent_no_offset(m, d):
     """Wrong: negatives gathered, but the positives' columns not offset by the rows of the lower ranks."""
     z1, z2 = F.normalize(m(d["x"][:, 0]), dim=1), F.normalize(m(d["x"][:, 1]), dim=1)
-    return L._global_mean(L._nt_xent_terms(z1, z2, gather_with_grad(z1), gather_with_grad(z2), 0, 0.5)), {}
+    return global_mean(L._nt_xent_terms(z1, z2, gather_with_grad(z1), gather_with_grad(z2), 0, 0.5)), {}
 
 
 CASES: dict[str, Case] = {f.__name__: f for f in (

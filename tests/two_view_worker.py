@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from selfsup.distributed import rank, world_size
-from selfsup.objectives.builders import two_view
+from selfsup.objectives.two_view.build import two_view
 from tests.torchrun_worker import serve
 
 METHODS = ["simclr", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "dino", "vicreg", "barlow_twins"]
@@ -37,7 +37,7 @@ def run_method(method: str) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for step in (1, 2):
         opt.zero_grad(set_to_none=True)
-        loss = obj({"views": [mine(v) for v in views(step, local)]}).loss
+        loss = obj({"views": [{"pixel_values": mine(v)} for v in views(step, local)]}).loss
         loss.backward()
         if world_size() > 1:   # what DDP does: the mean of the processes' gradients
             for p in obj.parameters():

@@ -19,36 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.distributed import all_sum, gather_with_grad, rank, world_size
-
+from selfsup.distributed import (all_sum, gather_with_grad, global_count, global_mean, global_rows, row_offset,
+                                 world_size)
 
 # -- global-batch helpers ---------------------------------------------------------------------------------------
-
-def _count(x: Tensor, n: int) -> Tensor:
-    """``n`` summed over the processes, as a float of x's dtype or float32 if x is narrower (bf16 cannot hold
-    most counts exactly), no gradient."""
-    local = torch.tensor(float(n), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-    return all_sum(local, differentiable=False)
-
-
-def _global_mean(values: Tensor) -> Tensor:
-    """Mean of ``values``' elements over every process's elements: the same scalar on each process."""
-    return all_sum(values.sum()) / _count(values, values.numel())
-
-
-def _global_rows(x: Tensor) -> Tensor:
-    """Rows of ``x`` summed over the processes (see ``_count``)."""
-    return _count(x, x.shape[0])
-
-
-def _row_offset(rows: int, device: torch.device) -> int:
-    """Index of this process's first row in the gathered batch (the rows of the lower ranks)."""
-    if world_size() == 1:
-        return 0
-    with torch.no_grad():
-        sizes = gather_with_grad(torch.tensor([rows], device=device))
-    return int(sizes[: rank()].sum())
-
 
 def _gather_no_grad(x: Tensor) -> Tensor:
     with torch.no_grad():
@@ -105,10 +79,10 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, gather: bool = Tru
     _check_pair(z1, z2, "nt_xent")
     z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     if gather and world_size() > 1:
-        k1, k2, offset = gather_with_grad(z1), gather_with_grad(z2), _row_offset(z1.shape[0], z1.device)
+        k1, k2, offset = gather_with_grad(z1), gather_with_grad(z2), row_offset(z1.shape[0], z1.device)
     else:
         k1, k2, offset = z1, z2, 0
-    return _global_mean(_nt_xent_terms(z1, z2, k1, k2, offset, temperature))
+    return global_mean(_nt_xent_terms(z1, z2, k1, k2, offset, temperature))
 
 
 def info_nce_queue(q: Tensor, k: Tensor, queue: Tensor | None, temperature: float = 0.2) -> Tensor:
@@ -123,12 +97,12 @@ def info_nce_queue(q: Tensor, k: Tensor, queue: Tensor | None, temperature: floa
     q, k = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
     if queue is None:
         logits = q @ _gather_no_grad(k).T / temperature
-        labels = _row_offset(q.shape[0], q.device) + torch.arange(q.shape[0], device=q.device)
+        labels = row_offset(q.shape[0], q.device) + torch.arange(q.shape[0], device=q.device)
     else:
         positive = (q * k).sum(dim=1, keepdim=True)
         logits = torch.cat([positive, q @ queue.detach().to(q.dtype).T], dim=1) / temperature
         labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    return _global_mean(F.cross_entropy(logits, labels, reduction="none"))
+    return global_mean(F.cross_entropy(logits, labels, reduction="none"))
 
 
 def moco_v3_loss(q: Tensor, k: Tensor, temperature: float = 0.2) -> Tensor:
@@ -140,8 +114,8 @@ def moco_v3_loss(q: Tensor, k: Tensor, temperature: float = 0.2) -> Tensor:
     _check_pair(q, k, "moco_v3_loss")
     q, k = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
     logits = q @ _gather_no_grad(k).T / temperature
-    labels = _row_offset(q.shape[0], q.device) + torch.arange(q.shape[0], device=q.device)
-    return _global_mean(F.cross_entropy(logits, labels, reduction="none")) * (2 * temperature)
+    labels = row_offset(q.shape[0], q.device) + torch.arange(q.shape[0], device=q.device)
+    return global_mean(F.cross_entropy(logits, labels, reduction="none")) * (2 * temperature)
 
 
 # -- non-contrastive ----------------------------------------------------------------------------------------------
@@ -154,7 +128,7 @@ def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     """SimSiam's ``D(p, z) = -cos(p, stopgrad(z))`` (Chen & He 2021, eq. 1 and Algorithm 1), mean over the
     global batch; p, z: (B_r, D). SimSiam symmetrises it in the objective: ``D(p1, z2) / 2 + D(p2, z1) / 2``."""
     _check_pair(p, z, "negative_cosine")
-    return _global_mean(-_cosine(p, z))
+    return global_mean(-_cosine(p, z))
 
 
 def byol_loss(p: Tensor, z: Tensor) -> Tensor:
@@ -162,7 +136,7 @@ def byol_loss(p: Tensor, z: Tensor) -> Tensor:
     global batch; p: (B_r, D) online predictions, z: (B_r, D) target projections. BYOL sums the two directions
     in the objective (``L + L~``, eq. 3); it equals ``2 + 2 * negative_cosine`` per pair."""
     _check_pair(p, z, "byol_loss")
-    return _global_mean(2 - 2 * _cosine(p, z))
+    return global_mean(2 - 2 * _cosine(p, z))
 
 
 # -- clustering: SwAV, DINO ---------------------------------------------------------------------------------------
@@ -186,7 +160,7 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3,
     q = torch.exp(s - _global_max(s)).T                                         # (K, B): SwAV's notation
     q /= all_sum(q.sum(), differentiable=False)
     k = q.shape[0]
-    columns = _count(q, q.shape[1])
+    columns = global_count(q, q.shape[1])
     for _ in range(iterations):
         q *= (1.0 / k / all_sum(q.sum(dim=1), differentiable=False)).unsqueeze(1)
         q *= ((1.0 / columns) / q.sum(dim=0)).unsqueeze(0)
@@ -221,7 +195,7 @@ def swav_loss(scores_per_view: Sequence[Tensor], codes_per_view: Mapping[int, Te
         q = _by_crop(codes_per_view, position, crop_id).detach().to(log_p[0].dtype)
         per_view = sum(-(q * log_p[v]).sum(dim=1).sum() for v in range(n_views) if v != crop_id)
         total = total + per_view / (n_views - 1)
-    return all_sum(total) / (_global_rows(scores_per_view[0]) * len(crops_for_assign))
+    return all_sum(total) / (global_rows(scores_per_view[0]) * len(crops_for_assign))
 
 
 class DINOLoss(nn.Module):
@@ -273,7 +247,7 @@ class DINOLoss(nn.Module):
                     pairs += 1
         if pairs == 0:
             raise ValueError("DINOLoss: needs at least one student view that differs from a teacher view")
-        loss = all_sum(total) / (_global_rows(student_outputs[0]) * pairs)
+        loss = all_sum(total) / (global_rows(student_outputs[0]) * pairs)
         if update:
             self.update_center(teacher_outputs)
         return loss
@@ -282,7 +256,7 @@ class DINOLoss(nn.Module):
     def update_center(self, teacher_outputs: Sequence[Tensor]) -> None:
         """EMA of the centre towards the teacher outputs' mean over the global batch (every teacher view)."""
         t = torch.cat([x.detach() for x in teacher_outputs])
-        batch_center = all_sum(t.sum(dim=0, keepdim=True), differentiable=False) / _global_rows(t)
+        batch_center = all_sum(t.sum(dim=0, keepdim=True), differentiable=False) / global_rows(t)
         self.center.mul_(self.center_momentum).add_(batch_center.to(self.center.dtype),
                                                     alpha=1 - self.center_momentum)
 
@@ -307,7 +281,7 @@ def vicreg_terms(z1: Tensor, z2: Tensor, eps: float = 1e-4) -> dict[str, Tensor]
     over the views. Variances (unbiased) and covariances (/ (N - 1)) are over the global batch, gathered with
     gradient (main_vicreg.py's ``FullGatherLayer``). z1, z2: (B_r, D)."""
     _check_pair(z1, z2, "vicreg_loss")
-    invariance = _global_mean((z1 - z2).pow(2))
+    invariance = global_mean((z1 - z2).pow(2))
     x, y = gather_with_grad(z1), gather_with_grad(z2)
     if x.shape[0] < 2:
         raise ValueError("vicreg_loss: the variance and covariance need a global batch of at least 2 examples")
@@ -342,7 +316,7 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_: float = 5e-3, eps: float 
     global loss's (the bug lightly fixed in #1977/#1980); here they are the global loss's.
     """
     _check_pair(z1, z2, "barlow_twins_loss")
-    n = _global_rows(z1)
+    n = global_rows(z1)
     c = all_sum(_global_batch_norm(z1, n, eps).T @ _global_batch_norm(z2, n, eps)) / n
     return (torch.diagonal(c) - 1).pow(2).sum() + lambda_ * _off_diagonal(c).pow(2).sum()
 

@@ -1,0 +1,118 @@
+"""Every objective by name: its family, the module that holds it, its class and config, and one line for ``--help``.
+
+Adding an objective adds one line to :data:`METHODS` (beside its file in the family's sub-package and its test).
+The modules are imported when a method is asked for, so ``--help`` lists every method without building any.
+Recipes choose with ``--method`` among the methods of the families they run (:func:`names`), and build with the
+family's builder from the parts they composed for their modality.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, fields
+from typing import Any
+
+FAMILIES = {
+    "masked": "masked prediction: a masker x a target x a loss (BERT, MAE, GraphMAE, data2vec)",
+    "two_view": "two views of each example, one embedding each (SimCLR, MoCo, BYOL, DINO, GraphCL, ...)",
+    "image_text": "contrastive pairs of an image and a text (CLIP, SigLIP)",
+    "speech_quantised": "contrastive prediction of quantised latents (wav2vec 2.0)",
+    "clustering": "prediction of cluster ids of the input (HuBERT)",
+    "autoregressive": "next-token prediction (GPT)",
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """name: what ``--method`` takes; family: a key of :data:`FAMILIES`; module: where the class lives (under
+    ``selfsup.objectives``); objective / config: the class names; summary: one line with the paper."""
+
+    name: str
+    family: str
+    module: str
+    objective: str
+    config: str
+    summary: str
+
+    def classes(self) -> tuple[type, type]:
+        """(objective class, config class), imported from the method's module."""
+        module = importlib.import_module(f"selfsup.objectives.{self.module}")
+        return getattr(module, self.objective), getattr(module, self.config)
+
+    def make_config(self, settings: dict[str, Any]):
+        """The method's config from ``settings``; a clear error naming unknown settings and the choices."""
+        config_cls = self.classes()[1]
+        known = {f.name for f in fields(config_cls)}
+        if unknown := sorted(set(settings) - known):
+            raise ValueError(f"unknown {self.name} settings {unknown}; choose from {sorted(known)}")
+        return config_cls(**settings)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("bert_mlm", "masked", "masked.mlm", "MaskedLanguageModeling", "MLMConfig",
+           "BERT masked language modelling (Devlin et al., 2019)"),
+    Method("mae", "masked", "masked.mae", "MAEObjective", "MAEConfig",
+           "masked autoencoder: drop 75 % of the tokens, reconstruct them (He et al., 2021)"),
+    Method("graphmae", "masked", "masked.mae", "MAEObjective", "MAEConfig",
+           "MAE with graph options: masked node features, re-mask, scaled cosine error (Hou et al., 2022)"),
+    Method("data2vec", "masked", "masked.data2vec", "Data2VecObjective", "Data2VecObjectiveConfig",
+           "predict an EMA teacher's averaged top layers at masked tokens (Baevski et al., 2022)"),
+    Method("simclr", "two_view", "two_view.simclr", "SimCLR", "SimCLRConfig",
+           "NT-Xent between two views over the global batch (Chen et al., 2020)"),
+    Method("graphcl", "two_view", "two_view.simclr", "SimCLR", "SimCLRConfig",
+           "SimCLR on graph augmentations: node dropping, edge perturbation, masking, subgraphs (You et al., 2020)"),
+    Method("moco_v2", "two_view", "two_view.moco_v2", "MoCoV2", "MoCoV2Config",
+           "momentum encoder and a queue of negatives (He et al., 2020; Chen et al., 2020)"),
+    Method("moco_v3", "two_view", "two_view.moco_v3", "MoCoV3", "MoCoV3Config",
+           "momentum encoder, predictor, in-batch negatives (Chen, Xie & He, 2021)"),
+    Method("byol", "two_view", "two_view.byol", "BYOL", "BYOLConfig",
+           "predict a momentum target, no negatives (Grill et al., 2020)"),
+    Method("simsiam", "two_view", "two_view.simsiam", "SimSiam", "SimSiamConfig",
+           "stop-gradient siamese prediction (Chen & He, 2021)"),
+    Method("swav", "two_view", "two_view.swav", "SwAV", "SwAVConfig",
+           "swapped prediction of Sinkhorn cluster codes (Caron et al., 2020)"),
+    Method("dino", "two_view", "two_view.dino", "DINO", "DINOConfig",
+           "self-distillation with a centred, sharpened teacher (Caron et al., 2021)"),
+    Method("vicreg", "two_view", "two_view.vicreg", "VICReg", "VICRegConfig",
+           "variance, invariance, covariance (Bardes, Ponce & LeCun, 2022)"),
+    Method("barlow_twins", "two_view", "two_view.barlow_twins", "BarlowTwins", "BarlowTwinsConfig",
+           "cross-correlation towards the identity (Zbontar et al., 2021)"),
+    Method("clip", "image_text", "image_text.clip", "CLIPObjective", "CLIPObjectiveConfig",
+           "softmax InfoNCE between images and captions (Radford et al., 2021)"),
+    Method("siglip", "image_text", "image_text.clip", "CLIPObjective", "CLIPObjectiveConfig",
+           "sigmoid loss between images and captions (Zhai et al., 2023)"),
+    Method("wav2vec2", "speech_quantised", "speech_quantised.wav2vec2", "Wav2Vec2Objective",
+           "Wav2Vec2ObjectiveConfig", "contrastive prediction of Gumbel-quantised latents (Baevski et al., 2020)"),
+    Method("hubert", "clustering", "clustering.hubert", "HubertObjective", "HubertObjectiveConfig",
+           "predict k-means cluster ids at masked frames (Hsu et al., 2021)"),
+    Method("gpt", "autoregressive", "autoregressive.clm", "CausalLanguageModeling", "CLMConfig",
+           "next-token prediction with a tied head (Radford et al., 2019)"),
+)}
+ALIASES = {"moco": "moco_v2", "barlow": "barlow_twins"}
+
+
+def get(name: str) -> Method:
+    """The method called ``name`` (or an alias); a clear error naming the choices."""
+    name = ALIASES.get(name, name)
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def names(*families: str) -> list[str]:
+    """The methods of ``families`` (all of them when none is given), in registry order."""
+    for family in families:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; choose from {sorted(FAMILIES)}")
+    return [m.name for m in METHODS.values() if not families or m.family in families]
+
+
+def describe(*families: str) -> str:
+    """``--help`` text: one line per method of ``families``, grouped by family."""
+    lines = []
+    for family in families or tuple(FAMILIES):
+        lines.append(f"{family}: " + "; ".join(f"{m.name} = {m.summary}" for m in METHODS.values()
+                                              if m.family == family))
+    return "  ".join(lines)
+
+
+__all__ = ["FAMILIES", "Method", "METHODS", "ALIASES", "get", "names", "describe"]

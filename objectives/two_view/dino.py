@@ -1,0 +1,138 @@
+"""DINO (Caron et al., 2021, arXiv:2104.14294), on any encoder: one of the
+two-view methods (``objectives/two_view``: the shared pieces are in ``common.py``, the losses in ``losses.py``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.objectives.ema import cosine_momentum
+from selfsup.objectives.two_view.common import (Monitored, copy_student_to_teacher, encode_online, encode_teacher,
+                                                gate_grad, get_views, load_monitor_state, make_teacher, mlp,
+                                                monitor_state, step_with_teacher, take_encoder)
+from selfsup.objectives.two_view.losses import DINOLoss
+from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
+
+
+class WeightNormLinear(nn.Module):
+    """DINO's last layer, ``weight_norm(Linear(in, out, bias=False))``: ``weight = g * v / ||v||`` row-wise, with
+    ``g`` fixed to 1 (``norm_last_layer``) or learned from 1. ``v`` keeps ``nn.Linear``'s initialisation."""
+
+    def __init__(self, in_dim: int, out_dim: int, learn_norm: bool = False) -> None:
+        super().__init__()
+        self.weight_v = nn.Parameter(nn.Linear(in_dim, out_dim, bias=False).weight.detach().clone())
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1)) if learn_norm else None
+
+    def forward(self, x: Tensor, frozen: bool = False) -> Tensor:
+        w = F.normalize(gate_grad(self.weight_v, not frozen), dim=1)
+        if self.weight_g is not None:
+            w = w * gate_grad(self.weight_g, not frozen)
+        return F.linear(x, w)
+
+
+class DINOHead(nn.Module):
+    """DINO's head (Caron et al. 2021, facebookresearch/dino ``DINOHead``): an MLP of ``num_layers`` linear layers
+    width -> hidden -> ... -> bottleneck with GELU (BN after the hidden layers with ``use_bn``), truncated-normal
+    init (std 0.02), L2 normalisation, then the weight-normalised last layer to ``out_dim``."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 num_layers: int = 3, use_bn: bool = False, norm_last_layer: bool = True) -> None:
+        super().__init__()
+        self.mlp = mlp([in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim], "hidden" if use_bn else "none",
+                       activation="gelu")
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, learn_norm=not norm_last_layer)
+
+    def forward(self, x: Tensor, freeze_last_layer: bool = False) -> Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1), frozen=freeze_last_layer)
+
+
+@dataclass
+class DINOConfig:
+    """Caron et al. 2021 (main_dino.py): head 3 layers, hidden 2048, bottleneck 256, ``out_dim`` 65536 (paper;
+    2048 for CIFAR as lightly), BN in the head for ResNets (``use_bn``), ``norm_last_layer``; the last layer
+    gets no gradient for ``freeze_last_layer_steps`` (an epoch in DINO); teacher = EMA with ``momentum`` 0.996 ->
+    1 (cosine); DINOLoss with the teacher temperature rising from ``warmup_teacher_temp`` to ``teacher_temp``
+    over ``warmup_teacher_temp_steps``, ``student_temp`` 0.1, centre momentum 0.9. The teacher sees the
+    ``num_global_views`` global views, the student all views. ``export``: which encoder :meth:`encoder` returns
+    by default ("teacher", the one the paper evaluates, or "student")."""
+
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    out_dim: int = 65536
+    head_layers: int = 3
+    use_bn: bool = False
+    norm_last_layer: bool = True
+    freeze_last_layer_steps: int = 0
+    momentum: float = 0.996
+    momentum_end: float = 1.0
+    max_steps: int = 0
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.04
+    warmup_teacher_temp_steps: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    num_global_views: int = 2
+    export: str = "teacher"
+
+    def __post_init__(self) -> None:
+        if self.export not in ("teacher", "student"):
+            raise ValueError(f"export is {self.export!r}; choose 'teacher' or 'student'")
+
+
+class DINO(Objective):
+    def __init__(self, encoder: Encoder, config: DINOConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or DINOConfig()
+        width = take_encoder(self, encoder)
+        self.head = DINOHead(width, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers, c.use_bn,
+                             c.norm_last_layer)
+        self.teacher = make_teacher(self.student())
+        self.loss_fn = DINOLoss(c.out_dim, c.warmup_teacher_temp, c.teacher_temp, c.warmup_teacher_temp_steps,
+                                c.student_temp, c.center_momentum)
+        self.register_buffer("global_step", torch.zeros((), dtype=torch.long))
+        self.monitor = Monitored(c.bottleneck_dim)
+
+    def student(self) -> dict[str, nn.Module]:
+        return {"adapter": self.adapter, "backbone": self.backbone, "head": self.head}
+
+    def momentum(self, step: int) -> float:
+        return cosine_momentum(step, self.config.max_steps, self.config.momentum, self.config.momentum_end)
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        c, views = self.config, get_views(batch, self.config.num_global_views)
+        step = int(self.global_step)
+        bottleneck = F.normalize(self.head.mlp(encode_online(self, views)), dim=-1)
+        logits = self.head.last_layer(bottleneck, frozen=step < c.freeze_last_layer_steps)
+        student = list(logits.chunk(len(views)))
+        with torch.no_grad():
+            t = self.teacher
+            teacher = list(t["head"](encode_teacher(self, views[: c.num_global_views]))
+                           .chunk(c.num_global_views))
+        loss = self.loss_fn(student, teacher, step, update=self.training)
+        metrics = {"dino_loss": loss.detach(), "momentum": self.momentum(step),
+                   "teacher_temp": self.loss_fn.teacher_temperature(step),
+                   **self.monitor(bottleneck[: self.adapter.batch_size(views[0])], step)}
+        return ObjectiveOutput(loss, None, metrics)
+
+    on_step_end, reset_teacher = step_with_teacher, copy_student_to_teacher
+
+    extra_state, load_extra_state = monitor_state, load_monitor_state
+
+    def encoder(self, which: str | None = None) -> Encoder:
+        """The teacher's encoder (default, ``config.export``) or the student's (``which="student"``)."""
+        which = which or self.config.export
+        if which == "teacher":
+            return Encoder(self.teacher["adapter"], self.teacher["backbone"], self.pooling, self.layers)
+        if which == "student":
+            return Encoder(self.adapter, self.backbone, self.pooling, self.layers)
+        raise ValueError(f"which is {which!r}; choose 'teacher' or 'student'")
+
+
+__all__ = ["WeightNormLinear", "DINOHead", "DINOConfig", "DINO"]

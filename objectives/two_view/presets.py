@@ -1,0 +1,72 @@
+"""Training settings of the two-view methods on images, by preset: ``CPU_SETTINGS`` (a run of minutes on 2 CPU
+cores), ``GPU_SETTINGS`` (lightly's CIFAR-10 benchmark), ``IMAGENET_SETTINGS`` (lightly's ImageNet ResNet-50
+scripts, and the papers where lightly has none). Plain data the image recipe reads."""
+from __future__ import annotations
+
+from typing import Any
+
+# Training settings for the recipe. GPU_SETTINGS: lightly's CIFAR-10 benchmark (ResNet-18 with the CIFAR stem, 32 x 32,
+# SGD momentum 0.9, weight decay 5e-4, lr 0.06 x batch / 128, cosine over the epochs, no warmup; batch 512 and 800
+# epochs, its best table: the kNN accuracies it reports are under "reference_knn"); the methods it lacks (MoCo v3,
+# VICReg) take solo-learn's CIFAR-10 settings (scripts/pretrain/cifar/*.yaml: LARS, trust coefficient 0.02, lr per 256,
+# 10 warmup epochs of 1000). IMAGENET_SETTINGS: lightly's benchmarks/imagenet/resnet50 scripts (and the papers where
+# lightly has none), ResNet-50 at 224, 10 warmup epochs of 100. CPU_SETTINGS: a run of minutes on 2 CPU cores
+# (a 4-block ResNet at 32 x 32, batch 64, lightly's optimizers scaled to the batch). Keys: the run's (optimizer,
+# learning_rate for the whole batch, momentum = the optimizer's, weight_decay, batch_size global, epochs or max_steps,
+# warmup_*, transform = the modalities.image_views pipeline, num_local_views, global_scale); "objective": config
+# fields of the method to override; "*_epochs" / "queue_start_epoch": schedule lengths the recipe turns into steps.
+_LIGHTLY_CIFAR = dict(backbone="resnet18", model_size="small", image_size=32, batch_size=512, epochs=800,
+                      optimizer="sgd", learning_rate=0.06 * 512 / 128, momentum=0.9, weight_decay=5e-4,
+                      warmup_epochs=0, schedule="cosine", transform="simclr")
+GPU_SETTINGS: dict[str, dict[str, Any]] = {
+    "simclr": {**_LIGHTLY_CIFAR, "reference_knn": 0.875},
+    "moco_v2": {**_LIGHTLY_CIFAR, "objective": {"queue_size": 8192}, "reference_knn": 0.900},  # for batch 512
+    "byol": {**_LIGHTLY_CIFAR, "reference_knn": 0.911},
+    "simsiam": {**_LIGHTLY_CIFAR, "learning_rate": 0.06, "reference_knn": 0.906},  # lightly: no lr scaling
+    "swav": {**_LIGHTLY_CIFAR, "optimizer": "adamw", "learning_rate": 1e-3 * 512 / 128, "weight_decay": 1e-6,
+             "transform": "multicrop", "num_local_views": 0, "global_scale": (0.14, 1.0), "reference_knn": 0.881},
+    "dino": {**_LIGHTLY_CIFAR, "transform": "multicrop", "num_local_views": 0, "reference_knn": 0.884},
+    "barlow_twins": {**_LIGHTLY_CIFAR, "reference_knn": 0.857},
+    "vicreg": {**_LIGHTLY_CIFAR, "optimizer": "lars", "learning_rate": 0.3 * 512 / 256, "weight_decay": 1e-4,
+               "trust_coefficient": 0.02, "warmup_epochs": 10, "epochs": 1000},
+    "moco_v3": {**_LIGHTLY_CIFAR, "optimizer": "lars", "learning_rate": 0.3 * 512 / 256, "weight_decay": 1e-6,
+                "trust_coefficient": 0.02, "warmup_epochs": 10, "epochs": 1000, "transform": "byol"},
+}
+_IMAGENET = dict(backbone="resnet50", model_size="base", image_size=224, batch_size=256, epochs=100, warmup_epochs=10,
+                 schedule="cosine")
+IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
+    "simclr": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.075 * 256 ** 0.5, "weight_decay": 1e-6},
+    "moco_v2": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0},
+    "byol": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.45, "weight_decay": 1e-6, "transform": "byol",
+             "objective": {"momentum": 0.99}},  # the 100-epoch reference config
+    "simsiam": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.05, "weight_decay": 1e-4, "warmup_epochs": 0},
+    "swav": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.6, "weight_decay": 1e-6, "transform": "multicrop",
+             "num_local_views": 6, "objective": {"queue_length": 3840}, "queue_start_epoch": 15},  # batch 256
+    "dino": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.03, "weight_decay": 1e-4,  # DINO's RN50 command
+             "transform": "multicrop", "num_local_views": 6, "global_scale": (0.14, 1.0), "freeze_last_layer_epochs": 1},
+    "vicreg": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.2, "weight_decay": 1e-6},
+    "barlow_twins": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.2, "weight_decay": 1.5e-6},
+    "moco_v3": {**_IMAGENET, "backbone": "vit", "optimizer": "adamw", "learning_rate": 1.5e-4, "weight_decay": 0.1,
+                "warmup_epochs": 40, "epochs": 300},
+}
+_CPU = dict(backbone="resnet_tiny", model_size="small", image_size=32, batch_size=64, max_steps=300,
+            optimizer="sgd", learning_rate=0.06 * 64 / 128, momentum=0.9, weight_decay=5e-4, warmup_steps=0,
+            schedule="cosine", transform="simclr")
+CPU_SETTINGS: dict[str, dict[str, Any]] = {
+    **{m: dict(_CPU) for m in ("simclr", "moco_v2", "byol")},
+    # VICReg's loss (25 / 25 / 1 weighted) and Barlow Twins' (a sum over 2048 dimensions) are too large for SGD at
+    # 0.03: VICReg diverged within 15 steps, Barlow Twins fell below random init (21.7 % kNN after 200 steps vs
+    # 30.4 %). LARS, whose step follows the weights' norm rather than the loss's scale, as solo-learn's CIFAR-10
+    # configs and both papers, scaled to the batch
+    **{m: {**_CPU, "optimizer": "lars", "learning_rate": 0.3 * 64 / 256, "weight_decay": 1e-4,
+           "trust_coefficient": 0.02, "warmup_steps": 20} for m in ("vicreg", "barlow_twins")},
+    "simsiam": {**_CPU, "learning_rate": 0.06},
+    "swav": {**_CPU, "optimizer": "adamw", "learning_rate": 1e-3 * 64 / 128, "weight_decay": 1e-6,
+             "transform": "multicrop", "num_local_views": 0, "global_scale": (0.14, 1.0)},
+    "dino": {**_CPU, "transform": "multicrop", "num_local_views": 0},
+    "moco_v3": {**_CPU, "optimizer": "lars", "learning_rate": 0.3 * 64 / 256, "weight_decay": 1e-6,
+                "trust_coefficient": 0.02, "warmup_steps": 30},
+}
+
+
+__all__ = ["CPU_SETTINGS", "GPU_SETTINGS", "IMAGENET_SETTINGS"]
