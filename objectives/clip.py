@@ -20,7 +20,8 @@ It owns the pooling, the projections to the joint space and the learnable temper
   gathered across processes with gradient; ``local_loss`` for open_clip's local mode). ``loss`` is a mean
   (``num_targets=None``).
 
-Batch: ``pixel_values`` (B, C, H, W), ``input_ids`` (B, L) and, for CLIP, ``attention_mask`` (B, L).
+Batch: what the two adapters read (each reads its own keys: images and captions); the text adapter gives the ids
+the end-of-text pooling looks for (``input_ids``).
 """
 from __future__ import annotations
 
@@ -127,9 +128,9 @@ class CLIPObjective(Objective):
         self._at_end: str | None = None
 
     # -- features ---------------------------------------------------------------------------------------------
-    def pooled_image(self, pixel_values: Tensor) -> Tensor:
-        """(B, D_image) one vector per image, before the projection."""
-        tokens = self.image.adapter({"pixel_values": pixel_values})
+    def pooled_image(self, batch: Batch) -> Tensor:
+        """(B, D_image) one vector per image of ``batch`` (what the image adapter reads), before the projection."""
+        tokens = self.image.adapter(batch)
         if self.config.image_pooling == "cls" and isinstance(self.image.backbone, TransformerEncoder):
             # only the class token's output is used: the last layer computes just that token
             at = torch.zeros(len(tokens.x), 1, dtype=torch.long, device=tokens.x.device)
@@ -141,16 +142,15 @@ class CLIPObjective(Objective):
             return self.image_pool(h)
         return masked_mean(h, tokens.padding_mask)
 
-    def image_features(self, pixel_values: Tensor) -> Tensor:
+    def image_features(self, batch: Batch) -> Tensor:
         """(B, embed_dim) image embeddings, not normalised (``get_image_features``)."""
-        pooled = self.pooled_image(pixel_values)
+        pooled = self.pooled_image(batch)
         return self.image_projection(pooled) if self.image_projection is not None else pooled
 
-    def text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """(B, embed_dim) text embeddings, not normalised (``get_text_features``); pooled at the first
-        end-of-text token (CLIP) or the last position (SigLIP)."""
-        batch = {"input_ids": input_ids} if attention_mask is None else {"input_ids": input_ids,
-                                                                        "attention_mask": attention_mask}
+    def text_features(self, batch: Batch) -> Tensor:
+        """(B, embed_dim) text embeddings of ``batch`` (what the text adapter reads), not normalised
+        (``get_text_features``); pooled at the first end-of-text token (CLIP) or the last position (SigLIP)."""
+        input_ids = self.text.adapter.input_ids(batch)
         tokens = self.text.adapter(batch)
         causal = self.text.backbone.config.causal
         if self.config.text_pooling == "eos":
@@ -171,8 +171,8 @@ class CLIPObjective(Objective):
 
     def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """(image, text) L2-normalised embeddings (B, embed_dim) of a batch of pairs."""
-        image = F.normalize(self.image_features(batch["pixel_values"]), dim=-1)
-        text = F.normalize(self.text_features(batch["input_ids"], batch.get("attention_mask")), dim=-1)
+        image = F.normalize(self.image_features(batch), dim=-1)
+        text = F.normalize(self.text_features(batch), dim=-1)
         return image, text
 
     def logits(self, batch: Batch) -> Tensor:

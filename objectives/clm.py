@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.backbones.transformer import TransformerEncoder
-from selfsup.modalities.text import TextAdapter
-from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
+from torch import nn
+
+from selfsup.types import LABELS, Adapter, Batch, Encoder, Objective, ObjectiveOutput
 
 IGNORE_INDEX = -100
 CHUNK_ROWS = 1024  # rows of logits formed at once in the fused head + loss
@@ -86,14 +86,14 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, target: Tensor, chunk: int =
 
 
 class CausalLanguageModeling(Objective):
-    """GPT-2 next-token prediction, given a :class:`TextAdapter` and a causal :class:`TransformerEncoder`.
+    """GPT-2 next-token prediction, given an adapter of discrete ids (text) and a causal Transformer.
 
-    batch: ``input_ids`` (B, N) and optionally ``attention_mask`` (B, N; 0 = padding, never a target) and
-    ``labels`` (B, N; -100 = not a target; unshifted, as ``GPT2LMHeadModel`` takes them). The loss is summed over
-    the ``B x (N - 1)`` (or fewer) targets; ``num_targets`` says how many.
+    batch: what the adapter reads (padding, if any, is never a target) and optionally ``labels`` (B, N; -100 =
+    not a target; unshifted, as ``GPT2LMHeadModel`` takes them). The loss is summed over the ``B x (N - 1)`` (or
+    fewer) targets; ``num_targets`` says how many. The head is tied to ``adapter.class_embeddings("ids")``.
     """
 
-    def __init__(self, adapter: TextAdapter, backbone: TransformerEncoder, chunk_rows: int = CHUNK_ROWS) -> None:
+    def __init__(self, adapter: Adapter, backbone: nn.Module, chunk_rows: int = CHUNK_ROWS) -> None:
         super().__init__()
         if not backbone.config.causal:
             raise ValueError("causal language modelling needs a causal backbone (TransformerConfig(causal=True))")
@@ -105,37 +105,46 @@ class CausalLanguageModeling(Objective):
 
     @property
     def vocab_size(self) -> int:
-        return self.adapter.vocab_size
+        return self.adapter.target_size("ids")
 
     @property
     def max_positions(self) -> int:
         return self.adapter.max_positions
 
-    def hidden(self, ids: Tensor, attention_mask: Tensor | None = None, cache: list[dict] | None = None) -> Tensor:
-        """(B, N, D) last hidden state (after the final norm) of ids (B, N). cache (inference): the backbone's
-        key/value cache of the ids before these (``backbone.new_cache()``, extended in place); ids then continue
-        them, at the positions after the cached ones."""
-        batch = {"input_ids": ids} if attention_mask is None else {"input_ids": ids, "attention_mask": attention_mask}
-        tokens = self.adapter.embed(batch)
+    def hidden(self, batch: Batch, cache: list[dict] | None = None, drop_last: bool = False) -> Tensor:
+        """(B, N, D) last hidden state (after the final norm) of ``batch``'s ids; with ``drop_last`` of all but
+        the last id (no prediction reads it). cache (inference): the backbone's key/value cache of the ids before
+        these (``backbone.new_cache()``, extended in place); the ids then continue them, at the positions after the
+        cached ones."""
+        return self.transform(self.adapter.embed(batch), cache, drop_last)
+
+    def transform(self, tokens, cache: list[dict] | None = None, drop_last: bool = False) -> Tensor:
+        """:meth:`hidden` from the adapter's content embeddings (``Tokens``)."""
+        x, padding_mask = tokens.x, tokens.padding_mask
+        if drop_last:
+            x, padding_mask = x[:, :-1], None if padding_mask is None else padding_mask[:, :-1]
         start = cache[0]["k"].shape[2] if cache and cache[0] else 0
-        x = self.adapter.add_positions(tokens.x, tokens.padding_mask, start=start)
-        return self.backbone(x, tokens.padding_mask, cache=cache).last_hidden_state
+        x = self.adapter.add_positions(x, padding_mask, tokens.structure, start=start)
+        return self.backbone(x, padding_mask, cache=cache).last_hidden_state
+
+    def hidden_of_ids(self, ids: Tensor, cache: list[dict] | None = None) -> Tensor:
+        """:meth:`hidden` of unpadded ids (B, N) (sampling)."""
+        return self.hidden(self.adapter.with_input_ids({}, ids), cache)
 
     def logits(self, batch: Batch) -> Tensor:
         """(B, N, V) next-token logits at every position (what ``GPT2LMHeadModel`` returns)."""
-        h = self.hidden(batch["input_ids"], batch.get("attention_mask"))
-        return F.linear(h, self.adapter.word_embeddings.weight)
+        return F.linear(self.hidden(batch), self.adapter.class_embeddings("ids"))
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
-        ids, mask = batch["input_ids"], batch.get("attention_mask")
-        labels = batch.get("labels")
+        ids, tokens = self.adapter.input_ids(batch), self.adapter.embed(batch)
+        padding, labels = tokens.padding_mask, batch.get(LABELS)
         if labels is None:
-            labels = ids if mask is None else ids.masked_fill(mask == 0, IGNORE_INDEX)
-        h = self.hidden(ids[:, :-1], None if mask is None else mask[:, :-1])
+            labels = ids if padding is None else ids.masked_fill(padding, IGNORE_INDEX)
+        h = self.transform(tokens, drop_last=True)
         target = labels[:, 1:].reshape(-1)
-        loss, correct = linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.adapter.word_embeddings.weight,
+        loss, correct = linear_cross_entropy(h.reshape(-1, h.shape[-1]), self.adapter.class_embeddings("ids"),
                                              target, self.chunk_rows)
-        n = int((target != IGNORE_INDEX).sum()) if (mask is not None or "labels" in batch) else target.numel()
+        n = int((target != IGNORE_INDEX).sum()) if (padding is not None or LABELS in batch) else target.numel()
         return ObjectiveOutput(loss=loss, num_targets=n, metrics={"accuracy": correct.float() / max(n, 1)})
 
     def encoder(self) -> Encoder:
@@ -160,16 +169,16 @@ def generate(objective: CausalLanguageModeling, input_ids: Tensor, max_new_token
     was_training = objective.training
     objective.eval()
     ids = input_ids
-    weight = objective.adapter.word_embeddings.weight
+    weight = objective.adapter.class_embeddings("ids")
     window, cache = objective.max_positions, None
     for _ in range(max_new_tokens):
         if not use_cache or ids.shape[1] > window:
-            h = objective.hidden(ids[:, -window:])[:, -1]
+            h = objective.hidden_of_ids(ids[:, -window:])[:, -1]
         elif cache is None:
             cache = objective.backbone.new_cache()
-            h = objective.hidden(ids, cache=cache)[:, -1]
+            h = objective.hidden_of_ids(ids, cache=cache)[:, -1]
         else:
-            h = objective.hidden(ids[:, -1:], cache=cache)[:, -1]
+            h = objective.hidden_of_ids(ids[:, -1:], cache=cache)[:, -1]
         logits = (h @ weight.t()).float()
         if greedy or temperature == 0:
             nxt = logits.argmax(-1, keepdim=True)

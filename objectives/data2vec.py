@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.backbones.transformer import TransformerEncoder
 from selfsup.objectives.ema import frozen_copy, linear_momentum, update_momentum
 from selfsup.objectives.heads import regression_head
 from selfsup.objectives.losses import regression_loss
 from selfsup.objectives.masking import IGNORE_INDEX, SpanMasker, TokenMasker
-from selfsup.types import Adapter, Batch, BackboneOutput, Encoder, Objective, ObjectiveOutput, Tokens
+from selfsup.types import (EXAMPLE_SEEDS, FIXED_MASK, Adapter, Batch, BackboneOutput, Encoder, Objective,
+                           ObjectiveOutput, Tokens)
 
 NORMS = ("instance", "layer", "none")
 
@@ -107,14 +107,18 @@ def normalise(x: Tensor, kind: str, padding_mask: Tensor | None = None) -> Tenso
     return x.float()
 
 
-def layer_outputs(backbone: TransformerEncoder, x: Tensor, padding_mask: Tensor | None,
-                  where: str = "ffn") -> list[Tensor]:
+def layer_outputs(backbone: nn.Module, x: Tensor, padding_mask: Tensor | None, where: str = "ffn",
+                  structure=None) -> list[Tensor]:
     """Each layer's (B, N, D) output: ``block`` = the block output (after a post-LN block's final LayerNorm);
     ``ffn`` = its FFN output before dropout and the last residual connection (fairseq's ``layer_result``),
     read with forward hooks on every layer's ``fc2`` (meant for the teacher: in eval mode, so gradient
-    checkpointing never recomputes a layer and fires a hook twice)."""
+    checkpointing never recomputes a layer and fires a hook twice). Any backbone gives ``block``; ``ffn`` needs a
+    Transformer's layers."""
     if where == "block":
-        return list(backbone(x, padding_mask, output_hidden_states=True).hidden_states[1:])
+        return list(backbone(x, padding_mask, output_hidden_states=True, structure=structure).hidden_states[1:])
+    if not all(hasattr(layer, "fc2") for layer in getattr(backbone, "layers", [None])):
+        raise ValueError(f"target_layer 'ffn' reads a Transformer layer's FFN; {type(backbone).__name__} has none: "
+                         f"use target_layer 'block'")
     outs: list[Tensor] = []
     handles = [layer.fc2.register_forward_hook(lambda _m, _i, out: outs.append(out)) for layer in backbone.layers]
     try:
@@ -134,16 +138,16 @@ def feature_std(y: Tensor) -> Tensor:
 
 
 class Data2VecObjective(Objective):
-    """data2vec over any adapter, a post-LN :class:`TransformerEncoder` and the modality's masker.
+    """data2vec over any adapter, a backbone (a post-LN Transformer as the papers, a GNN on graphs) and the
+    modality's masker.
 
-    batch: what the adapter reads (``input_values`` / ``input_ids``, optional ``attention_mask``), and for a
-    fixed mask ``mask_time_indices`` (B, N) bool (otherwise the masker draws it, per example when the batch
-    carries ``example_seeds``). ``loss`` is summed over the masked positions (``num_targets``). The teacher
+    batch: what the adapter reads, and for a fixed mask ``mask_time_indices`` (B, N) bool (otherwise the masker
+    draws it, per example when the batch carries ``example_seeds``). ``loss`` is summed over the masked positions (``num_targets``). The teacher
     (``self.teacher``, an :class:`Encoder`) is a frozen submodule: checkpoints keep it, the optimizer skips it,
     it never leaves eval mode, and :meth:`on_step_end` moves it towards the student.
     """
 
-    def __init__(self, adapter: Adapter, backbone: TransformerEncoder, masker: SpanMasker | TokenMasker,
+    def __init__(self, adapter: Adapter, backbone: nn.Module, masker: SpanMasker | TokenMasker,
                  config: Data2VecObjectiveConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or Data2VecObjectiveConfig()
@@ -151,10 +155,9 @@ class Data2VecObjective(Objective):
             raise ValueError(f"average_top_k_layers {config.average_top_k_layers} exceeds the "
                              f"{backbone.config.num_layers} layers of the backbone")
         self.adapter, self.backbone, self.masker = adapter, backbone, masker
-        width = backbone.config.hidden_size
         if not masker.corrupts_input:  # masked frames become a learned embedding; masked ids are [MASK] already
-            self.mask_embedding = nn.Parameter(torch.empty(width).uniform_())
-        self.regression_head = regression_head(width, config.head_layers)
+            self.mask_embedding = nn.Parameter(torch.empty(adapter.hidden_size).uniform_())
+        self.regression_head = regression_head(backbone.hidden_size, config.head_layers)
         self.teacher = frozen_copy(self.encoder())
         self.register_buffer("ema_decay", torch.tensor(float(config.ema_decay)))
         self._last_target_var: Tensor | None = None
@@ -210,21 +213,22 @@ class Data2VecObjective(Objective):
         x = tokens.x
         if mask is not None and not self.masker.corrupts_input:
             x = torch.where(mask[:, :, None], self.mask_embedding.to(x.dtype), x)
-        x = self.adapter.add_positions(x, tokens.padding_mask)
-        return self.backbone(x, tokens.padding_mask, output_hidden_states)
+        x = self.adapter.add_positions(x, tokens.padding_mask, tokens.structure)
+        return self.backbone(x, tokens.padding_mask, output_hidden_states, structure=tokens.structure)
 
     @torch.no_grad()
     def targets(self, batch: Batch, tokens: Tokens) -> Tensor:
         """(B, F, D) float32 targets from the teacher on the unmasked input: the mean of its top-K layer outputs,
         each normalised (``target_layer_norm``), the mean normalised by ``target_norm``."""
-        c, teacher, padding_mask = self.config, self.teacher, tokens.padding_mask
+        c, teacher, padding_mask, structure = self.config, self.teacher, tokens.padding_mask, tokens.structure
         if c.ema_transformer_only and not self.masker.corrupts_input:
             x = tokens.x.detach()       # the student's content embeddings of the unmasked input
         else:                           # the teacher embeds the unmasked input itself
             own = teacher.adapter.embed(batch)
-            x, padding_mask = own.x, own.padding_mask
-        x = teacher.adapter.add_positions(x, padding_mask)
-        layers = layer_outputs(teacher.backbone, x, padding_mask, c.target_layer)[-c.average_top_k_layers:]
+            x, padding_mask, structure = own.x, own.padding_mask, own.structure
+        x = teacher.adapter.add_positions(x, padding_mask, structure)
+        layers = layer_outputs(teacher.backbone, x, padding_mask, c.target_layer,
+                               structure)[-c.average_top_k_layers:]
         y = sum(normalise(h, c.target_layer_norm, padding_mask) for h in layers) / len(layers)
         return normalise(y, c.target_norm, padding_mask)
 
@@ -238,20 +242,20 @@ class Data2VecObjective(Objective):
     def masked_tokens(self, batch: Batch) -> tuple[Tokens, Tensor]:
         """The student's content embeddings and the (B, N) bool mask of the positions to predict: ids corrupted
         before ``embed`` (text), or frames marked after it (audio). A fixed ``mask_time_indices`` is used as is."""
-        fixed = batch.get("mask_time_indices")
+        fixed = batch.get(FIXED_MASK)
         if self.masker.corrupts_input:
-            ids = batch["input_ids"]
+            ids = self.adapter.input_ids(batch)
             if fixed is not None:
                 mask = fixed.to(device=ids.device, dtype=torch.bool)
                 inputs = self.masker.apply(ids, mask)
             else:
-                inputs, labels = self.masker(ids, seeds=batch.get("example_seeds"))
+                inputs, labels = self.masker(ids, seeds=batch.get(EXAMPLE_SEEDS))
                 mask = labels != IGNORE_INDEX
-            tokens = self.adapter.embed({**batch, "input_ids": inputs})
+            tokens = self.adapter.embed(self.adapter.with_input_ids(batch, inputs))
         else:
             tokens = self.adapter.embed(batch)
             mask = fixed if fixed is not None else self.draw_mask(
-                tokens.padding_mask, tokens.x.shape[:2], tokens.x.device, seeds=batch.get("example_seeds"))
+                tokens.padding_mask, tokens.x.shape[:2], tokens.x.device, seeds=batch.get(EXAMPLE_SEEDS))
             mask = mask.to(device=tokens.x.device, dtype=torch.bool)
         if tokens.padding_mask is not None:
             mask = mask & ~tokens.padding_mask

@@ -53,7 +53,7 @@ def bert_config(objective: MaskedLanguageModeling):
         num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, hidden_act=cfg.activation,
         hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.attention_dropout,
         max_position_embeddings=objective.adapter.max_positions, type_vocab_size=2,
-        layer_norm_eps=cfg.layer_norm_eps, pad_token_id=objective.pad_token_id,
+        layer_norm_eps=cfg.layer_norm_eps, pad_token_id=objective.adapter.pad_token_id,
     )
 
 

@@ -1,7 +1,7 @@
 """HuBERT pre-training (Hsu et al., 2021, arXiv:2106.07447).
 
 masker x target x loss = span masking of the latent frames x k-means cluster ids x cross-entropy. The feature
-encoder and the Transformer are wav2vec 2.0's (:class:`AudioAdapter` + :class:`TransformerEncoder`); masked
+encoder and the Transformer are wav2vec 2.0's (the audio adapter + the shared Transformer); masked
 frames are replaced by a learned embedding *before* the convolutional position embedding, as in wav2vec 2.0. Each
 scored frame's output is projected (``final_proj``, D -> P) and compared with one embedding per cluster by
 cosine similarity / temperature (the paper's p_f(c | X~, t); temperature 0.1 as fairseq's ``logit_temp``); the loss is
@@ -26,11 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.backbones.transformer import TransformerEncoder
-from selfsup.modalities.audio import AudioAdapter
 from selfsup.objectives.losses import feature_penalty
 from selfsup.objectives.masking import SpanMasker
-from selfsup.types import BackboneOutput, Batch, Encoder, Objective, ObjectiveOutput
+from selfsup.types import (CLUSTER_LABELS, EXAMPLE_SEEDS, FIXED_MASK, Adapter, BackboneOutput, Batch, Encoder,
+                           Objective, ObjectiveOutput)
 
 IGNORE = -100  # label of frames that are not scored (padding, no label), as in torch's cross_entropy
 
@@ -97,14 +96,14 @@ def fit_labels(labels: Tensor, num_frames: int, tolerance: int) -> Tensor:
 
 
 class HubertObjective(Objective):
-    """HuBERT over an :class:`AudioAdapter` and a :class:`TransformerEncoder`.
+    """HuBERT over a frame adapter (audio) and a Transformer.
 
-    batch: ``input_values`` (B, T), optional ``attention_mask`` (B, T), ``cluster_labels`` (B, F) long cluster
+    batch: what the adapter reads, ``cluster_labels`` (B, F) long cluster
     ids at the model's frame rate (-100 where there is none; see :func:`fit_labels` for length mismatches),
     optional precomputed ``mask_time_indices`` (B, F) bool; otherwise the objective draws the span mask.
     """
 
-    def __init__(self, adapter: AudioAdapter, backbone: TransformerEncoder, masker: SpanMasker,
+    def __init__(self, adapter: Adapter, backbone: nn.Module, masker: SpanMasker,
                  config: HubertObjectiveConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or HubertObjectiveConfig()
@@ -140,16 +139,16 @@ class HubertObjective(Objective):
     def forward(self, batch: Batch) -> ObjectiveOutput:
         tokens = self.adapter.embed(batch)
         x, padding_mask = tokens.x, tokens.padding_mask
-        labels = fit_labels(batch["cluster_labels"].to(x.device).long(), x.shape[1], self.config.label_length_tolerance)
+        labels = fit_labels(batch[CLUSTER_LABELS].to(x.device).long(), x.shape[1], self.config.label_length_tolerance)
         if padding_mask is not None:
             labels = labels.masked_fill(padding_mask, IGNORE)
         bad = (labels != IGNORE) & ((labels < 0) | (labels >= self.config.num_clusters))
         if bad.any():
             raise ValueError(f"cluster_labels must be in [0, {self.config.num_clusters}) or -100; "
                              f"found {labels[bad][0].item()}")
-        mask = batch.get("mask_time_indices")
+        mask = batch.get(FIXED_MASK)
         if mask is None:
-            mask = self.draw_mask(padding_mask, x.shape[:2], x.device, seeds=batch.get("example_seeds"))
+            mask = self.draw_mask(padding_mask, x.shape[:2], x.device, seeds=batch.get(EXAMPLE_SEEDS))
         mask = mask.to(device=x.device, dtype=torch.bool)
         h = self.transform(x, padding_mask, mask).last_hidden_state
         return self.loss(h, labels, mask, tokens.targets["conv_features"], padding_mask)
@@ -186,20 +185,13 @@ class HubertObjective(Objective):
                            masked_fraction=n_m.float() / labelled.sum().clamp_min(1))
         return ObjectiveOutput(loss=total, num_targets=n, metrics=metrics)
 
-    def frame_padding_mask(self, batch: Batch) -> Tensor | None:
-        """(B, F) bool, True at padded frames of this batch (None without an attention mask)."""
-        mask = batch.get("attention_mask")
-        if mask is None:
-            return None
-        return self.adapter.frame_padding_mask(mask, int(self.adapter.feature_lengths(batch["input_values"].shape[-1])))
-
     @torch.no_grad()
     def layer_features(self, batch: Batch, layer: int) -> Tensor:
         """(B, F, D) output of Transformer layer ``layer`` (0 = the input to the first layer, after the position
         embedding; L = the last layer, before a pre-LN model's final norm), unmasked, in eval mode (dropout
         off), stopping after that layer: the features the next iteration's k-means clusters (HuBERT base
         iteration 2 uses layer 6 of the iteration-1 model). Equals ``transformers``' ``hidden_states[layer]``.
-        Padded frames are in the output; drop them with :meth:`frame_padding_mask`.
+        Padded frames are in the output (the adapter's padding mask says which).
         """
         layers = self.backbone.layers
         if not 0 <= layer <= len(layers):

@@ -10,27 +10,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.backbones.transformer import TransformerEncoder
-from selfsup.modalities.text import TextAdapter
+from torch import nn
+
 from selfsup.objectives.heads import MLMHead
 from selfsup.objectives.masking import IGNORE_INDEX, TokenMasker, mask_tokens  # noqa: F401 (re-export)
-from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
+from selfsup.types import EXAMPLE_SEEDS, LABELS, Adapter, Batch, Encoder, Objective, ObjectiveOutput
 
 
 class MaskedLanguageModeling(Objective):
-    """BERT MLM, given a :class:`TextAdapter`, a :class:`TransformerEncoder` and a :class:`TokenMasker`.
+    """BERT MLM, given an adapter of discrete ids (``adapter.input_ids``: text), a Transformer and a
+    :class:`TokenMasker`.
 
-    batch: ``input_ids`` (B, N) and optionally ``attention_mask``. When the batch also carries ``labels``
-    (B, N; -100 = not a target) its ``input_ids`` are taken as already corrupted (fixed masks for tests and
-    evaluation); otherwise the masker corrupts them. The decoder is tied to the adapter's word embeddings.
+    batch: what the adapter reads. When the batch also carries ``labels`` (B, N; -100 = not a target) its ids are
+    taken as already corrupted (fixed masks for tests and evaluation); otherwise the masker corrupts them. The
+    decoder is tied to the adapter's embedding of the ids (``adapter.class_embeddings("ids")``).
     """
 
-    def __init__(self, adapter: TextAdapter, backbone: TransformerEncoder, masker: TokenMasker,
+    def __init__(self, adapter: Adapter, backbone: nn.Module, masker: TokenMasker,
                  head: MLMHead | None = None) -> None:
         super().__init__()
         self.adapter, self.backbone, self.masker = adapter, backbone, masker
         cfg = backbone.config
-        self.head = head or MLMHead(cfg.hidden_size, adapter.vocab_size, cfg.activation, cfg.layer_norm_eps)
+        self.head = head or MLMHead(cfg.hidden_size, adapter.target_size("ids"), cfg.activation, cfg.layer_norm_eps)
 
     @property
     def config(self):
@@ -38,38 +39,34 @@ class MaskedLanguageModeling(Objective):
 
     @property
     def vocab_size(self) -> int:
-        return self.adapter.vocab_size
+        return self.adapter.target_size("ids")
 
     @property
     def mask_token_id(self) -> int:
         return self.masker.mask_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.adapter.pad_token_id
 
     def corrupt(self, ids: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         return self.masker(ids, generator)
 
     def hidden(self, batch: Batch) -> Tensor:
         """(B, N, D) last hidden state."""
-        tokens = self.adapter.embed(batch)
-        x = self.adapter.add_positions(tokens.x, tokens.padding_mask)
-        return self.backbone(x, tokens.padding_mask).last_hidden_state
+        tokens = self.adapter(batch)
+        return self.backbone(tokens.x, tokens.padding_mask, structure=tokens.structure).last_hidden_state
 
     def logits(self, batch: Batch) -> Tensor:
         """(B, N, V) logits at every position (what ``BertForMaskedLM`` returns; used by fill-mask checks)."""
-        return self.head(self.hidden(batch), self.adapter.word_embeddings.weight)
+        return self.head(self.hidden(batch), self.adapter.class_embeddings("ids"))
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
-        if "labels" in batch:
-            inputs, labels = batch["input_ids"], batch["labels"]
+        ids = self.adapter.input_ids(batch)
+        if LABELS in batch:
+            inputs, labels = ids, batch[LABELS]
         else:
-            inputs, labels = self.masker(batch["input_ids"], seeds=batch.get("example_seeds"))
-        h = self.hidden({**batch, "input_ids": inputs})
+            inputs, labels = self.masker(ids, seeds=batch.get(EXAMPLE_SEEDS))
+        h = self.hidden(self.adapter.with_input_ids(batch, inputs))
         where = labels != IGNORE_INDEX
         target = labels[where]
-        logits = self.head(h[where], self.adapter.word_embeddings.weight)
+        logits = self.head(h[where], self.adapter.class_embeddings("ids"))
         loss = F.cross_entropy(logits.float(), target, reduction="sum")
         with torch.no_grad():
             correct = (logits.argmax(-1) == target).sum()

@@ -18,15 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.backbones.transformer import TransformerEncoder
 from selfsup.dropout import Dropout
-from selfsup.modalities.audio import AudioAdapter
 from selfsup.distributed import all_sum, world_size
 from selfsup.objectives.losses import feature_penalty
 from selfsup.objectives.masking import (
     SpanMasker, frame_lengths, negatives_per_example, sample_negatives,
 )
-from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
+from selfsup.types import EXAMPLE_SEEDS, FIXED_MASK, NEGATIVES, Adapter, Batch, Encoder, Objective, ObjectiveOutput
 
 
 @dataclass
@@ -173,15 +171,15 @@ def contrastive_logits(predicted: Tensor, positives: Tensor, negatives: Tensor, 
 
 
 class Wav2Vec2Objective(Objective):
-    """wav2vec 2.0 over an :class:`AudioAdapter` and a :class:`TransformerEncoder`.
+    """wav2vec 2.0 over a frame adapter (audio: its ``features`` target is what the quantizer reads) and a
+    Transformer.
 
-    batch: ``input_values`` (B, T), optional ``attention_mask`` (B, T); optional precomputed
-    ``mask_time_indices`` (B, F) bool and ``sampled_negative_indices`` (B, F, K) (flattened over the batch, as
+    batch: what the adapter reads; optional precomputed ``mask_time_indices`` (B, F) bool and ``sampled_negative_indices`` (B, F, K) (flattened over the batch, as
     in ``transformers``) for fixed masks; otherwise the objective draws them. The loss is summed over the
     masked frames (``num_targets``): contrastive + alpha * diversity (+ feature penalty).
     """
 
-    def __init__(self, adapter: AudioAdapter, backbone: TransformerEncoder, masker: SpanMasker,
+    def __init__(self, adapter: Adapter, backbone: nn.Module, masker: SpanMasker,
                  config: Wav2Vec2ObjectiveConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or Wav2Vec2ObjectiveConfig()
@@ -190,7 +188,7 @@ class Wav2Vec2Objective(Objective):
         self.mask_embedding = nn.Parameter(torch.empty(backbone.hidden_size).uniform_())
         self.dropout_features = Dropout(config.dropout_features)
         self.quantizer = GumbelQuantizer(
-            self.adapter.feature_size, config.num_codevector_groups, config.num_codevectors_per_group,
+            adapter.target_size("features"), config.num_codevector_groups, config.num_codevectors_per_group,
             config.codevector_dim, config.max_gumbel_temperature, config.min_gumbel_temperature,
             config.gumbel_temperature_decay)
         self.project_hid = nn.Linear(backbone.hidden_size, config.proj_codevector_dim)
@@ -213,11 +211,11 @@ class Wav2Vec2Objective(Objective):
     def forward(self, batch: Batch) -> ObjectiveOutput:
         tokens = self.adapter.embed(batch)
         x, padding_mask = tokens.x, tokens.padding_mask
-        mask, negatives = batch.get("mask_time_indices"), batch.get("sampled_negative_indices")
+        mask, negatives = batch.get(FIXED_MASK), batch.get(NEGATIVES)
         generators = None
         if mask is None:
             mask, negatives, generators = self.draw_masks(padding_mask, x.shape[:2], x.device,
-                                                          seeds=batch.get("example_seeds"))
+                                                          seeds=batch.get(EXAMPLE_SEEDS))
         mask = mask.to(device=x.device, dtype=torch.bool)
         if negatives is None:
             negatives = sample_negatives(mask, self.config.num_negatives)

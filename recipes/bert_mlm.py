@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     objective, export_dir = trainer.objective, None
     if accelerator.is_main_process:
         if args.eval_train_file and args.eval_test_file:                                   # evaluate
-            fresh = random_init_encoders(lambda: compose_bert(objective.config, objective.masker, objective.pad_token_id,
+            fresh = random_init_encoders(lambda: compose_bert(objective.config, objective.masker, objective.adapter.pad_token_id,
                                                               objective.adapter.max_positions),
                                          args.random_init_seeds, args.seed, accelerator.device)
             metrics.update(text_probe({"": objective.encoder(), "random_init_": fresh}, tokenizer, args,

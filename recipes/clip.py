@@ -32,7 +32,8 @@ from selfsup.export import write_model_card
 from selfsup.modalities.image_text import (CLIP_TEMPLATES, PIPELINE_TEMPLATE, ImageTextSet, collate_pairs,
                                            load_pairs, train_caption_tokenizer)
 from selfsup.modalities.image_views import eval_transform
-from selfsup.objectives.builders import TWO_VIEW_RESNETS, clip
+from selfsup.objectives.builders import clip
+from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS
 from selfsup.objectives.clip import CLIPObjective
 from selfsup.objectives.hf_clip import clip_from_transformers, export_clip
 from selfsup.recipes._image import add_image_args, find_split, sample
@@ -161,14 +162,16 @@ class ZeroShot:
         def encode(texts: list[str]) -> torch.Tensor:
             enc = self.tokenizer(texts, padding="max_length" if siglip else True, max_length=self.args.context_length,
                                  truncation=True, return_tensors="pt")
-            return objective.text_features(enc["input_ids"].to(device),
-                                           None if siglip else enc["attention_mask"].to(device))
+            batch = {"input_ids": enc["input_ids"].to(device)}
+            if not siglip:
+                batch["attention_mask"] = enc["attention_mask"].to(device)
+            return objective.text_features(batch)
         return encode
 
     @torch.no_grad()
     def image_features(self, objective: CLIPObjective, device) -> torch.Tensor:
         bs = self.args.per_device_eval_batch_size
-        return torch.cat([objective.image_features(self.pixels[i:i + bs].to(device)).float().cpu()
+        return torch.cat([objective.image_features({"pixel_values": self.pixels[i:i + bs].to(device)}).float().cpu()
                           for i in range(0, len(self.pixels), bs)])
 
     @torch.no_grad()
@@ -244,7 +247,7 @@ def pipeline_check(objective: CLIPObjective, out: Path, zs: ZeroShot, args: Name
     objective = objective.float().cpu().eval()
     classes = class_embeddings(zs.encode_text(objective, "cpu"), zs.class_names, [PIPELINE_TEMPLATE])
     with torch.no_grad():
-        ours = zero_shot_scores(objective.image_features(zs.pixels[:n]), zs.labels[:n], classes)["predictions"]
+        ours = zero_shot_scores(objective.image_features({"pixel_values": zs.pixels[:n]}), zs.labels[:n], classes)["predictions"]
     agree = sum(zs.class_names[int(p)] == t for p, t in zip(ours, theirs)) / n
     return {"export/pipeline_agreement": agree, "export/pipeline_images": n}
 

@@ -96,8 +96,8 @@ def test_last_id_is_never_an_input():
     assert seen == [15]
     other = ids.clone()
     other[:, -1] = (ids[:, -1] + 1) % VOCAB
-    h = obj.hidden(ids[:, :-1])
-    assert torch.equal(h, obj.hidden(other[:, :-1]))
+    h = obj.hidden_of_ids(ids[:, :-1])
+    assert torch.equal(h, obj.hidden_of_ids(other[:, :-1]))
     assert not torch.equal(out.loss, obj({"input_ids": other}).loss)
 
 
@@ -125,12 +125,13 @@ def test_cached_generation_equals_recomputing_the_context():
     ids = torch.randint(0, VOCAB, (2, 20))
     with torch.no_grad():
         cache = obj.backbone.new_cache()
-        steps = [obj.hidden(ids[:, :8], cache=cache)] + [obj.hidden(ids[:, i:i + 1], cache=cache) for i in range(8, 20)]
-        torch.testing.assert_close(torch.cat(steps, 1), obj.hidden(ids), rtol=0, atol=1e-5)
+        steps = [obj.hidden_of_ids(ids[:, :8], cache=cache)] + [obj.hidden_of_ids(ids[:, i:i + 1], cache=cache)
+                                                                 for i in range(8, 20)]
+        torch.testing.assert_close(torch.cat(steps, 1), obj.hidden_of_ids(ids), rtol=0, atol=1e-5)
         with pytest.raises(ValueError, match="at least one token"):
             generate(obj, torch.zeros(2, 0, dtype=torch.long), 4)
         with pytest.raises(ValueError, match="exceed max_positions 32"):   # 20 cached + 13 > the 32 positions
-            obj.hidden(torch.randint(0, VOCAB, (2, 13)), cache=cache)
+            obj.hidden_of_ids(torch.randint(0, VOCAB, (2, 13)), cache=cache)
 
 
 def test_sampling_respects_top_k_and_temperature():
