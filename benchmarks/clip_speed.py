@@ -1,6 +1,6 @@
 """CLIP training speed: ``selfsup`` CLIPObjective vs ``transformers`` CLIPModel (ViT image tower).
 
-Both models hold the same weights (ours, converted with ``selfsup.objectives.hf_clip.clip_to_transformers``),
+Both models hold the same weights (ours, converted with ``selfsup.objectives.image_text.hf_clip.clip_to_transformers``),
 get the same images and the same right-padded captions every step, and the same ``torch.optim.AdamW``. A step =
 forward + backward (the symmetric InfoNCE over the batch, ``CLIPModel(return_loss=True)`` on the reference side)
 + optimizer step, in train mode (no dropout in either). Throughput (samples/s) is measured in fp32 (and under
@@ -35,11 +35,10 @@ import json
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import (check_agreement, interleaved, precision_tags, record, speed_args,
-                                  training_step)
-from selfsup.objectives.builders import clip
-from selfsup.objectives.clip import CLIPObjective
-from selfsup.objectives.hf_clip import clip_to_transformers
+from selfsup.benchmarking import check_agreement, interleaved, precision_tags, record, speed_args, training_step
+from selfsup.objectives.image_text.build import clip
+from selfsup.objectives.image_text.clip import CLIPObjective
+from selfsup.objectives.image_text.hf_clip import clip_to_transformers
 
 BATCH, IMAGE, VOCAB, SIZE = 128, 32, 4096, "small"
 OPTIM = dict(lr=1e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1)

@@ -1,6 +1,6 @@
-"""GPT sampling speed: ``selfsup.objectives.clm.generate`` vs ``GPT2LMHeadModel.generate``, both with a key/value cache.
+"""GPT sampling speed: ``selfsup.objectives.autoregressive.clm.generate`` vs ``GPT2LMHeadModel.generate``, both with a key/value cache.
 
-Both models hold the same weights (ours converted with ``selfsup.objectives.hf_gpt2.to_transformers``), in eval
+Both models hold the same weights (ours converted with ``selfsup.objectives.autoregressive.hf_gpt2.to_transformers``), in eval
 mode, and continue the same prompts greedily (``do_sample=False``: the two must give the same tokens, checked
 before timing, or the run fails). Throughput is new tokens per second over the batch (batch x new tokens per
 call), the sides timed in alternating rounds (``selfsup.benchmarking.interleaved_medians``), the median round
@@ -25,12 +25,10 @@ import sys
 from pathlib import Path
 
 import torch
+from gpt_speed import CONFIGS, build_models
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))   # run as a script: the sibling gpt_speed.py
-from gpt_speed import CONFIGS, build_models  # noqa: E402
-
-from selfsup.benchmarking import interleaved_medians  # noqa: E402
-from selfsup.objectives.clm import generate  # noqa: E402
+from selfsup.benchmarking import interleaved_medians
+from selfsup.objectives.autoregressive.clm import generate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -4,7 +4,7 @@ nanoGPT's README trains a small character-level GPT on a CPU ("I only have a mac
 ``python train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1
 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000
 --dropout=0.0`` and reports a validation loss of 1.88. This runs ``recipes/gpt.py`` with the same shape and
-nearly the same optimisation (``NANOGPT_SHAKESPEARE_CHAR`` in ``objectives/builders.py``): 4 layers, 4 heads, 128
+nearly the same optimisation (``NANOGPT_SHAKESPEARE_CHAR`` in ``objectives/autoregressive/sizes.py``): 4 layers, 4 heads, 128
 wide, context 64, batch 12, 2,000 steps, no dropout, AdamW (beta2 0.99, weight decay 0.1 on matrices and
 embeddings), 100 warmup steps then cosine to a tenth of the peak, clipping at 1.0; the first 90 % of the
 characters train, the last 10 % validate (nanoGPT's split). The peak learning rate is 4e-3 where nanoGPT's is 1e-3
@@ -33,10 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from selfsup.objectives.builders import NANOGPT_SHAKESPEARE_CHAR as NANO  # noqa: E402
-from selfsup.recipes import gpt  # noqa: E402
+from selfsup.objectives.autoregressive.sizes import NANOGPT_SHAKESPEARE_CHAR as NANO
+from selfsup.recipes import gpt
 
 
 def split_corpus(src: Path, out: Path, validation_fraction: float, tune: bool = False) -> tuple[Path, Path, int, int]:

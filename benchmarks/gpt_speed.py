@@ -1,6 +1,6 @@
 """GPT training speed: ``selfsup`` CausalLanguageModeling vs ``transformers`` GPT2LMHeadModel.
 
-Both models hold the same weights (ours, converted with ``selfsup.objectives.hf_gpt2.to_transformers``), get the
+Both models hold the same weights (ours, converted with ``selfsup.objectives.autoregressive.hf_gpt2.to_transformers``), get the
 same packed blocks of token ids (``labels = input_ids``, as ``run_clm`` trains GPT-2) and the same
 ``torch.optim.AdamW``. A step = forward + backward + optimizer step, in train mode (dropout 0.1 on both, as
 GPT-2). Throughput (samples/s) is measured in fp32 and under bf16 CPU autocast; warmup steps are excluded and the
@@ -34,11 +34,11 @@ import sys
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import (check_agreement, interleaved, precision_tags, record, speed_args,
-                                  training_step)
-from selfsup.objectives.builders import NANOGPT_SHAKESPEARE_CHAR, gpt
-from selfsup.objectives.clm import CausalLanguageModeling
-from selfsup.objectives.hf_gpt2 import to_transformers
+from selfsup.benchmarking import check_agreement, interleaved, precision_tags, record, speed_args, training_step
+from selfsup.objectives.autoregressive.build import gpt
+from selfsup.objectives.autoregressive.clm import CausalLanguageModeling
+from selfsup.objectives.autoregressive.hf_gpt2 import to_transformers
+from selfsup.objectives.autoregressive.sizes import NANOGPT_SHAKESPEARE_CHAR
 
 NANO = NANOGPT_SHAKESPEARE_CHAR
 CONFIGS = {

@@ -1,6 +1,6 @@
 """MAE training speed: ``selfsup`` MAEObjective vs ``transformers`` ViTMAEForPreTraining.
 
-Both models hold the same weights (ours, converted with ``selfsup.objectives.hf_vit.mae_to_transformers``), get
+Both models hold the same weights (ours, converted with ``selfsup.objectives.masked.hf_mae.mae_to_transformers``), get
 the same images and the same masking noise every step (``noise=`` on both sides, so both drop the same patches),
 and the same ``torch.optim.AdamW``. A step = forward + backward + optimizer step, in train mode (no dropout in
 MAE). Throughput (samples/s) is measured in fp32 and under bf16 CPU autocast; warmup steps are excluded and the
@@ -25,7 +25,7 @@ higher is better) plus ``*_bf16``, ``loss_ours``, ``loss_reference`` (fp32, chec
 Where the time goes (torch.profiler, this config, fp32, 2 threads): GEMMs are about 55 % of a step on both
 sides and run near the cores' FMA peak; then SDPA's flash kernel (~9 %), GELU (~8 %) and AdamW's per-tensor
 loop (~7 %). The encoder (6 layers on 17 tokens, ~60 % of a step) is the same work on both sides. Ours does ~8 %
-fewer GEMM FLOPs and ~25 % less decoder work (see ``selfsup.objectives.mae``): only the visible patches are
+fewer GEMM FLOPs and ~25 % less decoder work (see ``selfsup.objectives.masked.mae``): only the visible patches are
 embedded (a matmul instead of the convolution over every patch); the first decoder layer's norm and QKV of the
 mask tokens run once per patch position; the last decoder layer computes only the dropped patches' tokens (HF
 runs it, the decoder norm and the prediction on all 65); q, k, v are views of the fused projection, so the
@@ -43,11 +43,10 @@ import json
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import (check_agreement, interleaved, precision_tags, record, speed_args,
-                                  training_step)
-from selfsup.objectives.builders import mae
-from selfsup.objectives.hf_vit import mae_to_transformers
-from selfsup.objectives.mae import MAEObjective
+from selfsup.benchmarking import check_agreement, interleaved, precision_tags, record, speed_args, training_step
+from selfsup.objectives.masked.build import mae
+from selfsup.objectives.masked.hf_mae import mae_to_transformers
+from selfsup.objectives.masked.mae import MAEObjective
 
 BATCH, IMAGE, PATCH = 64, 32, 4
 BACKBONE = dict(hidden_size=192, num_layers=6, num_heads=3, intermediate_size=768)

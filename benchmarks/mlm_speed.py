@@ -1,6 +1,6 @@
 """Masked-LM training speed: ``selfsup`` MaskedLanguageModeling vs ``transformers`` BertForMaskedLM.
 
-Both models are built from the same weights (ours, converted with ``selfsup.objectives.hf_bert.to_transformers``), get the
+Both models are built from the same weights (ours, converted with ``selfsup.objectives.masked.hf_bert.to_transformers``), get the
 same batch and the same masks (corrupted once with ``objective.corrupt``, then passed as ``labels``), and the same
 ``torch.optim.AdamW``. A step = forward + backward + optimizer step, in train mode (dropout 0.1 on both).
 Throughput (samples/s) is measured in fp32 and under bf16 CPU autocast; warmup steps are excluded and the two
@@ -29,13 +29,12 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args  # noqa: E402
-
 from selfsup.backbones.transformer import TransformerConfig
-from selfsup.objectives.hf_bert import to_transformers
-from selfsup.objectives.builders import compose_bert
+from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args
+from selfsup.objectives.masked.build import compose_bert
+from selfsup.objectives.masked.hf_bert import to_transformers
+from selfsup.objectives.masked.mlm import MaskedLanguageModeling
 from selfsup.objectives.masking import TokenMasker
-from selfsup.objectives.mlm import MaskedLanguageModeling
 
 VOCAB, SEQ, BATCH, MASK_ID, PAD_ID, SPECIAL = 30_522, 128, 32, 4, 0, (0, 1, 2, 3, 4)
 MODEL = dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, dropout=0.1, attention_dropout=0.1)

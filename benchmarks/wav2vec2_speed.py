@@ -1,7 +1,7 @@
 """wav2vec 2.0 pre-training speed: ``selfsup`` Wav2Vec2Objective vs ``transformers`` Wav2Vec2ForPreTraining.
 
-Both models are built from the same weights (ours, ``selfsup.objectives.wav2vec2.build("small")``, converted with
-``selfsup.objectives.hf_wav2vec2.to_transformers``), get the same batch, the same span mask and the same negatives (drawn
+Both models are built from the same weights (ours, ``selfsup.objectives.speech_quantised.wav2vec2.build("small")``, converted with
+``selfsup.objectives.speech_quantised.hf_wav2vec2.to_transformers``), get the same batch, the same span mask and the same negatives (drawn
 once with ``objective.draw_masks`` and passed to both as ``mask_time_indices`` / ``sampled_negative_indices``),
 and the same ``torch.optim.AdamW``. A step = forward + backward (of the summed loss both return: contrastive +
 alpha * diversity, summed over the masked frames) + optimizer step, in train mode: dropout 0.1 everywhere,
@@ -45,11 +45,11 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args  # noqa: E402
-
-from selfsup.objectives.hf_wav2vec2 import to_transformers
-from selfsup.objectives.builders import size_of, wav2vec2 as build
-from selfsup.objectives.wav2vec2 import Wav2Vec2Objective, Wav2Vec2ObjectiveConfig
+from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args
+from selfsup.objectives.speech_quantised.build import wav2vec2 as build
+from selfsup.objectives.speech_quantised.hf_wav2vec2 import to_transformers
+from selfsup.objectives.speech_quantised.sizes import size_of
+from selfsup.objectives.speech_quantised.wav2vec2 import Wav2Vec2Objective, Wav2Vec2ObjectiveConfig
 
 SIZE, SAMPLE_RATE, SECONDS, BATCH = "small", 16_000, 2.0, 8
 SHORT_SECONDS = (1.5, 1.2)  # the last two utterances
@@ -194,7 +194,7 @@ def main() -> None:
         result.update({f"ours{suffix}": round(ours, 3), f"reference{suffix}": round(ref, 3),
                        f"ratio{suffix}": round(ours / ref, 3)})
         print(f"[{tag}] median: ours {ours:.2f}  reference {ref:.2f} samples/s  ratio {ours / ref:.2f}x", flush=True)
-    c = Wav2Vec2ObjectiveConfig(**size_of("wav2vec2", SIZE)["objective"])    # what build(SIZE) uses
+    c = Wav2Vec2ObjectiveConfig(**size_of(SIZE)["objective"])    # what build(SIZE) uses
     result.update(
         loss_ours=round(loss_ours, 4), loss_reference=round(loss_ref, 4),
         masked_frames=int(batch["mask_time_indices"].sum()), frames=list(batch["mask_time_indices"].shape),

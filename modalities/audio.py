@@ -23,6 +23,16 @@ from selfsup.modalities.audio_conv import feature_encoder
 from selfsup.types import Adapter, Batch, Tokens
 
 
+# The conv feature encoder by size: tiny (tests; 80x, a frame per 5 ms at 16 kHz) and small / base (wav2vec 2.0's
+# seven layers, 320x, a frame per 20 ms; 256 / 512 channels). The families' tables add their position embeddings.
+_K7, _S7 = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
+CONV_SIZES: dict[str, dict] = {
+    "tiny": dict(conv_dim=(32,) * 5, conv_kernel=(10, 3, 3, 3, 2), conv_stride=(5, 2, 2, 2, 2)),
+    "small": dict(conv_dim=(256,) * 7, conv_kernel=_K7, conv_stride=_S7),
+    "base": dict(conv_dim=(512,) * 7, conv_kernel=_K7, conv_stride=_S7),
+}
+
+
 @dataclass
 class AudioConfig:
     """The feature encoder and the convolutional position embedding (names as in ``Wav2Vec2Config``).
@@ -228,4 +238,4 @@ class AudioAdapter(Adapter):
         return self.dropout(x)
 
 
-__all__ = ["AudioConfig", "AudioAdapter", "ConvLayer", "ConvPositionalEmbedding"]
+__all__ = ["CONV_SIZES", "AudioConfig", "AudioAdapter", "ConvLayer", "ConvPositionalEmbedding"]

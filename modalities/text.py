@@ -71,8 +71,6 @@ class TextAdapter(Adapter):
 
     def embed(self, batch: Batch) -> Tokens:
         ids: Tensor = batch["input_ids"]
-        if ids.shape[1] > self.max_positions:
-            raise ValueError(f"sequence length {ids.shape[1]} exceeds max_positions {self.max_positions}")
         x = self.word_embeddings(ids)
         if self.token_type_embeddings is not None:
             x = x + self.token_type_embeddings.weight[0]
@@ -110,6 +108,8 @@ class TextAdapter(Adapter):
             return self.dropout(self.norm(x + self.position_embeddings.weight[start: start + x.shape[1]]))
         if start:
             raise ValueError("start needs positions without a padding offset")
+        if x.shape[1] > self.max_positions:
+            raise ValueError(f"sequence length {x.shape[1]} exceeds max_positions {self.max_positions}")
         real = torch.ones(x.shape[:2], dtype=torch.long, device=x.device) if padding_mask is None \
             else (~padding_mask).long()
         positions = (real.cumsum(dim=1) + self.pad_token_id) * real + self.pad_token_id * (1 - real)

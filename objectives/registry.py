@@ -24,23 +24,28 @@ FAMILIES = {
 @dataclass(frozen=True)
 class Method:
     """name: what ``--method`` takes; family: a key of :data:`FAMILIES`; module: where the class lives (under
-    ``selfsup.objectives``); objective / config: the class names; summary: one line with the paper."""
+    ``selfsup.objectives``); objective / config: the class names (no config class: the objective's settings are
+    its masker's and its parts'); summary: one line with the paper."""
 
     name: str
     family: str
     module: str
     objective: str
-    config: str
+    config: str | None
     summary: str
 
-    def classes(self) -> tuple[type, type]:
-        """(objective class, config class), imported from the method's module."""
+    def classes(self) -> tuple[type, type | None]:
+        """(objective class, config class or None), imported from the method's module."""
         module = importlib.import_module(f"selfsup.objectives.{self.module}")
-        return getattr(module, self.objective), getattr(module, self.config)
+        return getattr(module, self.objective), getattr(module, self.config) if self.config else None
 
     def make_config(self, settings: dict[str, Any]):
         """The method's config from ``settings``; a clear error naming unknown settings and the choices."""
         config_cls = self.classes()[1]
+        if config_cls is None:
+            if settings:
+                raise ValueError(f"{self.name} takes no objective settings, got {sorted(settings)}")
+            return None
         known = {f.name for f in fields(config_cls)}
         if unknown := sorted(set(settings) - known):
             raise ValueError(f"unknown {self.name} settings {unknown}; choose from {sorted(known)}")
@@ -48,7 +53,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("bert_mlm", "masked", "masked.mlm", "MaskedLanguageModeling", "MLMConfig",
+    Method("bert_mlm", "masked", "masked.mlm", "MaskedLanguageModeling", None,
            "BERT masked language modelling (Devlin et al., 2019)"),
     Method("mae", "masked", "masked.mae", "MAEObjective", "MAEConfig",
            "masked autoencoder: drop 75 % of the tokens, reconstruct them (He et al., 2021)"),
@@ -84,7 +89,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "Wav2Vec2ObjectiveConfig", "contrastive prediction of Gumbel-quantised latents (Baevski et al., 2020)"),
     Method("hubert", "clustering", "clustering.hubert", "HubertObjective", "HubertObjectiveConfig",
            "predict k-means cluster ids at masked frames (Hsu et al., 2021)"),
-    Method("gpt", "autoregressive", "autoregressive.clm", "CausalLanguageModeling", "CLMConfig",
+    Method("gpt", "autoregressive", "autoregressive.clm", "CausalLanguageModeling", None,
            "next-token prediction with a tied head (Radford et al., 2019)"),
 )}
 ALIASES = {"moco": "moco_v2", "barlow": "barlow_twins"}

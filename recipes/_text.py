@@ -9,13 +9,13 @@ from typing import Any
 
 import torch
 
+from selfsup.backbones.transformer import SIZES as TRANSFORMER_SIZES
 from selfsup.checkpoint import resolve_checkpoint
 from selfsup.data import SeededExamples, ShardedStream, make_train_loader
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import probe_encoders
 from selfsup.modalities.text import (collate_blocks, collate_texts, load_corpus, load_labelled_text, load_tokenizer,
                                      pack_corpus, sample_texts, train_causal_tokenizer, train_tokenizer)
-from selfsup.objectives.builders import size_of
 from selfsup.types import Encoder
 
 
@@ -133,8 +133,6 @@ def block_sample(val_blocks: list[list[int]], n: int = 4) -> dict[str, Any]:
 def size_overrides(args: Namespace, family: str) -> dict[str, int]:
     """--hidden_size / --num_layers / --num_heads over the ``--model_size`` preset of ``family`` (the MLP 4x the
     width, as BERT and GPT-2; heads width / 64, at least 2), checked to divide."""
-    from selfsup.objectives.builders import size_of
-
     out: dict[str, int] = {}
     if args.hidden_size:
         out.update(hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
@@ -143,7 +141,7 @@ def size_overrides(args: Namespace, family: str) -> dict[str, int]:
         out["num_layers"] = args.num_layers
     if args.num_heads:
         out["num_heads"] = args.num_heads
-    preset = size_of(family, args.model_size)["backbone"]
+    preset = TRANSFORMER_SIZES[args.model_size]
     width, heads = out.get("hidden_size", preset["hidden_size"]), out.get("num_heads", preset["num_heads"])
     if width % heads:
         raise SelfsupError(f"hidden size {width} is not a multiple of the {heads} attention heads")

@@ -18,9 +18,9 @@ from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
-from selfsup.objectives.builders import bert_mlm, compose_bert
-from selfsup.objectives.hf_bert import from_transformers, to_transformers
-from selfsup.objectives.mlm import MaskedLanguageModeling
+from selfsup.objectives.masked.build import bert_mlm, compose_bert
+from selfsup.objectives.masked.hf_bert import from_transformers, to_transformers
+from selfsup.objectives.masked.mlm import MaskedLanguageModeling
 from selfsup.recipes._text import add_text_args, get_tokenizer, load_text, size_overrides, text_blocks, text_probe
 from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings

@@ -29,13 +29,13 @@ from selfsup.data import make_train_loader, to_device
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.evaluate import class_embeddings, confusion_png, zero_shot_scores
 from selfsup.export import write_model_card
-from selfsup.modalities.image_text import (CLIP_TEMPLATES, PIPELINE_TEMPLATE, ImageTextSet, collate_pairs,
-                                           load_pairs, train_caption_tokenizer)
+from selfsup.modalities.image_text import (CLIP_TEMPLATES, PIPELINE_TEMPLATE, ImageTextSet, collate_pairs, load_pairs,
+                                           train_caption_tokenizer)
 from selfsup.modalities.image_views import eval_transform
-from selfsup.objectives.builders import clip
+from selfsup.objectives.image_text.build import clip
+from selfsup.objectives.image_text.clip import CLIPObjective
+from selfsup.objectives.image_text.hf_clip import clip_from_transformers, export_clip
 from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS
-from selfsup.objectives.clip import CLIPObjective
-from selfsup.objectives.hf_clip import clip_from_transformers, export_clip
 from selfsup.recipes._image import add_image_args, find_split, sample
 from selfsup.run import finish_run, start_run
 from selfsup.train import Trainer, TrainingSettings

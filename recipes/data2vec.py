@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
+from selfsup.backbones.hf_speech import feature_extractor_for
 from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
 from selfsup.convert import check_close, max_abs_diff
@@ -30,9 +31,8 @@ from selfsup.errors import run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.audio_data import collate_audio
 from selfsup.modalities.text import collate_blocks
-from selfsup.objectives import builders
-from selfsup.objectives.data2vec import Data2VecObjective
-from selfsup.objectives.hf_speech import feature_extractor_for
+from selfsup.objectives.masked.build import data2vec_audio, data2vec_text
+from selfsup.objectives.masked.data2vec import Data2VecObjective
 from selfsup.recipes._speech import (add_audio_args, apply_training_flags, check_audio_export, export_sample,
                                      load_audio, speech_card, speech_loader, speech_probe)
 from selfsup.recipes._text import add_text_args, block_sample, get_tokenizer, load_text, text_blocks, text_probe
@@ -91,18 +91,18 @@ def settings_of(args: Namespace) -> dict[str, Any]:
 
 
 def build_audio(args: Namespace) -> Data2VecObjective:
-    from selfsup.objectives.hf_data2vec import from_transformers
+    from selfsup.objectives.masked.hf_data2vec_audio import from_transformers
 
     masking = dict(mask_prob=args.mask_prob, mask_length=args.mask_length)
     if args.init_from:
         return from_transformers(args.init_from, dropout=args.dropout, **masking, **settings_of(args))
     backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
                     gradient_checkpointing=args.gradient_checkpointing)
-    return builders.data2vec_audio(args.model_size, backbone=backbone, **masking, **settings_of(args))
+    return data2vec_audio(args.model_size, backbone=backbone, **masking, **settings_of(args))
 
 
 def build_text(args: Namespace, tokenizer) -> Data2VecObjective:
-    from selfsup.objectives.hf_data2vec_text import from_transformers
+    from selfsup.objectives.masked.hf_data2vec_text import from_transformers
 
     special, masking = tokenizer.all_special_ids, dict(probability=args.mask_prob, span_length=args.mask_length)
     if args.init_from:
@@ -110,7 +110,7 @@ def build_text(args: Namespace, tokenizer) -> Data2VecObjective:
                                  **masking, **settings_of(args))
     backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
                     gradient_checkpointing=args.gradient_checkpointing)
-    return builders.data2vec_text(args.model_size, len(tokenizer), tokenizer.mask_token_id, tokenizer.pad_token_id,
+    return data2vec_text(args.model_size, len(tokenizer), tokenizer.mask_token_id, tokenizer.pad_token_id,
                                   special, max_positions=max(512, args.max_seq_length), backbone=backbone,
                                   masker=masking, **settings_of(args))
 
@@ -119,7 +119,7 @@ def export_audio(objective: Data2VecObjective, args: Namespace, metrics: dict[st
     """OUTPUT_DIR/export: the student as Data2VecAudioModel + feature extractor + card, reloaded and checked."""
     from transformers import AutoModel
 
-    from selfsup.objectives.hf_data2vec import to_transformers
+    from selfsup.objectives.masked.hf_data2vec_audio import to_transformers
 
     objective, out = objective.float().cpu().eval(), Path(args.output_dir) / "export"
     to_transformers(objective).save_pretrained(str(out))
@@ -136,7 +136,7 @@ def export_text(objective: Data2VecObjective, tokenizer, args: Namespace, metric
     """OUTPUT_DIR/export: the student as Data2VecTextModel + tokenizer + card, reloaded and checked (1e-4)."""
     from transformers import AutoModel
 
-    from selfsup.objectives.hf_data2vec_text import to_transformers
+    from selfsup.objectives.masked.hf_data2vec_text import to_transformers
 
     objective, out = objective.float().cpu().eval(), Path(args.output_dir) / "export"
     to_transformers(objective).save_pretrained(str(out))

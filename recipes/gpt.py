@@ -24,9 +24,9 @@ from selfsup.convert import check_close, max_abs_diff
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.text import SAMPLE_BY, causal_pack_function
-from selfsup.objectives.builders import gpt
-from selfsup.objectives.clm import CausalLanguageModeling, generate
-from selfsup.objectives.hf_gpt2 import from_transformers, to_transformers
+from selfsup.objectives.autoregressive.build import gpt
+from selfsup.objectives.autoregressive.clm import CausalLanguageModeling, generate
+from selfsup.objectives.autoregressive.hf_gpt2 import from_transformers, to_transformers
 from selfsup.recipes._text import add_text_args, get_causal_tokenizer, load_text, size_overrides, text_blocks
 from selfsup.run import finish_run, start_run
 from selfsup.train import Trainer, TrainingSettings

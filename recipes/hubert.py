@@ -25,19 +25,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from selfsup.backbones.hf_speech import feature_extractor_for
 from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
-from selfsup.objectives import builders
-from selfsup.objectives.hf_hubert import HEAD_KEYS, from_transformers, to_transformers
-from selfsup.objectives.hf_speech import feature_extractor_for
-from selfsup.objectives.hubert import HubertObjective
-from selfsup.objectives.hubert_labels import (
-    HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, cached_labels, fingerprint, fit_centroids,
-    label_clips, merge_label_parts, save_label_part, save_labels,
-)
-from selfsup.objectives.kmeans import load_centroids, save_centroids
+from selfsup.kmeans import load_centroids, save_centroids
+from selfsup.modalities.audio import CONV_SIZES
+from selfsup.modalities.audio_labels import (HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, cached_labels,
+                                             fingerprint, fit_centroids, label_clips, merge_label_parts,
+                                             save_label_part, save_labels)
+from selfsup.objectives.clustering.build import hubert
+from selfsup.objectives.clustering.hf_hubert import HEAD_KEYS, from_transformers, to_transformers
+from selfsup.objectives.clustering.hubert import HubertObjective
 from selfsup.recipes._speech import (add_audio_args, apply_training_flags, check_audio_export, export_sample,
                                      load_audio, speech_card, speech_loader, speech_probe)
 from selfsup.run import finish_run, held_out_eval, start_run
@@ -113,8 +113,8 @@ def geometry(args: Namespace) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
         cfg = AutoConfig.from_pretrained(args.init_from, trust_remote_code=False)
         return tuple(cfg.conv_kernel), tuple(cfg.conv_stride)
-    cfg = builders.audio_config("hubert", args.model_size)
-    return cfg.conv_kernel, cfg.conv_stride
+    cfg = CONV_SIZES[args.model_size]
+    return tuple(cfg["conv_kernel"]), tuple(cfg["conv_stride"])
 
 
 def build_objective(args: Namespace) -> HubertObjective:
@@ -127,7 +127,7 @@ def build_objective(args: Namespace) -> HubertObjective:
                                  **settings)
     backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
                     gradient_checkpointing=args.gradient_checkpointing)
-    return builders.hubert(args.model_size, num_clusters=args.num_clusters, stable_layer_norm=args.stable_layer_norm,
+    return hubert(args.model_size, num_clusters=args.num_clusters, stable_layer_norm=args.stable_layer_norm,
                  backbone=backbone, audio={"feat_proj_dropout": args.dropout}, **settings)
 
 

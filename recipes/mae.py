@@ -16,15 +16,17 @@ from typing import Any, Sequence
 
 import torch
 
+from selfsup.backbones.hf_vit import vit_image_processor
 from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import run_cli
 from selfsup.export import write_model_card
-from selfsup.modalities.image_views import mae_transform
-from selfsup.objectives.builders import MAE_TRAINING, mae, mae_learning_rate
-from selfsup.objectives.hf_vit import export_mae, mae_from_transformers, vit_image_processor
 from selfsup.modalities.image import reconstruction_grid
-from selfsup.objectives.mae import MAEObjective
+from selfsup.modalities.image_views import mae_transform
+from selfsup.objectives.masked.build import mae
+from selfsup.objectives.masked.hf_mae import export_mae, mae_from_transformers
+from selfsup.objectives.masked.mae import MAEObjective
+from selfsup.objectives.masked.sizes import MAE_TRAINING, mae_learning_rate
 from selfsup.recipes._image import (EvalImages, add_image_args, image_probe, labelled_images, load_training_images,
                                     view_loader)
 from selfsup.run import finish_run, random_init_encoders, start_run
@@ -143,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def build_objective_fresh(objective: MAEObjective):
     """A builder of randomly initialised MAEs of ``objective``'s shape (the probes' reference)."""
-    from selfsup.objectives.builders import compose_mae
+    from selfsup.objectives.masked.build import compose_mae
 
     return lambda: compose_mae(objective.adapter.config, objective.backbone.config, objective.decoder.config,
                                objective.config)

@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import torch
 
+from selfsup.backbones.hf_resnet import export_resnet, resnet_from_transformers
+from selfsup.backbones.hf_vit import export_vit_encoder, vit_image_processor, vit_to_encoder
 from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import SelfsupError, run_cli
@@ -28,8 +30,6 @@ from selfsup.objectives import registry
 from selfsup.objectives.two_view.build import two_view
 from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS
 from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS
-from selfsup.objectives.hf_resnet import export_resnet, resnet_from_transformers
-from selfsup.objectives.hf_vit import export_vit_encoder, vit_image_processor, vit_to_encoder
 from selfsup.recipes._image import (EvalImages, add_image_args, image_probe, knn_monitor, labelled_images,
                                     load_training_images, view_loader)
 from selfsup.run import finish_run, random_init_encoders, start_run

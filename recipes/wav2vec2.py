@@ -12,20 +12,19 @@ from argparse import ArgumentParser, Namespace
 from pathlib import Path
 from typing import Any, Sequence
 
-
+from selfsup.backbones.hf_speech import feature_extractor_for
 from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args
 from selfsup.errors import run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.audio_data import collate_audio
+from selfsup.objectives.speech_quantised.build import wav2vec2
+from selfsup.objectives.speech_quantised.hf_wav2vec2 import from_transformers, to_transformers
+from selfsup.objectives.speech_quantised.wav2vec2 import Wav2Vec2Objective
 from selfsup.recipes._speech import (add_audio_args, apply_training_flags, check_audio_export, export_sample,
                                      load_audio, speech_card, speech_loader, speech_probe)
 from selfsup.run import finish_run, held_out_eval, start_run
 from selfsup.train import Trainer, TrainingSettings
-from selfsup.objectives import builders
-from selfsup.objectives.hf_speech import feature_extractor_for
-from selfsup.objectives.hf_wav2vec2 import from_transformers, to_transformers
-from selfsup.objectives.wav2vec2 import Wav2Vec2Objective
 
 OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "num_negatives", "diversity_loss_weight", "feature_penalty_weight",
                    "max_gumbel_temperature", "min_gumbel_temperature", "gumbel_temperature_decay")
@@ -58,7 +57,7 @@ def build_objective(args: Namespace) -> Wav2Vec2Objective:
         return from_transformers(args.init_from, dropout=args.dropout, **settings)
     backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
                     gradient_checkpointing=args.gradient_checkpointing)
-    return builders.wav2vec2(args.model_size, stable_layer_norm=args.stable_layer_norm, backbone=backbone,
+    return wav2vec2(args.model_size, stable_layer_norm=args.stable_layer_norm, backbone=backbone,
                  audio={"feat_proj_dropout": args.dropout}, dropout_features=args.dropout, **settings)
 
 

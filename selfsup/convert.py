@@ -3,7 +3,7 @@ fused QKV projection, loading that names what does not fit, checkpoint loading, 
 check every export ends with.
 
 Each family's mapping (which of our names is which HF name) lives beside its objective
-(``selfsup.objectives.hf_bert``, ``hf_wav2vec2``, ...); this module knows no family.
+(``selfsup.objectives.masked.hf_bert``, ``hf_wav2vec2``, ...); this module knows no family.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Export helpers shared by every family: model cards and upload to the HF Hub.
 
-Each family converts its objective to a native ``transformers`` model in its own module (``selfsup.objectives.hf_bert``);
+Each family converts its objective to a native ``transformers`` model in its own module (``selfsup.objectives.masked.hf_bert``);
 this module writes what goes around it.
 """
 from __future__ import annotations

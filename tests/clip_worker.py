@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tests.torchrun_worker import mine, serve
 from torch import Tensor
 
 from selfsup.distributed import gather_with_grad, world_size
-from selfsup.objectives.builders import clip
-from tests.torchrun_worker import mine, serve
+from selfsup.objectives.image_text.build import clip
 
 GLOBAL_BATCH, LENGTH, VOCAB = 8, 64, 50
 CASES = {"clip_full": ("clip", "vit", False), "clip_local": ("clip", "vit", True),

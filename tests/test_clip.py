@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from selfsup.modalities.image_text import train_caption_tokenizer
-from selfsup.objectives import clip_losses as L
-from selfsup.objectives.builders import clip
-from selfsup.objectives.hf_clip import (clip_from_transformers, export_clip, from_hf_state_dict, objective_from_config,
-                                        sample_batch)
+from selfsup.objectives.image_text import losses as L
+from selfsup.objectives.image_text.build import clip
+from selfsup.objectives.image_text.hf_clip import (clip_from_transformers, export_clip, from_hf_state_dict,
+                                                   objective_from_config, sample_batch)
 
 
 def randn(*shape, seed=0, dtype=torch.float64):

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.errors import SelfsupError
-from selfsup.objectives.builders import compose_gpt, gpt
-from selfsup.objectives.clm import IGNORE_INDEX, CausalLanguageModeling, generate, linear_cross_entropy
-from selfsup.objectives.hf_gpt2 import from_transformers, to_transformers
+from selfsup.objectives.autoregressive.build import compose_gpt, gpt
+from selfsup.objectives.autoregressive.clm import IGNORE_INDEX, CausalLanguageModeling, generate, linear_cross_entropy
+from selfsup.objectives.autoregressive.hf_gpt2 import from_transformers, to_transformers
 
 VOCAB = 300
 

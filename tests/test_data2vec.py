@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
+from tests.speech_helpers import NO_DROPOUT, assert_close, jitter, padded_batch
 from torch import nn
 
-from selfsup.objectives.hf_data2vec import from_transformers, to_transformers
-from selfsup.objectives.builders import data2vec_audio as build
-from selfsup.objectives.data2vec import masked_instance_norm
 from selfsup.objectives.ema import linear_momentum, update_momentum
-from tests.speech_helpers import NO_DROPOUT, assert_close, jitter, padded_batch
+from selfsup.objectives.masked.build import data2vec_audio as build
+from selfsup.objectives.masked.data2vec import masked_instance_norm
+from selfsup.objectives.masked.hf_data2vec_audio import from_transformers, to_transformers
 
 transformers = pytest.importorskip("transformers")
 
@@ -92,7 +92,7 @@ def test_student_equals_data2vec_audio_model(audio):
 def test_export_round_trip(tmp_path):
     from transformers import AutoFeatureExtractor, AutoModel, Data2VecAudioModel
 
-    from selfsup.objectives.hf_data2vec import feature_extractor_for
+    from selfsup.objectives.masked.hf_data2vec_audio import feature_extractor_for
 
     obj = make(average_top_k_layers=1, loss_beta=0.25, audio={"conv_bias": True})
     to_transformers(obj).save_pretrained(tmp_path)

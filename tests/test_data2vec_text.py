@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.errors import SelfsupError
-from selfsup.objectives.builders import data2vec_text as build
-from selfsup.objectives.hf_data2vec_text import data2vec_text_config, from_transformers, to_transformers
+from selfsup.objectives.masked.build import data2vec_text as build
+from selfsup.objectives.masked.hf_data2vec_text import data2vec_text_config, from_transformers, to_transformers
 from selfsup.objectives.masking import IGNORE_INDEX
 
 transformers = pytest.importorskip("transformers")

@@ -1,9 +1,9 @@
 """Backward passes that add in a fixed order, so that a run on a loaded many-core CPU is still reproducible."""
 import torch
-
-from selfsup.objectives.wav2vec2 import gather_rows
 from tests.graph_checks import racy_gathers
 from tests.test_wav2vec2 import inputs, make
+
+from selfsup.objectives.speech_quantised.wav2vec2 import gather_rows
 
 
 def test_the_check_finds_a_gather_with_repeated_indices():

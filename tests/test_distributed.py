@@ -5,13 +5,12 @@ launch with torchrun and assert the world size each run really had.
 """
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+import subprocess
 import torch
 from safetensors.torch import load_file
-
 from tests.conftest import ROOT
 
 WORKER = ROOT / "tests" / "grad_worker.py"
@@ -108,7 +107,7 @@ def test_hubert_labels_made_by_two_processes_equal_one_process_labels(tmp_path):
     """k-means is fitted once; each process labels every second clip; the merged cache is the one-process one."""
     import json
 
-    from selfsup.objectives.hubert_labels import load_labels
+    from selfsup.modalities.audio_labels import load_labels
 
     def run(nproc: int) -> Path:
         out = tmp_path / f"hubert{nproc}"

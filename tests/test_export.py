@@ -1,14 +1,14 @@
 """The export is a native BertForMaskedLM + tokenizer that plain transformers loads, with our logits."""
-import importlib
 import json
 
+import importlib
 import pytest
 import torch
+from tests.conftest import tiny_argv
 
 from selfsup.errors import SelfsupError
 from selfsup.modalities.text import load_tokenizer
-from selfsup.objectives.hf_bert import from_transformers
-from tests.conftest import tiny_argv
+from selfsup.objectives.masked.hf_bert import from_transformers
 
 bert_mlm = importlib.import_module("selfsup.recipes.bert_mlm")
 

@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from selfsup.objectives import kmeans
-from selfsup.errors import SelfsupError
-from selfsup.objectives.hf_hubert import feature_extractor_for, from_transformers, to_transformers
-from selfsup.modalities.audio_features import align_labels, mfcc_features
-from selfsup.objectives.builders import hubert as build
-from selfsup.objectives.hubert import cluster_logits
 from tests.speech_helpers import NO_DROPOUT, assert_close, audio_overrides, jitter, padded_batch
+
+from selfsup import kmeans
+from selfsup.errors import SelfsupError
+from selfsup.modalities.audio_features import align_labels, mfcc_features
+from selfsup.objectives.clustering.build import hubert as build
+from selfsup.objectives.clustering.hf_hubert import feature_extractor_for, from_transformers, to_transformers
+from selfsup.objectives.clustering.hubert import cluster_logits
 
 transformers = pytest.importorskip("transformers")
 

@@ -1,21 +1,20 @@
 """recipes/hubert.py end to end: iteration 1 (MFCC k-means) then 2 (a layer of iteration 1's model), cached
 labels that a resumed run reuses, labels that follow each random crop, the export and --init_from."""
-import importlib
 import json
 import shutil
 
+import importlib
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from selfsup.objectives import kmeans
-from selfsup.errors import SelfsupError
-from selfsup.objectives.hubert_labels import (
-    HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, conv_frames, fingerprint, load_labels, whole_clip,
-)
-from selfsup.objectives.builders import audio_config
-from selfsup.modalities.audio_data import AudioDataset
 from tests.conftest import speech_argv
+
+from selfsup import kmeans
+from selfsup.errors import SelfsupError
+from selfsup.modalities.audio import CONV_SIZES, AudioConfig
+from selfsup.modalities.audio_data import AudioDataset
+from selfsup.modalities.audio_labels import (HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, conv_frames,
+                                             fingerprint, load_labels, whole_clip)
 
 hubert = importlib.import_module("selfsup.recipes.hubert")
 
@@ -116,7 +115,7 @@ def test_the_cache_is_redone_when_the_settings_change(tmp_path):
 
 def test_labels_follow_each_random_crop():
     """Label i of a clip marks position i: every crop must get the positions of its own span."""
-    tiny = audio_config("hubert", "tiny")
+    tiny = AudioConfig(**CONV_SIZES["tiny"])
     clip = torch.randn(3 * 16000)
     data = AudioDataset([(clip, 0), (torch.randn(20000), 1)], max_duration=1.0, random_crop=True, seed=3)
     positions = MFCCFeatures().num_positions(len(clip))
@@ -139,7 +138,7 @@ def test_labels_follow_each_random_crop():
 
 
 def test_layer_features_tile_long_clips_by_window():
-    from selfsup.objectives.builders import hubert as build
+    from selfsup.objectives.clustering.build import hubert as build
 
     torch.manual_seed(0)
     model = build("tiny", num_clusters=5).eval()
@@ -190,7 +189,7 @@ def test_each_process_labels_every_nth_clip(tmp_path, monkeypatch):
     """Process 1 of 2 fits nothing, labels clips 1, 3, 5, ... with the main process's centroids, merges nothing."""
     from types import SimpleNamespace
 
-    from selfsup.objectives.kmeans import save_centroids
+    from selfsup.kmeans import save_centroids
 
     clips = AudioDataset([(torch.randn(8000 + 800 * i), i) for i in range(7)], max_duration=None)
     args = SimpleNamespace(iteration=1, num_clusters=4, seed=0)

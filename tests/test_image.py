@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from selfsup.modalities.image import (ImageAdapter, ImageConfig, PixelAdapter, patchify, sincos_2d,
-                                      unpatchify)
+from selfsup.modalities.image import ImageAdapter, ImageConfig, PixelAdapter, patchify, sincos_2d, unpatchify
 
 vit_mae = pytest.importorskip("transformers.models.vit_mae.modeling_vit_mae")
 
@@ -83,7 +82,7 @@ def test_smaller_views_get_interpolated_positions_as_vit_does(positions):
     interpolation, which is what ViTModel(interpolate_pos_encoding=True) computes on the exported encoder; at the
     configured size nothing is interpolated."""
     from selfsup.objectives.two_view.build import image_encoder as two_view_encoder
-    from selfsup.objectives.hf_vit import encoder_to_vit
+    from selfsup.backbones.hf_vit import encoder_to_vit
 
     torch.manual_seed(0)
     encoder = two_view_encoder("vit", "tiny", image_size=16, image=dict(positions=positions)).eval()

@@ -4,16 +4,17 @@ round trip, the masking, the reconstruction picture, and learning on a fixed bat
 import numpy as np
 import pytest
 import torch
+from tests.graph_checks import racy_gathers
 
+from selfsup.backbones.hf_vit import encoder_to_vit, vit_image_processor, vit_to_encoder
 from selfsup.errors import SelfsupError
 from selfsup.modalities.image import unpatchify
-from selfsup.objectives.builders import MAE_TRAINING, mae as build, mae_learning_rate, size_of
-from selfsup.objectives.hf_vit import (PRETRAINING_DIR, encoder_to_vit, export_mae, mae_from_transformers,
-                                       mae_to_transformers, vit_image_processor, vit_to_encoder)
 from selfsup.modalities.image import reconstruction_grid
-from selfsup.objectives.mae import mae_loss, num_visible, patch_targets
+from selfsup.objectives.masked.build import mae as build
+from selfsup.objectives.masked.hf_mae import PRETRAINING_DIR, export_mae, mae_from_transformers, mae_to_transformers
+from selfsup.objectives.masked.mae import mae_loss, num_visible, patch_targets
+from selfsup.objectives.masked.sizes import MAE_TRAINING, mae_learning_rate, size_of
 from selfsup.types import Encoder
-from tests.graph_checks import racy_gathers
 
 transformers = pytest.importorskip("transformers")
 
@@ -72,7 +73,7 @@ def test_training_step_gradients_equal_vitmaes(decoder_layers):
     of a training step as ``ViTMAEForPreTraining``'s (one layer: first and last at once)."""
     import copy
 
-    from selfsup.objectives.hf_vit import to_vitmae_state_dict
+    from selfsup.objectives.masked.hf_mae import to_vitmae_state_dict
 
     obj = make(decoder={"num_layers": decoder_layers}).train()
     hf = mae_to_transformers(obj).train()

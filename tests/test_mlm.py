@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.objectives.builders import bert_mlm
-from selfsup.objectives.hf_bert import to_transformers
-from selfsup.objectives.mlm import IGNORE_INDEX, MaskedLanguageModeling, mask_tokens
+from selfsup.objectives.masked.build import bert_mlm
+from selfsup.objectives.masked.hf_bert import to_transformers
+from selfsup.objectives.masked.mlm import IGNORE_INDEX, MaskedLanguageModeling, mask_tokens
 
 SPECIAL = [0, 1, 2, 3, 4]
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import subprocess
 import torch
 import torchvision
 from torch import nn
@@ -187,7 +187,7 @@ def trained_encoder(backbone: str, image_size: int):
 def test_imagenet_stem_exports_as_resnet_model(tmp_path):
     from transformers import AutoModel, ResNetModel
 
-    from selfsup.objectives.hf_resnet import encoder_to_resnet, export_resnet, resnet_from_transformers
+    from selfsup.backbones.hf_resnet import encoder_to_resnet, export_resnet, resnet_from_transformers
 
     encoder = trained_encoder("resnet_tiny", 96)          # > 64: the ImageNet stem
     assert not encoder.backbone.config.cifar_stem
@@ -213,7 +213,7 @@ def test_imagenet_stem_exports_as_resnet_model(tmp_path):
 def test_plain_transformers_resnet_imports():
     from transformers import ResNetConfig as HFConfig, ResNetForImageClassification
 
-    from selfsup.objectives.hf_resnet import resnet_from_transformers
+    from selfsup.backbones.hf_resnet import resnet_from_transformers
 
     torch.manual_seed(0)
     hf = ResNetForImageClassification(HFConfig(depths=[1, 1, 1, 1], layer_type="bottleneck", num_labels=3)).eval()
@@ -231,7 +231,7 @@ def test_plain_transformers_resnet_imports():
 def test_cifar_stem_exports_with_its_code(tmp_path):
     from transformers import AutoModel
 
-    from selfsup.objectives.hf_resnet import MODELING_FILE, export_resnet, resnet_from_transformers
+    from selfsup.backbones.hf_resnet import MODELING_FILE, export_resnet, resnet_from_transformers
 
     encoder = trained_encoder("resnet_tiny", 16)
     assert encoder.backbone.config.cifar_stem

@@ -83,13 +83,17 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_family_sizes_and_bad_configs():
-    from selfsup.objectives.builders import backbone_config, size_of
+    from selfsup.backbones.transformer import transformer_config
+    from selfsup.objectives.masked.sizes import size_of
 
-    assert backbone_config("bert_mlm", "base").hidden_size == 768
-    assert backbone_config("wav2vec2", "small", num_layers=2).num_layers == 2
-    assert size_of("hubert", "tiny")["adapter"]["conv_stride"] == (5, 2, 2, 2, 2)
+    assert transformer_config("base").hidden_size == 768
+    assert transformer_config("small", "speech", num_layers=2).num_layers == 2
+    assert transformer_config("tiny", "gpt2").causal and not transformer_config("tiny").causal
+    assert size_of("data2vec_audio", "tiny")["adapter"]["conv_pos_kernel_size"] == 5
     with pytest.raises(ValueError, match="unknown model size"):
-        size_of("bert_mlm", "huge")
+        transformer_config("huge")
+    with pytest.raises(ValueError, match="unknown Transformer wiring"):
+        transformer_config("tiny", "gpt9")
     with pytest.raises(ValueError, match="unknown family"):
         size_of("gpt9", "tiny")
     with pytest.raises(ValueError):

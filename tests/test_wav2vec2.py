@@ -5,15 +5,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from tests.speech_helpers import NO_DROPOUT, assert_close, audio_overrides, jitter, padded_batch
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from selfsup.dropout import torch_dropout
-from selfsup.objectives.hf_wav2vec2 import feature_extractor_for, from_transformers, to_transformers
 from selfsup.objectives.masking import compute_span_mask, sample_negatives
-from selfsup.objectives.builders import wav2vec2 as build
-from tests.speech_helpers import NO_DROPOUT, assert_close, audio_overrides, jitter, padded_batch
-
-transformers = pytest.importorskip("transformers")
-from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices  # noqa: E402
+from selfsup.objectives.speech_quantised.build import wav2vec2 as build
+from selfsup.objectives.speech_quantised.hf_wav2vec2 import feature_extractor_for, from_transformers, to_transformers
 
 
 

@@ -1,15 +1,15 @@
 """recipes/wav2vec2.py end to end: default data, export, exact resume (Gumbel temperature included),
 bad audio handled as the user chose, --init_from."""
-import importlib
 import json
 
+import importlib
 import numpy as np
 import pytest
 import soundfile
 import torch
+from tests.conftest import speech_argv, straight_and_resumed
 
 from selfsup.errors import SelfsupError
-from tests.conftest import speech_argv, straight_and_resumed
 
 w2v = importlib.import_module("selfsup.recipes.wav2vec2")
 
@@ -39,7 +39,7 @@ def test_default_run_reports_and_exports(run):
 
 
 def test_init_from_export_reproduces_hidden_states(run):
-    from selfsup.objectives.hf_wav2vec2 import from_transformers
+    from selfsup.objectives.speech_quantised.hf_wav2vec2 import from_transformers
     from transformers import AutoModelForPreTraining
 
     out, _ = run

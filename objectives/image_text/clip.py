@@ -16,7 +16,7 @@ It owns the pooling, the projections to the joint space and the learnable temper
   ``log(10)`` with a logit bias of -10. After every optimizer step it is clamped to ``[0, log(max_logit_scale)]``
   (open_clip clamps at 100); the multiplier is in the metrics of every step, and reaching either end (1 or
   ``max_logit_scale``) logs a warning once per visit.
-* **Loss.** :func:`~selfsup.objectives.clip_losses.clip_loss` or ``siglip_loss`` over the global batch (features
+* **Loss.** :func:`~selfsup.objectives.image_text.losses.clip_loss` or ``siglip_loss`` over the global batch (features
   gathered across processes with gradient; ``local_loss`` for open_clip's local mode). ``loss`` is a mean
   (``num_targets=None``).
 
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.backbones.transformer import ACTIVATIONS, TransformerEncoder
-from selfsup.objectives.clip_losses import clip_logits, clip_loss, siglip_logits, siglip_loss
+from selfsup.objectives.image_text.losses import clip_logits, clip_loss, siglip_logits, siglip_loss
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput, masked_mean
 
 logger = logging.getLogger(__name__)

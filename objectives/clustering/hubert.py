@@ -13,7 +13,7 @@ fairseq scores the positive against *every* label embedding with the positive's 
 set to -inf, which is exactly a softmax over the C clusters; here the logits are ``(M, C)`` from one matmul of
 unit vectors. The targets (``cluster_labels``) come from k-means on MFCCs (iteration 1, 100 Hz labels
 resampled to the 50 Hz frames: ``selfsup.modalities.audio_features``) or on a previous model's
-:meth:`HubertObjective.layer_features` (``selfsup.objectives.kmeans``).
+:meth:`HubertObjective.layer_features` (``selfsup.kmeans``).
 
 Not implemented from fairseq: ``feature_grad_mult`` (0.1 for HuBERT base; gradients reach the conv encoder
 unscaled here), several label streams at once, ``untie_final_proj``.

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
+from selfsup.backbones.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs,
+                                         export_state, feature_extractor_for, import_state, load_into, load_model,
+                                         transformer_config, transformer_rules)
 from selfsup.errors import SelfsupError
-from selfsup.objectives.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs, export_state,
-                               feature_extractor_for, import_state, load_into, load_model, transformer_config,
-                               transformer_rules)
 from selfsup.modalities.audio_pos import Data2VecAudioAdapterConfig
-from selfsup.objectives.builders import compose_data2vec_audio
-from selfsup.objectives.data2vec import Data2VecObjective, Data2VecObjectiveConfig
+from selfsup.objectives.masked.build import compose_data2vec_audio
+from selfsup.objectives.masked.data2vec import Data2VecObjective, Data2VecObjectiveConfig
 from selfsup.objectives.masking import SpanMasker
 
 LAYER = "encoder.layers.{i}."

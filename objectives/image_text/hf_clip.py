@@ -22,22 +22,26 @@ model=DIR)`` runs on it. Our objective's settings ride along under ``selfsup_cli
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from selfsup.backbones import hf_resnet
+from selfsup.backbones.hf_resnet import MODELING_FILE as RESNET_FILE, config_fields as resnet_fields
+from selfsup.backbones.hf_resnet import config_from as resnet_config_from
+from selfsup.backbones.remote import modeling_selfsup_clip as remote_clip
+from selfsup.backbones.remote import modeling_selfsup_resnet as remote_resnet
 from selfsup.backbones.resnet import ResNetBackbone
-from selfsup.backbones.transformer import TransformerConfig
+from selfsup.backbones.transformer import WIRINGS, TransformerConfig, TransformerEncoder
 from selfsup.convert import check_close, export_state, fill_model, import_state, load_into, max_abs_diff
 from selfsup.errors import SelfsupError
 from selfsup.modalities.image import ImageAdapter, ImageConfig
 from selfsup.modalities.image_text import NormedAdapter
-from selfsup.objectives.builders import CLIP_LOSS_SETTINGS, compose_clip
-from selfsup.objectives.clip import AttentionPool, CLIPObjective, CLIPObjectiveConfig
-from selfsup.objectives import hf_resnet
-from selfsup.objectives.hf_resnet import MODELING_SOURCE as RESNET_SOURCE, config_fields as resnet_fields
-from selfsup.objectives.hf_resnet import config_from as resnet_config_from
+from selfsup.objectives.image_text.build import compose_clip
+from selfsup.objectives.image_text.clip import AttentionPool, CLIPObjective, CLIPObjectiveConfig
+from selfsup.objectives.image_text.sizes import CLIP_LOSS_SETTINGS
 from selfsup.types import Encoder
 
 QKV = ("q_proj", "k_proj", "v_proj")
@@ -46,85 +50,6 @@ LAYER_MAP = {"attn.out": "self_attn.out_proj", "norm1": "layer_norm1", "norm2": 
 OWN_TYPES = {"clip": "selfsup_clip", "siglip": "selfsup_siglip"}
 MODELING_FILE = "modeling_selfsup_clip.py"
 
-MODELING_SOURCE = RESNET_SOURCE + '''
-
-# -- selfsup's CLIP / SigLIP with a ResNet image tower --------------------------------------------------------
-import torch
-from transformers import CLIPTextConfig, CLIPTextModel, SiglipTextConfig, SiglipTextModel
-from transformers.models.clip.modeling_clip import CLIPOutput
-
-
-class SelfsupCLIPConfig(PretrainedConfig):
-    model_type = "selfsup_clip"
-
-    def __init__(self, vision_config=None, text_config=None, projection_dim=512, logit_scale_init_value=2.6592,
-                 **kwargs):
-        self.vision_config, self.text_config = dict(vision_config or {}), dict(text_config or {})
-        self.projection_dim, self.logit_scale_init_value = projection_dim, logit_scale_init_value
-        super().__init__(**kwargs)
-
-
-class SelfsupSiglipConfig(SelfsupCLIPConfig):
-    model_type = "selfsup_siglip"
-
-
-class SelfsupCLIPModel(PreTrainedModel):
-    """A ResNet image tower (ResNetModel's layout, configurable stem) and CLIP's (or SigLIP's) text tower;
-    CLIPModel's outputs. The sigmoid loss and a logit bias for model_type selfsup_siglip."""
-    config_class = SelfsupCLIPConfig
-    base_model_prefix = "selfsup_clip"
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.sigmoid = config.model_type == "selfsup_siglip"
-        self.vision_model = SelfsupResNetModel(SelfsupResNetConfig(**config.vision_config))
-        text_cls, text_cfg = (SiglipTextModel, SiglipTextConfig) if self.sigmoid else (CLIPTextModel, CLIPTextConfig)
-        self.text_model = text_cls(text_cfg(**config.text_config))
-        width = config.vision_config["hidden_sizes"][-1]
-        self.visual_projection = nn.Linear(width, config.projection_dim, bias=False)
-        if not self.sigmoid:
-            self.text_projection = nn.Linear(config.text_config["hidden_size"], config.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
-        self.logit_bias = nn.Parameter(torch.tensor(-10.0)) if self.sigmoid else None
-        self.post_init()
-
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-
-    def get_image_features(self, pixel_values, **kwargs):
-        return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output.flatten(1))
-
-    def get_text_features(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
-        pooled = self.text_model(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=position_ids).pooler_output
-        return pooled if self.sigmoid else self.text_projection(pooled)
-
-    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, return_loss=None,
-                **kwargs):
-        image = self.get_image_features(pixel_values)
-        text = self.get_text_features(input_ids, attention_mask, position_ids)
-        image, text = image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
-        logits_per_text = text @ image.t() * self.logit_scale.exp()
-        if self.sigmoid:
-            logits_per_text = logits_per_text + self.logit_bias
-        loss = None
-        if return_loss:
-            n = len(logits_per_text)
-            if self.sigmoid:
-                z = 2 * torch.eye(n, device=image.device) - 1
-                loss = -nn.functional.logsigmoid(z * logits_per_text).sum(-1).mean()
-            else:
-                labels = torch.arange(n, device=image.device)
-                loss = (nn.functional.cross_entropy(logits_per_text, labels)
-                        + nn.functional.cross_entropy(logits_per_text.t(), labels)) / 2
-        return CLIPOutput(loss=loss, logits_per_image=logits_per_text.t(), logits_per_text=logits_per_text,
-                          text_embeds=text, image_embeds=image)
-
-
-class SelfsupSiglipModel(SelfsupCLIPModel):
-    config_class = SelfsupSiglipConfig
-'''
 
 
 def auto_map(loss: str) -> dict[str, str]:
@@ -135,16 +60,8 @@ def auto_map(loss: str) -> dict[str, str]:
 
 
 def remote_code_classes():
-    """:data:`MODELING_SOURCE` as a module (built once, from our own source text)."""
-    import sys
-    import types
-
-    name = "selfsup_exported_clip_modeling"
-    if name not in sys.modules:
-        module = types.ModuleType(name)
-        exec(compile(MODELING_SOURCE, MODELING_FILE, "exec"), module.__dict__)
-        sys.modules[name] = module
-    return sys.modules[name]
+    """The module the export ships (``backbones/remote/modeling_selfsup_clip.py``)."""
+    return remote_clip
 
 
 # -- configs ----------------------------------------------------------------------------------------------------
@@ -346,7 +263,7 @@ def objective_from_config(hf_cfg: Any) -> CLIPObjective:
     stored = get("selfsup_clip") if isinstance(get("selfsup_clip"), dict) else {}
 
     def tower(c: dict, causal: bool) -> TransformerConfig:
-        return TransformerConfig(**{**wiring["tower"], "hidden_size": c["hidden_size"], "num_layers": c["num_hidden_layers"],
+        return TransformerConfig(**{**WIRINGS[wiring["tower"]], "hidden_size": c["hidden_size"], "num_layers": c["num_hidden_layers"],
                                     "num_heads": c["num_attention_heads"], "intermediate_size": c["intermediate_size"],
                                     "activation": c["hidden_act"], "layer_norm_eps": c["layer_norm_eps"],
                                     "causal": causal})
@@ -368,13 +285,11 @@ def objective_from_config(hf_cfg: Any) -> CLIPObjective:
         image_cfg = ImageConfig(**{**stored_image, **wiring["image"], "image_size": int(vision["image_size"]),
                                    "patch_size": vision["patch_size"], "num_channels": vision.get("num_channels", 3)})
         adapter = ImageAdapter(image_cfg, vit.hidden_size)
-        from selfsup.objectives.builders import vit_backbone
-
         if loss == "clip":
-            image, pool = Encoder(NormedAdapter(adapter, vit.layer_norm_eps), vit_backbone(vit)), None
+            image, pool = Encoder(NormedAdapter(adapter, vit.layer_norm_eps), TransformerEncoder(vit)), None
             settings["embed_dim"] = get("projection_dim")
         else:
-            image = Encoder(adapter, vit_backbone(vit))
+            image = Encoder(adapter, TransformerEncoder(vit))
             pool = AttentionPool(vit.hidden_size, vit.num_heads, vit.intermediate_size, vit.activation, vit.layer_norm_eps)
             settings["embed_dim"] = vit.hidden_size
     config = CLIPObjectiveConfig(**settings)
@@ -427,7 +342,8 @@ def export_clip(objective: CLIPObjective, out_dir: str | Path, processor=None, b
     objective = objective.float().cpu().eval()
     model = clip_to_transformers(objective, getattr(processor, "tokenizer", None))
     if model.config.model_type in OWN_TYPES.values():
-        (out / MODELING_FILE).write_text(MODELING_SOURCE, encoding="utf-8")
+        shutil.copyfile(remote_clip.__file__, out / MODELING_FILE)
+        shutil.copyfile(remote_resnet.__file__, out / RESNET_FILE)
     model.save_pretrained(str(out))
     if processor is not None:
         processor.save_pretrained(str(out))
@@ -459,7 +375,7 @@ def check_clip_export(objective: CLIPObjective, out_dir: str | Path, batch: dict
     theirs = model(**inputs, return_loss=True)
     image, text = objective.embed(inputs)
     logits = objective.logits(inputs)
-    from selfsup.objectives.clip_losses import clip_loss, siglip_loss
+    from selfsup.objectives.image_text.losses import clip_loss, siglip_loss
 
     ours_loss = clip_loss(image, text, objective.scale()) if objective.config.loss == "clip" else \
         siglip_loss(image, text, objective.scale(), objective.logit_bias)
@@ -470,5 +386,5 @@ def check_clip_export(objective: CLIPObjective, out_dir: str | Path, batch: dict
 
 
 __all__ = ["clip_to_transformers", "clip_from_transformers", "export_clip", "check_clip_export", "hf_config",
-           "to_hf_state_dict", "from_hf_state_dict", "objective_from_config", "sample_batch", "MODELING_SOURCE",
+           "to_hf_state_dict", "from_hf_state_dict", "objective_from_config", "sample_batch", 
            "OWN_TYPES"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
 from torch import nn
 
 from selfsup.types import LABELS, Adapter, Batch, Encoder, Objective, ObjectiveOutput

@@ -9,11 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
 from torch import nn
 
 from selfsup.objectives.heads import MLMHead
-from selfsup.objectives.masking import IGNORE_INDEX, TokenMasker, mask_tokens  # noqa: F401 (re-export)
+from selfsup.objectives.masking import IGNORE_INDEX, TokenMasker, mask_tokens
 from selfsup.types import EXAMPLE_SEEDS, LABELS, Adapter, Batch, Encoder, Objective, ObjectiveOutput
 
 

@@ -7,11 +7,10 @@
   ``ResNetEmbeddings`` hard-codes ``kernel_size=7, stride=2`` and the max-pool, and ``downsample_in_first_stage``
   only moves a stride into stage 1 -- so it exports as selfsup's own ``SelfsupResNetModel``
   (``SelfsupResNetConfig``, ``model_type="selfsup_resnet"``): ``ResNetModel``'s layout, weight names and outputs
-  with the stem's kernel, stride and pooling in the config. Its code, :data:`MODELING_SOURCE` (torch and
-  transformers only; it reuses transformers' ``ResNetEncoder`` and ``ResNetConvLayer``), is written next to the
-  weights as ``modeling_selfsup_resnet.py`` and named in the config's ``auto_map``, so
-  ``AutoModel.from_pretrained(DIR, trust_remote_code=True)`` loads it without selfsup installed. (The classes
-  are not registered with ``register_for_auto_class``: that would copy this file, which imports selfsup.)
+  with the stem's kernel, stride and pooling in the config. Its code, the real module
+  ``backbones/remote/modeling_selfsup_resnet.py`` (torch and transformers only; it reuses transformers'
+  ``ResNetEncoder`` and ``ResNetConvLayer``), is copied next to the weights and named in the config's
+  ``auto_map``, so ``AutoModel.from_pretrained(DIR, trust_remote_code=True)`` loads it without selfsup installed.
 
 Export layout (``export_resnet``): ``DIR/config.json``, ``DIR/model.safetensors`` (safetensors only), for the CIFAR
 stem ``DIR/modeling_selfsup_resnet.py``, and the image processor when one is given. Weight names, ours
@@ -29,13 +28,14 @@ from __future__ import annotations
 
 import json
 import re
-import sys
+import shutil
 import types
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from selfsup.backbones.remote import modeling_selfsup_resnet as remote_resnet
 from selfsup.backbones.resnet import DEPTHS, ResNetBackbone, ResNetConfig, as_tokens
 from selfsup.convert import check_close, fill_model, load_model, max_abs_diff
 from selfsup.errors import SelfsupError
@@ -47,84 +47,6 @@ MODELING_FILE = "modeling_selfsup_resnet.py"
 AUTO_MAP = {"AutoConfig": "modeling_selfsup_resnet.SelfsupResNetConfig",
             "AutoModel": "modeling_selfsup_resnet.SelfsupResNetModel"}
 
-MODELING_SOURCE = '''"""selfsup's ResNet export: transformers' ResNetModel with a configurable stem (kernel, stride,
-max-pool), for ResNets with the CIFAR stem (3x3 stride-1 convolution, no max-pool). Same weight names and outputs as
-ResNetModel.
-Written by selfsup's export; needs only torch and transformers:
-AutoModel.from_pretrained(DIR, trust_remote_code=True)."""
-from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
-from transformers.models.resnet.modeling_resnet import ResNetConvLayer, ResNetEncoder
-
-
-class SelfsupResNetConfig(PretrainedConfig):
-    model_type = "selfsup_resnet"
-
-    def __init__(self, num_channels=3, embedding_size=64, hidden_sizes=(64, 128, 256, 512), depths=(2, 2, 2, 2),
-                 layer_type="basic", hidden_act="relu", downsample_in_first_stage=False,
-                 downsample_in_bottleneck=False, embedding_kernel_size=3, embedding_stride=1,
-                 embedding_pooling=False, **kwargs):
-        self.num_channels, self.embedding_size = num_channels, embedding_size
-        self.hidden_sizes, self.depths = list(hidden_sizes), list(depths)
-        self.layer_type, self.hidden_act = layer_type, hidden_act
-        self.downsample_in_first_stage = downsample_in_first_stage
-        self.downsample_in_bottleneck = downsample_in_bottleneck
-        self.embedding_kernel_size, self.embedding_stride = embedding_kernel_size, embedding_stride
-        self.embedding_pooling = embedding_pooling
-        super().__init__(**kwargs)
-
-
-class SelfsupResNetEmbeddings(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.embedder = ResNetConvLayer(config.num_channels, config.embedding_size,
-                                        kernel_size=config.embedding_kernel_size, stride=config.embedding_stride,
-                                        activation=config.hidden_act)
-        self.pooler = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if config.embedding_pooling else nn.Identity()
-        self.num_channels = config.num_channels
-
-    def forward(self, pixel_values):
-        if pixel_values.shape[1] != self.num_channels:
-            raise ValueError("the channel dimension of the pixel values does not match the configuration")
-        return self.pooler(self.embedder(pixel_values))
-
-
-class SelfsupResNetPreTrainedModel(PreTrainedModel):
-    config_class = SelfsupResNetConfig
-    base_model_prefix = "resnet"
-    main_input_name = "pixel_values"
-    _no_split_modules = ["ResNetConvLayer", "ResNetShortCut"]
-
-    def _init_weights(self, module):
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
-
-class SelfsupResNetModel(SelfsupResNetPreTrainedModel):
-    def __init__(self, config):
-        super().__init__(config)
-        self.embedder = SelfsupResNetEmbeddings(config)
-        self.encoder = ResNetEncoder(config)
-        self.pooler = nn.AdaptiveAvgPool2d((1, 1))
-        self.post_init()
-
-    def forward(self, pixel_values, output_hidden_states=None, return_dict=None, **kwargs):
-        output_hidden_states = (output_hidden_states if output_hidden_states is not None
-                                else self.config.output_hidden_states)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        outputs = self.encoder(self.embedder(pixel_values), output_hidden_states=output_hidden_states,
-                               return_dict=True)
-        last = outputs.last_hidden_state
-        pooled = self.pooler(last)
-        if not return_dict:
-            return (last, pooled) + ((outputs.hidden_states,) if output_hidden_states else ())
-        return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=last, pooler_output=pooled,
-                                                        hidden_states=outputs.hidden_states)
-'''
 
 # ours (relative to the backbone) -> HF, with {s} the stage (ours 1-based, HF 0-based), {j} the block, {k} the conv
 _TO_HF = [
@@ -196,13 +118,9 @@ def config_fields(cfg: ResNetConfig) -> dict[str, Any]:
 
 
 def remote_code_classes() -> types.ModuleType:
-    """:data:`MODELING_SOURCE` as a module (built once): ``SelfsupResNetConfig``, ``SelfsupResNetModel``."""
-    name = "selfsup_exported_resnet_modeling"
-    if name not in sys.modules:
-        module = types.ModuleType(name)
-        exec(compile(MODELING_SOURCE, MODELING_FILE, "exec"), module.__dict__)  # our own source text, no I/O
-        sys.modules[name] = module
-    return sys.modules[name]
+    """The module the export ships (``backbones/remote/modeling_selfsup_resnet.py``): ``SelfsupResNetConfig``,
+    ``SelfsupResNetModel``."""
+    return remote_resnet
 
 
 def resnet_config(encoder: Encoder):
@@ -247,7 +165,7 @@ def export_resnet(encoder: Encoder, out_dir: str | Path, processor=None, pixel_v
     encoder = encoder.float().cpu().eval()
     model = encoder_to_resnet(encoder)
     if model.config.model_type == MODEL_TYPE:
-        (out / MODELING_FILE).write_text(MODELING_SOURCE, encoding="utf-8")
+        shutil.copyfile(remote_resnet.__file__, out / MODELING_FILE)
     model.save_pretrained(str(out))
     if processor is not None:
         processor.save_pretrained(str(out))
@@ -342,5 +260,5 @@ def _is_own_export(folder: Path) -> bool:
 
 
 __all__ = ["encoder_to_resnet", "export_resnet", "check_resnet_export", "resnet_from_transformers", "resnet_config",
-           "to_hf_state_dict", "from_hf_state_dict", "config_from", "remote_code_classes", "MODELING_SOURCE",
+           "to_hf_state_dict", "from_hf_state_dict", "config_from", "remote_code_classes",
            "MODELING_FILE", "MODEL_TYPE"]

@@ -18,12 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.dropout import Dropout
 from selfsup.distributed import all_sum, world_size
+from selfsup.dropout import Dropout
 from selfsup.objectives.losses import feature_penalty
-from selfsup.objectives.masking import (
-    SpanMasker, frame_lengths, negatives_per_example, sample_negatives,
-)
+from selfsup.objectives.masking import SpanMasker, frame_lengths, negatives_per_example, sample_negatives
 from selfsup.types import EXAMPLE_SEEDS, FIXED_MASK, NEGATIVES, Adapter, Batch, Encoder, Objective, ObjectiveOutput
 
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
+from selfsup.backbones.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs,
+                                         export_state, feature_extractor_for, import_state, load_into, load_model,
+                                         transformer_config, transformer_rules)
 from selfsup.errors import SelfsupError
-from selfsup.objectives.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs, export_state,
-                               feature_extractor_for, import_state, load_into, load_model, transformer_config,
-                               transformer_rules)
 from selfsup.modalities.audio import AudioConfig
-from selfsup.objectives.builders import compose_wav2vec2
-from selfsup.objectives.wav2vec2 import Wav2Vec2Objective, Wav2Vec2ObjectiveConfig
+from selfsup.objectives.speech_quantised.build import compose_wav2vec2
+from selfsup.objectives.speech_quantised.wav2vec2 import Wav2Vec2Objective, Wav2Vec2ObjectiveConfig
 
 LAYER = "wav2vec2.encoder.layers.{i}."
 RULES = [  # ours -> HF; "{i}" is a layer index

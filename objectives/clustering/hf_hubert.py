@@ -1,7 +1,7 @@
 """Conversion between :class:`HubertObjective` and ``transformers``' ``HubertModel``.
 
 HuBERT's feature encoder and Transformer are wav2vec 2.0's, so the weight names are those of
-``selfsup.objectives.hf_wav2vec2`` without the ``wav2vec2.`` prefix: the fused QKV projection is split on export and
+``selfsup.objectives.speech_quantised.hf_wav2vec2`` without the ``wav2vec2.`` prefix: the fused QKV projection is split on export and
 joined on import, the weight-normed position convolution keeps its parametrization (``original0`` = g,
 ``original1`` = v), the encoder LayerNorm is ``adapter.norm`` (post-LN, HuBERT base) or ``backbone.norm``
 (pre-LN, ``do_stable_layer_norm``), and our mask embedding is HF's ``masked_spec_embed`` (what
@@ -22,13 +22,14 @@ from typing import Any, Mapping
 
 import torch
 
+from selfsup.backbones.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs,
+                                         export_state, feature_extractor_for, import_state, load_into, load_model,
+                                         transformer_config)
 from selfsup.errors import SelfsupError
-from selfsup.objectives.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs, export_state,
-                               feature_extractor_for, import_state, load_into, load_model, transformer_config)
-from selfsup.objectives.hf_wav2vec2 import RULES
 from selfsup.modalities.audio import AudioConfig
-from selfsup.objectives.builders import compose_hubert
-from selfsup.objectives.hubert import HubertObjective, HubertObjectiveConfig
+from selfsup.objectives.clustering.build import compose_hubert
+from selfsup.objectives.clustering.hubert import HubertObjective, HubertObjectiveConfig
+from selfsup.objectives.speech_quantised.hf_wav2vec2 import RULES
 
 LAYER = "encoder.layers.{i}."
 HEAD_KEYS = ("final_proj.weight", "final_proj.bias", "label_embeddings")

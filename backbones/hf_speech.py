@@ -12,7 +12,7 @@ import torch
 
 from selfsup import convert
 from selfsup.backbones.transformer import TransformerConfig
-from selfsup.convert import check_encoder, load_into, load_model  # noqa: F401 (used by the speech conversions)
+from selfsup.convert import check_encoder, load_into, load_model
 from selfsup.errors import SelfsupError
 
 QKV = ("q_proj", "k_proj", "v_proj")

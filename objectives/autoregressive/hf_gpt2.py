@@ -14,8 +14,8 @@ import torch
 from selfsup.backbones.transformer import ACTIVATIONS, TransformerConfig
 from selfsup.convert import compile_rules, fill_model, load_into, load_model, rename
 from selfsup.errors import SelfsupError
-from selfsup.objectives.builders import compose_gpt
-from selfsup.objectives.clm import CausalLanguageModeling
+from selfsup.objectives.autoregressive.build import compose_gpt
+from selfsup.objectives.autoregressive.clm import CausalLanguageModeling
 
 RULES = [  # ours -> GPT2LMHeadModel; "{i}" is a layer index
     ("adapter.word_embeddings.", "transformer.wte."),

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from selfsup.objectives import kmeans
+from selfsup import kmeans
 from selfsup.errors import SelfsupError
 from selfsup.modalities.audio_data import AudioDataset, BadAudio, collate_audio, decode
 from selfsup.modalities.audio_features import MFCC_RATE, align_labels, mfcc_features

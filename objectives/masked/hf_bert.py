@@ -11,9 +11,9 @@ import torch
 from selfsup.backbones.transformer import TransformerConfig
 from selfsup.convert import check_encoder, export_state, fill_model, import_state, load_into, load_model
 from selfsup.errors import SelfsupError
-from selfsup.objectives.builders import compose_bert
+from selfsup.objectives.masked.build import compose_bert
+from selfsup.objectives.masked.mlm import MaskedLanguageModeling
 from selfsup.objectives.masking import TokenMasker
-from selfsup.objectives.mlm import MaskedLanguageModeling
 
 BERT_QKV = ("query", "key", "value")
 

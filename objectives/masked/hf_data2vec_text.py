@@ -22,9 +22,10 @@ from selfsup.backbones.transformer import TransformerConfig
 from selfsup.convert import check_encoder, export_state, fill_model, import_state, load_into, load_model
 from selfsup.errors import SelfsupError
 from selfsup.modalities.text import TextAdapter
-from selfsup.objectives.builders import DATA2VEC_TEXT, DATA2VEC_TEXT_MASK, compose_data2vec_text
-from selfsup.objectives.data2vec import Data2VecObjective, Data2VecObjectiveConfig
-from selfsup.objectives.hf_bert import BERT_QKV, bert_layer_pairs
+from selfsup.objectives.masked.build import compose_data2vec_text
+from selfsup.objectives.masked.data2vec import Data2VecObjective, Data2VecObjectiveConfig
+from selfsup.objectives.masked.hf_bert import BERT_QKV, bert_layer_pairs
+from selfsup.objectives.masked.sizes import DATA2VEC_TEXT, DATA2VEC_TEXT_MASK
 from selfsup.objectives.masking import TokenMasker
 
 LAYER = "encoder.layer.{i}."
