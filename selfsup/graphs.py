@@ -67,9 +67,9 @@ SPARSE_DTYPES = (torch.float32, torch.float64)   # the CPU sparse kernels (MKL) 
 def _sparse_mm(matrix: Tensor, x: Tensor, self_weight: float) -> Tensor:
     """``matrix @ x + self_weight * x`` for a CSR ``matrix`` (one kernel: ``torch.sparse.addmm``); 16-bit ``x``
     (bf16 autocast) is multiplied in float32."""
-    wide = x if x.dtype in SPARSE_DTYPES else x.float()
-    wide = wide.contiguous()
-    out = torch.sparse.addmm(wide, matrix, wide, beta=self_weight) if self_weight else torch.sparse.mm(matrix, wide)
+    wide = (x if x.dtype in SPARSE_DTYPES else x.float()).contiguous()
+    with torch.autocast(x.device.type, enabled=False):    # autocast would cast addmm's inputs back to 16 bits
+        out = torch.sparse.addmm(wide, matrix, wide, beta=self_weight) if self_weight else torch.sparse.mm(matrix, wide)
     return out.to(x.dtype)
 
 
