@@ -138,7 +138,7 @@ class GNNBackbone(nn.Module):
 
     def __init__(self, config: GNNConfig) -> None:
         super().__init__()
-        self.config, self.hidden_size = config, config.out_size
+        self.config, self.hidden_size, self.input_size = config, config.out_size, config.input_size
         widths = config.widths()
         build = gin_layer if config.kind == "gin" else gat_layer
         self.layers = nn.ModuleList(build(config, i, o, k == len(widths) - 1) for k, (i, o) in enumerate(widths))

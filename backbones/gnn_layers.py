@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GATConv, GINConv
 
+from selfsup.backbones.resnet import GlobalBatchNorm
 from selfsup.dropout import Dropout
 from selfsup.graphs import Adjacency
 
@@ -54,9 +55,11 @@ ACTIVATIONS = {"prelu": PReLU, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, 
 
 
 def make_norm(name: str, width: int) -> nn.Module:
-    """GraphMAE's ``create_norm``: BatchNorm1d, LayerNorm or nothing."""
+    """GraphMAE's ``create_norm``: batch norm, LayerNorm or nothing. The batch norm takes its statistics over the
+    nodes of the global batch (:class:`GlobalBatchNorm`: every process's), so N processes train as one; on one
+    process it is ``nn.BatchNorm1d`` (same parameters and buffers)."""
     if name == "batchnorm":
-        return nn.BatchNorm1d(width)
+        return GlobalBatchNorm(width)
     return nn.LayerNorm(width) if name == "layernorm" else nn.Identity()
 
 

@@ -5,6 +5,7 @@ A YAML or JSON file given with ``--config`` supplies defaults for any flag; flag
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -72,6 +73,13 @@ def base_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     return p
 
 
+def settings_from(cls: type, args: Any, **overrides: Any):
+    """A settings dataclass ``cls`` filled from the same-named attributes of ``args`` (a parsed command line),
+    ``overrides`` winning: what recipe helpers take instead of the namespace."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **overrides})
+
+
 def load_config_file(path: str) -> dict[str, Any]:
     """Read a YAML or JSON mapping of flag names to values."""
     file = Path(path)
@@ -92,9 +100,18 @@ def load_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse flags, letting ``--config FILE`` set defaults first."""
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+               presets: dict[str, dict[str, Any]] | None = None) -> argparse.Namespace:
+    """Parse flags. Defaults come, from weakest to strongest, from the parser, the ``--preset NAME`` of
+    ``presets`` (a recipe's named settings, flag name -> value), a ``--config FILE``; flags given win."""
     pre, _ = parser.parse_known_args(argv)
+    if presets is not None and getattr(pre, "preset", None):
+        if pre.preset not in presets:
+            raise SelfsupError(f"unknown --preset {pre.preset!r}; choose from {sorted(presets)}")
+        known = {a.dest for a in parser._actions}
+        if unknown := sorted(set(presets[pre.preset]) - known):
+            raise SelfsupError(f"preset {pre.preset}: unknown option(s) {', '.join(unknown)}")
+        parser.set_defaults(**presets[pre.preset])
     if pre.config:
         values = load_config_file(pre.config)
         known = {a.dest for a in parser._actions}

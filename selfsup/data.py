@@ -74,13 +74,18 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     Global batch g of epoch e holds ``perm_e[g*G:(g+1)*G]`` with ``G = batch_size * num_processes`` and
     ``perm_e`` a permutation drawn from ``seed + e``; process r takes ``[r*batch_size:(r+1)*batch_size]`` of it.
-    Incomplete global batches at the end of an epoch are dropped. With ``lengths`` the epoch's order is
-    :func:`length_grouped_order` over global batches, so that little of each batch is padding.
+    The incomplete global batch at the end of an epoch is dropped, or with ``drop_last=False`` kept and split into
+    near-equal slices, one per process (the first processes take one more when it does not divide), so an epoch
+    sees every example once, as a DataLoader without ``drop_last`` does (GraphMAE's epochs). With ``lengths``
+    the epoch's order is :func:`length_grouped_order` over global batches, so that little of each batch is
+    padding.
     """
 
     def __init__(self, num_examples: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
-                 seed: int = 0, shuffle: bool = True, lengths: Sequence[int | float] | None = None) -> None:
+                 seed: int = 0, shuffle: bool = True, lengths: Sequence[int | float] | None = None,
+                 drop_last: bool = True) -> None:
         self.num_examples, self.batch_size, self.lengths = num_examples, batch_size, lengths
+        self.drop_last = drop_last or num_examples % (batch_size * num_processes) < num_processes
         self.num_processes, self.process_index = num_processes, process_index
         self.seed, self.shuffle = seed, shuffle
         self.epoch, self.start_batch = 0, 0
@@ -90,7 +95,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
                 f"{batch_size * num_processes}; lower --per_device_train_batch_size or add data")
 
     def __len__(self) -> int:
-        return self.num_examples // (self.batch_size * self.num_processes)
+        full = self.num_examples // (self.batch_size * self.num_processes)
+        return full if self.drop_last else full + 1
 
     def set_position(self, epoch: int, start_batch: int) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -104,9 +110,16 @@ class ShardedBatchSampler(Sampler[list[int]]):
             order = torch.randperm(self.num_examples, generator=g).tolist()
         else:
             order = list(range(self.num_examples))
+        full = self.num_examples // gb
         for b in range(self.start_batch, len(self)):
-            start = b * gb + self.process_index * self.batch_size
-            yield order[start:start + self.batch_size]
+            if b < full:
+                start = b * gb + self.process_index * self.batch_size
+                yield order[start:start + self.batch_size]
+            else:   # the incomplete last global batch, split near-equally
+                rest = order[full * gb:]
+                share, extra = divmod(len(rest), self.num_processes)
+                start = self.process_index * share + min(self.process_index, extra)
+                yield rest[start:start + share + int(self.process_index < extra)]
 
 
 class ShardedStream(IterableDataset):
@@ -140,15 +153,18 @@ class ShardedStream(IterableDataset):
 
 
 def make_train_loader(dataset: Any, collate_fn: Callable, batch_size: int, num_processes: int, process_index: int,
-                      seed: int, num_workers: int = 0, lengths: Sequence[int | float] | None = None) -> DataLoader:
+                      seed: int, num_workers: int = 0, lengths: Sequence[int | float] | None = None,
+                      drop_last: bool = True) -> DataLoader:
     """A DataLoader over a map-style data set, or over a :class:`ShardedStream` for streaming data.
-    ``lengths`` (per example) turns on length-grouped batching."""
+    ``lengths`` (per example) turns on length-grouped batching; ``drop_last=False`` keeps each epoch's incomplete
+    last global batch (:class:`ShardedBatchSampler`)."""
     # The loader gets a generator of its own: creating an iterator must not draw from the global RNG, or a
     # resumed run (which creates its iterator at another step) would see other masks and dropout.
     own = torch.Generator().manual_seed(seed)
     if isinstance(dataset, ShardedStream):
         return DataLoader(dataset, batch_size=None, generator=own)
-    sampler = ShardedBatchSampler(len(dataset), batch_size, num_processes, process_index, seed, lengths=lengths)
+    sampler = ShardedBatchSampler(len(dataset), batch_size, num_processes, process_index, seed, lengths=lengths,
+                                  drop_last=drop_last)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
                       persistent_workers=False, generator=own)
 

@@ -110,3 +110,16 @@ def test_optimizer_choices(tmp_path, name):
     a.optimizer = "adam"
     with pytest.raises(SelfsupError, match="unknown optimizer 'adam'"):
         make_optimizer(torch.nn.Linear(3, 2), a, torch.device("cpu"))
+
+
+def test_sampler_keeps_the_last_incomplete_batch_when_asked():
+    """drop_last=False: every example once per epoch; the last global batch split near-equally, so two processes
+    see together exactly what one sees."""
+    from selfsup.data import ShardedBatchSampler
+
+    one = list(ShardedBatchSampler(11, 4, seed=3, drop_last=False))
+    assert [len(b) for b in one] == [4, 4, 3] and sorted(sum(one, [])) == list(range(11))
+    two = [list(ShardedBatchSampler(11, 2, 2, r, seed=3, drop_last=False)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*two)] == one and [len(b) for b in two[1]] == [2, 2, 1]
+    assert len(ShardedBatchSampler(11, 4, seed=3)) == 2                     # dropped by default
+    assert len(ShardedBatchSampler(9, 4, 2, 0, drop_last=False)) == 1      # 1 left over: fewer than 2 processes

@@ -6,6 +6,7 @@ from torch import nn
 
 from selfsup.backbones.gnn import GNNBackbone, GNNConfig, decoder_config, gat, gin, gnn_config
 from selfsup.backbones.gnn_layers import PReLU
+from selfsup.backbones.resnet import GlobalBatchNorm
 from selfsup.graphs import Adjacency, adjacency, pack, padding_mask_for, unpack
 from tests.graph_checks import racy_gathers
 
@@ -115,7 +116,7 @@ def test_graphmae_wiring_of_last_layers():
     last = dec.layers[0]
     assert dec.config.num_layers == 1 and dec.hidden_size == 7
     assert isinstance(last.norm, nn.Identity) and isinstance(last.act, nn.Identity) and last.res is None
-    assert isinstance(last.conv.nn[1], nn.BatchNorm1d), "the decoder's MLP keeps its inner norm"
+    assert isinstance(last.conv.nn[1], GlobalBatchNorm), "the decoder's MLP keeps its inner norm (global batch)"
     no_norm = gin(7, 32, 2, norm="none")
     assert isinstance(no_norm.layers[-1].act, nn.Identity) and isinstance(no_norm.layers[0].act, PReLU)
     gat_dec = GNNBackbone(decoder_config(gat(20, 16, 2).config, 20))

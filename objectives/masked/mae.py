@@ -219,8 +219,9 @@ class MAEObjective(Objective):
         self.adapter, self.backbone, self.decoder = adapter, backbone, decoder
         width = input_size(decoder)
         self.decoder_embed = nn.Linear(backbone.hidden_size, width, bias=c.decoder_embed_bias)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))           # the decoder's (MAE)
-        if c.mask_mode == "replace":                                         # the encoder's (GraphMAE, SimMIM)
+        if c.mask_mode == "drop" or c.remask == "token":                     # the decoder's (MAE)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        if c.mask_mode == "replace":                                         # the encoder's (GraphMAE: zeros)
             self.encoder_mask_token = nn.Parameter(torch.zeros(adapter.hidden_size))
         table = adapter.decoder_positions(width)
         if table is not None:
@@ -229,8 +230,10 @@ class MAEObjective(Objective):
             self.decoder_pos_embed = None
         target_size = adapter.target_size(c.target)
         self.decoder_pred = nn.Linear(width, target_size) if c.prediction_head else nn.Identity()
-        xavier_init(self.decoder_embed), xavier_init(self.decoder_pred)
-        nn.init.normal_(self.mask_token, std=0.02)
+        if c.mask_mode == "drop":   # MAE's initialisation; GraphMAE keeps PyTorch's default
+            xavier_init(self.decoder_embed), xavier_init(self.decoder_pred)
+        if hasattr(self, "mask_token"):
+            nn.init.normal_(self.mask_token, std=0.02)
 
     # -- masking ------------------------------------------------------------------------------------------------
     def draw_masking(self, batch: Batch, num_tokens: int, device: torch.device) -> Masking:

@@ -46,6 +46,12 @@ DATA2VEC_TEXT = dict(head_layers=2, target_layer_norm="layer", target_norm="none
 DATA2VEC_TEXT_MASK = dict(probability=0.35, span_length=4, mask_replace=1.0, random_replace=0.0)
 # data2vec audio's masking (fairseq): mask_prob 0.65, mask_length 10, min_masks 1
 DATA2VEC_AUDIO_MASK = dict(mask_prob=0.65, mask_length=10, min_masks=1)
+# GraphMAE (Hou et al., KDD 2022; THUDM/GraphMAE configs.yml) as the MAE objective's graph options: node
+# features replaced by a mask token (zeros at init) and, at replace_rate, by another node's, every node encoded,
+# the encoder's output re-masked (zeroed) before a one-layer GNN decoder that outputs the features itself, scaled
+# cosine error at the masked nodes; per data set the paper's mask rate, replace rate and alpha
+GRAPHMAE = dict(mask_mode="replace", target="features", norm_pix_loss=False, remask="zero", loss="sce",
+                decoder_embed_bias=False, prediction_head=False, mask_ratio=0.5, replace_rate=0.1, sce_alpha=2.0)
 VIT_SHARED = ("activation", "layer_norm_eps", "dropout", "attention_dropout", "bias")  # MAE encoder = decoder (HF)
 MAE_IMAGE = dict(positions="sincos", class_token=True)
 # MAE's pre-training recipe (appendix A.1, table 8): AdamW betas (0.9, 0.95), weight decay 0.05, lr = 1.5e-4 x
@@ -69,5 +75,5 @@ def size_of(family: str, size: str) -> dict[str, dict[str, Any]]:
     return {k: dict(v) for k, v in SIZES[family][size].items()}
 
 
-__all__ = ["SIZES", "DATA2VEC_TEXT", "DATA2VEC_TEXT_MASK", "DATA2VEC_AUDIO_MASK", "VIT_SHARED", "MAE_IMAGE",
+__all__ = ["SIZES", "GRAPHMAE", "DATA2VEC_TEXT", "DATA2VEC_TEXT_MASK", "DATA2VEC_AUDIO_MASK", "VIT_SHARED", "MAE_IMAGE",
            "MAE_TRAINING", "mae_learning_rate", "size_of"]
