@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
+from selfsup.benchmarking import machine  # noqa: E402
 from selfsup.recipes import clip  # noqa: E402
 
 # 900 steps of 64 pairs: about 5 minutes on one core; the small ViT (4 x 128, 8 x 8 patches) and text tower
@@ -96,9 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.figure:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(rows[0]["confusion_png"], args.figure)
-    machine = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").is_file() else "unknown"
-    text = table(rows, f"{machine}, {torch.get_num_threads()} threads, {precision}")
+    text = table(rows, f"{machine()}, {torch.get_num_threads()} threads, {precision}")
     print(text)
     if args.table:
         with open(args.table, "a", encoding="utf-8") as f:

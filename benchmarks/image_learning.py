@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
+from selfsup.benchmarking import machine  # noqa: E402
 from selfsup.recipes import mae, two_view  # noqa: E402
 from selfsup.train import cpu_has_native_bf16  # noqa: E402
 
@@ -85,12 +86,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = run(method, data, steps, root / method, precision, extra)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    import platform
-
-    machine = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() \
-        else platform.processor()
-    text = table(rows, f"{machine}, {torch.get_num_threads()} threads, {precision}")
+    text = table(rows, f"{machine()}, {torch.get_num_threads()} threads, {precision}")
     print(text)
     if args.table:
         with open(args.table, "a", encoding="utf-8") as f:

@@ -76,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if run.task == "node":
             metrics.update(node_probe_figures(encoders, graph, run, device))
             out = Path(args.output_dir) / "node_embeddings.safetensors"
+            out.parent.mkdir(parents=True, exist_ok=True)
             save_file({"embeddings": node_embeddings(encoder, graph, device).contiguous()}, str(out))
             metrics["node_embeddings"] = str(out)
         elif data.num_classes >= 2:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -16,6 +18,14 @@ Step = Callable[[], None]
 def native_bf16() -> bool:
     """True when oneDNN runs bf16 natively on this CPU (else bf16 autocast is emulated, 30-60x slower)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def machine() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), the name every figure in ``docs/`` carries."""
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.is_file() else []
+    return names[0] if names else (platform.processor() or platform.machine())
 
 
 def time_steps(step: Step, steps: int, batch_size: int) -> float:
