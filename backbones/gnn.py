@@ -72,9 +72,9 @@ class GNNConfig:
                   (self.activation in ACTIVATIONS, f"activation {self.activation!r}; choose from {list(ACTIVATIONS)}"),
                   (self.num_layers >= 1, f"num_layers {self.num_layers}; at least 1"),
                   (0.0 <= self.dropout <= 1.0 and 0.0 <= self.attention_dropout <= 1.0, "dropout outside [0, 1]"),
-                  (self.hidden_size % self.heads == 0, f"hidden_size {self.hidden_size} not divisible by "
+                  (self.kind != "gat" or self.hidden_size % self.heads == 0, f"hidden_size {self.hidden_size} not divisible by "
                                                        f"{self.heads} heads"),
-                  (self.out_size % self.last_heads == 0, f"output size {self.out_size} not divisible by "
+                  (self.kind != "gat" or self.out_size % self.last_heads == 0, f"output size {self.out_size} not divisible by "
                                                          f"{self.last_heads} heads"))
         for ok, problem in checks:
             if not ok:

@@ -20,7 +20,8 @@ from selfsup.errors import SelfsupError
 from selfsup.modalities.graph import (GraphAdapter, GraphConfig, GraphExamples, GraphSet, GraphViewDataset,
                                       builtin_graphs, collate_graph_views, collate_graphs, full_graph_batch,
                                       graphcl_augmentation, karate_club, load_csv_graphs, load_planetoid, load_saved,
-                                      load_tu)
+                                      load_tu, random_walk_encoding)
+from selfsup.modalities.graph.nodes import SeedNodes
 from selfsup.modalities.graph.augment import Identity
 from selfsup.objectives import registry
 from selfsup.objectives.masked.build import compose_masked_autoencoder
@@ -75,7 +76,7 @@ class GraphRun:
     node_features: str = "auto"
     self_loops: bool = False
     normalize_features: bool = False
-    structural_encoding: int = 0
+    structural_encoding: int | None = None
     model_size: str = "small"
     hidden_size: int | None = None
     num_layers: int | None = None
@@ -110,6 +111,8 @@ class GraphRun:
         for ok, problem in checks:
             if not ok:
                 raise SelfsupError(problem)
+        if self.structural_encoding is None:    # attention sees no edges: it needs the structure as positions
+            self.structural_encoding = 16 if self.backbone == "transformer" else 0
 
 
 def add_graph_args(p: ArgumentParser) -> None:
@@ -126,8 +129,9 @@ def add_graph_args(p: ArgumentParser) -> None:
                    help="auto: the data's features, else one-hot node labels, else one-hot degrees (GraphMAE)")
     g.add_argument("--self_loops", action="store_true", help="remove and re-add a self-loop on every node (GraphMAE)")
     g.add_argument("--normalize_features", action="store_true", help="row-normalise node features (DGL's Cora)")
-    g.add_argument("--structural_encoding", type=int, default=0,
-                   help="random-walk structural encoding of this many steps (0: none; the transformer's default 16)")
+    g.add_argument("--structural_encoding", type=int, default=None,
+                   help="random-walk structural encoding of this many steps, added to the node tokens (0: none; "
+                        "default: 16 for the transformer, 0 for gin / gat)")
     g.add_argument("--hidden_size", type=int, default=None, help="override the --model_size width")
     g.add_argument("--num_layers", type=int, default=None, help="override the --model_size depth")
     g.add_argument("--heads", type=int, default=1, help="GAT / Transformer attention heads")
@@ -162,7 +166,8 @@ def add_graph_args(p: ArgumentParser) -> None:
 def load_graphs(run: GraphRun) -> GraphSet:
     """The graphs of the data flags: a TU data set (``--train_dir ROOT --dataset_name NAME``), a folder of CSV
     files, a ``torch.save``-d list of ``Data`` (``--train_file``), or the built-in synthetic graphs."""
-    prepare = dict(features=run.node_features, self_loops=run.self_loops, normalize=run.normalize_features)
+    prepare = dict(features=run.node_features, self_loops=run.self_loops, normalize=run.normalize_features,
+                   structural_encoding=run.structural_encoding)
     if run.train_file:
         return load_saved(run.train_file[0], **prepare)
     if run.train_dir and (Path(run.train_dir) / "edges.csv").is_file():
@@ -178,9 +183,18 @@ def load_node_graph(run: GraphRun):
     """The one large graph of ``--task node``: a Planetoid graph (``--train_dir ROOT --dataset_name Cora``) or
     PyG's bundled KarateClub."""
     if run.train_dir:
-        return load_planetoid(run.train_dir, run.dataset_name or "Cora", self_loops=run.self_loops,
-                              normalize=run.normalize_features)
-    return karate_club(self_loops=run.self_loops)
+        graph = load_planetoid(run.train_dir, run.dataset_name or "Cora", self_loops=run.self_loops,
+                               normalize=run.normalize_features)
+    else:
+        graph = karate_club(self_loops=run.self_loops)
+    if run.structural_encoding:
+        graph.node_pe = random_walk_encoding(graph, run.structural_encoding)
+    return graph
+
+
+def num_examples(run: GraphRun, graphs) -> int:
+    """What an epoch runs over: the graphs, or the seed nodes of neighbour-sampled node-level batches."""
+    return graphs[0].num_nodes if run.task == "node" and run.num_neighbors else len(graphs)
 
 
 def steps_for(run: GraphRun, num_examples: int, global_batch: int, max_steps: int) -> int:
@@ -262,8 +276,13 @@ def is_two_view(run: GraphRun) -> bool:
 
 
 def graph_loader(run: GraphRun, graphs, batch_size: int, accelerator, workers: int = 0):
-    """Training batches: seeded graphs (masked methods) or two seeded views of each (two-view methods: GraphCL's
+    """Training batches: on one large graph with ``--num_neighbors``, the sampled neighbourhoods of batches of seed
+    nodes (:class:`SeedNodes`); else seeded graphs (masked methods) or two seeded views of each (two-view methods: GraphCL's
     original graph and an augmented one; other methods two augmented views)."""
+    if run.task == "node" and run.num_neighbors:
+        data = SeedNodes(graphs[0], run.num_neighbors, run.seed)
+        return make_train_loader(data, data.collate, batch_size, accelerator.num_processes,
+                                 accelerator.process_index, run.seed, workers, drop_last=False)
     if is_two_view(run):
         aug = graphcl_augmentation(run.augmentation, run.aug_ratio, run.subgraph_keep)
         views = [Identity(), aug] if run.method == "graphcl" else [aug, aug]
@@ -313,9 +332,12 @@ def node_probe_figures(encoders: dict[str, Encoder | list[Encoder]], graph, run:
                        ) -> dict[str, float]:
     """GraphMAE's linear probe on frozen node embeddings (public split): ``probe/{prefix}accuracy`` (the last
     epoch, what GraphMAE reports) and ``probe/{prefix}early_stopping_accuracy``."""
-    masks = [getattr(graph, m) for m in ("train_mask", "val_mask", "test_mask")]
-    if any(m is None for m in masks):
+    train, val, test = (getattr(graph, m, None) for m in ("train_mask", "val_mask", "test_mask"))
+    if train is None or getattr(graph, "node_classes", None) is None:
         return {}
+    if test is None:                                  # KarateClub: a train mask only; score the other nodes
+        test = ~train
+    masks = [train, test if val is None else val, test]
     out = {}
     for prefix, group in encoders.items():
         runs = [transductive_probe(node_embeddings(e, graph, device), graph.node_classes, *masks,
@@ -328,5 +350,6 @@ def node_probe_figures(encoders: dict[str, Encoder | list[Encoder]], graph, run:
 
 
 __all__ = ["GraphRun", "PRESETS", "METHODS", "add_graph_args", "load_graphs", "load_node_graph", "steps_for",
+           "num_examples",
            "build_objective", "graph_loader", "svm_figures", "node_probe_figures", "node_embeddings",
            "graph_embeddings", "is_two_view", "readout"]

@@ -29,7 +29,7 @@ from selfsup.config import base_parser, parse_args, settings_from
 from selfsup.errors import run_cli
 from selfsup.modalities.graph import collate_graphs, full_graph_batch
 from selfsup.recipes._graph import (PRESETS, GraphRun, add_graph_args, build_objective, graph_loader, load_graphs,
-                                    load_node_graph, node_embeddings, node_probe_figures, readout, steps_for,
+                                    load_node_graph, node_embeddings, node_probe_figures, num_examples, readout, steps_for,
                                     svm_figures)
 from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
@@ -57,13 +57,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         accelerator.print(f"graphs: {len(data)} from {data.source} ({data.num_features} node features by the "
                           f"{data.features!r} rule, {data.num_classes} classes)")
     global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    max_steps = steps_for(run, len(graphs), global_batch, args.max_steps)
+    max_steps = steps_for(run, num_examples(run, graphs), global_batch, args.max_steps)
     settings = TrainingSettings.from_args(args, max_steps=max_steps)
     objective = build_objective(run, num_features, max_steps, labels)                   # build
     build_fresh = lambda: build_objective(run, num_features, max_steps, labels)           # noqa: E731
     loader = graph_loader(run, graphs, args.per_device_train_batch_size, accelerator, args.dataloader_num_workers)
     accelerator.print(f"{run.method} on a {run.backbone}: {num_parameters(objective.encoder()) / 1e3:.1f}k encoder "
-                      f"parameters, {max_steps} steps of {global_batch} graphs, lr {args.learning_rate:.3g}")
+                      f"parameters, {max_steps} steps of {global_batch} {'seed nodes' if run.num_neighbors else 'graphs'}, lr {args.learning_rate:.3g}")
     trainer = Trainer(objective, loader, settings, accelerator,
                       run_config={"recipe": "graph", "method": run.method, "backbone": run.backbone, "data": source})
     metrics = trainer.train()                                                            # train

@@ -53,13 +53,13 @@ from selfsup.modalities.graph.augment import (DropNodes, Identity, MaskAttribute
                                               Subgraph, graphcl_augmentation)
 from selfsup.modalities.graph.batch import ADAPTER_KEYS, collate_graphs, join_batches
 from selfsup.modalities.graph.csv_graphs import load_csv_graphs
-from selfsup.modalities.graph.data import GraphSet, from_dataset, load_saved, load_tu, prepare_graphs
+from selfsup.modalities.graph.data import GraphSet, from_dataset, load_saved, load_tu, prepare_graphs, random_walk_encoding
 from selfsup.modalities.graph.nodes import full_graph_batch, karate_club, load_planetoid, neighbor_loader
 from selfsup.modalities.graph.synthetic import builtin_graphs, synthetic_graphs
 from selfsup.modalities.graph.views import GraphExamples, GraphViewDataset, collate_graph_views
 
 __all__ = ["GraphAdapter", "GraphConfig", "collate_graphs", "join_batches", "ADAPTER_KEYS", "GraphSet",
-           "prepare_graphs", "load_tu", "from_dataset", "load_saved", "load_csv_graphs", "builtin_graphs",
+           "prepare_graphs", "random_walk_encoding", "load_tu", "from_dataset", "load_saved", "load_csv_graphs", "builtin_graphs",
            "synthetic_graphs", "DropNodes", "PerturbEdges", "MaskAttributes", "Subgraph", "Identity", "RandomChoice",
            "graphcl_augmentation", "GraphExamples", "GraphViewDataset", "collate_graph_views", "load_planetoid",
            "karate_club", "full_graph_batch", "neighbor_loader"]

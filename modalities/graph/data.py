@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data
-from torch_geometric.transforms import NormalizeFeatures
+from torch_geometric.transforms import AddRandomWalkPE, NormalizeFeatures
 from torch_geometric.utils import add_self_loops, degree, remove_self_loops
 
 from selfsup.data import check_files
@@ -137,9 +137,20 @@ def _label_sizes(graphs: Sequence[Data], attr: str) -> tuple[int, ...]:
     return tuple(int(c) + 1 for c in torch.cat(values).amax(dim=0)) if values else ()
 
 
+def random_walk_encoding(graph: Data, steps: int) -> Tensor:
+    """(n, steps) random-walk structural encoding (Dwivedi et al., ICLR 2022): the probability of a walk from
+    each node returning to it after 1..steps steps, by ``torch_geometric.transforms.AddRandomWalkPE``."""
+    if graph.num_nodes == 0:
+        return torch.zeros(0, steps)
+    return AddRandomWalkPE(steps, attr_name="node_pe")(Data(edge_index=graph.edge_index,
+                                                             num_nodes=graph.num_nodes)).node_pe.float()
+
+
 def prepare_graphs(graphs: Sequence[Data], where: str, features: str = "auto", self_loops: bool = False,
-                   normalize: bool = False, num_features: int | None = None) -> GraphSet:
-    """Check ``graphs`` (:func:`check_graph`) and rebuild them in the package convention (module docstring)."""
+                   normalize: bool = False, num_features: int | None = None,
+                   structural_encoding: int = 0) -> GraphSet:
+    """Check ``graphs`` (:func:`check_graph`) and rebuild them in the package convention (module docstring);
+    ``structural_encoding`` > 0 adds ``node_pe``, the random-walk encoding of that many steps."""
     graphs = list(graphs)
     if not graphs:
         raise SelfsupError(f"{where}: no graphs")
@@ -167,6 +178,8 @@ def prepare_graphs(graphs: Sequence[Data], where: str, features: str = "auto", s
                 setattr(new, attr, getattr(g, attr))
         if getattr(g, "y", None) is not None:
             new.y = g.y.reshape(-1)[:1]
+        if structural_encoding:
+            new.node_pe = random_walk_encoding(new, structural_encoding)
         out.append(new)
     if self_loops and edge_sizes:
         edge_sizes = (edge_sizes[0] + 1, *edge_sizes[1:])   # the loops' own label
@@ -237,5 +250,5 @@ def load_saved(path: str | Path, **prepare: Any) -> GraphSet:
     return prepare_graphs(graphs, str(path), **prepare)
 
 
-__all__ = ["GraphSet", "check_graph", "prepare_graphs", "node_features", "load_tu", "from_dataset", "load_saved",
+__all__ = ["GraphSet", "check_graph", "prepare_graphs", "random_walk_encoding", "node_features", "load_tu", "from_dataset", "load_saved",
            "pyg_safe_globals", "FEATURE_RULES", "MAX_DEGREE"]

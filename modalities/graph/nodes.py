@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from torch_geometric.sampler import NeighborSampler, NodeSamplerInput, SamplerOutput
 
@@ -31,6 +32,7 @@ from selfsup.data import example_seed
 from selfsup.errors import SelfsupError
 from selfsup.modalities.graph.batch import NUM_SEED_NODES, collate_graphs
 from selfsup.modalities.graph.data import check_graph, prepare_graphs
+from selfsup.types import EXAMPLE_SEEDS
 
 SPLITS = ("train_mask", "val_mask", "test_mask")
 
@@ -147,11 +149,52 @@ class SeededNeighborSampler(NeighborSampler):
 def neighbor_batch(sub: Data) -> dict[str, Any]:
     """A ``NeighborLoader`` mini-batch (a ``Data`` with ``n_id`` and ``batch_size``) -> the package format."""
     graph = Data(x=sub.x, edge_index=sub.edge_index, num_nodes=sub.num_nodes, node_ids=sub.n_id)
-    if getattr(sub, "node_classes", None) is not None:
-        graph.node_classes = sub.node_classes
+    for attr in ("node_classes", "node_pe"):
+        if getattr(sub, attr, None) is not None:
+            setattr(graph, attr, getattr(sub, attr))
     batch = collate_graphs([graph])
     batch[NUM_SEED_NODES] = torch.tensor([int(sub.batch_size)])
     return batch
+
+
+class SeedNodes(Dataset):
+    """The nodes of one large graph as training examples ``{"node", "seed"}`` for the engine's sharded, resumable
+    loader (``selfsup.data.make_train_loader``): :meth:`collate` turns a batch of seed nodes into their sampled
+    neighbourhood (:class:`SeededNeighborSampler`, ``num_neighbors[h]`` per node at hop h, drawn from the first
+    example's seed: the same subgraph in a resumed run) in the package format, seed nodes first. Each process
+    samples around its own seed nodes, so with several processes the subgraphs (not the seed nodes) differ from
+    one process's."""
+
+    def __init__(self, graph: Data, num_neighbors: Sequence[int], seed: int = 0,
+                 input_nodes: Tensor | None = None) -> None:
+        check_graph(graph, "node-level graph", 0)
+        if not num_neighbors or any(int(k) == 0 or int(k) < -1 for k in num_neighbors):
+            raise SelfsupError(f"--num_neighbors {list(num_neighbors)}: one fan-out per hop, each > 0 (or -1: all)")
+        self.graph, self.seed, self.epoch = graph, seed, 0
+        self.nodes = torch.arange(graph.num_nodes) if input_nodes is None else torch.as_tensor(input_nodes)
+        self.sampler = SeededNeighborSampler(graph, num_neighbors, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __getitem__(self, index: int) -> dict[str, int]:
+        return {"node": int(self.nodes[index]), "seed": example_seed(self.seed, self.epoch, index)}
+
+    def collate(self, examples: Sequence[dict[str, int]]) -> dict[str, Any]:
+        seeds = torch.tensor([e["node"] for e in examples], dtype=torch.long)
+        out = self.sampler.sample_seeded(seeds, torch.Generator().manual_seed(int(examples[0]["seed"])))
+        g = self.graph
+        sub = Data(x=g.x[out.node] if g.x is not None else None, edge_index=torch.stack([out.row, out.col]),
+                   num_nodes=len(out.node), n_id=out.node, batch_size=len(seeds))
+        for attr in ("node_classes", "node_pe"):
+            if getattr(g, attr, None) is not None:
+                setattr(sub, attr, getattr(g, attr)[out.node])
+        batch = neighbor_batch(sub)
+        batch[EXAMPLE_SEEDS] = torch.tensor([int(examples[0]["seed"])])
+        return batch
 
 
 def neighbor_loader(graph: Data, num_neighbors: Sequence[int], batch_size: int, seed: int = 0,
@@ -168,5 +211,5 @@ def neighbor_loader(graph: Data, num_neighbors: Sequence[int], batch_size: int, 
                           generator=torch.Generator().manual_seed(seed))
 
 
-__all__ = ["load_planetoid", "karate_club", "full_graph_batch", "split_masks", "neighbor_loader", "neighbor_batch",
+__all__ = ["load_planetoid", "karate_club", "full_graph_batch", "split_masks", "neighbor_loader", "SeedNodes", "neighbor_batch",
            "SeededNeighborSampler", "SPLITS"]
