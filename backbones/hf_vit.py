@@ -7,6 +7,12 @@ import; ``attn.out`` is ``attention.o_proj``, ``norm1`` / ``norm2`` are ``layern
 ``fc1`` / ``fc2`` are ``mlp.fc1`` / ``mlp.fc2``; the encoder's final norm is ``layernorm``. The ViT embeddings hold
 our adapter's patch convolution, class token and position table (class row first: zero for sin-cos, as MAE). The
 adapter's settings ride along under ``selfsup_image`` in the config (HF ignores them; the import reads them back).
+
+The pooler: ``ViTModel`` always builds one (its config has no switch for it), so an export without pooler weights
+loads with a "newly initialized" report and a random ``pooler_output``. The export writes a defined one instead:
+the identity matrix with a zero bias and ``pooler_act="linear"``, so ``pooler_output`` is the class token's final
+hidden state, ``last_hidden_state[:, 0]`` (what ``ViTForImageClassification`` classifies; the features of a
+two-view ViT, whose encoder pools the class token). The import drops it, like any pooler.
 """
 from __future__ import annotations
 
@@ -66,11 +72,16 @@ def vit_fields(adapter: ImageAdapter, cfg: TransformerConfig) -> dict[str, Any]:
 
 
 def vit_config(encoder: Encoder):
-    """The ``ViTConfig`` of our image encoder."""
+    """The ``ViTConfig`` of our image encoder (with the class-token pooler: module docstring)."""
     from transformers import ViTConfig
 
     check_vit(encoder.adapter, encoder.backbone, "ViTModel")
-    return ViTConfig(**vit_fields(encoder.adapter, encoder.backbone.config))
+    return ViTConfig(**vit_fields(encoder.adapter, encoder.backbone.config), pooler_act="linear")
+
+
+def class_token_pooler(hidden_size: int) -> dict[str, torch.Tensor]:
+    """``ViTPooler`` weights that, with ``pooler_act="linear"``, return the class token's state unchanged."""
+    return {"pooler.dense.weight": torch.eye(hidden_size), "pooler.dense.bias": torch.zeros(hidden_size)}
 
 
 def configs_from(hf_cfg, decoder: bool, dropout: float | None = None, image_defaults: dict | None = None
@@ -100,15 +111,16 @@ def configs_from(hf_cfg, decoder: bool, dropout: float | None = None, image_defa
 
 
 def encoder_to_vit(encoder: Encoder):
-    """A ``ViTModel`` (no pooling layer) computing our encoder's features (float32, eval mode): its
-    ``last_hidden_state`` (B, 1 + N, D) is ours, class token first; sin-cos or learned positions alike."""
+    """A ``ViTModel`` computing our encoder's features (float32, eval mode): its ``last_hidden_state``
+    (B, 1 + N, D) is ours, class token first, sin-cos or learned positions alike; its ``pooler_output`` (B, D) is
+    the class token's (module docstring)."""
     from transformers import ViTModel
 
-    model = ViTModel(vit_config(encoder), add_pooling_layer=False)
+    model = ViTModel(vit_config(encoder))
     state = export_state({f"adapter.{k}": v for k, v in encoder.adapter.state_dict().items()}
                          | {f"backbone.{k}": v for k, v in encoder.backbone.state_dict().items()},
                          encoder_pairs(""), "layers.{i}.attention.", QKV, "ViT")
-    return fill_model(model, state, "ViT")
+    return fill_model(model, state | class_token_pooler(encoder.backbone.config.hidden_size), "ViT")
 
 
 def vit_to_encoder(path_or_model, dropout: float | None = None) -> Encoder:
@@ -138,7 +150,8 @@ def vit_image_processor(image_size: int, mean: Sequence[float], std: Sequence[fl
 def export_vit_encoder(encoder: Encoder, out_dir: str | Path, processor=None,
                        pixel_values: torch.Tensor | None = None, atol: float = 1e-4) -> dict[str, float]:
     """Write a ViT image encoder (a two-view method's) as ``ViTModel`` (+ ``processor``) at ``out_dir``, reload it
-    with ``AutoModel`` and compare the last hidden states (class token included) with ours."""
+    with ``AutoModel`` and compare the last hidden states (class token included) with ours, and the pooled output
+    with the class token's state."""
     from transformers import AutoModel
 
     out = Path(out_dir)
@@ -152,10 +165,12 @@ def export_vit_encoder(encoder: Encoder, out_dir: str | Path, processor=None,
                                    generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = encoder({"pixel_values": pixel_values.float()})[0].last_hidden_state
-        theirs = AutoModel.from_pretrained(str(out), add_pooling_layer=False).eval()(pixel_values=pixel_values.float())
+        theirs = AutoModel.from_pretrained(str(out)).eval()(pixel_values=pixel_values.float())
+    check_close(max_abs_diff(ours[:, 0], theirs.pooler_output), "ViT pooled output (the class token)", atol)
     return {"export/max_abs_hidden_diff": check_close(max_abs_diff(ours, theirs.last_hidden_state),
                                                       "ViT hidden states", atol)}
 
 
-__all__ = ["QKV", "LAYER_MAP", "stack_pairs", "encoder_pairs", "check_vit", "vit_fields", "vit_config", "configs_from",
+__all__ = ["QKV", "LAYER_MAP", "stack_pairs", "encoder_pairs", "check_vit", "vit_fields", "vit_config",
+           "class_token_pooler", "configs_from",
            "encoder_to_vit", "vit_to_encoder", "vit_image_processor", "export_vit_encoder"]

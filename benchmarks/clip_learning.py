@@ -28,12 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from selfsup.benchmarking import machine
+from selfsup.recipes import clip
+
 ROOT = Path(__file__).resolve().parents[1]
-
-import torch  # noqa: E402
-
-from selfsup.benchmarking import machine  # noqa: E402
-from selfsup.recipes import clip  # noqa: E402
 
 # 900 steps of 64 pairs: about 5 minutes on one core; the small ViT (4 x 128, 8 x 8 patches) and text tower
 SETTINGS = dict(clip=["--max_steps", "900", "--learning_rate", "1e-3"],

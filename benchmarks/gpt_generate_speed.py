@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
-from gpt_speed import CONFIGS, build_models
 
 from selfsup.benchmarking import interleaved_medians
 from selfsup.objectives.autoregressive.clm import generate
+from selfsup.objectives.autoregressive.hf_gpt2 import gpt_and_gpt2
+from selfsup.objectives.autoregressive.sizes import SPEED_CONFIGS as CONFIGS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = CONFIGS[args.config]
     context = config["context"]
     new = context - args.prompt_tokens if not args.quick else min(32, context - args.prompt_tokens)
-    ours, ref = build_models(config)
+    ours, ref = gpt_and_gpt2(config)
     ours.eval(), ref.eval()
     prompt = torch.randint(0, config["vocab_size"], (args.batch, args.prompt_tokens),
                            generator=torch.Generator().manual_seed(0))

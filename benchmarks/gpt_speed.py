@@ -35,26 +35,12 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.benchmarking import check_agreement, interleaved, precision_tags, record, speed_args, training_step
-from selfsup.objectives.autoregressive.build import gpt
 from selfsup.objectives.autoregressive.clm import CausalLanguageModeling
-from selfsup.objectives.autoregressive.hf_gpt2 import to_transformers
-from selfsup.objectives.autoregressive.sizes import NANOGPT_SHAKESPEARE_CHAR
+from selfsup.objectives.autoregressive.hf_gpt2 import gpt_and_gpt2
+from selfsup.objectives.autoregressive.sizes import SPEED_CONFIGS as CONFIGS
 
-NANO = NANOGPT_SHAKESPEARE_CHAR
-CONFIGS = {
-    "small": dict(backbone=dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, dropout=0.1,
-                                attention_dropout=0.1), vocab_size=8000, context=128, batch_size=16),
-    "nanogpt": dict(backbone=NANO["backbone"], vocab_size=66, context=NANO["context"], batch_size=NANO["batch_size"]),
-}
 OPTIM = dict(lr=1e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
 LOSS_TOL = 1e-5
-
-
-def build_models(config: dict, seed: int = 0) -> tuple[CausalLanguageModeling, nn.Module]:
-    """Ours and the reference with identical weights, both in train mode."""
-    torch.manual_seed(seed)
-    ours = gpt("small", config["vocab_size"], max_positions=config["context"], **config["backbone"])
-    return ours.train(), to_transformers(ours).train()
 
 
 def make_batch(config: dict, seed: int = 0) -> Tensor:
@@ -78,7 +64,7 @@ def reference_loss(model: nn.Module, ids: Tensor) -> Tensor:
 
 def check_losses(config: dict, fused: bool) -> tuple[float, float]:
     """First-step fp32 mean loss of both (dropout off), and agreement again after one AdamW step."""
-    ours, ref = build_models(config)
+    ours, ref = gpt_and_gpt2(config)
     ids = make_batch(config)
     ours.eval(), ref.eval()
     first: list[float] = []
@@ -94,7 +80,7 @@ def check_losses(config: dict, fused: bool) -> tuple[float, float]:
 
 def measure(config: dict, bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tuple[float, float]:
     """Median samples/s of (ours, reference) over interleaved rounds."""
-    ours, ref = build_models(config)
+    ours, ref = gpt_and_gpt2(config)
     ids = make_batch(config)
     sides = {"ours": training_step(ours_loss, ours, make_optimizer(ours, fused), ids, bf16),
              "reference": training_step(reference_loss, ref, make_optimizer(ref, fused), ids, bf16)}

@@ -22,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from selfsup.benchmarking import machine
+from selfsup.recipes import mae, two_view
+from selfsup.train import cpu_has_native_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
-
-import torch  # noqa: E402
-
-from selfsup.benchmarking import machine  # noqa: E402
-from selfsup.recipes import mae, two_view  # noqa: E402
-from selfsup.train import cpu_has_native_bf16  # noqa: E402
 
 # lightly's CIFAR-10 benchmark, ResNet-18, 200 epochs, batch 512 (its docs): kNN accuracy
 LIGHTLY_200_EPOCHS = {"simclr": 0.847, "moco_v2": 0.838, "byol": 0.869, "dino": 0.840, "simsiam": 0.819,

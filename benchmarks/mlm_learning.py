@@ -20,12 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
+from selfsup.recipes import bert_mlm, data2vec
+from selfsup.train import cpu_has_native_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
-
-import torch  # noqa: E402
-
-from selfsup.recipes import bert_mlm, data2vec  # noqa: E402
-from selfsup.train import cpu_has_native_bf16  # noqa: E402
 
 
 def strip_labels(src: Path, dst: Path) -> int:

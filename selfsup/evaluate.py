@@ -129,31 +129,9 @@ def zero_shot_scores(features: np.ndarray | torch.Tensor, labels: Sequence[int],
 
 
 def confusion_png(confusion: np.ndarray, class_names: Sequence[str], path: str, title: str = "") -> str:
-    """A confusion matrix as a PNG (rows: true class, columns: predicted; each row shaded by its share, counts
-    written in the cells), drawn with PIL. Returns the path."""
-    from pathlib import Path
+    """A confusion matrix as a PNG (rows: true class, columns: predicted, counts in the cells), drawn with
+    scikit-learn's ``ConfusionMatrixDisplay`` on matplotlib's Agg canvas (``selfsup.plots``). Returns the path."""
+    from selfsup.plots import confusion_figure, save_png
 
-    from PIL import Image, ImageDraw, ImageFont
-
-    c = len(class_names)
-    cell, left, top = 44, 12 + 7 * max(len(n) for n in class_names), 40 + 7 * max(len(n) for n in class_names)
-    image = Image.new("RGB", (left + c * cell + 10, top + c * cell + 30), "white")
-    draw, font = ImageDraw.Draw(image), ImageFont.load_default()
-    share = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    for i in range(c):
-        draw.text((6, top + i * cell + cell // 2 - 5), class_names[i], fill="black", font=font)
-        label = Image.new("RGB", (top - 30, 14), "white")
-        ImageDraw.Draw(label).text((0, 0), class_names[i], fill="black", font=font)
-        image.paste(label.rotate(90, expand=True), (left + i * cell + cell // 2 - 7, 26))
-        for j in range(c):
-            shade = int(255 * (1 - share[i, j]))
-            box = (left + j * cell, top + i * cell, left + (j + 1) * cell - 1, top + (i + 1) * cell - 1)
-            draw.rectangle(box, fill=(shade, shade, 255), outline=(200, 200, 200))
-            draw.text((box[0] + 4, box[1] + cell // 2 - 6), str(int(confusion[i, j])),
-                      fill="white" if share[i, j] > 0.5 else "black", font=font)
-    draw.text((6, 6), title or "zero-shot confusion (rows: true, columns: predicted)", fill="black", font=font)
-    draw.text((left, top + c * cell + 8), "predicted", fill="black", font=font)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
-    return str(out)
+    return save_png(confusion_figure(confusion, class_names,
+                                     title or "zero-shot confusion (rows: true, columns: predicted)"), path)

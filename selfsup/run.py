@@ -62,7 +62,7 @@ def held_out_eval(examples: Sequence[Any], collate: Callable[[list[Any]], dict],
 
 def summary(metrics: dict[str, Any], export_dir: Path | None, output_dir: str | Path) -> str:
     """A few lines a person reads at the end of a run: steps, held-out figures, every probe / kNN figure beside
-    its random-init reference, and where the metrics and the export are."""
+    its random-init reference, and where the metrics, the training curves and the export are."""
     lines = [f"done: {metrics.get('steps')} steps on {metrics.get('num_processes')} process(es)"]
     keys = ["train_loss", "samples_per_second", *sorted(k for k in metrics if k.startswith("eval/"))]
     shown = [f"{k} {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float))]
@@ -73,6 +73,8 @@ def summary(metrics: dict[str, Any], export_dir: Path | None, output_dir: str | 
         against = f"   (random init {ref:.1%})" if isinstance(ref, (int, float)) else ""
         lines.append(f"  {key:<34} {metrics[key]:.1%}{against}")
     lines.append(f"  metrics: {Path(output_dir) / 'metrics.json'}")
+    if metrics.get("training_curves"):
+        lines.append(f"  curves:  {metrics['training_curves']}")
     if export_dir is not None:
         lines.append(f"  export:  {export_dir}")
     return "\n".join(lines)

@@ -1,7 +1,9 @@
 """The one training loop every recipe shares, under HF Accelerate.
 
 Mixed precision, gradient accumulation, warmup + cosine/linear decay, clipping, a tqdm bar on the main
-process, tensorboard/wandb logging, periodic evaluation, atomic checkpoints and exact resume.
+process, tensorboard/wandb logging, periodic evaluation, atomic checkpoints and exact resume, and the training
+curves of every run (``OUTPUT_DIR/training_curves.png`` + ``.json``, ``selfsup.plots``; the loss of every step and
+the held-out figures of every evaluation, kept in the checkpoints so a resumed run draws the whole run).
 
 Loss normalisation: an objective that returns ``num_targets`` returns a *summed* loss. The loop back-propagates
 the sums of every micro-batch, then scales the gradients by ``num_processes / T`` with ``T`` the number of
@@ -29,6 +31,7 @@ from selfsup.optim import make_optimizer as build_optimizer
 from selfsup.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from selfsup.data import loader_length, set_loader_position, to_device
 from selfsup.errors import SelfsupError
+from selfsup.plots import curves, write_training_curves
 from selfsup.types import Objective, ObjectiveOutput
 
 MAX_NONFINITE_STEPS = 10
@@ -179,7 +182,8 @@ class Trainer:
             self.optimizer, lr_lambda(args.lr_scheduler_type, warmup, args.max_steps, schedule_floor(args)))
         self.model, self.optimizer = accelerator.prepare(objective, self.optimizer)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.history: list[float] = []
+        self.history: list[float] = []                                # the loss of step i + 1 at [i]
+        self.evaluations: list[tuple[int, dict[str, float]]] = []     # (step, numeric held-out figures)
 
     @property
     def objective(self) -> Objective:
@@ -252,7 +256,8 @@ class Trainer:
         gb = self.args.per_device_train_batch_size * self.accelerator.num_processes
         return {"step": self.step, "epoch": self.epoch, "examples_in_epoch": self.batch_in_epoch * gb,
                 "num_processes": self.accelerator.num_processes, "run_config": self.run_config,
-                "objective_state": self.objective.extra_state()}
+                "objective_state": self.objective.extra_state(),
+                "loss_history": self.history, "evaluations": [[s, f] for s, f in self.evaluations]}
 
     def maybe_resume(self) -> None:
         path = resolve_checkpoint(self.args.resume_from_checkpoint, self.args.output_dir)
@@ -267,6 +272,8 @@ class Trainer:
         if rest:
             self.accelerator.print(f"warning: global batch size changed; resuming {rest} examples early")
         self.objective.load_extra_state(state.get("objective_state", {}))
+        self.history = [float(v) for v in state.get("loss_history", [])][: self.step]
+        self.evaluations = [(int(s), dict(f)) for s, f in state.get("evaluations", []) if int(s) <= self.step]
         self.accelerator.print(f"resumed from {path} at step {self.step}")
 
     def save(self) -> Path:
@@ -285,6 +292,7 @@ class Trainer:
             self.model.train()
             images = {k: result.pop(k) for k in [k for k, v in result.items() if not isinstance(v, (int, float))]}
             self.accelerator.log(result, step=self.step)
+            self.evaluations = [(s, f) for s, f in self.evaluations if s != self.step] + [(self.step, dict(result))]
             log_images(self.accelerator, images, self.step)
         self.accelerator.wait_for_everyone()
         return result
@@ -341,6 +349,9 @@ class Trainer:
                   "train_loss": sum(window) / len(window) if window else float("nan"),
                   "samples_per_second": samples / train_time if train_time else 0.0,
                   "global_batch_size": gb, **evals}
+        if acc.is_main_process:
+            result["training_curves"] = write_training_curves(
+                args.output_dir, curves(self.history, self.evaluations), self.run_config.get("recipe", ""))
         return result
 
 

@@ -2,11 +2,10 @@
 full-gather and the local-loss modes, and the two modes give the same gradients (one torchrun launch)."""
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from tests import clip_worker as worker
 from tests.conftest import ROOT
-from tests.test_distributed import launch
+from tests.launch import worker_tensors
 
 TOL = dict(atol=1e-10, rtol=1e-8)
 
@@ -14,9 +13,7 @@ TOL = dict(atol=1e-10, rtol=1e-8)
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory):
     out = tmp_path_factory.mktemp("clip") / "two.safetensors"
-    launch(2, str(out), script=ROOT / "tests" / "clip_worker.py", timeout=300)
-    two = load_file(out)
-    assert int(two["__world_size"]) == 2, "the launcher did not start the processes asked for"
+    two = worker_tensors(2, ROOT / "tests" / "clip_worker.py", out, timeout=300)
     return worker.run_all(), two
 
 

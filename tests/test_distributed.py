@@ -1,38 +1,27 @@
 """Two processes on CPU give the same loss and gradients as one process on the same global batch.
 
 `accelerate launch --cpu --num_processes 2` silently starts one process on a CPU-only machine, so these tests
-launch with torchrun and assert the world size each run really had.
+launch with torch's launcher (``tests/launch.py``) and assert the world size each run really had.
 """
-import os
-import shutil
 from pathlib import Path
 
 import pytest
-import subprocess
 import torch
 from safetensors.torch import load_file
 from tests.conftest import ROOT
+from tests.launch import torchrun, worker_tensors
 
 WORKER = ROOT / "tests" / "grad_worker.py"
 
 
-def launch(nproc: int, *argv: str, script: Path = WORKER, timeout: int = 300) -> subprocess.CompletedProcess:
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not on PATH")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", str(script), *argv]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 def grads_of(tmp_path: Path, nproc: int, global_batch: int, grad_accum: int) -> dict[str, torch.Tensor]:
     out = tmp_path / f"grads_{nproc}_{grad_accum}.safetensors"
-    launch(nproc, str(out), str(global_batch), str(grad_accum))
-    result = load_file(out)
-    assert int(result["__world_size"]) == nproc, "the launcher did not start the processes asked for"
-    return result
+    return worker_tensors(nproc, WORKER, out, str(global_batch), str(grad_accum))
+
+
+def run_recipe(nproc: int, name: str, *argv: str) -> None:
+    """``recipes/NAME.py ARGV`` in ``nproc`` processes."""
+    torchrun(nproc, ROOT / "recipes" / f"{name}.py", *argv)
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +52,22 @@ def test_recipe_runs_in_two_processes(tmp_path):
     from tests.conftest import tiny_argv
 
     out = tmp_path / "run"
-    launch(2, *tiny_argv(out, "--checkpointing_steps", "2", steps=2), script=ROOT / "recipes" / "bert_mlm.py")
+    run_recipe(2, "bert_mlm", *tiny_argv(out, "--checkpointing_steps", "2", steps=2))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and metrics["steps"] == 2
     assert (out / "checkpoint-2" / "rng_state_1.pt").is_file()
     assert (out / "export" / "model.safetensors").is_file()
 
 
-def checkpoints_of_one_and_two(tmp_path: Path, recipe: str, *flags: str) -> tuple[dict, dict]:
+def checkpoints_of_one_and_two(tmp_path: Path, name: str, *flags: str) -> tuple[dict, dict]:
     """Step-2 checkpoints of a recipe run on 1 x 8 and on 2 x 4 examples (world sizes and global batch asserted)."""
     import json
 
     out = {}
     for nproc in (1, 2):
-        run = tmp_path / f"{recipe}{nproc}"
-        launch(nproc, "--output_dir", str(run), "--model_size", "tiny", "--max_steps", "2", "--report_to", "none",
-               "--per_device_train_batch_size", str(8 // nproc), "--checkpointing_steps", "2", *flags,
-               script=ROOT / "recipes" / f"{recipe}.py")
+        run = tmp_path / f"{name}{nproc}"
+        run_recipe(nproc, name, "--output_dir", str(run), "--model_size", "tiny", "--max_steps", "2", "--report_to",
+                   "none", "--per_device_train_batch_size", str(8 // nproc), "--checkpointing_steps", "2", *flags)
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["num_processes"] == nproc and metrics["global_batch_size"] == 8
         out[nproc] = run
@@ -111,10 +99,9 @@ def test_hubert_labels_made_by_two_processes_equal_one_process_labels(tmp_path):
 
     def run(nproc: int) -> Path:
         out = tmp_path / f"hubert{nproc}"
-        launch(nproc, "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "1", "--report_to", "none",
-               "--per_device_train_batch_size", str(4 // nproc), "--synthetic_utterances", "24",
-               "--max_duration", "1.0", "--num_clusters", "8", "--iteration", "1",
-               script=ROOT / "recipes" / "hubert.py")
+        run_recipe(nproc, "hubert", "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "1",
+                   "--report_to", "none", "--per_device_train_batch_size", str(4 // nproc), "--synthetic_utterances",
+                   "24", "--max_duration", "1.0", "--num_clusters", "8", "--iteration", "1")
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["num_processes"] == nproc and metrics["kmeans/cached"] == 0.0
         assert not (out / "labels" / "parts").exists()
@@ -136,10 +123,9 @@ def test_layerdrop_trains_in_two_processes(tmp_path):
     import json
 
     out = tmp_path / "layerdrop"
-    launch(2, "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "4", "--report_to", "none",
-           "--per_device_train_batch_size", "2", "--synthetic_utterances", "24", "--max_duration", "1.0",
-           "--layerdrop", "0.5", "--activation_dropout", "0.1", "--gumbel_temperature_decay", "0.9",
-           script=ROOT / "recipes" / "wav2vec2.py")
+    run_recipe(2, "wav2vec2", "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "4", "--report_to",
+               "none", "--per_device_train_batch_size", "2", "--synthetic_utterances", "24", "--max_duration", "1.0",
+               "--layerdrop", "0.5", "--activation_dropout", "0.1", "--gumbel_temperature_decay", "0.9")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and metrics["steps"] == 4
 
@@ -149,9 +135,9 @@ def test_frozen_feature_encoder_trains_in_two_processes(tmp_path):
     import json
 
     out = tmp_path / "frozen"
-    launch(2, "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "3", "--report_to", "none",
-           "--per_device_train_batch_size", "2", "--synthetic_utterances", "24", "--max_duration", "1.0",
-           "--feature_grad_mult", "0", "--gumbel_temperature_decay", "0.9", script=ROOT / "recipes" / "wav2vec2.py")
+    run_recipe(2, "wav2vec2", "--output_dir", str(out), "--model_size", "tiny", "--max_steps", "3", "--report_to",
+               "none", "--per_device_train_batch_size", "2", "--synthetic_utterances", "24", "--max_duration", "1.0",
+               "--feature_grad_mult", "0", "--gumbel_temperature_decay", "0.9")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 2 and metrics["steps"] == 3
 

@@ -123,3 +123,44 @@ def test_sampler_keeps_the_last_incomplete_batch_when_asked():
     assert [a + b for a, b in zip(*two)] == one and [len(b) for b in two[1]] == [2, 2, 1]
     assert len(ShardedBatchSampler(11, 4, seed=3)) == 2                     # dropped by default
     assert len(ShardedBatchSampler(9, 4, 2, 0, drop_last=False)) == 1      # 1 left over: fewer than 2 processes
+
+
+def curve_run(out, steps: int, **settings):
+    a = args(out, steps)
+    for k, v in settings.items():
+        setattr(a, k, v)
+    data = [{"x": torch.randn(3, generator=torch.Generator().manual_seed(i))} for i in range(8)]
+    loader = make_train_loader(data, lambda ex: {"x": torch.stack([e["x"] for e in ex])}, 2, 1, 0, seed=0)
+    trainer = Trainer(Toy(0), loader, a, make_accelerator(a),
+                      eval_fn=lambda obj: {"eval/loss": float(obj.w.square().sum()), "eval/w0": float(obj.w[0])},
+                      run_config={"recipe": "toy"})
+    return trainer, trainer.train()
+
+
+def test_every_run_draws_its_training_curves(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from selfsup.run import summary
+
+    trainer, metrics = curve_run(tmp_path, 4, eval_steps=2)
+    png, data = tmp_path / "training_curves.png", json.loads((tmp_path / "training_curves.json").read_text())
+    assert metrics["training_curves"] == str(png)
+    with Image.open(png) as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > 400
+    assert data["train/loss"] == {"steps": [1, 2, 3, 4], "values": trainer.history} and len(trainer.history) == 4
+    assert data["eval/loss"]["steps"] == data["eval/w0"]["steps"] == [2, 4]
+    assert data["eval/loss"]["values"][-1] == metrics["eval/loss"]
+    assert f"curves:  {png}" in summary(metrics, None, tmp_path)
+
+
+def test_a_resumed_run_draws_the_whole_run(tmp_path):
+    import json
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    curve_run(straight, 6, eval_steps=2, checkpointing_steps=3, checkpoints_total_limit=0)
+    curve_run(resumed, 6, eval_steps=2, resume_from_checkpoint=str(straight / "checkpoint-3"))
+    a, b = (json.loads((d / "training_curves.json").read_text()) for d in (straight, resumed))
+    assert a["train/loss"]["steps"] == list(range(1, 7)) and a == b

@@ -105,3 +105,22 @@ def test_knn_under_bf16_autocast_ranks_in_float32():
     plain = knn_accuracy(train, ty, test, sy, k=200, temperature=0.1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert knn_accuracy(train, ty, test, sy, k=200, temperature=0.1) == plain
+
+
+def test_the_confusion_matrix_is_drawn_by_scikit_learn_on_agg(tmp_path):
+    from PIL import Image
+
+    from selfsup.evaluate import confusion_png
+    from selfsup.plots import confusion_figure
+
+    confusion = np.array([[5, 1, 0], [2, 3, 0], [0, 0, 7]])
+    fig = confusion_figure(confusion, ["cat", "dog", "ship"], "title")
+    assert type(fig.canvas).__name__ == "FigureCanvasAgg"
+    ax = fig.axes[0]
+    assert np.array_equal(np.asarray(ax.images[0].get_array()), confusion)   # ConfusionMatrixDisplay's imshow
+    assert sorted(t.get_text() for t in ax.texts) == sorted(str(v) for v in confusion.ravel())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "dog", "ship"]
+    assert ax.get_ylabel() == "True label" and ax.get_title() == "title"
+    path = confusion_png(confusion, ["cat", "dog", "ship"], str(tmp_path / "sub" / "cm.png"))
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 200

@@ -1,35 +1,22 @@
 """gather_with_grad: N processes computing a contrastive loss over the gathered global batch get exactly the
 gradients of one process on the whole batch; a plain all_gather does not (it loses a factor of world size).
 
-The runs use torchrun (gloo on CPU) and assert the world size each run really had.
+The runs use torch's launcher (``tests/launch.py``, gloo on CPU) and assert the world size each run really had.
 """
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from selfsup.distributed import gather_with_grad, rank, world_size
 from tests.conftest import ROOT
+from tests.launch import worker_tensors
 
 WORKER = ROOT / "tests" / "gather_worker.py"
 
 
 def run(tmp_path: Path, nproc: int, *flags: str) -> dict[str, torch.Tensor]:
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not on PATH")
-    out = tmp_path / f"gather_{nproc}{''.join(flags)}.safetensors"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", str(WORKER), str(out), *flags]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = load_file(out)
-    assert int(result["__world_size"]) == nproc, "the launcher did not start the processes asked for"
-    return result
+    return worker_tensors(nproc, WORKER, tmp_path / f"gather_{nproc}{''.join(flags)}.safetensors", *flags)
 
 
 def max_grad_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -212,9 +212,9 @@ def test_each_process_labels_every_nth_clip(tmp_path, monkeypatch):
 
 
 def test_a_failure_on_the_main_process_stops_both(tmp_path):
-    from tests.test_distributed import launch
+    from tests.launch import torchrun
 
-    with pytest.raises(AssertionError) as err:          # launch asserts exit code 0 and shows stderr's tail
-        launch(2, *argv(tmp_path / "run", "--num_clusters", "100000", "--iteration", "1"),
-               script=hubert.__file__, timeout=120)
+    with pytest.raises(AssertionError) as err:          # torchrun asserts exit code 0 and shows stderr's tail
+        torchrun(2, hubert.__file__, *argv(tmp_path / "run", "--num_clusters", "100000", "--iteration", "1"),
+                 timeout=120)
     assert "k-means needs at least 100000 frames" in str(err.value)

@@ -104,12 +104,14 @@ def test_encoder_equals_vit_model_for_sincos_and_learned_positions():
     for positions in ("sincos", "learned"):
         obj = make(image={"positions": positions})
         vit = encoder_to_vit(obj.encoder())
-        assert type(vit).__name__ == "ViTModel" and vit.pooler is None
+        assert type(vit).__name__ == "ViTModel" and vit.config.pooler_act == "linear"
         x = images()
         with torch.no_grad():
             ours = obj.encoder()({"pixel_values": x})[0].last_hidden_state
-            theirs = vit(pixel_values=x).last_hidden_state
+            out = vit(pixel_values=x)
+            theirs = out.last_hidden_state
         assert ours.shape == (3, 17, 64) and (ours - theirs).abs().max() <= 1e-5, positions
+        assert torch.allclose(out.pooler_output, theirs[:, 0], atol=1e-6), "the pooler passes the class token on"
         back = vit_to_encoder(vit)
         assert back.adapter.config.positions == positions
         with torch.no_grad():

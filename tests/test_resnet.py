@@ -1,13 +1,12 @@
 """The ResNet backbone (tokens = torchvision's feature map), batch norm over the global batch, and the export to
 ``transformers`` (ResNetModel for the ImageNet stem, selfsup's own class for the CIFAR stem) and back.
 
-Run as a script under torchrun, this file is the worker of the two-process GlobalBatchNorm test.
+Run as a script under torch's launcher, this file is the worker of the two-process GlobalBatchNorm test.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -146,19 +145,9 @@ def worker(out: str) -> None:
 
 
 def launch(tmp_path: Path, nproc: int) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from tests.launch import worker_tensors
 
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not on PATH")
-    out = tmp_path / f"bn_{nproc}.safetensors"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [torchrun, "--standalone", f"--nproc_per_node={nproc}", str(Path(__file__)), str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = load_file(out)
-    assert int(result["__world_size"]) == nproc, "the launcher did not start the processes asked for"
-    return result
+    return worker_tensors(nproc, Path(__file__), tmp_path / f"bn_{nproc}.safetensors")
 
 
 def test_global_batchnorm_two_processes_train_as_one(tmp_path):

@@ -3,19 +3,16 @@ losses, the gradients, and every state the methods keep (MoCo's queue and pointe
 teachers, SwAV's prototypes, the batch-norm running statistics over the global batch)."""
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from tests import two_view_worker as worker
 from tests.conftest import ROOT
-from tests.test_distributed import launch
+from tests.launch import worker_tensors
 
 
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory):
     out = tmp_path_factory.mktemp("two_view_methods") / "two.safetensors"
-    launch(2, str(out), script=ROOT / "tests" / "two_view_worker.py", timeout=300)
-    two = load_file(out)
-    assert int(two["__world_size"]) == 2, "the launcher did not start the processes asked for"
+    two = worker_tensors(2, ROOT / "tests" / "two_view_worker.py", out, timeout=300)
     return worker.run_all(), two
 
 

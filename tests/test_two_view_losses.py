@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from selfsup.objectives.two_view import losses as L
 from tests import two_view_loss_worker as worker
 from tests.conftest import ROOT
-from tests.test_distributed import launch
+from tests.launch import worker_tensors
 
 TOL = dict(atol=1e-10, rtol=1e-10)
 
@@ -291,9 +290,7 @@ def test_against_lightly_dino_and_swav():
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory):
     out = tmp_path_factory.mktemp("two_view") / "two.safetensors"
-    launch(2, str(out), script=ROOT / "tests" / "two_view_loss_worker.py", timeout=120)
-    two = load_file(out)
-    assert int(two["__world_size"]) == 2, "the launcher did not start the processes asked for"
+    two = worker_tensors(2, ROOT / "tests" / "two_view_loss_worker.py", out, timeout=120)
     return worker.run_all(), two
 
 

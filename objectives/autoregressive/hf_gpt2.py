@@ -14,7 +14,7 @@ import torch
 from selfsup.backbones.transformer import ACTIVATIONS, TransformerConfig
 from selfsup.convert import compile_rules, fill_model, load_into, load_model, rename
 from selfsup.errors import SelfsupError
-from selfsup.objectives.autoregressive.build import compose_gpt
+from selfsup.objectives.autoregressive.build import compose_gpt, gpt
 from selfsup.objectives.autoregressive.clm import CausalLanguageModeling
 
 RULES = [  # ours -> GPT2LMHeadModel; "{i}" is a layer index
@@ -84,6 +84,15 @@ def to_transformers(objective: CausalLanguageModeling, eos_token_id: int | None 
     return model
 
 
+def gpt_and_gpt2(config: dict, seed: int = 0):
+    """Ours and a ``GPT2LMHeadModel`` holding the same weights, both in train mode, at ``config`` (a
+    ``sizes.SPEED_CONFIGS`` entry: ``backbone`` settings, ``vocab_size``, ``context``): what the speed benchmarks
+    time against each other. ``seed`` seeds the initialisation."""
+    torch.manual_seed(seed)
+    ours = gpt("small", config["vocab_size"], max_positions=config["context"], **config["backbone"])
+    return ours.train(), to_transformers(ours).train()
+
+
 def from_gpt2_state_dict(objective: CausalLanguageModeling, hf: dict[str, torch.Tensor]) -> None:
     """Load ``GPT2LMHeadModel`` / ``GPT2Model`` weights (an untied ``lm_head`` must equal ``wte``)."""
     rules, ours = compile_rules(RULES, reverse=True), {}
@@ -119,4 +128,4 @@ def from_transformers(path_or_model, dropout: float | None = None) -> CausalLang
 
 
 __all__ = ["to_transformers", "from_transformers", "to_gpt2_state_dict", "from_gpt2_state_dict", "gpt2_config",
-           "check_gpt2_layout"]
+           "check_gpt2_layout", "gpt_and_gpt2"]

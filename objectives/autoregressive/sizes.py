@@ -23,6 +23,18 @@ NANOGPT_SHAKESPEARE_CHAR: dict[str, Any] = dict(
     lr_scheduler_type="cosine", validation_fraction=0.1, reference_val_loss=1.88)
 
 
+# The shapes the speed benchmarks time ours against GPT2LMHeadModel at (benchmarks/gpt_speed.py,
+# benchmarks/gpt_generate_speed.py; ``hf_gpt2.gpt_and_gpt2`` builds the pair): ``small`` is --model_size small with
+# GPT-2's dropout 0.1, a byte-level BPE of 8,000 and context 128, batch 16; ``nanogpt`` is NANOGPT_SHAKESPEARE_CHAR's
+# shape on its 66 characters.
+SPEED_CONFIGS: dict[str, dict[str, Any]] = {
+    "small": dict(backbone=dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, dropout=0.1,
+                                attention_dropout=0.1), vocab_size=8000, context=128, batch_size=16),
+    "nanogpt": dict(backbone=NANOGPT_SHAKESPEARE_CHAR["backbone"], vocab_size=66,
+                    context=NANOGPT_SHAKESPEARE_CHAR["context"], batch_size=NANOGPT_SHAKESPEARE_CHAR["batch_size"]),
+}
+
+
 def size_of(size: str) -> dict[str, dict[str, Any]]:
     """The numbers of one size (a copy)."""
     if size not in SIZES:
@@ -30,4 +42,4 @@ def size_of(size: str) -> dict[str, dict[str, Any]]:
     return {k: dict(v) for k, v in SIZES[size].items()}
 
 
-__all__ = ["SIZES", "NANOGPT_SHAKESPEARE_CHAR", "size_of"]
+__all__ = ["SIZES", "NANOGPT_SHAKESPEARE_CHAR", "SPEED_CONFIGS", "size_of"]

@@ -8,7 +8,9 @@ Names: the encoder's as ``backbones/hf_vit.py`` (under ``vit.``); the decoder la
 **The export layout** (:func:`export_mae`)::
 
     OUT/                 ViTModel (the encoder) + ViTImageProcessor  -> AutoModel, AutoImageProcessor,
-                         pipeline("image-feature-extraction", model=OUT): the features we probe
+                         pipeline("image-feature-extraction", model=OUT): the features we probe (our probe
+                         averages last_hidden_state over the tokens; pooler_output is the class token's state,
+                         backbones/hf_vit.py)
     OUT/pretraining/     ViTMAEForPreTraining + ViTImageProcessor -> AutoModelForPreTraining (reconstructions,
                          continued pre-training: mae_from_transformers(OUT) finds it here)
 
@@ -141,21 +143,22 @@ def export_mae(objective: MAEObjective, out_dir: str | Path, processor=None,
 def check_mae_export(objective: MAEObjective, out_dir: str | Path, pixel_values: torch.Tensor,
                      atol: float = 1e-4) -> dict[str, float]:
     """Reload ``out_dir`` (``AutoModel``) and ``out_dir/pretraining`` (``AutoModelForPreTraining``) and compare
-    with ours: the encoder's last hidden state (class token included), and the MAE's logits and loss on the same
-    noise; an error past ``atol``."""
+    with ours: the encoder's last hidden state (class token included) and pooled output (the class token's state),
+    and the MAE's logits and loss on the same noise; an error past ``atol``."""
     from transformers import AutoModel, AutoModelForPreTraining
 
     out = Path(out_dir)
     objective = objective.float().cpu().eval()
     pixel_values = pixel_values.float().cpu()
-    vit = AutoModel.from_pretrained(str(out), add_pooling_layer=False).eval()
+    vit = AutoModel.from_pretrained(str(out)).eval()
     mae = AutoModelForPreTraining.from_pretrained(str(out / PRETRAINING_DIR)).eval()
     ours_h = objective.encoder()({"pixel_values": pixel_values})[0].last_hidden_state
     noise = torch.rand(len(pixel_values), objective.adapter.config.num_patches, generator=torch.Generator().manual_seed(0))
     ours = objective.predict({"pixel_values": pixel_values, "noise": noise})
-    theirs = mae(pixel_values=pixel_values, noise=noise)
-    return {"export/max_abs_hidden_diff": check_close(max_abs_diff(ours_h, vit(pixel_values=pixel_values)
-                                                                   .last_hidden_state), "ViT hidden states", atol),
+    theirs, encoded = mae(pixel_values=pixel_values, noise=noise), vit(pixel_values=pixel_values)
+    check_close(max_abs_diff(ours_h[:, 0], encoded.pooler_output), "ViT pooled output (the class token)", atol)
+    return {"export/max_abs_hidden_diff": check_close(max_abs_diff(ours_h, encoded.last_hidden_state),
+                                                      "ViT hidden states", atol),
             "export/max_abs_logit_diff": check_close(max_abs_diff(ours["logits"], theirs.logits), "MAE logits", atol),
             "export/loss_diff": check_close(abs(float(ours["loss"]) - float(theirs.loss)), "MAE loss", atol)}
 
