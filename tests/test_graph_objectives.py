@@ -141,7 +141,7 @@ def train_steps(objective, batches, steps=3):
         assert grads and any(g.abs().sum() > 0 for g in grads), "the encoder learns"
         opt.step()
         objective.on_step_end(step + 1)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert all(torch.isfinite(torch.tensor(losses)))
     return losses
 
