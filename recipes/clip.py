@@ -237,7 +237,8 @@ def evaluate(objective: CLIPObjective, zs: ZeroShot, run: ClipRun, tokenizer, de
     """Zero-shot top-1 / top-5 of the trained model and a random-init one; the trained model's confusion PNG."""
     ours, fresh = zs.scores(objective, device), zs.scores(random_init(run, tokenizer, device), device)
     png = confusion_png(ours["confusion"], zs.class_names, str(Path(run.output_dir) / "zero_shot_confusion.png"),
-                        f"zero-shot {run.loss} ({run.backbone}): top-1 {ours['accuracy']:.1%} on {len(zs.labels)} images")
+                        f"zero-shot {run.loss} ({run.backbone}): top-1 {ours['accuracy']:.1%} "
+                        f"on {len(zs.labels)} images")
     return {"zero_shot/accuracy": ours["accuracy"], "zero_shot/top5_accuracy": ours["top5_accuracy"],
             "zero_shot/random_init_accuracy": fresh["accuracy"],
             "zero_shot/random_init_top5_accuracy": fresh["top5_accuracy"], "zero_shot/num_images": len(zs.labels),

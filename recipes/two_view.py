@@ -104,7 +104,7 @@ def preset_training(settings: TrainingSettings, run: TwoViewRun, num_images: int
     weight decay, the per-device batch (the preset's global batch over ``num_processes``), and the steps and warmup
     (the preset's epochs as steps over ``num_images``)."""
     preset = run.preset_settings
-    filled: dict[str, Any] = {k: preset[k] for k in TRAINING_FROM_PRESET if getattr(settings, k) is None and k in preset}
+    filled = {k: preset[k] for k in TRAINING_FROM_PRESET if getattr(settings, k) is None and k in preset}
     batch = settings.per_device_train_batch_size
     if batch is None:
         batch = max(1, preset["batch_size"] // num_processes)
@@ -215,10 +215,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     adapter = objective.encoder().adapter
     views = transforms_for(run, adapter.config.patch_size if hasattr(adapter, "patch_embed") else None)
     loader = view_loader(images, views, run, settings.per_device_train_batch_size, accelerator)
+    global_batch = settings.per_device_train_batch_size * accelerator.num_processes
     accelerator.print(f"{run.method} on {run.backbone}: {len(views)} views of {run.image_size}px"
                       f"{f' ({run.num_local_views} local)' if run.num_local_views else ''}, "
-                      f"{settings.max_steps} steps of {settings.per_device_train_batch_size * accelerator.num_processes}"
-                      f" images, {settings.optimizer} lr {settings.learning_rate:.3g}")
+                      f"{settings.max_steps} steps of {global_batch} images, {settings.optimizer} "
+                      f"lr {settings.learning_rate:.3g}")
     accelerator.print(f"model: {num_parameters(objective.encoder()) / 1e6:.1f}M encoder parameters")
     eval_fn = None if fit is None or not settings.eval_steps else knn_monitor(lambda obj: obj.encoder(), fit, score,
                                                                               run, accelerator.device)
