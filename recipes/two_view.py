@@ -40,8 +40,8 @@ from selfsup.types import Encoder, Objective
 METHODS = [m for m in registry.names("two_view") if m in CPU_SETTINGS]   # the registry's with image presets
 ALIASES = {alias: name for alias, name in registry.ALIASES.items() if name in METHODS}
 METHOD_CHOICES = METHODS + sorted(ALIASES)
-METHOD_HELP = "; ".join(f"{m} = {registry.get(m).summary}" for m in METHODS) + "; aliases: " + ", ".join(
-    f"{alias} = {name}" for alias, name in sorted(ALIASES.items()))
+METHOD_HELP = ("; ".join(f"{m} = {registry.get(m).summary}" for m in METHODS) + "; aliases: " + ", ".join(
+    f"{alias} = {name}" for alias, name in sorted(ALIASES.items()))).replace("%", "%%")   # argparse formats help
 PRESETS = {"cpu": CPU_SETTINGS, "gpu": GPU_SETTINGS, "imagenet": IMAGENET_SETTINGS}
 # training flags the preset fills when they are not given (the run's own: TwoViewRun)
 TRAINING_FROM_PRESET = ("learning_rate", "weight_decay", "optimizer", "momentum")
