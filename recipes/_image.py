@@ -1,14 +1,17 @@
-"""Helpers the image recipes (MAE, the two-view methods) call, each one step of their ``main``: the image flags,
-the training images, the labelled images the kNN / linear probe run on, the training loader of augmented views,
-and the probes. Nothing here calls back into a recipe."""
+"""Helpers the image recipes (MAE, the two-view methods, CLIP) call, each one step of their ``main``, on typed
+settings (:class:`ImageRun`): the image flags, the training images, the labelled images the kNN / linear probe
+run on, the training loader of augmented views, the probes and the images a picture shows. Nothing here calls back
+into a recipe."""
 from __future__ import annotations
 
-from argparse import ArgumentParser, Namespace
+from argparse import ArgumentParser
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
+from selfsup.config import RecipeSettings
 from selfsup.data import make_train_loader
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import probe_encoders
@@ -16,6 +19,32 @@ from selfsup.modalities.image_data import ImageSet, load_images, split_images
 from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ViewDataset, collate_images,
                                             collate_views, eval_transform)
 from selfsup.types import Encoder
+
+
+@dataclass
+class ImageRun(RecipeSettings):
+    """What the image recipes share: the run's settings and the flags of :func:`add_image_args` (with the data
+    flags they read); a recipe's own settings extend it. The flags of the same names."""
+
+    train_dir: str | None = None
+    train_file: list[str] | None = None
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    max_train_samples: int | None = None
+    image_size: int = 32
+    image_column: str | None = None
+    label_column: str | None = None
+    bad_images: str = "skip"
+    image_mean: Sequence[float] = IMAGENET_MEAN
+    image_std: Sequence[float] = IMAGENET_STD
+    eval_dir: str | None = None
+    eval_train_file: str | None = None
+    eval_test_file: str | None = None
+    eval_train_samples: int = 5000
+    eval_test_samples: int = 1000
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    no_linear_probe: bool = False
 
 
 def add_image_args(p: ArgumentParser) -> None:
@@ -39,17 +68,16 @@ def add_image_args(p: ArgumentParser) -> None:
     e.add_argument("--no_linear_probe", action="store_true", help="report the kNN only")
 
 
-def load_training_images(args: Namespace, accelerator) -> tuple[ImageSet, str]:
-    """The pretraining images from the data flags (scikit-learn's digits when none is given) and their source."""
+def load_training_images(run: ImageRun, accelerator) -> tuple[ImageSet, str]:
+    """The pretraining images from the data flags (scikit-learn's digits when none is given: the loader says so)
+    and their source."""
     with accelerator.main_process_first():
-        images = load_images(train_dir=args.train_dir, train_file=args.train_file, dataset_name=args.dataset_name,
-                             dataset_config=args.dataset_config_name, image_column=args.image_column,
-                             label_column=args.label_column, bad_images=args.bad_images,
-                             max_examples=args.max_train_samples)
-    accelerator.print(f"images: {len(images)} from {images.source}"
-                      + (f" ({images.summary()})" if images.skipped else ""))
-    if images.source == "builtin:digits":
-        accelerator.print("no image data given: training on scikit-learn's built-in digits (8x8, upscaled)")
+        images = load_images(train_dir=run.train_dir, train_file=run.train_file, dataset_name=run.dataset_name,
+                             dataset_config=run.dataset_config_name, image_column=run.image_column,
+                             label_column=run.label_column, bad_images=run.bad_images,
+                             max_examples=run.max_train_samples)
+    shown = "scikit-learn's built-in digits (8x8, upscaled)" if images.source == "builtin:digits" else images.source
+    accelerator.print(f"images: {len(images)} from {shown}" + (f" ({images.summary()})" if images.skipped else ""))
     return images, images.source
 
 
@@ -73,50 +101,51 @@ def find_split(folder: Path, split: str) -> dict[str, Any]:
     raise SelfsupError(f"{folder}: no {split}.parquet and no {split}/ folder for the evaluation images")
 
 
-def labelled_images(args: Namespace, train_images: ImageSet) -> tuple[ImageSet, ImageSet, str] | None:
+def labelled_images(run: ImageRun, train_images: ImageSet) -> tuple[ImageSet, ImageSet, str] | None:
     """(images the kNN / probe fit on, images they are scored on, source), or None when there are none.
 
     ``--eval_dir`` (its train and test splits), else ``--eval_train_file`` / ``--eval_test_file``, else a seeded
     20 % of the training images when they carry labels. Each side is a seeded sample of
     ``--eval_train_samples`` / ``--eval_test_samples`` images."""
-    common = dict(image_column=args.image_column, label_column=args.label_column, bad_images=args.bad_images)
-    if args.eval_dir:
-        folder = Path(args.eval_dir)
+    common = dict(image_column=run.image_column, label_column=run.label_column, bad_images=run.bad_images)
+    if run.eval_dir:
+        folder = Path(run.eval_dir)
         if not folder.is_dir():
             raise SelfsupError(f"{folder}: --eval_dir is not a folder")
         fit, score, source = (load_images(**find_split(folder, "train"), **common),
                               load_images(**find_split(folder, "test"), **common), str(folder))
-    elif args.eval_train_file and args.eval_test_file:
-        fit, score = (load_images(train_file=args.eval_train_file, **common),
-                      load_images(train_file=args.eval_test_file, **common))
-        source = args.eval_train_file
+    elif run.eval_train_file and run.eval_test_file:
+        fit, score = (load_images(train_file=run.eval_train_file, **common),
+                      load_images(train_file=run.eval_test_file, **common))
+        source = run.eval_train_file
     elif train_images.num_classes > 1 and min(train_images.labels) >= 0:
-        fit, score = split_images(train_images, 0.2, args.seed)
+        fit, score = split_images(train_images, 0.2, run.seed)
         source = f"{train_images.source} (a held-out 20 %)"
     else:
         return None
     for part, name in ((fit, "fit"), (score, "score")):
         if min(part.labels, default=-1) < 0:
             raise SelfsupError(f"{part.source}: the evaluation images to {name} on have no labels")
-    return sample(fit, args.eval_train_samples, args.seed), sample(score, args.eval_test_samples, args.seed), source
+    return sample(fit, run.eval_train_samples, run.seed), sample(score, run.eval_test_samples, run.seed), source
 
 
-def view_loader(images: ImageSet, transforms: Sequence[Callable], args: Namespace, accelerator):
-    """The training loader: each example's views drawn from its own seed (N processes train as one)."""
-    data = ViewDataset(images, list(transforms), seed=args.seed)
+def view_loader(images: ImageSet, transforms: Sequence[Callable], run: ImageRun, batch_size: int, accelerator):
+    """The training loader of ``batch_size`` examples per process: each example's views drawn from its own seed
+    (N processes train as one)."""
+    data = ViewDataset(images, list(transforms), seed=run.seed)
     collate = collate_views if len(transforms) > 1 else collate_images
-    global_batch = args.per_device_train_batch_size * accelerator.num_processes
+    global_batch = batch_size * accelerator.num_processes
     if len(data) < global_batch:
         raise SelfsupError(f"{images.source}: {len(data)} images are fewer than one global batch of {global_batch}")
-    return make_train_loader(data, collate, args.per_device_train_batch_size, accelerator.num_processes,
-                             accelerator.process_index, args.seed, args.dataloader_num_workers)
+    return make_train_loader(data, collate, batch_size, accelerator.num_processes, accelerator.process_index,
+                             run.seed, run.dataloader_num_workers)
 
 
 class EvalImages:
     """Labelled images turned once into normalised tensors (``eval_transform``: no randomness), then batched."""
 
-    def __init__(self, images: ImageSet, args: Namespace) -> None:
-        transform = eval_transform(args.image_size, mean=args.image_mean, std=args.image_std)
+    def __init__(self, images: ImageSet, run: ImageRun) -> None:
+        transform = eval_transform(run.image_size, mean=run.image_mean, std=run.image_std)
         self.pixels = torch.stack([transform(images[i]["image"]).as_subclass(torch.Tensor) for i in range(len(images))])
         self.labels = images.labels
 
@@ -125,24 +154,60 @@ class EvalImages:
             yield {"pixel_values": self.pixels[i:i + batch_size]}
 
 
-def image_probe(encoders: dict[str, Encoder | list[Encoder]], fit: EvalImages, score: EvalImages, args: Namespace,
+def image_probe(encoders: dict[str, Encoder | list[Encoder]], fit: EvalImages, score: EvalImages, run: ImageRun,
                 device: torch.device, linear: bool | None = None) -> dict[str, float]:
     """kNN (cosine, ``--knn_k`` neighbours, exp(sim / ``--knn_temperature``) votes) and, unless
     ``--no_linear_probe``, a linear probe on frozen pooled features, for each encoder
     (``{"": trained, "random_init_": [fresh, ...]}``)."""
     sets = {"train": fit, "test": score}
-    return probe_encoders(encoders, lambda split: sets[split].batches(args.per_device_eval_batch_size),
-                          fit.labels, score.labels, device, knn_k=args.knn_k, knn_temperature=args.knn_temperature,
-                          linear=not args.no_linear_probe if linear is None else linear)
+    return probe_encoders(encoders, lambda split: sets[split].batches(run.per_device_eval_batch_size),
+                          fit.labels, score.labels, device, knn_k=run.knn_k, knn_temperature=run.knn_temperature,
+                          linear=not run.no_linear_probe if linear is None else linear)
 
 
-def knn_monitor(encoder_of: Callable[[Any], Encoder], fit: EvalImages, score: EvalImages, args: Namespace,
+def knn_monitor(encoder_of: Callable[[Any], Encoder], fit: EvalImages, score: EvalImages, run: ImageRun,
                 device: torch.device) -> Callable[[Any], dict[str, float]]:
     """An ``eval_fn`` for the trainer: the kNN accuracy of the objective's encoder (``encoder_of(objective)``)
     on the labelled images, at every ``--eval_steps``."""
 
     def eval_fn(objective) -> dict[str, float]:
-        return {f"eval/{k}": v for k, v in image_probe({"": encoder_of(objective)}, fit, score, args, device,
+        return {f"eval/{k}": v for k, v in image_probe({"": encoder_of(objective)}, fit, score, run, device,
                                                       linear=False).items()}
 
     return eval_fn
+
+
+# -- pictures ------------------------------------------------------------------------------------------------------
+def spread_over_classes(labels: Sequence[int], n: int, seed: int) -> list[int]:
+    """Indices of ``n`` examples (all of them when there are fewer) for a picture, drawn from ``seed``: one of each
+    class in turn (round robin; the classes and each class's examples in an order drawn from the seed) when
+    ``labels`` are known (>= 0), else a random sample. Data sets are often sorted by class, so the first ``n``
+    would show one class."""
+    g = torch.Generator().manual_seed(seed)
+    n = min(n, len(labels))
+    if not len(labels) or min(labels) < 0:
+        return torch.randperm(len(labels), generator=g)[:n].tolist()
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(i)
+    classes = [sorted(by_class)[k] for k in torch.randperm(len(by_class), generator=g).tolist()]
+    queues = [[by_class[c][k] for k in torch.randperm(len(by_class[c]), generator=g).tolist()] for c in classes]
+    picked: list[int] = []
+    for turn in range(max(len(q) for q in queues)):
+        picked += [q[turn] for q in queues if turn < len(q)]
+        if len(picked) >= n:
+            break
+    return picked[:n]
+
+
+def picture_pixels(score: EvalImages | None, images: ImageSet, run: ImageRun, n: int) -> torch.Tensor:
+    """(n, C, H, W) normalised images a picture shows (MAE's reconstructions): a seeded sample across the classes
+    of the labelled held-out images (:func:`spread_over_classes`), else a seeded random sample of the training
+    images; ``eval_transform``, no augmentation."""
+    if score is not None:
+        return score.pixels[spread_over_classes(score.labels, n, run.seed)]
+    return EvalImages(sample(images, n, run.seed), run).pixels
+
+
+__all__ = ["ImageRun", "add_image_args", "load_training_images", "sample", "find_split", "labelled_images",
+           "view_loader", "EvalImages", "image_probe", "knn_monitor", "spread_over_classes", "picture_pixels"]

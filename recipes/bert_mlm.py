@@ -8,22 +8,33 @@ Writes OUTPUT_DIR/metrics.json and OUTPUT_DIR/export/ (a ``BertForMaskedLM`` + t
 """
 from __future__ import annotations
 
-from argparse import ArgumentParser, Namespace
+from argparse import ArgumentParser
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from selfsup.backbones.transformer import num_parameters
-from selfsup.config import base_parser, parse_args
+from selfsup.config import base_parser, parse_args, settings_from
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
 from selfsup.objectives.masked.build import bert_mlm, compose_bert
 from selfsup.objectives.masked.hf_bert import from_transformers, to_transformers
 from selfsup.objectives.masked.mlm import MaskedLanguageModeling
-from selfsup.recipes._text import add_text_args, get_tokenizer, load_text, size_overrides, text_blocks, text_probe
+from selfsup.recipes._text import (TextModel, add_text_args, get_tokenizer, load_text, size_overrides, text_blocks,
+                                   text_probe)
 from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
+
+
+@dataclass
+class BertRun(TextModel):
+    """The masked-language-modelling recipe's own settings (the engine's are ``TrainingSettings``); the flags of
+    the same names."""
+
+    mlm_probability: float = 0.15
+    whole_word_mask: bool = False
 
 
 def build_parser() -> ArgumentParser:
@@ -39,30 +50,30 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def build_objective(args: Namespace, tokenizer) -> MaskedLanguageModeling:
+def build_objective(run: BertRun, tokenizer) -> MaskedLanguageModeling:
     special = tokenizer.all_special_ids
-    cont = [i for t, i in tokenizer.get_vocab().items() if t.startswith("##")] if args.whole_word_mask else None
-    if args.init_from:
-        obj = from_transformers(args.init_from, args.mlm_probability, args.dropout, special,
+    cont = [i for t, i in tokenizer.get_vocab().items() if t.startswith("##")] if run.whole_word_mask else None
+    if run.init_from:
+        obj = from_transformers(run.init_from, run.mlm_probability, run.dropout, special,
                                 tokenizer.mask_token_id, cont)
         if obj.vocab_size != len(tokenizer):
-            raise SelfsupError(f"{args.init_from}: model vocabulary ({obj.vocab_size}) does not match the "
+            raise SelfsupError(f"{run.init_from}: model vocabulary ({obj.vocab_size}) does not match the "
                                f"tokenizer's ({len(tokenizer)})")
         return obj
-    return bert_mlm(args.model_size, len(tokenizer), tokenizer.mask_token_id, tokenizer.pad_token_id, special,
-                    max_positions=max(512, args.max_seq_length), mlm_probability=args.mlm_probability,
-                    continuation_ids=cont, dropout=args.dropout, attention_dropout=args.dropout,
-                    gradient_checkpointing=args.gradient_checkpointing, **size_overrides(args, "bert_mlm"))
+    return bert_mlm(run.model_size, len(tokenizer), tokenizer.mask_token_id, tokenizer.pad_token_id, special,
+                    max_positions=max(512, run.max_seq_length), mlm_probability=run.mlm_probability,
+                    continuation_ids=cont, dropout=run.dropout, attention_dropout=run.dropout,
+                    gradient_checkpointing=run.gradient_checkpointing, **size_overrides(run, "bert_mlm"))
 
 
-def make_eval_fn(val_blocks: list[list[int]], args: Namespace, device: torch.device):
+def make_eval_fn(val_blocks: list[list[int]], run: BertRun, device: torch.device):
     """Held-out MLM loss, accuracy and perplexity with masks fixed by the seed (same masks at every eval)."""
 
     def eval_fn(objective: MaskedLanguageModeling) -> dict[str, float]:
-        gen = torch.Generator().manual_seed(args.seed)
+        gen = torch.Generator().manual_seed(run.seed)
         loss, correct, count = 0.0, 0, 0
-        for i in range(0, len(val_blocks), args.per_device_eval_batch_size):
-            ids = torch.tensor(val_blocks[i:i + args.per_device_eval_batch_size])
+        for i in range(0, len(val_blocks), run.per_device_eval_batch_size):
+            ids = torch.tensor(val_blocks[i:i + run.per_device_eval_batch_size])
             inputs, labels = objective.corrupt(ids, generator=gen)
             out = objective({"input_ids": inputs.to(device), "labels": labels.to(device)})
             loss += float(out.loss)
@@ -75,12 +86,12 @@ def make_eval_fn(val_blocks: list[list[int]], args: Namespace, device: torch.dev
     return eval_fn
 
 
-def export(objective: MaskedLanguageModeling, tokenizer, args: Namespace, metrics: dict[str, Any],
+def export(objective: MaskedLanguageModeling, tokenizer, run: BertRun, metrics: dict[str, Any],
            source: str, sample: list[list[int]]) -> Path:
     """Write OUTPUT_DIR/export as BertForMaskedLM + tokenizer + card, and check it loads and matches."""
     from transformers import AutoModelForMaskedLM
 
-    out = Path(args.output_dir) / "export"
+    out = Path(run.output_dir) / "export"
     model = to_transformers(objective.float().cpu())
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -92,42 +103,45 @@ def export(objective: MaskedLanguageModeling, tokenizer, args: Namespace, metric
     if diff > 1e-4:
         raise RuntimeError(f"export check failed: reloaded logits differ by {diff:.2e}")
     metrics["export/max_abs_logit_diff"] = diff
-    run = {"objective": "masked language modelling", "corpus": source, "steps": metrics.get("steps"),
-           "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
-           "parameters": num_parameters(model), "max_seq_length": args.max_seq_length,
-           "mlm_probability": args.mlm_probability, "whole_word_mask": args.whole_word_mask}
+    facts = {"objective": "masked language modelling", "corpus": source, "steps": metrics.get("steps"),
+             "model_size": run.model_size if not run.init_from else f"from {run.init_from}",
+             "parameters": num_parameters(model), "max_seq_length": run.max_seq_length,
+             "mlm_probability": run.mlm_probability, "whole_word_mask": run.whole_word_mask}
     usage = f"""from transformers import pipeline
-fill = pipeline("fill-mask", model="{args.hub_model_id or out}")
+fill = pipeline("fill-mask", model="{run.hub_model_id or out}")
 fill("the {tokenizer.mask_token} statement")"""
-    write_model_card(out, title=args.hub_model_id or "BERT-style encoder pretrained with selfsup",
+    write_model_card(out, title=run.hub_model_id or "BERT-style encoder pretrained with selfsup",
                      pipeline_tag="fill-mask", summary=f"A BERT masked language model pretrained on {source}.",
-                     metrics=metrics, run=run, usage=usage, tags=("bert", "fill-mask"))
+                     metrics=metrics, run=facts, usage=usage, tags=("bert", "fill-mask"))
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(build_parser(), argv)                                                # parse
+    run = settings_from(BertRun, args)
     settings = TrainingSettings.from_args(args)
-    accelerator = start_run(settings, args.seed)
-    train_texts, val_texts, source = load_text(args, accelerator)                          # data
+    accelerator = start_run(settings, run.seed)
+    train_texts, val_texts, source = load_text(run, accelerator)                           # data
     accelerator.print(f"corpus: {source}")
-    tokenizer = get_tokenizer(args, train_texts, accelerator)
-    loader, val_blocks = text_blocks(args, train_texts, val_texts, source, tokenizer, accelerator)
-    objective = build_objective(args, tokenizer)                                           # build
+    tokenizer = get_tokenizer(run, train_texts, accelerator)
+    loader, val_blocks = text_blocks(run, train_texts, val_texts, source, tokenizer,
+                                     settings.per_device_train_batch_size, accelerator)
+    objective = build_objective(run, tokenizer)                                            # build
     accelerator.print(f"model: {num_parameters(objective) / 1e6:.1f}M parameters")
-    trainer = Trainer(objective, loader, settings, accelerator, make_eval_fn(val_blocks, args, accelerator.device),
+    trainer = Trainer(objective, loader, settings, accelerator, make_eval_fn(val_blocks, run, accelerator.device),
                       run_config={"recipe": "bert_mlm", "corpus": source})
     metrics = trainer.train()                                                              # train
     objective, export_dir = trainer.objective, None
     if accelerator.is_main_process:
-        if args.eval_train_file and args.eval_test_file:                                   # evaluate
-            fresh = random_init_encoders(lambda: compose_bert(objective.config, objective.masker, objective.adapter.pad_token_id,
+        if run.eval_train_file and run.eval_test_file:                                     # evaluate
+            fresh = random_init_encoders(lambda: compose_bert(objective.config, objective.masker,
+                                                              objective.adapter.pad_token_id,
                                                               objective.adapter.max_positions),
-                                         args.random_init_seeds, args.seed, accelerator.device)
-            metrics.update(text_probe({"": objective.encoder(), "random_init_": fresh}, tokenizer, args,
+                                         run.random_init_seeds, run.seed, accelerator.device)
+            metrics.update(text_probe({"": objective.encoder(), "random_init_": fresh}, tokenizer, run,
                                       accelerator.device))
-        export_dir = export(objective, tokenizer, args, metrics, source, val_blocks)       # export
-    return finish_run(accelerator, metrics, args.output_dir, export_dir, args.hub_model_id,  # finish
+        export_dir = export(objective, tokenizer, run, metrics, source, val_blocks)        # export
+    return finish_run(accelerator, metrics, run.output_dir, export_dir, run.hub_model_id,  # finish
                       args.push_to_hub, args.hub_private_repo)
 
 

@@ -11,7 +11,8 @@ Writes OUTPUT_DIR/metrics.json and OUTPUT_DIR/export/ (a ``GPT2LMHeadModel`` + t
 from __future__ import annotations
 
 import math
-from argparse import ArgumentParser, Namespace
+from argparse import ArgumentParser
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from selfsup.backbones.transformer import num_parameters
-from selfsup.config import base_parser, parse_args
+from selfsup.config import base_parser, parse_args, settings_from
 from selfsup.convert import check_close, max_abs_diff
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
@@ -27,9 +28,35 @@ from selfsup.modalities.text import SAMPLE_BY, causal_pack_function
 from selfsup.objectives.autoregressive.build import gpt
 from selfsup.objectives.autoregressive.clm import CausalLanguageModeling, generate
 from selfsup.objectives.autoregressive.hf_gpt2 import from_transformers, to_transformers
-from selfsup.recipes._text import add_text_args, get_causal_tokenizer, load_text, size_overrides, text_blocks
+from selfsup.recipes._text import TextModel, add_text_args, get_causal_tokenizer, load_text, size_overrides, text_blocks
 from selfsup.run import finish_run, start_run
 from selfsup.train import Trainer, TrainingSettings
+
+
+@dataclass
+class GPTRun(TextModel):
+    """The autoregressive recipe's own settings (the engine's are ``TrainingSettings``); the flags of the same
+    names, checked."""
+
+    tokenizer: str = "bpe"
+    sample_by: str = "line"
+    block_stride: int | None = None
+    dropout: float = 0.0
+    num_samples: int = 2
+    max_new_tokens: int = 48
+    temperature: float = 0.8
+    top_k: int = 40
+    prompt: str | None = None
+    prompt_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if self.eval_train_file or self.eval_test_file:
+            raise SelfsupError("the GPT recipe reports held-out loss and perplexity; --eval_train_file/"
+                               "--eval_test_file (probes) are not supported here")
+        if self.max_seq_length < 2:
+            raise SelfsupError("--max_seq_length must be at least 2")
+        if self.block_stride is not None and not 0 < self.block_stride <= self.max_seq_length:
+            raise SelfsupError(f"--block_stride must be between 1 and --max_seq_length ({self.max_seq_length})")
 
 
 def build_parser() -> ArgumentParser:
@@ -60,92 +87,82 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def check_args(args: Namespace) -> None:
-    if args.eval_train_file or args.eval_test_file:
-        raise SelfsupError("the GPT recipe reports held-out loss and perplexity; --eval_train_file/--eval_test_file "
-                           "(probes) are not supported here")
-    if args.max_seq_length < 2:
-        raise SelfsupError("--max_seq_length must be at least 2")
-    if args.block_stride is not None and not 0 < args.block_stride <= args.max_seq_length:
-        raise SelfsupError(f"--block_stride must be between 1 and --max_seq_length ({args.max_seq_length})")
-
-
-def build_objective(args: Namespace, tokenizer) -> CausalLanguageModeling:
-    if args.init_from:
-        obj = from_transformers(args.init_from, args.dropout)
+def build_objective(run: GPTRun, tokenizer) -> CausalLanguageModeling:
+    if run.init_from:
+        obj = from_transformers(run.init_from, run.dropout)
         if obj.vocab_size < len(tokenizer):
-            raise SelfsupError(f"{args.init_from}: model vocabulary ({obj.vocab_size}) is smaller than the "
+            raise SelfsupError(f"{run.init_from}: model vocabulary ({obj.vocab_size}) is smaller than the "
                                f"tokenizer's ({len(tokenizer)})")
-        if obj.max_positions < args.max_seq_length:
-            raise SelfsupError(f"{args.init_from}: the model holds {obj.max_positions} positions; lower "
-                               f"--max_seq_length ({args.max_seq_length})")
+        if obj.max_positions < run.max_seq_length:
+            raise SelfsupError(f"{run.init_from}: the model holds {obj.max_positions} positions; lower "
+                               f"--max_seq_length ({run.max_seq_length})")
         return obj
-    return gpt(args.model_size, len(tokenizer), max_positions=args.max_seq_length, dropout=args.dropout,
-               attention_dropout=args.dropout, gradient_checkpointing=args.gradient_checkpointing,
-               **size_overrides(args, "gpt"))
+    return gpt(run.model_size, len(tokenizer), max_positions=run.max_seq_length, dropout=run.dropout,
+               attention_dropout=run.dropout, gradient_checkpointing=run.gradient_checkpointing,
+               **size_overrides(run, "gpt"))
 
 
-def prompts(tokenizer, val_blocks: list[list[int]], args: Namespace) -> list[list[int]]:
+def prompts(tokenizer, val_blocks: list[list[int]], run: GPTRun) -> list[list[int]]:
     """The prompts the samples continue: --prompt, or the start of the first and the middle held-out block."""
-    if args.prompt:
-        ids = tokenizer(args.prompt, add_special_tokens=False)["input_ids"]
+    if run.prompt:
+        ids = tokenizer(run.prompt, add_special_tokens=False)["input_ids"]
         if not ids:
             raise SelfsupError("--prompt is empty after tokenization")
         return [ids]
     picks = sorted({0, len(val_blocks) // 2})
-    return [val_blocks[i][:max(1, args.prompt_tokens)] for i in picks]
+    return [val_blocks[i][:max(1, run.prompt_tokens)] for i in picks]
 
 
-def print_samples(objective: CausalLanguageModeling, tokenizer, starts: list[list[int]], args: Namespace,
+def print_samples(objective: CausalLanguageModeling, tokenizer, starts: list[list[int]], run: GPTRun,
                   device: torch.device) -> str:
     """Greedy and sampled (--temperature, --top_k) continuations of each prompt, printed; the first greedy one
     returned (it goes into the model card)."""
     from tqdm.auto import tqdm
 
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(run.seed)
     lines, first = [], ""
     for start in starts:
         ids = torch.tensor([start], device=device)
-        greedy = generate(objective, ids, args.max_new_tokens, greedy=True)
+        greedy = generate(objective, ids, run.max_new_tokens, greedy=True)
         text = tokenizer.decode(greedy[0, len(start):].tolist())
         first = first or tokenizer.decode(start) + text
         lines.append(f"  greedy   | {tokenizer.decode(start)!r} -> {text!r}")
-        for _ in range(args.num_samples):
-            out = generate(objective, ids, args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k or None, generator=gen)
+        for _ in range(run.num_samples):
+            out = generate(objective, ids, run.max_new_tokens, temperature=run.temperature,
+                           top_k=run.top_k or None, generator=gen)
             sampled = tokenizer.decode(out[0, len(start):].tolist())
             lines.append(f"  sampled  | {tokenizer.decode(start)!r} -> {sampled!r}")
-    tqdm.write("samples (greedy; temperature %g, top-k %s):\n%s" % (args.temperature, args.top_k or "all",
+    tqdm.write("samples (greedy; temperature %g, top-k %s):\n%s" % (run.temperature, run.top_k or "all",
                                                                     "\n".join(lines)))
     return first
 
 
-def make_eval_fn(val_blocks: list[list[int]], tokenizer, args: Namespace, device: torch.device, samples: dict):
+def make_eval_fn(val_blocks: list[list[int]], tokenizer, run: GPTRun, device: torch.device, samples: dict):
     """Held-out next-token loss (per target), perplexity and accuracy on every validation block, then samples."""
-    starts = prompts(tokenizer, val_blocks, args)
+    starts = prompts(tokenizer, val_blocks, run)
 
     def eval_fn(objective: CausalLanguageModeling) -> dict[str, float]:
         loss, correct, count = 0.0, 0, 0
-        for i in range(0, len(val_blocks), args.per_device_eval_batch_size):
-            out = objective({"input_ids": torch.tensor(val_blocks[i:i + args.per_device_eval_batch_size],
+        for i in range(0, len(val_blocks), run.per_device_eval_batch_size):
+            out = objective({"input_ids": torch.tensor(val_blocks[i:i + run.per_device_eval_batch_size],
                                                        device=device)})
             loss += float(out.loss)
             correct += round(float(out.metrics["accuracy"]) * int(out.num_targets))
             count += int(out.num_targets)
         mean = loss / max(count, 1)
-        samples["greedy"] = print_samples(objective, tokenizer, starts, args, device)
+        samples["greedy"] = print_samples(objective, tokenizer, starts, run, device)
         return {"eval/loss": mean, "eval/perplexity": math.exp(min(mean, 50.0)),
                 "eval/accuracy": correct / max(count, 1)}
 
     return eval_fn
 
 
-def export(objective: CausalLanguageModeling, tokenizer, args: Namespace, metrics: dict[str, Any], source: str,
+def export(objective: CausalLanguageModeling, tokenizer, run: GPTRun, metrics: dict[str, Any], source: str,
            val_blocks: list[list[int]], sample: str) -> Path:
     """Write OUTPUT_DIR/export as GPT2LMHeadModel + tokenizer + card, and check it loads and matches."""
     from transformers import AutoModelForCausalLM
 
-    out = Path(args.output_dir) / "export"
+    out = Path(run.output_dir) / "export"
     model = to_transformers(objective.float().cpu(), eos_token_id=tokenizer.eos_token_id)
     if tokenizer.eos_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.eos_token_id
@@ -158,47 +175,48 @@ def export(objective: CausalLanguageModeling, tokenizer, args: Namespace, metric
         diff = check_close(max_abs_diff(reloaded(input_ids=ids).logits, objective.logits({"input_ids": ids})),
                            "logits")
     metrics["export/max_abs_logit_diff"] = diff
-    run = {"objective": "causal language modelling (next token)", "corpus": source, "steps": metrics.get("steps"),
-           "model_size": args.model_size if not args.init_from else f"from {args.init_from}",
-           "parameters": num_parameters(model), "context": objective.max_positions,
-           "tokenizer": args.tokenizer_name or (args.init_from and "from the checkpoint") or args.tokenizer,
-           "vocab_size": objective.vocab_size}
+    facts = {"objective": "causal language modelling (next token)", "corpus": source, "steps": metrics.get("steps"),
+             "model_size": run.model_size if not run.init_from else f"from {run.init_from}",
+             "parameters": num_parameters(model), "context": objective.max_positions,
+             "tokenizer": run.tokenizer_name or (run.init_from and "from the checkpoint") or run.tokenizer,
+             "vocab_size": objective.vocab_size}
     usage = f"""from transformers import pipeline
-generate = pipeline("text-generation", model="{args.hub_model_id or out}")
+generate = pipeline("text-generation", model="{run.hub_model_id or out}")
 print(generate("The", max_new_tokens=40, do_sample=True, top_k=40)[0]["generated_text"])"""
     summary = (f"A GPT-2-style causal language model pretrained on {source}. A greedy continuation of held-out "
                f"text after training:\n\n```text\n{sample}\n```")
-    write_model_card(out, title=args.hub_model_id or "GPT-2-style language model pretrained with selfsup",
-                     pipeline_tag="text-generation", summary=summary, metrics=metrics, run=run, usage=usage,
+    write_model_card(out, title=run.hub_model_id or "GPT-2-style language model pretrained with selfsup",
+                     pipeline_tag="text-generation", summary=summary, metrics=metrics, run=facts, usage=usage,
                      tags=("gpt2", "text-generation"))
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(build_parser(), argv)                                                # parse
-    check_args(args)
-    if args.min_learning_rate is None:  # nanoGPT's cosine ends at a tenth of the peak
-        args.min_learning_rate = args.learning_rate / 10
-    settings = TrainingSettings.from_args(args)
-    accelerator = start_run(settings, args.seed)
-    train_texts, val_texts, source = load_text(args, accelerator)                          # data
+    run = settings_from(GPTRun, args)
+    min_learning_rate = args.min_learning_rate if args.min_learning_rate is not None else \
+        args.learning_rate / 10                                # nanoGPT's cosine ends at a tenth of the peak
+    settings = TrainingSettings.from_args(args, min_learning_rate=min_learning_rate)
+    accelerator = start_run(settings, run.seed)
+    train_texts, val_texts, source = load_text(run, accelerator, run.sample_by)            # data
     accelerator.print(f"corpus: {source}")
-    tokenizer = get_causal_tokenizer(args, train_texts, accelerator)
-    loader, val_blocks = text_blocks(args, train_texts, val_texts, source, tokenizer, accelerator,
-                                     pack=partial(causal_pack_function, stride=args.block_stride),
+    tokenizer = get_causal_tokenizer(run, train_texts, accelerator, run.tokenizer)
+    loader, val_blocks = text_blocks(run, train_texts, val_texts, source, tokenizer,
+                                     settings.per_device_train_batch_size, accelerator,
+                                     pack=partial(causal_pack_function, stride=run.block_stride),
                                      eval_pack=causal_pack_function)
-    objective = build_objective(args, tokenizer)                                           # build
+    objective = build_objective(run, tokenizer)                                            # build
     accelerator.print(f"model: {num_parameters(objective) / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}")
     samples: dict[str, str] = {}
     trainer = Trainer(objective, loader, settings, accelerator,
-                      make_eval_fn(val_blocks, tokenizer, args, accelerator.device, samples),
+                      make_eval_fn(val_blocks, tokenizer, run, accelerator.device, samples),
                       run_config={"recipe": "gpt", "corpus": source})
     metrics = trainer.train()                                                              # train + evaluate
     objective, export_dir = trainer.objective, None
     if accelerator.is_main_process:
-        export_dir = export(objective, tokenizer, args, metrics, source, val_blocks,      # export
+        export_dir = export(objective, tokenizer, run, metrics, source, val_blocks,       # export
                             samples.get("greedy", ""))
-    return finish_run(accelerator, metrics, args.output_dir, export_dir, args.hub_model_id,  # finish
+    return finish_run(accelerator, metrics, run.output_dir, export_dir, run.hub_model_id,  # finish
                       args.push_to_hub, args.hub_private_repo)
 
 

@@ -19,7 +19,8 @@ OUTPUT_DIR defaults to outputs/hubert/iteration{N}; a ``{iteration}`` in ``--out
 from __future__ import annotations
 
 import shutil
-from argparse import ArgumentParser, Namespace
+from argparse import ArgumentParser
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,7 +28,7 @@ import torch
 
 from selfsup.backbones.hf_speech import feature_extractor_for
 from selfsup.backbones.transformer import num_parameters
-from selfsup.config import base_parser, parse_args
+from selfsup.config import base_parser, parse_args, settings_from
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
 from selfsup.kmeans import load_centroids, save_centroids
@@ -38,14 +39,39 @@ from selfsup.modalities.audio_labels import (HubertCollator, LabelledAudio, Laye
 from selfsup.objectives.clustering.build import hubert
 from selfsup.objectives.clustering.hf_hubert import HEAD_KEYS, from_transformers, to_transformers
 from selfsup.objectives.clustering.hubert import HubertObjective
-from selfsup.recipes._speech import (add_audio_args, apply_training_flags, check_audio_export, export_sample,
-                                     load_audio, speech_card, speech_loader, speech_probe)
+from selfsup.recipes._speech import (SpeechRun, add_audio_args, apply_training_flags, check_audio_export,
+                                     export_sample, load_audio, speech_card, speech_loader, speech_probe)
 from selfsup.run import finish_run, held_out_eval, start_run
 from selfsup.train import Trainer, TrainingSettings
 
 OBJECTIVE_FLAGS = ("mask_prob", "mask_length", "logit_temperature", "pred_masked_weight", "pred_nomask_weight",
                    "feature_penalty_weight", "final_dim")
 HEAD_FILE, KMEANS_FILE = "hubert_head.safetensors", "kmeans.safetensors"
+
+
+@dataclass
+class HubertRun(SpeechRun):
+    """The HuBERT recipe's own settings (the engine's are ``TrainingSettings``); the flags of the same names.
+    :func:`resolve` fills in what depends on the iteration. :data:`OBJECTIVE_FLAGS` go to the objective as given
+    (None: the size's default)."""
+
+    output_dir: str = "outputs/hubert/iteration{iteration}"
+    iteration: int = 1
+    previous: str | None = None
+    feature_layer: int | None = None
+    num_clusters: int | None = None
+    kmeans_max_frames: int = 500_000
+    kmeans_iterations: int = 100
+    kmeans_batch_size: int = 10_000
+    stable_layer_norm: bool = False
+    mask_prob: float = 0.8
+    mask_length: int = 10
+    logit_temperature: float = 0.1
+    pred_masked_weight: float = 1.0
+    pred_nomask_weight: float = 0.0
+    feature_penalty_weight: float = 0.0
+    final_dim: int | None = None
+    dropout: float = 0.1
 
 
 def build_parser() -> ArgumentParser:
@@ -77,58 +103,59 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def resolve(args: Namespace) -> Namespace:
-    """Fill in the iteration-dependent defaults (output folder, previous model, layer, k)."""
-    if args.iteration < 1:
+def resolve(run: HubertRun) -> HubertRun:
+    """The settings with the iteration-dependent defaults filled in (output folder, previous model, layer, k),
+    checked: a new :class:`HubertRun`."""
+    if run.iteration < 1:
         raise SelfsupError("--iteration must be at least 1")
-    args.output_dir = str(args.output_dir).replace("{iteration}", str(args.iteration))
-    if args.num_clusters is None:
-        args.num_clusters = 100 if args.iteration == 1 else 500
-    if args.num_clusters < 2:
+    output_dir = str(run.output_dir).replace("{iteration}", str(run.iteration))
+    num_clusters = run.num_clusters if run.num_clusters is not None else (100 if run.iteration == 1 else 500)
+    if num_clusters < 2:
         raise SelfsupError("--num_clusters must be at least 2")
-    if args.iteration > 1:
-        if args.previous is None:
-            here = Path(args.output_dir)
-            args.previous = str(here.parent / f"iteration{args.iteration - 1}")
-        prev = Path(args.previous)
+    previous, feature_layer = run.previous, run.feature_layer
+    if run.iteration > 1:
+        if previous is None:
+            previous = str(Path(output_dir).parent / f"iteration{run.iteration - 1}")
+        prev = Path(previous)
         export = prev / "export" if (prev / "export" / "config.json").is_file() else prev
         if not (export / "config.json").is_file():
-            raise SelfsupError(f"{args.previous}: no model of iteration {args.iteration - 1} here (run iteration "
-                               f"{args.iteration - 1} first, or pass --previous DIR)")
-        args.previous = str(export)
+            raise SelfsupError(f"{previous}: no model of iteration {run.iteration - 1} here (run iteration "
+                               f"{run.iteration - 1} first, or pass --previous DIR)")
+        previous = str(export)
         from transformers import AutoConfig
 
-        depth = AutoConfig.from_pretrained(args.previous, trust_remote_code=False).num_hidden_layers
-        if args.feature_layer is None:
-            args.feature_layer = max(1, round(depth * (0.5 if args.iteration == 2 else 0.75)))
-        if not 0 <= args.feature_layer <= depth:
-            raise SelfsupError(f"--feature_layer {args.feature_layer}: the previous model has layers 0..{depth}")
-    return args
+        depth = AutoConfig.from_pretrained(previous, trust_remote_code=False).num_hidden_layers
+        if feature_layer is None:
+            feature_layer = max(1, round(depth * (0.5 if run.iteration == 2 else 0.75)))
+        if not 0 <= feature_layer <= depth:
+            raise SelfsupError(f"--feature_layer {feature_layer}: the previous model has layers 0..{depth}")
+    return replace(run, output_dir=output_dir, num_clusters=num_clusters, previous=previous,
+                   feature_layer=feature_layer)
 
 
-def geometry(args: Namespace) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def geometry(run: HubertRun) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(conv kernels, conv strides) of the model being trained, for label alignment and batching."""
-    if args.init_from:
+    if run.init_from:
         from transformers import AutoConfig
 
-        cfg = AutoConfig.from_pretrained(args.init_from, trust_remote_code=False)
+        cfg = AutoConfig.from_pretrained(run.init_from, trust_remote_code=False)
         return tuple(cfg.conv_kernel), tuple(cfg.conv_stride)
-    cfg = CONV_SIZES[args.model_size]
+    cfg = CONV_SIZES[run.model_size]
     return tuple(cfg["conv_kernel"]), tuple(cfg["conv_stride"])
 
 
-def build_objective(args: Namespace) -> HubertObjective:
-    settings = {k: getattr(args, k) for k in OBJECTIVE_FLAGS if getattr(args, k) is not None}
-    if args.init_from:
-        head = Path(args.init_from) / HEAD_FILE
-        use_head = head.is_file() and _head_clusters(head) == args.num_clusters
-        return from_transformers(args.init_from, head=head if use_head else None,
-                                 num_clusters=None if use_head else args.num_clusters, dropout=args.dropout,
+def build_objective(run: HubertRun) -> HubertObjective:
+    settings = {k: getattr(run, k) for k in OBJECTIVE_FLAGS if getattr(run, k) is not None}
+    if run.init_from:
+        head = Path(run.init_from) / HEAD_FILE
+        use_head = head.is_file() and _head_clusters(head) == run.num_clusters
+        return from_transformers(run.init_from, head=head if use_head else None,
+                                 num_clusters=None if use_head else run.num_clusters, dropout=run.dropout,
                                  **settings)
-    backbone = dict(dropout=args.dropout, attention_dropout=args.dropout,
-                    gradient_checkpointing=args.gradient_checkpointing)
-    return hubert(args.model_size, num_clusters=args.num_clusters, stable_layer_norm=args.stable_layer_norm,
-                 backbone=backbone, audio={"feat_proj_dropout": args.dropout}, **settings)
+    backbone = dict(dropout=run.dropout, attention_dropout=run.dropout,
+                    gradient_checkpointing=run.gradient_checkpointing)
+    return hubert(run.model_size, num_clusters=run.num_clusters, stable_layer_norm=run.stable_layer_norm,
+                 backbone=backbone, audio={"feat_proj_dropout": run.dropout}, **settings)
 
 
 def _head_clusters(path: Path) -> int:
@@ -152,11 +179,11 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def label_source(args: Namespace, device) -> MFCCFeatures | LayerFeatures:
-    if args.iteration == 1:
+def label_source(run: HubertRun, device) -> MFCCFeatures | LayerFeatures:
+    if run.iteration == 1:
         return MFCCFeatures()
-    previous = from_transformers(args.previous, num_clusters=2)      # the encoder is all that is used
-    return LayerFeatures(previous, args.feature_layer, args.max_duration, device=device)
+    previous = from_transformers(run.previous, num_clusters=2)      # the encoder is all that is used
+    return LayerFeatures(previous, run.feature_layer, run.max_duration, device=device)
 
 
 def together(accelerator, step: Callable[[], Any]) -> Any:
@@ -180,25 +207,25 @@ def together(accelerator, step: Callable[[], Any]) -> Any:
     return result
 
 
-def make_labels(args: Namespace, data: dict[str, Any], keys: dict[str, str], cache: Path, accelerator) -> None:
+def make_labels(run: HubertRun, data: dict[str, Any], keys: dict[str, str], cache: Path, accelerator) -> None:
     """Cluster labels into ``cache``: the main process fits k-means and writes the centroids; every process
     labels its share of the clips (every N-th); the main process merges the shares into one file per split.
     A failure in any step on any process stops all of them."""
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
-    source = together(accelerator, lambda: label_source(args, accelerator.device))
+    source = together(accelerator, lambda: label_source(run, accelerator.device))
     kept: dict = {}
     meta: dict[str, Any] = {}
 
     def fit() -> None:
         if not main:
             return
-        accelerator.print(f"cluster labels: k-means ({args.num_clusters} clusters) on {source.description} "
+        accelerator.print(f"cluster labels: k-means ({run.num_clusters} clusters) on {source.description} "
                           f"features of the training clips")
-        centroids, inertia, fitted, features = fit_centroids(data["train"], source, args.num_clusters,
-                                                             args.kmeans_max_frames, args.kmeans_iterations,
-                                                             args.kmeans_batch_size, args.seed)
+        centroids, inertia, fitted, features = fit_centroids(data["train"], source, run.num_clusters,
+                                                             run.kmeans_max_frames, run.kmeans_iterations,
+                                                             run.kmeans_batch_size, run.seed)
         kept.update(features)
-        meta.update({"label_rate": source.rate, "features": source.description, "num_clusters": args.num_clusters,
+        meta.update({"label_rate": source.rate, "features": source.description, "num_clusters": run.num_clusters,
                      "kmeans_inertia": inertia, "kmeans_frames": fitted})
         cache.mkdir(parents=True, exist_ok=True)
         save_centroids(cache / KMEANS_FILE, centroids, {k: str(v) for k, v in meta.items()})
@@ -225,17 +252,17 @@ def make_labels(args: Namespace, data: dict[str, Any], keys: dict[str, str], cac
         together(accelerator, step)
 
 
-def attach_labels(args: Namespace, train, val, kernels, strides, accelerator, metrics: dict[str, Any]):
+def attach_labels(run: HubertRun, train, val, kernels, strides, accelerator, metrics: dict[str, Any]):
     """Cluster labels for the training and held-out clips (made by :func:`make_labels`, or read from
     OUTPUT_DIR/labels/ when the cache fits), attached to the clips as :class:`LabelledAudio`; the k-means
     figures go into ``metrics``."""
-    cache = Path(args.output_dir) / "labels"
-    settings = {"iteration": args.iteration, "num_clusters": args.num_clusters, "seed": args.seed,
-                "previous": args.previous, "feature_layer": args.feature_layer,
-                "kmeans": [args.kmeans_max_frames, args.kmeans_iterations, args.kmeans_batch_size],
-                "max_duration": args.max_duration}
-    if args.previous:
-        weights = Path(args.previous) / "model.safetensors"
+    cache = Path(run.output_dir) / "labels"
+    settings = {"iteration": run.iteration, "num_clusters": run.num_clusters, "seed": run.seed,
+                "previous": run.previous, "feature_layer": run.feature_layer,
+                "kmeans": [run.kmeans_max_frames, run.kmeans_iterations, run.kmeans_batch_size],
+                "max_duration": run.max_duration}
+    if run.previous:
+        weights = Path(run.previous) / "model.safetensors"
         settings["previous_weights"] = file_digest(weights) if weights.is_file() else None
     keys = {"train": fingerprint(train, settings), "validation": fingerprint(val, settings)}
     found = [accelerator.is_main_process
@@ -249,7 +276,7 @@ def attach_labels(args: Namespace, train, val, kernels, strides, accelerator, me
     if found:
         accelerator.print(f"cluster labels: reusing {cache}")
     else:
-        make_labels(args, {"train": train, "validation": val}, keys, cache, accelerator)
+        make_labels(run, {"train": train, "validation": val}, keys, cache, accelerator)
     accelerator.wait_for_everyone()
     loaded = {split: cached_labels(cache / f"{split}.safetensors", key) for split, key in keys.items()}
     if not all(loaded.values()):
@@ -259,57 +286,59 @@ def attach_labels(args: Namespace, train, val, kernels, strides, accelerator, me
                     "kmeans/features": meta["features"]})
     used = torch.cat([r[r >= 0] for r in loaded["train"][0]])
     if len(used):
-        p = torch.bincount(used, minlength=args.num_clusters).double() / len(used)
+        p = torch.bincount(used, minlength=run.num_clusters).double() / len(used)
         metrics["kmeans/label_perplexity"] = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
     return (LabelledAudio(train, loaded["train"][0], meta["label_rate"], kernels, strides),
             LabelledAudio(val, loaded["validation"][0], meta["label_rate"], kernels, strides))
 
 
-def export(objective: HubertObjective, args: Namespace, metrics: dict[str, Any], source: str, sample) -> Path:
+def export(objective: HubertObjective, run: HubertRun, metrics: dict[str, Any], source: str, sample) -> Path:
     """OUTPUT_DIR/export: HubertModel + feature extractor + head + centroids + card, reloaded and checked."""
     from safetensors.torch import save_file
     from transformers import AutoModel
 
-    objective, out = objective.float().cpu().eval(), Path(args.output_dir) / "export"
+    objective, out = objective.float().cpu().eval(), Path(run.output_dir) / "export"
     to_transformers(objective).save_pretrained(str(out))
     feature_extractor_for(objective).save_pretrained(str(out))
     state = objective.state_dict()
     save_file({k: state[k].contiguous() for k in HEAD_KEYS}, str(out / HEAD_FILE))
-    shutil.copyfile(Path(args.output_dir) / "labels" / KMEANS_FILE, out / KMEANS_FILE)
+    shutil.copyfile(Path(run.output_dir) / "labels" / KMEANS_FILE, out / KMEANS_FILE)
     check_audio_export(objective, AutoModel.from_pretrained(str(out)).eval(), sample, metrics)
-    card = speech_card(args, objective, metrics, source, name="HuBERT", usage_class="HubertModel",
+    card = speech_card(run, objective, metrics, source, name="HuBERT", usage_class="HubertModel",
                        tags=("hubert", "audio", "speech"),
-                       run={"iteration": args.iteration,
-                            "targets": f"k-means ({args.num_clusters}) on {metrics.get('kmeans/features')}"})
-    card.update(title=args.hub_model_id or f"HuBERT encoder (iteration {args.iteration}) pretrained with selfsup",
-                summary=f"A HuBERT model pretrained on {source}, iteration {args.iteration}.")
+                       facts={"iteration": run.iteration,
+                              "targets": f"k-means ({run.num_clusters}) on {metrics.get('kmeans/features')}"})
+    card.update(title=run.hub_model_id or f"HuBERT encoder (iteration {run.iteration}) pretrained with selfsup",
+                summary=f"A HuBERT model pretrained on {source}, iteration {run.iteration}.")
     write_model_card(out, **card)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = resolve(parse_args(build_parser(), argv))                                       # parse
-    settings = TrainingSettings.from_args(args)
-    accelerator = start_run(settings, args.seed)
-    kernels, strides = geometry(args)
-    train, val, source = load_audio(args)                                                  # data
+    args = parse_args(build_parser(), argv)                                                # parse
+    run = resolve(settings_from(HubertRun, args))
+    settings = TrainingSettings.from_args(args, output_dir=run.output_dir)
+    accelerator = start_run(settings, run.seed)
+    kernels, strides = geometry(run)
+    train, val, source = load_audio(run)                                                   # data
     accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out, "
                       f"{sum(train.durations) / 3600:.2f} h")
-    objective = build_objective(args)                                                      # build
-    apply_training_flags(objective, args, accelerator)
+    objective = build_objective(run)                                                       # build
+    apply_training_flags(objective, run, accelerator)
     accelerator.print(f"model: {num_parameters(objective) / 1e6:.1f}M parameters")
     label_metrics: dict[str, Any] = {}                                                     # targets
-    train_set, val_set = attach_labels(args, train, val, kernels, strides, accelerator, label_metrics)
+    train_set, val_set = attach_labels(run, train, val, kernels, strides, accelerator, label_metrics)
     collate = HubertCollator(kernels, strides)
-    eval_fn = held_out_eval(val_set, collate, args.per_device_eval_batch_size, args.seed, accelerator.device)
-    loader = speech_loader(train, collate, args, accelerator, dataset=train_set)
-    trainer = Trainer(objective, loader, settings, accelerator, eval_fn, run_config={"recipe": "hubert", "audio": source})
+    eval_fn = held_out_eval(val_set, collate, run.per_device_eval_batch_size, run.seed, accelerator.device)
+    loader = speech_loader(train, collate, run, settings.per_device_train_batch_size, accelerator, dataset=train_set)
+    trainer = Trainer(objective, loader, settings, accelerator, eval_fn,
+                      run_config={"recipe": "hubert", "audio": source})
     metrics = {**trainer.train(), **train.skipped.as_dict(), **label_metrics}              # train
     objective, export_dir = trainer.objective, None
     if accelerator.is_main_process:                                                        # evaluate
-        metrics.update(speech_probe(objective, args, lambda: build_objective(args), accelerator.device))
-        export_dir = export(objective, args, metrics, source, export_sample(val))          # export
-    return finish_run(accelerator, metrics, args.output_dir, export_dir, args.hub_model_id,  # finish
+        metrics.update(speech_probe(objective, run, lambda: build_objective(run), accelerator.device))
+        export_dir = export(objective, run, metrics, source, export_sample(val))           # export
+    return finish_run(accelerator, metrics, run.output_dir, export_dir, run.hub_model_id,  # finish
                       args.push_to_hub, args.hub_private_repo)
 
 

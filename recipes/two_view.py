@@ -13,7 +13,8 @@ CIFAR stem, with an image processor and a model card.
 from __future__ import annotations
 
 import json
-from argparse import ArgumentParser, Namespace
+from argparse import ArgumentParser
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +23,7 @@ import torch
 from selfsup.backbones.hf_resnet import export_resnet, resnet_from_transformers
 from selfsup.backbones.hf_vit import export_vit_encoder, vit_image_processor, vit_to_encoder
 from selfsup.backbones.transformer import num_parameters
-from selfsup.config import base_parser, parse_args
+from selfsup.config import base_parser, parse_args, settings_from
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.image_views import byol_transforms, multicrop_transforms, simclr_transform
@@ -30,18 +31,51 @@ from selfsup.objectives import registry
 from selfsup.objectives.two_view.build import two_view
 from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS
 from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS
-from selfsup.recipes._image import (EvalImages, add_image_args, image_probe, knn_monitor, labelled_images,
+from selfsup.recipes._image import (EvalImages, ImageRun, add_image_args, image_probe, knn_monitor, labelled_images,
                                     load_training_images, view_loader)
 from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
 from selfsup.types import Encoder, Objective
 
-ALIASES = registry.ALIASES
-METHOD_CHOICES = [m for m in registry.names("two_view") if m in CPU_SETTINGS] + sorted(ALIASES)
+METHODS = [m for m in registry.names("two_view") if m in CPU_SETTINGS]   # the registry's with image presets
+ALIASES = {alias: name for alias, name in registry.ALIASES.items() if name in METHODS}
+METHOD_CHOICES = METHODS + sorted(ALIASES)
+METHOD_HELP = ("; ".join(f"{m} = {registry.get(m).summary}" for m in METHODS) + "; aliases: " + ", ".join(
+    f"{alias} = {name}" for alias, name in sorted(ALIASES.items()))).replace("%", "%%")   # argparse formats help
 PRESETS = {"cpu": CPU_SETTINGS, "gpu": GPU_SETTINGS, "imagenet": IMAGENET_SETTINGS}
-# flags the preset fills when they are not given (flag -> preset key)
-FROM_PRESET = {"learning_rate": "learning_rate", "weight_decay": "weight_decay", "optimizer": "optimizer",
-               "momentum": "momentum", "model_size": "model_size", "backbone": "backbone", "image_size": "image_size"}
+# training flags the preset fills when they are not given (the run's own: TwoViewRun)
+TRAINING_FROM_PRESET = ("learning_rate", "weight_decay", "optimizer", "momentum")
+
+
+@dataclass
+class TwoViewRun(ImageRun):
+    """The two-view recipe's own settings (the engine's are ``TrainingSettings``); the flags of the same names.
+    An alias names its method (``moco`` -> ``moco_v2``); what the flags leave unset (None) comes from ``--preset``:
+    the backbone, model size, image size and local views."""
+
+    method: str = "simclr"
+    preset: str = "cpu"
+    backbone: str | None = None
+    model_size: str | None = None
+    image_size: int | None = None
+    num_local_views: int | None = None
+    local_size: int | None = None
+    temperature: float | None = None
+    queue_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self.method = ALIASES.get(self.method, self.method)
+        preset = self.preset_settings
+        for name in ("backbone", "model_size", "image_size"):
+            if getattr(self, name) is None:
+                setattr(self, name, preset.get(name, 32 if name == "image_size" else None))
+        if self.num_local_views is None:
+            self.num_local_views = preset.get("num_local_views", 0)
+
+    @property
+    def preset_settings(self) -> dict[str, Any]:
+        """The method's settings in ``--preset`` (``objectives/two_view/presets.py``)."""
+        return dict(PRESETS[self.preset][self.method])
 
 
 def build_parser() -> ArgumentParser:
@@ -49,7 +83,7 @@ def build_parser() -> ArgumentParser:
                     warmup_ratio=0.0)
     add_image_args(p)
     g = p.add_argument_group("two-view method")
-    g.add_argument("--method", default="simclr", choices=METHOD_CHOICES, help="moco = moco_v2, barlow = barlow_twins")
+    g.add_argument("--method", default="simclr", choices=METHOD_CHOICES, help=METHOD_HELP)
     g.add_argument("--backbone", default=None, choices=[*TWO_VIEW_RESNETS, "vit"],
                    help="default: the preset's (resnet_tiny on CPU, resnet18 for lightly's CIFAR-10 setting)")
     g.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="the settings the flags start from")
@@ -64,60 +98,62 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def apply_preset(args: Namespace, num_images: int, num_processes: int) -> dict[str, Any]:
-    """Fill the flags left unset from ``--preset`` (epochs become steps over ``num_images``); returns the preset."""
-    args.method = ALIASES.get(args.method, args.method)
-    preset = dict(PRESETS[args.preset][args.method])
-    for flag, key in FROM_PRESET.items():
-        if getattr(args, flag) is None and key in preset:
-            setattr(args, flag, preset[key])
-    if args.per_device_train_batch_size is None:
-        args.per_device_train_batch_size = max(1, preset["batch_size"] // num_processes)
-    global_batch = args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps
-    steps_per_epoch = max(1, num_images // global_batch)
-    if args.max_steps is None:
-        args.max_steps = preset.get("max_steps") or preset["epochs"] * steps_per_epoch
-    if args.warmup_steps is None:
-        args.warmup_steps = preset.get("warmup_steps", preset.get("warmup_epochs", 0) * steps_per_epoch)
-    if args.num_local_views is None:
-        args.num_local_views = preset.get("num_local_views", 0)
-    return preset
+def preset_training(settings: TrainingSettings, run: TwoViewRun, num_images: int,
+                    num_processes: int) -> TrainingSettings:
+    """``settings`` with what the flags left unset (None) from ``--preset``: optimizer, learning rate, momentum,
+    weight decay, the per-device batch (the preset's global batch over ``num_processes``), and the steps and warmup
+    (the preset's epochs as steps over ``num_images``)."""
+    preset = run.preset_settings
+    filled = {k: preset[k] for k in TRAINING_FROM_PRESET if getattr(settings, k) is None and k in preset}
+    batch = settings.per_device_train_batch_size
+    if batch is None:
+        batch = max(1, preset["batch_size"] // num_processes)
+    steps_per_epoch = max(1, num_images // (batch * num_processes * settings.gradient_accumulation_steps))
+    max_steps, warmup_steps = settings.max_steps, settings.warmup_steps
+    if max_steps is None:
+        max_steps = preset.get("max_steps") or preset["epochs"] * steps_per_epoch
+    if warmup_steps is None:
+        warmup_steps = preset.get("warmup_steps", preset.get("warmup_epochs", 0) * steps_per_epoch)
+    return replace(settings, **filled, per_device_train_batch_size=batch, max_steps=max_steps,
+                   warmup_steps=warmup_steps)
 
 
-def local_view_size(args: Namespace, patch_size: int | None) -> int:
+def local_view_size(run: TwoViewRun, patch_size: int | None) -> int:
     """``--local_size``, else DINO's 96/224 of ``--image_size``; on a ViT (``patch_size``) rounded to a whole
     number of patches (its positions are interpolated to the smaller grid)."""
-    size = args.local_size or max(1, round(args.image_size * 96 / 224))
+    size = run.local_size or max(1, round(run.image_size * 96 / 224))
     if patch_size:
         rounded = max(patch_size, round(size / patch_size) * patch_size)
-        if args.local_size and rounded != size:
+        if run.local_size and rounded != size:
             raise SelfsupError(f"--local_size {size} is not a multiple of the ViT's patch size {patch_size}")
         size = rounded
     return size
 
 
-def transforms_for(preset: dict[str, Any], args: Namespace, patch_size: int | None = None) -> list:
+def transforms_for(run: TwoViewRun, patch_size: int | None = None) -> list:
     """The views of the method's pipeline (``modalities.image_views``), at ``--image_size`` (multi-crop's local
     views at :func:`local_view_size`)."""
-    norm = dict(mean=args.image_mean, std=args.image_std)
+    preset = run.preset_settings
+    norm = dict(mean=run.image_mean, std=run.image_std)
     kind = preset.get("transform", "simclr")
     if kind == "byol":
-        return byol_transforms(args.image_size, **norm)
+        return byol_transforms(run.image_size, **norm)
     if kind == "multicrop":
-        return multicrop_transforms(args.image_size, local_view_size(args, patch_size), num_local=args.num_local_views,
+        return multicrop_transforms(run.image_size, local_view_size(run, patch_size), num_local=run.num_local_views,
                                     global_scale=tuple(preset.get("global_scale", (0.4, 1.0))), **norm)
-    small = args.image_size <= 64   # lightly's CIFAR-10 benchmark: colour jitter at half strength, no blur
-    view = simclr_transform(args.image_size, jitter=(0.2, 0.2, 0.2, 0.05) if small else (0.4, 0.4, 0.4, 0.1),
+    small = run.image_size <= 64   # lightly's CIFAR-10 benchmark: colour jitter at half strength, no blur
+    view = simclr_transform(run.image_size, jitter=(0.2, 0.2, 0.2, 0.05) if small else (0.4, 0.4, 0.4, 0.1),
                             blur_p=0.0 if small else 0.5, **norm)
     return [view, view]
 
 
-def method_overrides(preset: dict[str, Any], args: Namespace) -> dict[str, Any]:
-    out = dict(preset.get("objective", {}))
-    if args.temperature is not None:
-        out["temperature"] = args.temperature
-    if args.queue_size is not None:
-        out["queue_size"] = args.queue_size
+def method_overrides(run: TwoViewRun) -> dict[str, Any]:
+    """The method's config fields the preset and the flags set (``--temperature``, ``--queue_size``)."""
+    out = dict(run.preset_settings.get("objective", {}))
+    if run.temperature is not None:
+        out["temperature"] = run.temperature
+    if run.queue_size is not None:
+        out["queue_size"] = run.queue_size
     return out
 
 
@@ -132,75 +168,74 @@ def imported_encoder(path: str) -> Encoder:
     raise SelfsupError(f"{path}: --init_from takes a ViTModel or ResNet export (model_type {kind!r})")
 
 
-def build_objective(args: Namespace, preset: dict[str, Any], encoder: Encoder | None = None) -> Objective:
-    backbone = encoder if encoder is not None else args.backbone
-    return two_view(args.method, backbone, args.model_size, args.image_size, max_steps=args.max_steps,
-                    **method_overrides(preset, args))
+def build_objective(run: TwoViewRun, max_steps: int, encoder: Encoder | None = None) -> Objective:
+    backbone = encoder if encoder is not None else run.backbone
+    return two_view(run.method, backbone, run.model_size, run.image_size, max_steps=max_steps, **method_overrides(run))
 
 
-def export(objective: Objective, args: Namespace, metrics: dict[str, Any], source: str, sample: torch.Tensor) -> Path:
+def export(objective: Objective, run: TwoViewRun, settings: TrainingSettings, metrics: dict[str, Any], source: str,
+           sample: torch.Tensor) -> Path:
     """OUTPUT_DIR/export: the encoder as ViTModel / ResNetModel / selfsup's ResNet class, reloaded and compared."""
-    out = Path(args.output_dir) / "export"
+    out = Path(run.output_dir) / "export"
     encoder = objective.encoder()
-    processor = vit_image_processor(args.image_size, args.image_mean, args.image_std)
+    processor = vit_image_processor(run.image_size, run.image_mean, run.image_std)
     is_vit = hasattr(encoder.adapter, "patch_embed")
     figures = (export_vit_encoder(encoder, out, processor, sample) if is_vit
                else export_resnet(encoder, out, processor, sample))
     metrics.update(figures)
     own_code = (out / "config.json").is_file() and \
         json.loads((out / "config.json").read_text(encoding="utf-8")).get("model_type") == "selfsup_resnet"
-    run = {"objective": args.method, "images": source, "steps": metrics.get("steps"), "backbone": args.backbone,
-           "model_size": args.model_size, "preset": args.preset, "image_size": args.image_size,
-           "parameters": num_parameters(encoder), "optimizer": args.optimizer, "learning_rate": args.learning_rate}
+    facts = {"objective": run.method, "images": source, "steps": metrics.get("steps"), "backbone": run.backbone,
+             "model_size": run.model_size, "preset": run.preset, "image_size": run.image_size,
+             "parameters": num_parameters(encoder), "optimizer": settings.optimizer,
+             "learning_rate": settings.learning_rate}
     remote = ", trust_remote_code=True" if own_code else ""
     usage = f"""from transformers import pipeline
-extract = pipeline("image-feature-extraction", model="{args.hub_model_id or out}"{remote})
+extract = pipeline("image-feature-extraction", model="{run.hub_model_id or out}"{remote})
 features = extract("image.png")"""
-    write_model_card(out, title=args.hub_model_id or f"Image encoder pretrained with {args.method} (selfsup)",
+    write_model_card(out, title=run.hub_model_id or f"Image encoder pretrained with {run.method} (selfsup)",
                      pipeline_tag="image-feature-extraction",
-                     summary=f"A {args.backbone} image encoder pretrained with {args.method} on {source}."
+                     summary=f"A {run.backbone} image encoder pretrained with {run.method} on {source}."
                              + (" The CIFAR stem (3x3 convolution, no max-pool) has no transformers class, so the "
                                 "export is selfsup's own ResNet class, saved with its code." if own_code else ""),
-                     metrics=metrics, run=run, usage=usage, tags=(args.method, "image-feature-extraction"))
+                     metrics=metrics, run=facts, usage=usage, tags=(run.method, "image-feature-extraction"))
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(build_parser(), argv)                                                 # parse
-    args.method = ALIASES.get(args.method, args.method)
-    if args.image_size is None:
-        args.image_size = PRESETS[args.preset][args.method].get("image_size", 32)
-    probe = TrainingSettings.from_args(args, learning_rate=0.0, max_steps=0, per_device_train_batch_size=1)
-    accelerator = start_run(probe, args.seed)
-    images, source = load_training_images(args, accelerator)                               # data
-    preset = apply_preset(args, len(images), accelerator.num_processes)
-    settings = TrainingSettings.from_args(args)
-    labelled = labelled_images(args, images)
-    fit, score = (None, None) if labelled is None else (EvalImages(labelled[0], args), EvalImages(labelled[1], args))
-    encoder = imported_encoder(args.init_from) if args.init_from else None                 # build
-    objective = build_objective(args, preset, encoder)
+    run = settings_from(TwoViewRun, args)
+    accelerator = start_run(TrainingSettings.from_args(args), run.seed)
+    images, source = load_training_images(run, accelerator)                                # data
+    settings = preset_training(TrainingSettings.from_args(args), run, len(images), accelerator.num_processes)
+    labelled = labelled_images(run, images)
+    fit, score = (None, None) if labelled is None else (EvalImages(labelled[0], run), EvalImages(labelled[1], run))
+    encoder = imported_encoder(run.init_from) if run.init_from else None                   # build
+    objective = build_objective(run, settings.max_steps, encoder)
     adapter = objective.encoder().adapter
-    views = transforms_for(preset, args, adapter.config.patch_size if hasattr(adapter, "patch_embed") else None)
-    loader = view_loader(images, views, args, accelerator)
-    accelerator.print(f"{args.method} on {args.backbone}: {len(views)} views of {args.image_size}px"
-                      f"{f' ({args.num_local_views} local)' if args.num_local_views else ''}, "
-                      f"{args.max_steps} steps of {args.per_device_train_batch_size * accelerator.num_processes} "
-                      f"images, {args.optimizer} lr {args.learning_rate:.3g}")
+    views = transforms_for(run, adapter.config.patch_size if hasattr(adapter, "patch_embed") else None)
+    loader = view_loader(images, views, run, settings.per_device_train_batch_size, accelerator)
+    global_batch = settings.per_device_train_batch_size * accelerator.num_processes
+    accelerator.print(f"{run.method} on {run.backbone}: {len(views)} views of {run.image_size}px"
+                      f"{f' ({run.num_local_views} local)' if run.num_local_views else ''}, "
+                      f"{settings.max_steps} steps of {global_batch} images, {settings.optimizer} "
+                      f"lr {settings.learning_rate:.3g}")
     accelerator.print(f"model: {num_parameters(objective.encoder()) / 1e6:.1f}M encoder parameters")
-    eval_fn = None if fit is None or not args.eval_steps else knn_monitor(lambda obj: obj.encoder(), fit, score, args, accelerator.device)
+    eval_fn = None if fit is None or not settings.eval_steps else knn_monitor(lambda obj: obj.encoder(), fit, score,
+                                                                              run, accelerator.device)
     trainer = Trainer(objective, loader, settings, accelerator, eval_fn,
-                      run_config={"recipe": "two_view", "method": args.method, "images": source})
+                      run_config={"recipe": "two_view", "method": run.method, "images": source})
     metrics = trainer.train()                                                              # train
     objective, export_dir = trainer.objective, None
     if accelerator.is_main_process:
         if fit is not None:                                                                # evaluate
-            fresh = random_init_encoders(lambda: build_objective(args, preset), args.random_init_seeds, args.seed,
-                                         accelerator.device)
-            metrics.update(image_probe({"": objective.encoder(), "random_init_": fresh}, fit, score, args,
+            fresh = random_init_encoders(lambda: build_objective(run, settings.max_steps), run.random_init_seeds,
+                                         run.seed, accelerator.device)
+            metrics.update(image_probe({"": objective.encoder(), "random_init_": fresh}, fit, score, run,
                                        accelerator.device))
         sample = (score or fit).pixels[:4] if fit is not None else next(iter(loader))["views"][0]["pixel_values"][:4]
-        export_dir = export(objective, args, metrics, source, sample)                      # export
-    return finish_run(accelerator, metrics, args.output_dir, export_dir, args.hub_model_id,  # finish
+        export_dir = export(objective, run, settings, metrics, source, sample)            # export
+    return finish_run(accelerator, metrics, run.output_dir, export_dir, run.hub_model_id,  # finish
                       args.push_to_hub, args.hub_private_repo)
 
 

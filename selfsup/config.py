@@ -73,6 +73,25 @@ def base_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     return p
 
 
+@dataclasses.dataclass
+class RecipeSettings:
+    """The shared recipe flags of :func:`base_parser` that are not the training loop's (those are
+    ``selfsup.train.TrainingSettings``): which model, from where, the seed, the random-init references of the
+    probes, where the run writes and pushes. A recipe's own settings dataclass extends it (through its modality's,
+    ``recipes/_image.py``'s ``ImageRun`` and the like) and is filled with :func:`settings_from`."""
+
+    output_dir: str = "outputs/run"
+    model_size: str = "small"
+    init_from: str | None = None
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    per_device_eval_batch_size: int = 64
+    dataloader_num_workers: int = 0
+    random_init_seeds: int = 3
+    resume_from_checkpoint: str | None = None
+    hub_model_id: str | None = None
+
+
 def settings_from(cls: type, args: Any, **overrides: Any):
     """A settings dataclass ``cls`` filled from the same-named attributes of ``args`` (a parsed command line),
     ``overrides`` winning: what recipe helpers take instead of the namespace."""

@@ -66,7 +66,8 @@ def test_iteration_2_clusters_a_layer_of_iteration_1(iterations):
 def test_init_from_export_restores_the_head(iterations):
     root, _, _ = iterations
     export = root / "iteration1" / "export"
-    args = hubert.resolve(hubert.parse_args(hubert.build_parser(), argv(root / "x", "--init_from", str(export))))
+    parsed = hubert.parse_args(hubert.build_parser(), argv(root / "x", "--init_from", str(export)))
+    args = hubert.resolve(hubert.settings_from(hubert.HubertRun, parsed))
     objective = hubert.build_objective(args)
     head = load_file(export / "hubert_head.safetensors")
     assert torch.equal(objective.label_embeddings.detach(), head["label_embeddings"])

@@ -135,15 +135,26 @@ def test_dino_on_a_vit_trains_on_smaller_local_views(tmp_path):
         two_view.main([*argv, "--local_size", "6"])
 
 
+def preset_run(*flags, num_images: int, num_processes: int):
+    """(the recipe's settings, the training settings, the preset) of a two-view command line."""
+    from selfsup.config import settings_from
+    from selfsup.train import TrainingSettings
+
+    args = two_view.build_parser().parse_args(list(flags))
+    run = settings_from(two_view.TwoViewRun, args)
+    settings = two_view.preset_training(TrainingSettings.from_args(args), run, num_images, num_processes)
+    assert args.method == flags[flags.index("--method") + 1], "the command line is left as it was parsed"
+    return run, settings, run.preset_settings
+
+
 def test_presets_fill_what_the_flags_leave():
-    args = two_view.build_parser().parse_args(["--method", "barlow", "--learning_rate", "0.5"])
-    preset = two_view.apply_preset(args, num_images=50_000, num_processes=2)
-    assert args.method == "barlow_twins" and args.learning_rate == 0.5        # a given flag wins
-    assert args.optimizer == preset["optimizer"] and args.backbone == preset["backbone"]
-    assert args.per_device_train_batch_size * 2 == preset["batch_size"]
-    gpu = two_view.build_parser().parse_args(["--method", "simclr", "--preset", "gpu"])
-    preset = two_view.apply_preset(gpu, num_images=50_000, num_processes=1)
-    assert gpu.max_steps == preset["epochs"] * (50_000 // preset["batch_size"]) and gpu.backbone == "resnet18"
+    run, settings, preset = preset_run("--method", "barlow", "--learning_rate", "0.5", num_images=50_000,
+                                       num_processes=2)
+    assert run.method == "barlow_twins" and settings.learning_rate == 0.5        # a given flag wins
+    assert settings.optimizer == preset["optimizer"] and run.backbone == preset["backbone"]
+    assert settings.per_device_train_batch_size * 2 == preset["batch_size"]
+    gpu, settings, preset = preset_run("--method", "simclr", "--preset", "gpu", num_images=50_000, num_processes=1)
+    assert settings.max_steps == preset["epochs"] * (50_000 // preset["batch_size"]) and gpu.backbone == "resnet18"
 
 
 def test_fewer_images_than_one_global_batch_stop_in_one_line(tmp_path):
