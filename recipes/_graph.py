@@ -119,7 +119,7 @@ def add_graph_args(p: ArgumentParser) -> None:
     g = p.add_argument_group("graphs")
     g.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="a paper's settings (GraphMAE on MUTAG / PROTEINS / Cora, GraphCL on MUTAG / PROTEINS)")
-    g.add_argument("--method", default="graphmae", choices=METHODS, help=registry.describe("masked", "two_view"))
+    g.add_argument("--method", default="graphmae", choices=METHODS, help=registry.describe("masked", "two_view").replace("%", "%%"))
     g.add_argument("--backbone", default="gin", choices=BACKBONES,
                    help="gin / gat (message passing over the edges) or transformer (attention over all nodes, with "
                         "the structural encoding as positions)")
