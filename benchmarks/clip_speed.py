@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.benchmarking import check_agreement, interleaved, precision_tags, record, speed_args, training_step
-from selfsup.objectives.image_text.build import clip
+from selfsup.recipes.builders.image_text import clip
 from selfsup.objectives.image_text.clip import CLIPObjective
 from selfsup.objectives.image_text.hf_clip import clip_to_transformers
 

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.benchmarking import check_agreement, interleaved, precision_tags, record, speed_args, training_step
-from selfsup.objectives.masked.build import mae
+from selfsup.recipes.builders.masked import mae
 from selfsup.objectives.masked.hf_mae import mae_to_transformers
 from selfsup.objectives.masked.mae import MAEObjective
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from selfsup.backbones.transformer import TransformerConfig
 from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args
-from selfsup.objectives.masked.build import compose_bert
+from selfsup.objectives.masked.hf_bert import compose_bert
 from selfsup.objectives.masked.hf_bert import to_transformers
 from selfsup.objectives.masked.mlm import MaskedLanguageModeling
 from selfsup.objectives.masking import TokenMasker

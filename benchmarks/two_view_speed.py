@@ -25,7 +25,7 @@ import torchvision
 from torch import nn
 
 from selfsup.benchmarking import interleaved, native_bf16, speed_args
-from selfsup.objectives.two_view.build import two_view
+from selfsup.recipes.builders.two_view import two_view
 
 BATCH, IMAGE = 64, 32
 OPTIM = dict(lr=0.06, momentum=0.9, weight_decay=5e-4)

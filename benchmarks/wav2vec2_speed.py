@@ -1,6 +1,6 @@
 """wav2vec 2.0 pre-training speed: ``selfsup`` Wav2Vec2Objective vs ``transformers`` Wav2Vec2ForPreTraining.
 
-Both models are built from the same weights (ours, ``selfsup.objectives.speech_quantised.wav2vec2.build("small")``, converted with
+Both models are built from the same weights (ours, ``selfsup.recipes.builders.speech_quantised.wav2vec2("small")``, converted with
 ``selfsup.objectives.speech_quantised.hf_wav2vec2.to_transformers``), get the same batch, the same span mask and the same negatives (drawn
 once with ``objective.draw_masks`` and passed to both as ``mask_time_indices`` / ``sampled_negative_indices``),
 and the same ``torch.optim.AdamW``. A step = forward + backward (of the summed loss both return: contrastive +
@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args
-from selfsup.objectives.speech_quantised.build import wav2vec2 as build
+from selfsup.recipes.builders.speech_quantised import wav2vec2 as build
 from selfsup.objectives.speech_quantised.hf_wav2vec2 import to_transformers
 from selfsup.objectives.speech_quantised.sizes import size_of
 from selfsup.objectives.speech_quantised.wav2vec2 import Wav2Vec2Objective, Wav2Vec2ObjectiveConfig

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from selfsup.data import check_files, example_seed
+from selfsup.data import example_seed
 from selfsup.errors import SelfsupError
 from selfsup.modalities.image_data import (BadImage, ImageEntry, _image_source, check_image, decode_image,
                                            digits_entries, encode_labels, folder_entries, parquet_files)

@@ -24,7 +24,7 @@ from selfsup.modalities.graph import (GraphAdapter, GraphConfig, GraphExamples, 
 from selfsup.modalities.graph.nodes import SeedNodes
 from selfsup.modalities.graph.augment import Identity
 from selfsup.objectives import registry
-from selfsup.objectives.masked.build import compose_masked_autoencoder
+from selfsup.objectives.masked.mae import compose_masked_autoencoder
 from selfsup.objectives.masked.data2vec import Data2VecObjective, Data2VecObjectiveConfig
 from selfsup.objectives.masked.sizes import GRAPHMAE
 from selfsup.objectives.masking import SpanMasker

@@ -19,7 +19,8 @@ from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args, settings_from
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
-from selfsup.objectives.masked.build import bert_mlm, compose_bert
+from selfsup.recipes.builders.masked import bert_mlm
+from selfsup.objectives.masked.hf_bert import compose_bert
 from selfsup.objectives.masked.hf_bert import from_transformers, to_transformers
 from selfsup.objectives.masked.mlm import MaskedLanguageModeling
 from selfsup.recipes._text import (TextModel, add_text_args, get_tokenizer, load_text, size_overrides, text_blocks,

@@ -33,7 +33,7 @@ from selfsup.export import write_model_card
 from selfsup.modalities.image_text import (CLIP_TEMPLATES, PIPELINE_TEMPLATE, ImageTextSet, collate_pairs, load_pairs,
                                            train_caption_tokenizer)
 from selfsup.modalities.image_views import eval_transform
-from selfsup.objectives.image_text.build import clip
+from selfsup.recipes.builders.image_text import clip
 from selfsup.objectives.image_text.clip import CLIPObjective
 from selfsup.objectives.image_text.hf_clip import clip_from_transformers, export_clip
 from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS

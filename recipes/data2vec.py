@@ -32,7 +32,7 @@ from selfsup.errors import run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.audio_data import collate_audio
 from selfsup.modalities.text import collate_blocks
-from selfsup.objectives.masked.build import data2vec_audio, data2vec_text
+from selfsup.recipes.builders.masked import data2vec_audio, data2vec_text
 from selfsup.objectives.masked.data2vec import Data2VecObjective
 from selfsup.recipes._speech import (SpeechRun, add_audio_args, apply_training_flags, check_audio_export,
                                      export_sample, load_audio, speech_card, speech_loader, speech_probe)

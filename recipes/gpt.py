@@ -25,7 +25,7 @@ from selfsup.convert import check_close, max_abs_diff
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.text import SAMPLE_BY, causal_pack_function
-from selfsup.objectives.autoregressive.build import gpt
+from selfsup.recipes.builders.autoregressive import gpt
 from selfsup.objectives.autoregressive.clm import CausalLanguageModeling, generate
 from selfsup.objectives.autoregressive.hf_gpt2 import from_transformers, to_transformers
 from selfsup.recipes._text import TextModel, add_text_args, get_causal_tokenizer, load_text, size_overrides, text_blocks

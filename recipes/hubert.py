@@ -36,7 +36,7 @@ from selfsup.modalities.audio import CONV_SIZES
 from selfsup.modalities.audio_labels import (HubertCollator, LabelledAudio, LayerFeatures, MFCCFeatures, cached_labels,
                                              fingerprint, fit_centroids, label_clips, merge_label_parts,
                                              save_label_part, save_labels)
-from selfsup.objectives.clustering.build import hubert
+from selfsup.recipes.builders.clustering import hubert
 from selfsup.objectives.clustering.hf_hubert import HEAD_KEYS, from_transformers, to_transformers
 from selfsup.objectives.clustering.hubert import HubertObjective
 from selfsup.recipes._speech import (SpeechRun, add_audio_args, apply_training_flags, check_audio_export,

@@ -24,7 +24,7 @@ from selfsup.errors import run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.image import reconstruction_grid
 from selfsup.modalities.image_views import mae_transform
-from selfsup.objectives.masked.build import mae
+from selfsup.recipes.builders.masked import mae
 from selfsup.objectives.masked.hf_mae import export_mae, mae_from_transformers
 from selfsup.objectives.masked.mae import MAEObjective
 from selfsup.objectives.masked.sizes import MAE_TRAINING, mae_learning_rate
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def build_objective_fresh(objective: MAEObjective):
     """A builder of randomly initialised MAEs of ``objective``'s shape (the probes' reference)."""
-    from selfsup.objectives.masked.build import compose_mae
+    from selfsup.objectives.masked.hf_mae import compose_mae
 
     return lambda: compose_mae(objective.adapter.config, objective.backbone.config, objective.decoder.config,
                                objective.config)

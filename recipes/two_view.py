@@ -28,7 +28,7 @@ from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.image_views import byol_transforms, multicrop_transforms, simclr_transform
 from selfsup.objectives import registry
-from selfsup.objectives.two_view.build import two_view
+from selfsup.recipes.builders.two_view import two_view
 from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS
 from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS
 from selfsup.recipes._image import (EvalImages, ImageRun, add_image_args, image_probe, knn_monitor, labelled_images,

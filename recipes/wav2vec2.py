@@ -19,7 +19,7 @@ from selfsup.config import base_parser, parse_args, settings_from
 from selfsup.errors import run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.audio_data import collate_audio
-from selfsup.objectives.speech_quantised.build import wav2vec2
+from selfsup.recipes.builders.speech_quantised import wav2vec2
 from selfsup.objectives.speech_quantised.hf_wav2vec2 import from_transformers, to_transformers
 from selfsup.objectives.speech_quantised.wav2vec2 import Wav2Vec2Objective
 from selfsup.recipes._speech import (SpeechRun, add_audio_args, apply_training_flags, check_audio_export,

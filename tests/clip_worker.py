@@ -20,7 +20,7 @@ from tests.torchrun_worker import mine, serve
 from torch import Tensor
 
 from selfsup.distributed import gather_with_grad, world_size
-from selfsup.objectives.image_text.build import clip
+from selfsup.recipes.builders.image_text import clip
 
 GLOBAL_BATCH, LENGTH, VOCAB = 8, 64, 50
 CASES = {"clip_full": ("clip", "vit", False), "clip_local": ("clip", "vit", True),

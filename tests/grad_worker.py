@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from selfsup.data import make_train_loader
-from selfsup.objectives.masked.build import bert_mlm
+from selfsup.recipes.builders.masked import bert_mlm
 from selfsup.objectives.masked.mlm import IGNORE_INDEX
 from selfsup.train import Trainer, TrainingSettings, make_accelerator
 

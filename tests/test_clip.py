@@ -9,7 +9,7 @@ import torch
 
 from selfsup.modalities.image_text import train_caption_tokenizer
 from selfsup.objectives.image_text import losses as L
-from selfsup.objectives.image_text.build import clip
+from selfsup.recipes.builders.image_text import clip
 from selfsup.objectives.image_text.hf_clip import (clip_from_transformers, export_clip, from_hf_state_dict,
                                                    objective_from_config, sample_batch)
 

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.errors import SelfsupError
-from selfsup.objectives.autoregressive.build import compose_gpt, gpt
+from selfsup.objectives.autoregressive.hf_gpt2 import compose_gpt
+from selfsup.recipes.builders.autoregressive import gpt
 from selfsup.objectives.autoregressive.clm import IGNORE_INDEX, CausalLanguageModeling, generate, linear_cross_entropy
 from selfsup.objectives.autoregressive.hf_gpt2 import from_transformers, to_transformers
 

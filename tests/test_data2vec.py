@@ -10,7 +10,7 @@ from tests.speech_helpers import NO_DROPOUT, assert_close, jitter, padded_batch
 from torch import nn
 
 from selfsup.objectives.ema import linear_momentum, update_momentum
-from selfsup.objectives.masked.build import data2vec_audio as build
+from selfsup.recipes.builders.masked import data2vec_audio as build
 from selfsup.objectives.masked.data2vec import masked_instance_norm
 from selfsup.objectives.masked.hf_data2vec_audio import from_transformers, to_transformers
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.errors import SelfsupError
-from selfsup.objectives.masked.build import data2vec_text as build
+from selfsup.recipes.builders.masked import data2vec_text as build
 from selfsup.objectives.masked.hf_data2vec_text import data2vec_text_config, from_transformers, to_transformers
 from selfsup.objectives.masking import IGNORE_INDEX
 

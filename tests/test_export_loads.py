@@ -91,7 +91,7 @@ def card_classes(folder: Path) -> list[str]:
 # -- exports made by a library function -------------------------------------------------------------------------------
 def mae_export(out: Path) -> Path:
     from selfsup.backbones.hf_vit import vit_image_processor
-    from selfsup.objectives.masked.build import mae
+    from selfsup.recipes.builders.masked import mae
     from selfsup.objectives.masked.hf_mae import export_mae
 
     torch.manual_seed(0)
@@ -102,7 +102,7 @@ def mae_export(out: Path) -> Path:
 def two_view_export(out: Path, backbone: str, image_size: int) -> Path:
     from selfsup.backbones.hf_resnet import export_resnet
     from selfsup.backbones.hf_vit import export_vit_encoder
-    from selfsup.objectives.two_view.build import image_encoder
+    from selfsup.recipes.builders.two_view import image_encoder
 
     torch.manual_seed(0)
     encoder = image_encoder(backbone, "tiny", image_size=image_size).eval()
@@ -114,7 +114,7 @@ def two_view_export(out: Path, backbone: str, image_size: int) -> Path:
 
 
 def clip_export(out: Path, loss: str, backbone: str) -> Path:
-    from selfsup.objectives.image_text.build import clip
+    from selfsup.recipes.builders.image_text import clip
     from selfsup.objectives.image_text.hf_clip import export_clip
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from tests.speech_helpers import NO_DROPOUT, assert_close, audio_overrides, jitt
 from selfsup import kmeans
 from selfsup.errors import SelfsupError
 from selfsup.modalities.audio_features import align_labels, mfcc_features
-from selfsup.objectives.clustering.build import hubert as build
+from selfsup.recipes.builders.clustering import hubert as build
 from selfsup.objectives.clustering.hf_hubert import feature_extractor_for, from_transformers, to_transformers
 from selfsup.objectives.clustering.hubert import cluster_logits
 

@@ -139,7 +139,7 @@ def test_labels_follow_each_random_crop():
 
 
 def test_layer_features_tile_long_clips_by_window():
-    from selfsup.objectives.clustering.build import hubert as build
+    from selfsup.recipes.builders.clustering import hubert as build
 
     torch.manual_seed(0)
     model = build("tiny", num_clusters=5).eval()

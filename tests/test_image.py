@@ -81,7 +81,7 @@ def test_smaller_views_get_interpolated_positions_as_vit_does(positions):
     """A multi-crop view smaller than the configured size: the position table is resized by bicubic
     interpolation, which is what ViTModel(interpolate_pos_encoding=True) computes on the exported encoder; at the
     configured size nothing is interpolated."""
-    from selfsup.objectives.two_view.build import image_encoder as two_view_encoder
+    from selfsup.recipes.builders.two_view import image_encoder as two_view_encoder
     from selfsup.backbones.hf_vit import encoder_to_vit
 
     torch.manual_seed(0)

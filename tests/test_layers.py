@@ -4,10 +4,10 @@ modality.
 Every module's imports are read from its source (function-level imports included) and checked against the
 layer of the folder it lives in; DESIGN.md's Layers section is the rule. On top of the layers:
 
-* an objective module imports no modality and no composition module, and names no batch key of any adapter
-  (a string equal to one of the ``batch_keys`` the adapters declare); composition modules (``build.py``, which
-  puts concrete parts together as a recipe does, and the conversions to transformers, ``hf_*.py``) may import
-  modalities, in objectives/ and backbones/ alike;
+* an objective module imports no modality and no conversion, and names no batch key of any adapter (a string
+  equal to one of the ``batch_keys`` the adapters declare); only the conversions to transformers (``hf_*.py``,
+  which build concrete parts) may import modalities, in objectives/ and backbones/ alike. The named sizes on
+  concrete parts are composition, as the recipes are, and live in ``recipes/builders/``;
 * nothing imports dynamically (``importlib`` / ``__import__``) except the objective registry, whose targets are
   checked to be objective modules;
 * every top-level folder holding Python code is a known layer or one of the folders around them;
@@ -38,8 +38,8 @@ REGISTRY = Path("objectives") / "registry.py"
 
 
 def is_composition(path: Path) -> bool:
-    """A module that composes concrete parts: a family's ``build.py`` or a conversion ``hf_*.py``."""
-    return path.name == "build.py" or path.name.startswith("hf_")
+    """A conversion to transformers (``hf_*.py``): it builds concrete parts, so it may import an adapter."""
+    return path.name.startswith("hf_")
 
 
 def is_remote_code(rel: Path) -> bool:
@@ -103,8 +103,7 @@ def violations(root: Path, batch_keys: set[str] = frozenset()) -> list[str]:
                     if not (composes and parts[1] == "modalities"):
                         found.append(f"{where}: the {layer} layer imports {module}")
                 elif (layer == "objectives" and not composes and parts[:2] == ["selfsup", "objectives"]
-                      and len(parts) > 2 and (parts[-1] == "build" or parts[-2] == "build"
-                                              or any(p.startswith("hf_") for p in parts))):
+                      and len(parts) > 2 and any(p.startswith("hf_") for p in parts)):
                     found.append(f"{where}: an objective imports the composition module {module}")
             if rel != REGISTRY:
                 found += [f"{rel}:{line}: a dynamic import" for line in dynamic_imports(source)]
@@ -161,7 +160,8 @@ def test_a_violation_is_caught(tmp_path):
     (tmp_path / "objectives" / "z.py").write_text("from selfsup.modalities.text import TextAdapter\n"
                                                   "def f(batch):\n    return batch['pixel_values']\n")
     (tmp_path / "objectives" / "w.py").write_text("import importlib\nm = importlib.import_module('selfsup.modalities')\n"
-                                                  "from selfsup.objectives.masked.build import mae\n")
+                                                  "from selfsup.objectives.masked.hf_mae import compose_mae\n")
+    (tmp_path / "objectives" / "build.py").write_text("from selfsup.modalities.image import ImageAdapter\n")
     (tmp_path / "objectives" / "hf_ok.py").write_text("from selfsup.modalities.text import TextAdapter\n")
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "p.py").write_text("x = 1\n")
@@ -171,7 +171,9 @@ def test_a_violation_is_caught(tmp_path):
                      "backbones/x.py:1: the backbones layer imports selfsup.modalities.text",
                      "modalities/y.py:1: the modalities layer imports selfsup.objectives.kmeans",
                      "modalities/y.py:2: imports objectives; import it as selfsup.objectives",
-                     "objectives/w.py:3: an objective imports the composition module selfsup.objectives.masked.build.mae",
+                     "objectives/build.py:1: the objectives layer imports selfsup.modalities.image.ImageAdapter",
+                     "objectives/w.py:3: an objective imports the composition module "
+                     "selfsup.objectives.masked.hf_mae.compose_mae",
                      "objectives/w.py:2: a dynamic import",
                      "objectives/z.py:1: the objectives layer imports selfsup.modalities.text.TextAdapter",
                      "objectives/z.py:3: names the batch key 'pixel_values' of a modality"]

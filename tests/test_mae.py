@@ -10,7 +10,7 @@ from selfsup.backbones.hf_vit import encoder_to_vit, vit_image_processor, vit_to
 from selfsup.errors import SelfsupError
 from selfsup.modalities.image import unpatchify
 from selfsup.modalities.image import reconstruction_grid
-from selfsup.objectives.masked.build import mae as build
+from selfsup.recipes.builders.masked import mae as build
 from selfsup.objectives.masked.hf_mae import PRETRAINING_DIR, export_mae, mae_from_transformers, mae_to_transformers
 from selfsup.objectives.masked.mae import mae_loss, num_visible, patch_targets
 from selfsup.objectives.masked.sizes import MAE_TRAINING, mae_learning_rate, size_of

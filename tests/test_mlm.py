@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.objectives.masked.build import bert_mlm
+from selfsup.recipes.builders.masked import bert_mlm
 from selfsup.objectives.masked.hf_bert import to_transformers
 from selfsup.objectives.masked.mlm import IGNORE_INDEX, MaskedLanguageModeling, mask_tokens
 

@@ -47,7 +47,7 @@ def test_the_default_speech_run_reports_each_figure_once(tmp_path, monkeypatch, 
 def test_labelled_audio_figures_are_named_by_protocol_and_not_copied(tmp_path, monkeypatch):
     import soundfile
 
-    from selfsup.objectives.speech_quantised.build import wav2vec2
+    from selfsup.recipes.builders.speech_quantised import wav2vec2
 
     rng = np.random.default_rng(0)
     for digit, speaker, take in itertools.product((0, 1), ("ann", "bob"), range(6)):

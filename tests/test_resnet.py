@@ -163,7 +163,7 @@ def test_global_batchnorm_two_processes_train_as_one(tmp_path):
 # -- export -----------------------------------------------------------------------------------------------------
 def trained_encoder(backbone: str, image_size: int):
     """A tiny encoder whose BN running statistics are not the initial ones."""
-    from selfsup.objectives.two_view.build import image_encoder as two_view_encoder
+    from selfsup.recipes.builders.two_view import image_encoder as two_view_encoder
 
     torch.manual_seed(0)
     encoder = two_view_encoder(backbone, image_size=image_size)

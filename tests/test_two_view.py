@@ -16,8 +16,8 @@ from selfsup.objectives import registry
 from selfsup.objectives.ema import cosine_momentum
 from selfsup.objectives.two_view import common as tv
 from selfsup.objectives.two_view import losses as L
-from selfsup.objectives.two_view.build import image_encoder as two_view_encoder
-from selfsup.objectives.two_view.build import two_view
+from selfsup.recipes.builders.two_view import image_encoder as two_view_encoder
+from selfsup.recipes.builders.two_view import two_view
 from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS
 from selfsup.objectives.two_view.sizes import SIZES
 from selfsup.types import features as pooled_features

@@ -10,7 +10,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from selfsup.dropout import torch_dropout
 from selfsup.objectives.masking import compute_span_mask, sample_negatives
-from selfsup.objectives.speech_quantised.build import wav2vec2 as build
+from selfsup.recipes.builders.speech_quantised import wav2vec2 as build
 from selfsup.objectives.speech_quantised.hf_wav2vec2 import feature_extractor_for, from_transformers, to_transformers
 
 

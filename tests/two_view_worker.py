@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from selfsup.distributed import rank, world_size
-from selfsup.objectives.two_view.build import two_view
+from selfsup.recipes.builders.two_view import two_view
 from tests.torchrun_worker import serve
 
 METHODS = ["simclr", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "dino", "vicreg", "barlow_twins"]

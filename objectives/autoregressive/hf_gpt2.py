@@ -7,15 +7,31 @@ transposed both ways. ``lm_head`` is tied to ``wte``.
 """
 from __future__ import annotations
 
+import math
 import re
 
 import torch
+from torch import nn
 
-from selfsup.backbones.transformer import ACTIVATIONS, TransformerConfig
+from selfsup.backbones.transformer import ACTIVATIONS, TransformerConfig, TransformerEncoder, transformer_config
 from selfsup.convert import compile_rules, fill_model, load_into, load_model, rename
 from selfsup.errors import SelfsupError
-from selfsup.objectives.autoregressive.build import compose_gpt, gpt
+from selfsup.modalities.text import TextAdapter
 from selfsup.objectives.autoregressive.clm import CausalLanguageModeling
+from selfsup.objectives.autoregressive.sizes import size_of
+
+
+def compose_gpt(backbone: TransformerConfig, vocab_size: int, max_positions: int = 1024) -> CausalLanguageModeling:
+    """A :class:`CausalLanguageModeling` from a (causal) backbone config: GPT-2 embeddings (no padding row, no
+    embedding norm, dropout = the backbone's) and GPT-2's scaled initialisation of the residual projections."""
+    adapter = TextAdapter(vocab_size, backbone.hidden_size, max_positions, type_vocab_size=0, pad_token_id=None,
+                          dropout=backbone.dropout, layer_norm_eps=backbone.layer_norm_eps, embedding_norm=False)
+    encoder = TransformerEncoder(backbone)
+    std = 0.02 / math.sqrt(2 * backbone.num_layers)
+    for layer in encoder.layers:
+        nn.init.normal_(layer.attn.out.weight, std=std)
+        nn.init.normal_(layer.fc2.weight, std=std)
+    return CausalLanguageModeling(adapter, encoder)
 
 RULES = [  # ours -> GPT2LMHeadModel; "{i}" is a layer index
     ("adapter.word_embeddings.", "transformer.wte."),
@@ -89,7 +105,8 @@ def gpt_and_gpt2(config: dict, seed: int = 0):
     ``sizes.SPEED_CONFIGS`` entry: ``backbone`` settings, ``vocab_size``, ``context``): what the speed benchmarks
     time against each other. ``seed`` seeds the initialisation."""
     torch.manual_seed(seed)
-    ours = gpt("small", config["vocab_size"], max_positions=config["context"], **config["backbone"])
+    ours = compose_gpt(transformer_config(size_of("small")["backbone"], "gpt2", **config["backbone"]),
+                       config["vocab_size"], config["context"])
     return ours.train(), to_transformers(ours).train()
 
 

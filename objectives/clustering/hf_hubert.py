@@ -25,11 +25,17 @@ import torch
 from selfsup.backbones.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs,
                                          export_state, feature_extractor_for, import_state, load_into, load_model,
                                          transformer_config)
+from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder
 from selfsup.errors import SelfsupError
 from selfsup.modalities.audio import AudioConfig
-from selfsup.objectives.clustering.build import compose_hubert
 from selfsup.objectives.clustering.hubert import HubertObjective, HubertObjectiveConfig
-from selfsup.objectives.speech_quantised.hf_wav2vec2 import RULES
+from selfsup.objectives.masking import SpanMasker
+from selfsup.objectives.speech_quantised.hf_wav2vec2 import RULES, speech_adapter
+
+
+def compose_hubert(audio: AudioConfig, backbone: TransformerConfig, config: HubertObjectiveConfig) -> HubertObjective:
+    masker = SpanMasker(config.mask_prob, config.mask_length, config.min_masks)
+    return HubertObjective(speech_adapter(audio, backbone), TransformerEncoder(backbone), masker, config)
 
 LAYER = "encoder.layers.{i}."
 HEAD_KEYS = ("final_proj.weight", "final_proj.bias", "label_embeddings")

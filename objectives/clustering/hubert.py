@@ -20,7 +20,7 @@ unscaled here), several label streams at once, ``untie_final_proj``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F

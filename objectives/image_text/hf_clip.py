@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from selfsup.backbones import hf_resnet
-from selfsup.backbones.hf_resnet import MODELING_FILE as RESNET_FILE, config_fields as resnet_fields
+from selfsup.backbones.hf_resnet import MODELING_FILE as RESNET_FILE
+from selfsup.backbones.hf_resnet import config_fields as resnet_fields
 from selfsup.backbones.hf_resnet import config_from as resnet_config_from
 from selfsup.backbones.remote import modeling_selfsup_clip as remote_clip
 from selfsup.backbones.remote import modeling_selfsup_resnet as remote_resnet
@@ -39,10 +40,27 @@ from selfsup.convert import check_close, export_state, fill_model, import_state,
 from selfsup.errors import SelfsupError
 from selfsup.modalities.image import ImageAdapter, ImageConfig
 from selfsup.modalities.image_text import NormedAdapter
-from selfsup.objectives.image_text.build import compose_clip
+from selfsup.modalities.text import TextAdapter
 from selfsup.objectives.image_text.clip import AttentionPool, CLIPObjective, CLIPObjectiveConfig
 from selfsup.objectives.image_text.sizes import CLIP_LOSS_SETTINGS
 from selfsup.types import Encoder
+
+
+def clip_text_tower(text: TransformerConfig, vocab_size: int, context_length: int, pad_token_id: int):
+    """The text Encoder: token + learned position embeddings (no norm, no token types, no dropout: CLIP's), and
+    the Transformer. CLIP pads with its end-of-text token, whose embedding must learn: no frozen padding row."""
+    adapter = TextAdapter(vocab_size, text.hidden_size, context_length, type_vocab_size=0, pad_token_id=pad_token_id,
+                          dropout=0.0, layer_norm_eps=text.layer_norm_eps, embedding_norm=False)
+    adapter.word_embeddings.padding_idx = None
+    torch.nn.init.normal_(adapter.word_embeddings.weight, std=0.02)
+    return Encoder(adapter, TransformerEncoder(text))
+
+
+def compose_clip(image, text: TransformerConfig, vocab_size: int, context_length: int, config,
+                 image_pool=None, pad_token_id: int = 1):
+    """A :class:`CLIPObjective` from an image Encoder (and its attention pool), the text tower's config and the
+    objective's config."""
+    return CLIPObjective(image, clip_text_tower(text, vocab_size, context_length, pad_token_id), config, image_pool)
 
 QKV = ("q_proj", "k_proj", "v_proj")
 LAYER_MAP = {"attn.out": "self_attn.out_proj", "norm1": "layer_norm1", "norm2": "layer_norm2", "fc1": "mlp.fc1",

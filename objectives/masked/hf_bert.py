@@ -8,12 +8,26 @@ from pathlib import Path
 
 import torch
 
-from selfsup.backbones.transformer import TransformerConfig
+from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder
 from selfsup.convert import check_encoder, export_state, fill_model, import_state, load_into, load_model
 from selfsup.errors import SelfsupError
-from selfsup.objectives.masked.build import compose_bert
+from selfsup.modalities.text import TextAdapter
 from selfsup.objectives.masked.mlm import MaskedLanguageModeling
 from selfsup.objectives.masking import TokenMasker
+
+
+# -- composition (the wiring the conversion and the named sizes share) --
+def text_adapter(backbone: TransformerConfig, vocab_size: int, pad_token_id: int, max_positions: int,
+                 roberta_positions: bool = False, type_vocab_size: int = 2) -> TextAdapter:
+    return TextAdapter(vocab_size, backbone.hidden_size, max_positions, type_vocab_size=type_vocab_size,
+                       pad_token_id=pad_token_id, dropout=backbone.dropout, layer_norm_eps=backbone.layer_norm_eps,
+                       roberta_positions=roberta_positions)
+
+
+def compose_bert(backbone: TransformerConfig, masker: TokenMasker, pad_token_id: int = 0,
+                 max_positions: int = 512) -> MaskedLanguageModeling:
+    adapter = text_adapter(backbone, masker.vocab_size, pad_token_id, max_positions)
+    return MaskedLanguageModeling(adapter, TransformerEncoder(backbone), masker)
 
 BERT_QKV = ("query", "key", "value")
 

@@ -19,11 +19,18 @@ import torch
 from selfsup.backbones.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs,
                                          export_state, feature_extractor_for, import_state, load_into, load_model,
                                          transformer_config, transformer_rules)
+from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder
 from selfsup.errors import SelfsupError
-from selfsup.modalities.audio_pos import Data2VecAudioAdapterConfig
-from selfsup.objectives.masked.build import compose_data2vec_audio
+from selfsup.modalities.audio_pos import Data2VecAudioAdapter, Data2VecAudioAdapterConfig
 from selfsup.objectives.masked.data2vec import Data2VecObjective, Data2VecObjectiveConfig
 from selfsup.objectives.masking import SpanMasker
+
+
+def compose_data2vec_audio(audio: Data2VecAudioAdapterConfig, backbone: TransformerConfig, masker: SpanMasker,
+                           config: Data2VecObjectiveConfig) -> Data2VecObjective:
+    adapter = Data2VecAudioAdapter(audio, backbone.hidden_size, dropout=backbone.dropout,
+                                   layer_norm_eps=backbone.layer_norm_eps)
+    return Data2VecObjective(adapter, TransformerEncoder(backbone), masker, config)
 
 LAYER = "encoder.layers.{i}."
 RULES = [  # ours -> HF (Data2VecAudioModel, no prefix); "{i}" is a layer index

@@ -18,15 +18,23 @@ from typing import Any, Sequence
 
 import torch
 
-from selfsup.backbones.transformer import TransformerConfig
+from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder
 from selfsup.convert import check_encoder, export_state, fill_model, import_state, load_into, load_model
 from selfsup.errors import SelfsupError
 from selfsup.modalities.text import TextAdapter
-from selfsup.objectives.masked.build import compose_data2vec_text
 from selfsup.objectives.masked.data2vec import Data2VecObjective, Data2VecObjectiveConfig
-from selfsup.objectives.masked.hf_bert import BERT_QKV, bert_layer_pairs
+from selfsup.objectives.masked.hf_bert import BERT_QKV, bert_layer_pairs, text_adapter
 from selfsup.objectives.masked.sizes import DATA2VEC_TEXT, DATA2VEC_TEXT_MASK
 from selfsup.objectives.masking import TokenMasker
+
+
+def compose_data2vec_text(backbone: TransformerConfig, masker: TokenMasker, config: Data2VecObjectiveConfig,
+                          pad_token_id: int = 1, max_positions: int = 512) -> Data2VecObjective:
+    """data2vec on RoBERTa-style text embeddings (positions from ``pad_token_id + 1``, one token type), as
+    fairseq's data2vec text and ``transformers``' ``Data2VecTextModel``."""
+    adapter = text_adapter(backbone, masker.vocab_size, pad_token_id, max_positions, roberta_positions=True,
+                           type_vocab_size=1)
+    return Data2VecObjective(adapter, TransformerEncoder(backbone), masker, config)
 
 LAYER = "encoder.layer.{i}."
 QKV_PREFIX = LAYER + "attention.self."

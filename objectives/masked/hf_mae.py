@@ -28,12 +28,21 @@ import torch
 
 from selfsup.backbones.hf_vit import (QKV, check_vit, configs_from, encoder_pairs, encoder_to_vit, stack_pairs,
                                       vit_fields)
+from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder
 from selfsup.convert import (check_close, check_encoder, export_state, fill_model, import_state, load_into, load_model,
                              max_abs_diff)
 from selfsup.errors import SelfsupError
-from selfsup.objectives.masked.build import compose_mae
-from selfsup.objectives.masked.mae import MAEConfig, MAEObjective
+from selfsup.modalities.image import ImageAdapter, ImageConfig
+from selfsup.objectives.masked.mae import MAEConfig, MAEObjective, xavier_init
 from selfsup.objectives.masked.sizes import MAE_IMAGE, VIT_SHARED
+
+
+def compose_mae(image: ImageConfig, backbone: TransformerConfig, decoder: TransformerConfig,
+                config: MAEConfig) -> MAEObjective:
+    """MAE from configs: an :class:`ImageAdapter`, the ViT encoder and the decoder, xavier-initialised as MAE."""
+    adapter = ImageAdapter(image, backbone.hidden_size)
+    encoder, decoder_stack = xavier_init(TransformerEncoder(backbone)), xavier_init(TransformerEncoder(decoder))
+    return MAEObjective(adapter, encoder, decoder_stack, config)
 
 PRETRAINING_DIR = "pretraining"
 

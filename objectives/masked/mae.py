@@ -38,7 +38,7 @@ On a CPU in bf16 the backbone's attention takes SDPA's math kernel on these shor
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -399,6 +399,11 @@ class MAEObjective(Objective):
         return Encoder(self.adapter, self.backbone)
 
 
+def compose_masked_autoencoder(adapter, backbone: nn.Module, decoder: nn.Module, **config: Any) -> MAEObjective:
+    """The MAE objective on any adapter, encoder and decoder (GraphMAE on a graph adapter and two GNNs)."""
+    return MAEObjective(adapter, backbone, decoder, MAEConfig(**config))
+
+
 def input_size(backbone: nn.Module) -> int:
     """The width of the tokens a backbone reads (``input_size`` where it differs from its output width)."""
     return int(getattr(backbone, "input_size", backbone.hidden_size))
@@ -411,5 +416,5 @@ def scaled_cosine_error(pred: Tensor, target: Tensor, alpha: float = 2.0) -> Ten
     return (1.0 - cos).pow(alpha)
 
 
-__all__ = ["MAEConfig", "MAEObjective", "scaled_cosine_error", "input_size", "Masking", "random_masking", "masking_noise", "num_visible",
+__all__ = ["MAEConfig", "MAEObjective", "compose_masked_autoencoder", "scaled_cosine_error", "input_size", "Masking", "random_masking", "masking_noise", "num_visible",
            "patch_targets", "table_rows", "mae_loss", "xavier_init", "take"]

@@ -16,10 +16,23 @@ import torch
 from selfsup.backbones.hf_speech import (adapter_kwargs, check_encoder, dropout_map, encoder_config_kwargs,
                                          export_state, feature_extractor_for, import_state, load_into, load_model,
                                          transformer_config, transformer_rules)
+from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder
 from selfsup.errors import SelfsupError
-from selfsup.modalities.audio import AudioConfig
-from selfsup.objectives.speech_quantised.build import compose_wav2vec2
+from selfsup.modalities.audio import AudioAdapter, AudioConfig
+from selfsup.objectives.masking import SpanMasker
 from selfsup.objectives.speech_quantised.wav2vec2 import Wav2Vec2Objective, Wav2Vec2ObjectiveConfig
+
+
+def speech_adapter(audio: AudioConfig, backbone: TransformerConfig) -> AudioAdapter:
+    """The audio adapter of a wav2vec 2.0 / HuBERT model: the encoder LayerNorm in the adapter for post-LN."""
+    return AudioAdapter(audio, backbone.hidden_size, dropout=backbone.dropout, layer_norm_eps=backbone.layer_norm_eps,
+                        encoder_norm=not backbone.norm_first)
+
+
+def compose_wav2vec2(audio: AudioConfig, backbone: TransformerConfig,
+                     config: Wav2Vec2ObjectiveConfig) -> Wav2Vec2Objective:
+    masker = SpanMasker(config.mask_prob, config.mask_length, config.min_masks)
+    return Wav2Vec2Objective(speech_adapter(audio, backbone), TransformerEncoder(backbone), masker, config)
 
 LAYER = "wav2vec2.encoder.layers.{i}."
 RULES = [  # ours -> HF; "{i}" is a layer index

@@ -12,7 +12,7 @@ towards uniform (eq. 4). Equals ``transformers``' ``Wav2Vec2ForPreTraining`` on 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F

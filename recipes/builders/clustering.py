@@ -1,20 +1,12 @@
-"""Composing HuBERT from the audio adapter, the Transformer and the span masker: ``compose_hubert`` (the wiring,
-which the conversion uses too) and ``hubert(size)`` (a named size)."""
+"""HuBERT of a named size (``objectives/clustering/sizes.py``)."""
 from __future__ import annotations
 
 from typing import Any
 
-from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder
-from selfsup.modalities.audio import AudioConfig
+from selfsup.objectives.clustering.hf_hubert import compose_hubert
 from selfsup.objectives.clustering.hubert import HubertObjective, HubertObjectiveConfig
 from selfsup.objectives.clustering.sizes import size_of
-from selfsup.objectives.masking import SpanMasker
-from selfsup.objectives.speech_quantised.build import speech_adapter, speech_configs
-
-
-def compose_hubert(audio: AudioConfig, backbone: TransformerConfig, config: HubertObjectiveConfig) -> HubertObjective:
-    masker = SpanMasker(config.mask_prob, config.mask_length, config.min_masks)
-    return HubertObjective(speech_adapter(audio, backbone), TransformerEncoder(backbone), masker, config)
+from selfsup.recipes.builders.speech_quantised import speech_configs
 
 
 def hubert(size: str = "base", num_clusters: int | None = None, stable_layer_norm: bool = False,
@@ -28,4 +20,4 @@ def hubert(size: str = "base", num_clusters: int | None = None, stable_layer_nor
     return compose_hubert(audio_cfg, backbone_cfg, HubertObjectiveConfig(**{**sizes["objective"], **objective}))
 
 
-__all__ = ["compose_hubert", "hubert"]
+__all__ = ["hubert"]

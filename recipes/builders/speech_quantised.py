@@ -1,20 +1,13 @@
-"""Composing wav2vec 2.0 from the audio adapter, the Transformer and the span masker: ``compose_wav2vec2`` (the
-wiring, which the conversion uses too) and ``wav2vec2(size)`` (a named size)."""
+"""wav2vec 2.0 of a named size (``objectives/speech_quantised/sizes.py``)."""
 from __future__ import annotations
 
 from typing import Any
 
-from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, transformer_config
-from selfsup.modalities.audio import CONV_SIZES, AudioAdapter, AudioConfig
-from selfsup.objectives.masking import SpanMasker
+from selfsup.backbones.transformer import TransformerConfig, transformer_config
+from selfsup.modalities.audio import CONV_SIZES, AudioConfig
+from selfsup.objectives.speech_quantised.hf_wav2vec2 import compose_wav2vec2
 from selfsup.objectives.speech_quantised.sizes import STABLE_LAYER_NORM, size_of
 from selfsup.objectives.speech_quantised.wav2vec2 import Wav2Vec2Objective, Wav2Vec2ObjectiveConfig
-
-
-def speech_adapter(audio: AudioConfig, backbone: TransformerConfig) -> AudioAdapter:
-    """The audio adapter of a wav2vec 2.0 / HuBERT model: the encoder LayerNorm in the adapter for post-LN."""
-    return AudioAdapter(audio, backbone.hidden_size, dropout=backbone.dropout, layer_norm_eps=backbone.layer_norm_eps,
-                        encoder_norm=not backbone.norm_first)
 
 
 def speech_configs(sizes: dict[str, dict], size: str, stable_layer_norm: bool, audio: dict | None,
@@ -28,12 +21,6 @@ def speech_configs(sizes: dict[str, dict], size: str, stable_layer_norm: bool, a
     return audio_cfg, backbone_cfg
 
 
-def compose_wav2vec2(audio: AudioConfig, backbone: TransformerConfig,
-                     config: Wav2Vec2ObjectiveConfig) -> Wav2Vec2Objective:
-    masker = SpanMasker(config.mask_prob, config.mask_length, config.min_masks)
-    return Wav2Vec2Objective(speech_adapter(audio, backbone), TransformerEncoder(backbone), masker, config)
-
-
 def wav2vec2(size: str = "base", stable_layer_norm: bool = False, audio: dict | None = None,
              backbone: dict | None = None, **objective: Any) -> Wav2Vec2Objective:
     """wav2vec 2.0 of a named size. ``stable_layer_norm``: pre-LN Transformer with a final norm and LayerNorm in
@@ -43,4 +30,4 @@ def wav2vec2(size: str = "base", stable_layer_norm: bool = False, audio: dict | 
     return compose_wav2vec2(audio_cfg, backbone_cfg, Wav2Vec2ObjectiveConfig(**{**sizes["objective"], **objective}))
 
 
-__all__ = ["speech_adapter", "speech_configs", "compose_wav2vec2", "wav2vec2"]
+__all__ = ["speech_configs", "wav2vec2"]

@@ -1,19 +1,15 @@
-"""Composing CLIP / SigLIP: the image tower (a ViT wired as the loss's, or a ResNet of the two-view family), the
-text tower over the text adapter, the objective. ``compose_clip`` is the wiring (the conversion uses it too),
-``clip(size)`` a named size."""
+"""CLIP / SigLIP of a named size (``objectives/image_text/sizes.py``) on a ViT or a ResNet image tower."""
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, transformer_config
+from selfsup.backbones.transformer import TransformerEncoder, transformer_config
 from selfsup.modalities.image import ImageAdapter, ImageConfig
 from selfsup.modalities.image_text import NormedAdapter
-from selfsup.modalities.text import TextAdapter
-from selfsup.objectives.image_text.clip import LOSSES, AttentionPool, CLIPObjective, CLIPObjectiveConfig
+from selfsup.objectives.image_text.clip import LOSSES, AttentionPool, CLIPObjectiveConfig
+from selfsup.objectives.image_text.hf_clip import compose_clip
 from selfsup.objectives.image_text.sizes import CLIP_LOSS_SETTINGS, size_of
-from selfsup.objectives.two_view.build import image_encoder
+from selfsup.recipes.builders.two_view import image_encoder
 from selfsup.types import Encoder
 
 
@@ -33,24 +29,6 @@ def clip_image_tower(backbone: str = "vit", size: str = "small", image_size: int
     pool = AttentionPool(vit_cfg.hidden_size, vit_cfg.num_heads, vit_cfg.intermediate_size, vit_cfg.activation,
                          vit_cfg.layer_norm_eps)
     return Encoder(adapter, TransformerEncoder(vit_cfg)), pool
-
-
-def clip_text_tower(text: TransformerConfig, vocab_size: int, context_length: int, pad_token_id: int):
-    """The text Encoder: token + learned position embeddings (no norm, no token types, no dropout: CLIP's), and
-    the Transformer. CLIP pads with its end-of-text token, whose embedding must learn: no frozen padding row."""
-    adapter = TextAdapter(vocab_size, text.hidden_size, context_length, type_vocab_size=0, pad_token_id=pad_token_id,
-                          dropout=0.0, layer_norm_eps=text.layer_norm_eps, embedding_norm=False)
-    adapter.word_embeddings.padding_idx = None
-    torch.nn.init.normal_(adapter.word_embeddings.weight, std=0.02)
-    return Encoder(adapter, TransformerEncoder(text))
-
-
-def compose_clip(image, text: TransformerConfig, vocab_size: int, context_length: int, config,
-                 image_pool=None, pad_token_id: int = 1):
-    """A :class:`CLIPObjective` from an image Encoder (and its attention pool), the text tower's config and the
-    objective's config."""
-    return CLIPObjective(image, clip_text_tower(text, vocab_size, context_length, pad_token_id), config, image_pool)
-
 
 def clip(size: str = "small", loss: str = "clip", backbone: str = "vit", image_size: int | None = None,
          vocab_size: int = 4096,
@@ -76,4 +54,4 @@ def clip(size: str = "small", loss: str = "clip", backbone: str = "vit", image_s
                         pad_token_id)
 
 
-__all__ = ["clip_image_tower", "clip_text_tower", "compose_clip", "clip"]
+__all__ = ["clip_image_tower", "clip"]

@@ -1,71 +1,24 @@
-"""Composing the masked-prediction objectives from concrete parts, as torchtune separates component builders
-(``compose_*``: the wiring, which the conversions use too) from model builders (``bert_mlm(size)``,
-``data2vec_audio(size)``, ``data2vec_text(size, ...)``, ``mae(size)``: a named size of ``sizes.py``, keyword
-overrides winning). This module and the conversions are the family's only ones that name a modality; the objectives
-themselves see an adapter."""
+"""BERT MLM, data2vec (audio and text) and MAE of a named size (``objectives/masked/sizes.py``)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from torch import nn
-
-from selfsup.backbones.transformer import TransformerConfig, TransformerEncoder, transformer_config
+from selfsup.backbones.transformer import transformer_config
 from selfsup.modalities.audio import CONV_SIZES
-from selfsup.modalities.audio_pos import Data2VecAudioAdapter, Data2VecAudioAdapterConfig
-from selfsup.modalities.image import ImageAdapter, ImageConfig
-from selfsup.modalities.text import TextAdapter
+from selfsup.modalities.audio_pos import Data2VecAudioAdapterConfig
+from selfsup.modalities.image import ImageConfig
 from selfsup.objectives.masked.data2vec import Data2VecObjective, Data2VecObjectiveConfig
-from selfsup.objectives.masked.mae import MAEConfig, MAEObjective, xavier_init
+from selfsup.objectives.masked.hf_bert import compose_bert
+from selfsup.objectives.masked.hf_data2vec_audio import compose_data2vec_audio
+from selfsup.objectives.masked.hf_data2vec_text import compose_data2vec_text
+from selfsup.objectives.masked.hf_mae import compose_mae
+from selfsup.objectives.masked.mae import MAEConfig, MAEObjective
 from selfsup.objectives.masked.mlm import MaskedLanguageModeling
 from selfsup.objectives.masked.sizes import (DATA2VEC_AUDIO_MASK, DATA2VEC_TEXT, DATA2VEC_TEXT_MASK, MAE_IMAGE,
                                              VIT_SHARED, size_of)
 from selfsup.objectives.masking import SpanMasker, TokenMasker
 
 
-# -- composition (component builders) --------------------------------------------------------------------------
-def text_adapter(backbone: TransformerConfig, vocab_size: int, pad_token_id: int, max_positions: int,
-                 roberta_positions: bool = False, type_vocab_size: int = 2) -> TextAdapter:
-    return TextAdapter(vocab_size, backbone.hidden_size, max_positions, type_vocab_size=type_vocab_size,
-                       pad_token_id=pad_token_id, dropout=backbone.dropout, layer_norm_eps=backbone.layer_norm_eps,
-                       roberta_positions=roberta_positions)
-
-
-def compose_bert(backbone: TransformerConfig, masker: TokenMasker, pad_token_id: int = 0,
-                 max_positions: int = 512) -> MaskedLanguageModeling:
-    adapter = text_adapter(backbone, masker.vocab_size, pad_token_id, max_positions)
-    return MaskedLanguageModeling(adapter, TransformerEncoder(backbone), masker)
-
-
-def compose_data2vec_audio(audio: Data2VecAudioAdapterConfig, backbone: TransformerConfig, masker: SpanMasker,
-                           config: Data2VecObjectiveConfig) -> Data2VecObjective:
-    adapter = Data2VecAudioAdapter(audio, backbone.hidden_size, dropout=backbone.dropout,
-                                   layer_norm_eps=backbone.layer_norm_eps)
-    return Data2VecObjective(adapter, TransformerEncoder(backbone), masker, config)
-
-
-def compose_data2vec_text(backbone: TransformerConfig, masker: TokenMasker, config: Data2VecObjectiveConfig,
-                          pad_token_id: int = 1, max_positions: int = 512) -> Data2VecObjective:
-    """data2vec on RoBERTa-style text embeddings (positions from ``pad_token_id + 1``, one token type), as
-    fairseq's data2vec text and ``transformers``' ``Data2VecTextModel``."""
-    adapter = text_adapter(backbone, masker.vocab_size, pad_token_id, max_positions, roberta_positions=True,
-                           type_vocab_size=1)
-    return Data2VecObjective(adapter, TransformerEncoder(backbone), masker, config)
-
-
-def compose_mae(image: ImageConfig, backbone: TransformerConfig, decoder: TransformerConfig,
-                config: MAEConfig) -> MAEObjective:
-    """MAE from configs: an :class:`ImageAdapter`, the ViT encoder and the decoder, xavier-initialised as MAE."""
-    adapter = ImageAdapter(image, backbone.hidden_size)
-    encoder, decoder_stack = xavier_init(TransformerEncoder(backbone)), xavier_init(TransformerEncoder(decoder))
-    return MAEObjective(adapter, encoder, decoder_stack, config)
-
-
-def compose_masked_autoencoder(adapter, backbone: nn.Module, decoder: nn.Module, **config: Any) -> MAEObjective:
-    """The MAE objective on any adapter, encoder and decoder (GraphMAE on a graph adapter and two GNNs)."""
-    return MAEObjective(adapter, backbone, decoder, MAEConfig(**config))
-
-
-# -- named sizes (model builders) ------------------------------------------------------------------------------
 def bert_mlm(size: str, vocab_size: int, mask_token_id: int, pad_token_id: int = 0,
              special_token_ids: Sequence[int] = (), max_positions: int = 512, mlm_probability: float = 0.15,
              continuation_ids: Sequence[int] | None = None, **backbone: Any) -> MaskedLanguageModeling:
@@ -75,7 +28,6 @@ def bert_mlm(size: str, vocab_size: int, mask_token_id: int, pad_token_id: int =
                          special_ids=tuple({*special_token_ids, pad_token_id}),
                          continuation_ids=None if continuation_ids is None else tuple(continuation_ids))
     return compose_bert(backbone_cfg, masker, pad_token_id, max_positions)
-
 
 def data2vec_audio(size: str = "base", audio: dict | None = None, backbone: dict | None = None,
                    mask_prob: float = DATA2VEC_AUDIO_MASK["mask_prob"],
@@ -89,7 +41,6 @@ def data2vec_audio(size: str = "base", audio: dict | None = None, backbone: dict
     config = Data2VecObjectiveConfig(**{**sizes["objective"], **objective})
     return compose_data2vec_audio(audio_cfg, backbone_cfg, SpanMasker(mask_prob, mask_length, min_masks), config)
 
-
 def data2vec_text(size: str, vocab_size: int, mask_token_id: int, pad_token_id: int,
                   special_token_ids: Sequence[int] = (), max_positions: int = 512, backbone: dict | None = None,
                   masker: dict | None = None, **objective: Any) -> Data2VecObjective:
@@ -102,7 +53,6 @@ def data2vec_text(size: str, vocab_size: int, mask_token_id: int, pad_token_id: 
                                **{**DATA2VEC_TEXT_MASK, **(masker or {})})
     config = Data2VecObjectiveConfig(**{**DATA2VEC_TEXT, **sizes["objective"], **objective})
     return compose_data2vec_text(backbone_cfg, token_masker, config, pad_token_id, max_positions)
-
 
 def mae(size: str = "base", image: dict | None = None, backbone: dict | None = None, decoder: dict | None = None,
         **objective: Any) -> MAEObjective:
@@ -118,5 +68,4 @@ def mae(size: str = "base", image: dict | None = None, backbone: dict | None = N
     return compose_mae(image_cfg, backbone_cfg, decoder_cfg, config)
 
 
-__all__ = ["text_adapter", "compose_bert", "compose_data2vec_audio", "compose_data2vec_text", "compose_mae",
-           "compose_masked_autoencoder", "bert_mlm", "data2vec_audio", "data2vec_text", "mae"]
+__all__ = ["bert_mlm", "data2vec_audio", "data2vec_text", "mae"]
