@@ -20,24 +20,14 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from benchmarks.graphmae_reference import CONFIGS, GraphMAE
+from benchmarks.graphmae_reference import CONFIGS, GraphMAE, copy_weights, formula_loss, lowest_noise_nodes
 from selfsup.benchmarking import check_agreement, interleaved, machine
 from selfsup.modalities.graph import builtin_graphs, collate_graphs, load_tu
 from selfsup.recipes._graph import PRESETS, GraphRun, build_objective
 from selfsup.types import NOISE
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "graphs" / "TUDataset"
-
-
-def reference_name(key: str) -> str:
-    """Our GIN's parameter names -> the reference's (layers.i.conv / norm / act -> convs.i / after.i.0 / .1)."""
-    parts = key.split(".")
-    if parts[0] != "layers":
-        return key
-    head = {"conv": ["convs", parts[1]], "norm": ["after", parts[1], "0"], "act": ["after", parts[1], "1"]}
-    return ".".join(head[parts[2]] + parts[3:])
 
 
 def sides(dataset: str, batch_size: int, batches: int):
@@ -50,11 +40,7 @@ def sides(dataset: str, batch_size: int, batches: int):
     ours = build_objective(run, graphs.num_features, 100)
     c = {**CONFIGS[dataset], "in_drop": 0.0}
     ref = GraphMAE(graphs.num_features, c)
-    for mine, theirs in ((ours.backbone, ref.encoder), (ours.decoder, ref.decoder),
-                         (ours.decoder_embed, ref.encoder_to_decoder)):
-        theirs.load_state_dict({reference_name(k): v for k, v in mine.state_dict().items()})
-    with torch.no_grad():
-        ref.enc_mask_token.copy_(ours.encoder_mask_token[None])
+    copy_weights(ours, ref)
     ours_batches = [collate_graphs([{"graph": graphs[(i * batch_size + j) % len(graphs)], "seed": i * batch_size + j}
                                     for j in range(batch_size)]) for i in range(batches)]
     from torch_geometric.data import Batch
@@ -72,19 +58,9 @@ def agreement(ours, ref, batch, run) -> tuple[float, float]:
     ours.config.replace_rate = 0.0
     out = ours({**batch, NOISE: noise})
     ours.config.replace_rate = rate
-    mask, offset = [], 0
-    for i, n in enumerate(counts):
-        mask.append(offset + noise[i, :n].argsort()[: int(run.mask_ratio * n)])
-        offset += n
-    mask = torch.cat(mask)
-    x, ei = batch["node_features"].float(), batch["edge_index"]
-    xm = x.clone()
-    xm[mask] = ref.enc_mask_token
-    h = ref.encoder_to_decoder(ref.encoder(xm, ei))
-    h[mask] = 0
-    z = ref.decoder(h, ei)
-    expected = (1 - F.cosine_similarity(z[mask], x[mask], dim=-1)).pow(run.sce_alpha).mean()
-    return float(out.loss / out.num_targets), float(expected)
+    mask = lowest_noise_nodes(noise, counts, run.mask_ratio)
+    expected = formula_loss(ref, batch["node_features"].float(), batch["edge_index"], mask, run.sce_alpha)
+    return float(out.loss.detach() / out.num_targets), float(expected)
 
 
 def main(argv: list[str] | None = None) -> dict:

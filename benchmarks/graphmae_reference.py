@@ -98,6 +98,49 @@ class GraphMAE(nn.Module):
         return (1 - (a * b).sum(dim=-1)).pow_(self.c["alpha_l"]).mean()
 
 
+def reference_name(key: str) -> str:
+    """selfsup's GIN parameter names -> this module's: layers.i.conv -> convs.i, layers.i.norm / act ->
+    after.i.0 / after.i.1 (the other names are equal)."""
+    parts = key.split(".")
+    if parts[0] != "layers":
+        return key
+    head = {"conv": ["convs", parts[1]], "norm": ["after", parts[1], "0"], "act": ["after", parts[1], "1"]}
+    return ".".join(head[parts[2]] + parts[3:])
+
+
+def copy_weights(ours, ref: "GraphMAE") -> "GraphMAE":
+    """Give ``ref`` the weights of selfsup's GraphMAE objective ``ours`` (MAE class on GIN encoder and decoder),
+    parameter for parameter; strict, so every name and shape must match."""
+    for mine, theirs in ((ours.backbone, ref.encoder), (ours.decoder, ref.decoder),
+                         (ours.decoder_embed, ref.encoder_to_decoder)):
+        theirs.load_state_dict({reference_name(k): v for k, v in mine.state_dict().items()})
+    with torch.no_grad():
+        ref.enc_mask_token.copy_(ours.encoder_mask_token[None])
+    return ref
+
+
+def formula_loss(ref: "GraphMAE", x, edge_index, mask_nodes, alpha: float):
+    """Hou et al. 2022, eqs. 1-4, with a given mask (no random replacement): x~ = x with [MASK] at the masked
+    nodes; H = f_E(A, x~); H~ = W H, re-masked; Z = f_D(A, H~); the mean over the masked nodes of
+    (1 - cos(x_i, z_i)) ** alpha."""
+    x_masked = x.clone()
+    x_masked[mask_nodes] = ref.enc_mask_token
+    h = ref.encoder_to_decoder(ref.encoder(x_masked, edge_index))
+    h[mask_nodes] = 0
+    z = ref.decoder(h, edge_index)
+    return (1 - F.cosine_similarity(z[mask_nodes], x[mask_nodes], dim=-1)).pow(alpha).mean()
+
+
+def lowest_noise_nodes(noise, counts, ratio: float):
+    """The packed indices of the nodes selfsup's masking picks for a given (B, N) noise: per graph of n nodes
+    the int(ratio * n) of lowest noise."""
+    chosen, offset = [], 0
+    for i, n in enumerate(counts):
+        chosen.append(offset + noise[i, :n].argsort()[: int(ratio * n)])
+        offset += n
+    return torch.cat(chosen)
+
+
 def load(dataset: str, root: str):
     """The TU graphs as GraphMAE prepares them (one-hot node labels, self-loops removed and re-added), as PyG
     ``Data``, through selfsup's loader (the same graphs both sides see)."""

@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from benchmarks.graphmae_reference import GraphMAE as ReferenceGraphMAE
+from benchmarks.graphmae_reference import copy_weights, formula_loss, lowest_noise_nodes
 from selfsup.modalities.graph import GraphViewDataset, builtin_graphs, collate_graph_views, collate_graphs
 from selfsup.modalities.graph.augment import Identity, graphcl_augmentation
 from selfsup.objectives import registry
@@ -34,23 +34,7 @@ def copy_into_reference(ours: MAEObjective, in_dim: int, hidden: int, layers: in
     """The plain-PyG GraphMAE of benchmarks/graphmae_reference.py with our weights, parameter for parameter."""
     ref = ReferenceGraphMAE(in_dim, dict(num_hidden=hidden, num_layers=layers, in_drop=0.0, mask_rate=0.5,
                                          replace_rate=0.0, alpha_l=alpha))
-    pairs = [(ours.backbone, ref.encoder), (ours.decoder, ref.decoder), (ours.decoder_embed, ref.encoder_to_decoder)]
-    for mine, theirs in pairs:
-        state = {reference_name(k): v for k, v in mine.state_dict().items()}
-        theirs.load_state_dict(state)               # strict: every key named, every shape equal
-    with torch.no_grad():
-        ref.enc_mask_token.copy_(ours.encoder_mask_token[None])
-    return ref
-
-
-def reference_name(key: str) -> str:
-    """Our GIN layer's names -> the reference's: layers.i.conv -> convs.i, layers.i.norm / act -> after.i.0 / 1."""
-    parts = key.split(".")
-    if parts[0] != "layers":
-        return key
-    i, part, rest = parts[1], parts[2], parts[3:]
-    head = {"conv": ["convs", i], "norm": ["after", i, "0"], "act": ["after", i, "1"]}[part]
-    return ".".join(head + rest)
+    return copy_weights(ours, ref)
 
 
 @pytest.mark.parametrize("alpha", [1.0, 2.0, 3.0])
@@ -68,21 +52,9 @@ def test_graphmae_loss_is_the_papers_formula_on_plain_pyg(graphs, alpha):
     counts = batch["num_nodes"].tolist()
     noise = torch.rand(len(counts), max(counts))
     batch[NOISE] = noise
-    mask_nodes, offset = [], 0                      # each graph masks int(0.5 n) of its nodes, the lowest noise
-    for i, n in enumerate(counts):
-        mask_nodes.append(offset + noise[i, :n].argsort()[: int(0.5 * n)])
-        offset += n
-    mask_nodes = torch.cat(mask_nodes)
+    mask_nodes = lowest_noise_nodes(noise, counts, 0.5)     # each graph masks int(0.5 n), the lowest noise
     out = ours(batch)
-    x, edge_index = batch["node_features"].float(), batch["edge_index"]
-    # Hou et al. 2022, eqs. 1-4: x~ = x with [MASK] at the masked nodes; H = f_E(A, x~); H~ = W H, re-masked;
-    # Z = f_D(A, H~); L = mean over the masked nodes of (1 - cos(x_i, z_i)) ** alpha
-    x_masked = x.clone()
-    x_masked[mask_nodes] = ref.enc_mask_token
-    h = ref.encoder_to_decoder(ref.encoder(x_masked, edge_index))
-    h[mask_nodes] = 0
-    z = ref.decoder(h, edge_index)
-    expected = (1 - F.cosine_similarity(z[mask_nodes], x[mask_nodes], dim=-1)).pow(alpha).mean()
+    expected = formula_loss(ref, batch["node_features"].float(), batch["edge_index"], mask_nodes, alpha)
     assert out.num_targets == len(mask_nodes)
     torch.testing.assert_close(out.loss / out.num_targets, expected, rtol=1e-5, atol=1e-6)
     (out.loss / out.num_targets).backward()
@@ -115,8 +87,8 @@ def test_graphmae_random_replacement_rate_and_batch_independence(graphs):
 def test_the_same_classes_train_graphs_images_audio_and_text(graphs):
     """The registry's class for each method is the one the graph recipe builds and the one the image, audio and
     text recipes build."""
-    from selfsup.objectives.masked.build import data2vec_audio, data2vec_text, mae
-    from selfsup.objectives.two_view.build import two_view
+    from selfsup.recipes.builders.masked import data2vec_audio, data2vec_text, mae
+    from selfsup.recipes.builders.two_view import two_view
 
     assert registry.get("graphmae").objective == registry.get("mae").objective == "MAEObjective"
     assert registry.get("graphcl").objective == registry.get("simclr").objective == "SimCLR"
