@@ -36,6 +36,8 @@ from pathlib import Path
 from selfsup.objectives.autoregressive.sizes import NANOGPT_SHAKESPEARE_CHAR as NANO
 from selfsup.recipes import gpt
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def split_corpus(src: Path, out: Path, validation_fraction: float, tune: bool = False) -> tuple[Path, Path, int, int]:
     """The first (1 - fraction) of the characters to train.txt, the rest to val.txt (nanoGPT's prepare.py).
