@@ -172,3 +172,15 @@ def test_a_ragged_csv_row_stops_with_its_line(tmp_path):
         load_csv_graphs(folder)
     with pytest.raises(SelfsupError, match="no edges.csv"):
         load_csv_graphs(tmp_path)
+
+
+def test_a_corrupt_saved_file_stops_with_its_name(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(bytes(range(256)) * 2)
+    with pytest.raises(SelfsupError, match="bad.pt: not a list of torch_geometric Data objects"):
+        load_saved(tmp_path / "bad.pt")
+
+
+def test_an_empty_edges_csv_stops_with_its_name(tmp_path):
+    (tmp_path / "edges.csv").write_text("")
+    with pytest.raises(SelfsupError, match="edges.csv: the header needs the columns graph_id,src,dst"):
+        load_csv_graphs(tmp_path)
