@@ -24,6 +24,7 @@ def runs_through(graph_set) -> torch.Tensor:
 
 
 # -- loaders -----------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("error:Weights only load failed")   # never unpickled: loaded with weights_only
 @pytest.mark.parametrize("name, graphs, width", [("MUTAG", 188, 7), ("PROTEINS", 1113, 3)])
 def test_tu_from_a_copy_of_the_raw_files(shared_data, name, graphs, width):
     root = shared_data / "graphs" / "TUDataset"

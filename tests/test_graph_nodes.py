@@ -1,4 +1,5 @@
 """Node-level data: full-graph batches, NeighborLoader mini-batches (seed nodes first, mapped back), Cora."""
+import pytest
 import torch
 
 from selfsup.backbones.gnn import gin
@@ -44,6 +45,7 @@ def test_neighbor_sampling_is_seeded():
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
+@pytest.mark.filterwarnings("error:Weights only load failed")   # never unpickled: loaded with weights_only
 def test_cora_from_a_copy_with_the_public_split(shared_data):
     root = shared_data / "graphs" / "Planetoid"
     if not (root / "Cora" / "raw").is_dir():

@@ -209,7 +209,8 @@ def load_tu(root: str | Path, name: str, use_node_attr: bool = False, **prepare:
     with tempfile.TemporaryDirectory(prefix="selfsup-tu-") as tmp:
         shutil.copytree(raw, Path(tmp) / name / "raw")
         try:
-            dataset = TUDataset(tmp, name, use_node_attr=use_node_attr)
+            with torch.serialization.safe_globals(pyg_safe_globals()):   # PyG would fall back to unpickling
+                dataset = TUDataset(tmp, name, use_node_attr=use_node_attr)
         except Exception as err:  # noqa: BLE001 - PyG's readers raise many types on malformed files
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise SelfsupError(f"{raw}: could not read the TU files ({type(err).__name__}: {first})") from None

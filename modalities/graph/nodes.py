@@ -31,7 +31,7 @@ from torch_geometric.sampler import NeighborSampler, NodeSamplerInput, SamplerOu
 from selfsup.data import example_seed
 from selfsup.errors import SelfsupError
 from selfsup.modalities.graph.batch import NUM_SEED_NODES, collate_graphs
-from selfsup.modalities.graph.data import check_graph, prepare_graphs
+from selfsup.modalities.graph.data import check_graph, prepare_graphs, pyg_safe_globals
 from selfsup.types import EXAMPLE_SEEDS
 
 SPLITS = ("train_mask", "val_mask", "test_mask")
@@ -59,7 +59,8 @@ def load_planetoid(root: str | Path, name: str = "Cora", self_loops: bool = True
     with tempfile.TemporaryDirectory(prefix="selfsup-planetoid-") as tmp:
         shutil.copytree(raw, Path(tmp) / name / "raw")
         try:
-            graph = Planetoid(tmp, name)[0]
+            with torch.serialization.safe_globals(pyg_safe_globals()):   # PyG would fall back to unpickling
+                graph = Planetoid(tmp, name)[0]
         except Exception as err:  # noqa: BLE001 - PyG's readers raise many types on malformed files
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise SelfsupError(f"{raw}: could not read the Planetoid files ({type(err).__name__}: {first})") from None
