@@ -47,8 +47,8 @@ def unpack(rows: Tensor, padding_mask: Tensor | None, index: Tensor | None = Non
     index = node_index(padding_mask) if index is None else index
     if len(index) != len(rows):
         raise ValueError(f"{len(rows)} rows for {len(index)} real positions of the padding mask")
-    out = rows.new_full((b * n, *rows.shape[1:]), fill)
-    return out.index_copy(0, index, rows).view(b, n, *rows.shape[1:])
+    out = rows.new_full((b * n, *rows.shape[1:]), fill)   # in place: ``index_copy`` would copy all B * N rows
+    return out.index_copy_(0, index, rows).view(b, n, *rows.shape[1:])
 
 
 def graph_index(num_nodes: Tensor) -> Tensor:

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.graphs import node_index, pack, unpack
 from selfsup.objectives.masking import example_generators
 from selfsup.types import (EXAMPLE_SEEDS, NOISE, Adapter, Batch, Encoder, Objective, ObjectiveOutput, Tokens,
                            prefix_padding)
@@ -304,24 +305,35 @@ class MAEObjective(Objective):
         """(mask (B, N) bool of the tokens to reconstruct, source (B, N) long: the token whose content each
         position gets). Each example masks ``int(mask_ratio * n)`` of its n real tokens (the lowest noise); a
         masked token takes another random real token's content of the same example with probability
-        ``replace_rate`` (GraphMAE's random replacement), else the mask token. Draws come from each example's seed
-        (``example_seeds``), of its own length, so they do not depend on the batch it is in."""
+        ``replace_rate`` (GraphMAE's random replacement), else the mask token.
+
+        Each example draws its (n, 3) uniforms -- noise, the replacement coin, the replacement's position -- in
+        one call from its own seed (``example_seeds``), of its own length, so they do not depend on the batch it
+        is in; the ranking and the choices then run on the whole padded batch at once. With ``noise`` (B, N) in
+        the batch the ranking uses it and the other two draws come from ``torch.rand``."""
         x, padding_mask = tokens.x, tokens.padding_mask
         b, n = x.shape[:2]
-        lengths = [n] * b if padding_mask is None else (~padding_mask).sum(dim=1).tolist()
-        c, seeds = self.config, batch.get(EXAMPLE_SEEDS)
-        gens = example_generators(torch.as_tensor(seeds)) if seeds is not None else [None] * b
-        fixed = batch.get(NOISE)
-        mask = torch.zeros(b, n, dtype=torch.bool)
-        source = torch.arange(n).repeat(b, 1)
-        for i, (length, g) in enumerate(zip(lengths, gens)):
-            noise = fixed[i, :length].float().cpu() if fixed is not None else torch.rand(length, generator=g)
-            chosen = noise.argsort()[: int(c.mask_ratio * length)]
-            mask[i, chosen] = True
-            if c.replace_rate > 0 and len(chosen):
-                swap = torch.rand(len(chosen), generator=g) < c.replace_rate
-                source[i, chosen[swap]] = torch.randint(length, (int(swap.sum()),), generator=g)
-        return mask.to(x.device), source.to(x.device)
+        real = torch.ones(b, n, dtype=torch.bool) if padding_mask is None else ~padding_mask.cpu()
+        lengths = real.sum(dim=1)
+        c, seeds, fixed = self.config, batch.get(EXAMPLE_SEEDS), batch.get(NOISE)
+        if seeds is not None and fixed is None:
+            draws = torch.cat([torch.rand(length, 3, generator=g)
+                               for length, g in zip(lengths.tolist(), example_generators(torch.as_tensor(seeds)))])
+            u = torch.full((b, n, 3), 2.0).index_put_((real,), draws)      # padding ranks last
+        else:
+            u = torch.rand(b, n, 3)
+            if fixed is not None:
+                u[..., 0] = torch.as_tensor(fixed)[:, :n].float().cpu()
+            u[..., 0].masked_fill_(~real, 2.0)
+        rank = u[..., 0].argsort(dim=1).argsort(dim=1)                     # 0 = the lowest noise
+        mask = rank < (lengths.double() * c.mask_ratio).long()[:, None]    # int(ratio * n), as GraphMAE
+        positions = torch.arange(n).expand(b, n)
+        source = positions
+        if c.replace_rate > 0:
+            swap = mask & (u[..., 1] < c.replace_rate)
+            drawn = (u[..., 2] * lengths[:, None]).long().clamp(max=n - 1)  # uniform over the example's tokens
+            source = torch.where(swap, drawn, positions)
+        return mask.to(x.device), source.contiguous().to(x.device)
 
     def forward_replace(self, batch: Batch) -> ObjectiveOutput:
         """GraphMAE (Hou et al., 2022, sec. 3): every token is encoded, the masked ones replaced by a learned mask
@@ -338,10 +350,18 @@ class MAEObjective(Objective):
         p = self.adapter.num_prefix_tokens
         padding = prefix_padding(padding, p)
         h = self.backbone(x, padding, structure=structure).last_hidden_state
-        y = self.decoder_embed(h)
         full_mask = F.pad(mask, (p, 0)) if p else mask
-        fill = self.mask_token[0, 0].to(y.dtype) if self.config.remask == "token" else y.new_zeros(())
-        y = torch.where(full_mask[:, :, None], fill, y)
+
+        def embed_and_remask(rows: Tensor, masked: Tensor) -> Tensor:
+            y = self.decoder_embed(rows)
+            fill = self.mask_token[0, 0].to(y.dtype) if self.config.remask == "token" else y.new_zeros(())
+            return torch.where(masked[..., None], fill, y)
+
+        if padding is None:
+            y = embed_and_remask(h, full_mask)
+        else:   # on the real tokens only: a batch of graphs can be mostly padding (PROTEINS: 16x the real rows)
+            index = node_index(padding)
+            y = unpack(embed_and_remask(pack(h, padding, index), pack(full_mask, padding, index)), padding, index)
         if self.decoder_pos_embed is not None:
             y = y + self.decoder_pos_embed[:, : y.shape[1]].to(y.dtype)
         out = self.decoder(y, padding, structure=structure).last_hidden_state
