@@ -1,5 +1,5 @@
-"""Export of a graph encoder (``GraphAdapter`` + ``GNNBackbone``) as selfsup's own ``transformers`` model, and of
-a GIN as plain ``torch_geometric.nn`` modules.
+"""Export of a graph encoder (``GraphAdapter`` + ``GNNBackbone`` or the shared ``TransformerEncoder``) as selfsup's
+own ``transformers`` model, and of a GIN as plain ``torch_geometric.nn`` modules.
 
 * **transformers**: ``SelfsupGraphModel`` / ``SelfsupGraphConfig`` (``model_type="selfsup_graph"``), whose code
   is the real module :mod:`selfsup.backbones.remote.modeling_selfsup_graph` (torch, transformers and
@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from selfsup.backbones.gnn import GNNBackbone
 from selfsup.backbones.remote import modeling_selfsup_graph as remote
+from selfsup.backbones.transformer import TransformerEncoder
 from selfsup.convert import check_close, fill_model, max_abs_diff
 from selfsup.errors import SelfsupError
 from selfsup.export import write_model_card
@@ -46,18 +47,28 @@ PLAIN_HEADING = "## Plain torch_geometric"
 def graph_config(encoder: Encoder) -> remote.SelfsupGraphConfig:
     """The ``SelfsupGraphConfig`` of a graph :class:`Encoder` (a one-line error for what it cannot hold)."""
     adapter, backbone = encoder.adapter, encoder.backbone
-    if not isinstance(adapter, GraphAdapter) or not isinstance(backbone, GNNBackbone):
-        raise SelfsupError("only a GraphAdapter + GNNBackbone encoder exports as a selfsup graph model")
+    if not isinstance(adapter, GraphAdapter) or not isinstance(backbone, (GNNBackbone, TransformerEncoder)):
+        raise SelfsupError("only a GraphAdapter + GNNBackbone / TransformerEncoder encoder exports as a selfsup graph "
+                           "model")
     if encoder.pooling not in remote.READOUTS:
         raise SelfsupError(f"a graph export pools by mean, sum or max, not {encoder.pooling!r}")
-    a, g = adapter.config, backbone.config
+    a = adapter.config
+    common = dict(num_features=a.num_features, node_encoder=a.node_encoder, embedding_size=adapter.hidden_size,
+                  node_label_sizes=list(a.node_label_sizes), pe_size=a.pe_size,
+                  use_node_token=adapter.node_token is not None, readout=encoder.pooling,
+                  readout_layers=encoder.layers, auto_map=dict(AUTO_MAP))
+    g = backbone.config
+    if isinstance(backbone, TransformerEncoder):
+        if g.causal:
+            raise SelfsupError("a causal Transformer does not export as a graph encoder")
+        return remote.SelfsupGraphConfig(
+            gnn_type="transformer", gnn_hidden_size=g.hidden_size, num_layers=g.num_layers, num_heads=g.num_heads,
+            intermediate_size=g.intermediate_size, hidden_act=g.activation, norm_first=g.norm_first,
+            final_norm=g.final_norm, layer_norm_eps=g.layer_norm_eps, bias=g.bias, **common)
     return remote.SelfsupGraphConfig(
-        num_features=a.num_features, node_encoder=a.node_encoder, embedding_size=adapter.hidden_size,
-        node_label_sizes=list(a.node_label_sizes), pe_size=a.pe_size, use_node_token=adapter.node_token is not None,
         gnn_type=g.kind, gnn_hidden_size=g.hidden_size, num_layers=g.num_layers, output_size=g.output_size,
         encoding=g.encoding, norm=g.norm, activation=g.activation, residual=g.residual, num_heads=g.heads,
-        output_heads=g.output_heads, negative_slope=g.negative_slope, readout=encoder.pooling,
-        readout_layers=encoder.layers, auto_map=dict(AUTO_MAP))
+        output_heads=g.output_heads, negative_slope=g.negative_slope, **common)
 
 
 def to_hf_state_dict(encoder: Encoder) -> dict[str, torch.Tensor]:
@@ -111,7 +122,7 @@ def check_graph_export(encoder: Encoder, out_dir: str | Path, batch: Mapping[str
 def plain_pyg_state(encoder: Encoder) -> dict[str, torch.Tensor] | None:
     """The GIN's weights under the plain modules' names, or None when the encoder is not a plain GIN."""
     a, g = encoder.adapter.config, encoder.backbone.config
-    if g.kind != "gin" or g.residual or a.node_label_sizes or a.pe_size or a.num_features == 0:
+    if not isinstance(encoder.backbone, GNNBackbone) or g.kind != "gin" or g.residual or a.node_label_sizes or a.pe_size or a.num_features == 0:
         return None
     out = {k: v for k, v in encoder.adapter.state_dict().items() if k.startswith("feature_proj.")}
     for i, layer in enumerate(encoder.backbone.layers):
@@ -167,6 +178,11 @@ def plain_pyg_snippet(encoder: Encoder) -> str:
     return "\n".join(lines)
 
 
+def kind(backbone) -> str:
+    """GIN, GAT or Transformer."""
+    return "Transformer" if isinstance(backbone, TransformerEncoder) else backbone.config.kind.upper()
+
+
 USAGE = """from transformers import AutoModel
 
 model = AutoModel.from_pretrained("{path}", trust_remote_code=True).eval()
@@ -194,7 +210,7 @@ def export_graph(encoder: Encoder, out_dir: str | Path, batch: Mapping[str, Any]
     pooled = encoder.pooled(batch).shape[-1]
     card = write_model_card(
         out, title="selfsup graph encoder", pipeline_tag="feature-extraction",
-        summary=f"A {encoder.backbone.config.kind.upper()} graph encoder ({encoder.backbone.config.num_layers} "
+        summary=f"A {kind(encoder.backbone)} graph encoder ({encoder.backbone.config.num_layers} "
                 f"layers, width {encoder.backbone.hidden_size}) with its node embedding, as selfsup's own "
                 "transformers model; its code is modeling_selfsup_graph.py beside the weights.",
         metrics={**(metrics or {}), **figures}, run=run or {},

@@ -22,7 +22,6 @@ from typing import Any, Sequence
 
 from safetensors.torch import save_file
 
-from selfsup.backbones.gnn import GNNBackbone
 from selfsup.backbones.hf_graph import export_graph
 from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args, settings_from
@@ -83,13 +82,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             metrics.update(svm_figures(encoders, data, device))
         sample = full_graph_batch(graph) if run.task == "node" else collate_graphs(graphs[:4])
         export_dir = Path(args.output_dir) / "export"                                    # export
-        if isinstance(encoder.backbone, GNNBackbone):
-            metrics.update(export_graph(encoder, export_dir, sample, metrics, run={
-                "objective": run.method, "backbone": run.backbone, "data": source, "steps": metrics.get("steps")}))
-        else:
-            export_dir = None
-            accelerator.print("export: the Transformer graph encoder has no export class yet; the checkpoints hold "
-                              "it (safetensors)")
+        metrics.update(export_graph(encoder, export_dir, sample, metrics, run={
+            "objective": run.method, "backbone": run.backbone, "data": source, "steps": metrics.get("steps")}))
     return finish_run(accelerator, metrics, args.output_dir, export_dir, args.hub_model_id,  # finish
                       args.push_to_hub, args.hub_private_repo)
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from selfsup.backbones import remote
 from selfsup.backbones.gnn import gat, gin
+from selfsup.backbones.transformer import TransformerEncoder, transformer_config
 from selfsup.backbones.remote import modeling_selfsup_graph
 from selfsup.graphs import graph_index, pack
 from selfsup.modalities.graph import GraphAdapter, GraphConfig, builtin_graphs, collate_graphs
@@ -42,15 +43,27 @@ def run_isolated(code: str, cwd: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("kind, pooling, layers", [("gin", "sum", "last"), ("gat", "mean", "all")])
+def transformer(width: int) -> TransformerEncoder:
+    """The graph recipe's Transformer (ViT wiring: pre-LN, final norm) with dropout, off in eval."""
+    return TransformerEncoder(transformer_config(dict(hidden_size=width, num_layers=2, num_heads=2,
+                                                      intermediate_size=2 * width), "vit", dropout=0.1))
+
+
+@pytest.mark.parametrize("kind, pooling, layers", [("gin", "sum", "last"), ("gat", "mean", "all"),
+                                                   ("transformer", "max", "last"), ("transformer", "mean", "all")])
 def test_export_reloads_with_automodel_and_matches(tmp_path, data, kind, pooling, layers):
     from transformers import AutoModel
 
     graphs, batch = data
+    pe = 4 if kind == "transformer" else 0
+    if pe:   # the Transformer's positions: a random-walk encoding of every node, through the adapter's pe_proj
+        graphs = builtin_graphs(24, seed=0, self_loops=True, structural_encoding=pe)
+        batch = collate_graphs(graphs.graphs[:10])
     f = graphs.num_features
-    backbone = gin(16, 16, 3) if kind == "gin" else gat(16, 16, 2, heads=2)
-    encoder = trained(Encoder(GraphAdapter(GraphConfig(num_features=f), hidden_size=16), backbone, pooling, layers),
-                      batch)
+    backbone = {"gin": lambda: gin(16, 16, 3), "gat": lambda: gat(16, 16, 2, heads=2),
+                "transformer": lambda: transformer(16)}[kind]()
+    adapter = GraphAdapter(GraphConfig(num_features=f, pe_size=pe), hidden_size=16)
+    encoder = trained(Encoder(adapter, backbone, pooling, layers), batch)
     figures = export_graph(encoder, tmp_path / "export", batch)
     assert figures["export/max_abs_hidden_diff"] <= 1e-4 and figures["export/max_abs_pooled_diff"] <= 1e-4
     export = tmp_path / "export"
@@ -67,6 +80,12 @@ def test_export_reloads_with_automodel_and_matches(tmp_path, data, kind, pooling
     assert (encoder.pooled(batch) - theirs.pooler_output).abs().max() <= 1e-4
     assert len(theirs.hidden_states) == len(ours.hidden_states)
     assert (PLAIN_HEADING in (export / "README.md").read_text()) == (kind == "gin")
+    if kind == "transformer":   # a graph's nodes attend within their graph only: one graph alone gives its rows
+        alone = collate_graphs(graphs.graphs[3:4])
+        with torch.no_grad():
+            single = model(**hf_inputs(alone)).last_hidden_state
+        first = int(batch["num_nodes"][:3].sum())
+        torch.testing.assert_close(single, theirs.last_hidden_state[first:first + len(single)], atol=1e-5, rtol=1e-5)
 
 
 def test_the_export_loads_where_selfsup_is_not_importable(tmp_path, data):

@@ -36,6 +36,7 @@ def test_every_method_on_every_backbone(tmp_path, method, backbone):
     metrics = graph.main(argv(tmp_path, "--method", method, "--backbone", backbone, "--heads", "2", steps=2))
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["train_loss"]))
     assert "svm/accuracy" in metrics
+    assert metrics["export/max_abs_hidden_diff"] <= 1e-4, "every backbone exports (and reloads equal)"
 
 
 def test_node_level_training_on_neighbour_batches_writes_every_node(tmp_path):
