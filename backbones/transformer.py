@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from selfsup.backbones.resnet import GlobalBatchNorm
 from selfsup.dropout import Dropout, attention_with_dropout, fast_dropout
 from selfsup.types import BackboneOutput
 
@@ -46,6 +47,8 @@ class TransformerConfig:
     layerdrop: in training, each layer is skipped with this probability (Fan et al., 2019; one draw per layer
     and forward, as ``transformers``' speech encoders; multi-process runs then need DDP's
     ``find_unused_parameters``, which the recipes turn on).
+    norm: ``"layernorm"``, or ``"batchnorm"`` (PatchTST's: each feature normalised over every token of the
+    global batch, :class:`TokenBatchNorm`; for unpadded tokens, eps ``layer_norm_eps``).
     """
 
     hidden_size: int = 256
@@ -63,8 +66,11 @@ class TransformerConfig:
     gradient_checkpointing: bool = False
     activation_dropout: float = 0.0
     layerdrop: float = 0.0
+    norm: str = "layernorm"
 
     def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose from {list(NORMS)}")
         for name in ("dropout", "attention_dropout", "activation_dropout", "layerdrop"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -100,6 +106,24 @@ WIRINGS: dict[str, dict] = {
                    dropout=0.0, attention_dropout=0.0),
     "speech": dict(layer_norm_eps=1e-5),
 }
+
+
+NORMS = ("layernorm", "batchnorm")
+
+
+class TokenBatchNorm(GlobalBatchNorm):
+    """Batch norm of (…, D) tokens over every token of the global batch (PatchTST's ``norm_type="batchnorm"``):
+    the tokens flattened to (T, D) through :class:`GlobalBatchNorm`, so N processes normalise as one."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
+
+
+def make_norm(cfg: TransformerConfig) -> nn.Module:
+    """A layer's norm: LayerNorm, or :class:`TokenBatchNorm` (eps ``layer_norm_eps`` for both)."""
+    if cfg.norm == "batchnorm":
+        return TokenBatchNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+    return nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
 
 def transformer_config(size: str | dict | None = None, wiring: str = "bert", **overrides) -> TransformerConfig:
@@ -217,10 +241,10 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.norm_first = cfg.norm_first
         self.attn = SelfAttention(cfg)
-        self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.norm1 = make_norm(cfg)
         self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.bias)
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.bias)
-        self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.norm2 = make_norm(cfg)
         self.act = ACTIVATIONS[cfg.activation]
         self.quick_gelu = cfg.activation == "quick_gelu" and cfg.bias
         self.act_drop = Dropout(cfg.activation_dropout)
@@ -261,7 +285,7 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.config = cfg
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
-        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.final_norm else nn.Identity()
+        self.norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
         self.apply(init_weights)
 
     @property
@@ -321,6 +345,9 @@ class TransformerEncoder(nn.Module):
         if outputs_at is not None and outputs_from:
             raise ValueError("give outputs_from or outputs_at, not both")
         wanted: Rows = outputs_at if outputs_at is not None else outputs_from
+        if self.config.norm == "batchnorm" and padding_mask is not None and bool(padding_mask.any()):
+            raise ValueError("a batch-norm Transformer takes unpadded tokens (its statistics would count the "
+                             "padding); use norm 'layernorm' for padded batches")
         attn_mask = self.attention_mask(padding_mask, x.shape[1])
         states = [x] if output_hidden_states else None
         layerdrop = self.config.layerdrop if self.training else 0.0

@@ -152,6 +152,26 @@ class Adapter(nn.Module):
                 return len(value)
         raise ValueError(f"{type(self).__name__}: none of its keys {list(self.batch_keys)} is in the batch")
 
+    def row_seeds(self, batch: Batch) -> Tensor | None:
+        """(R,) the seed of every row of the tokens ``embed`` makes, for per-example draws (masks): the examples'
+        ``example_seeds`` (one row each) by default; an adapter that makes several rows per example (a series'
+        channels) derives one seed per row from its example's. None when the batch carries no seeds."""
+        return batch.get(EXAMPLE_SEEDS)
+
+    def example_features(self, features: Tensor) -> Tensor:
+        """(R, F) one vector per row of tokens -> (B, F') one per example: the rows as they are by default; an
+        adapter with several rows per example joins them (a series: its channels' vectors, concatenated)."""
+        return features
+
+    def example_feature_size(self, width: int) -> int:
+        """The width :meth:`example_features` gives for rows of ``width``."""
+        return width
+
+    def mask_embedding(self) -> Tensor:
+        """(D,) the content embedding of an input whose values are hidden (a series patch of zeros: the patch
+        map's bias), for objectives that mask the input itself rather than learn a mask token (PatchTST)."""
+        raise TypeError(f"{type(self).__name__} defines no embedding of a hidden input; use a learned mask token")
+
     def target_size(self, name: str) -> int:
         """The per-token size of ``targets[name]``: a vector's width, or the number of classes of ids."""
         raise KeyError(f"{type(self).__name__} provides no target {name!r}")
@@ -236,7 +256,7 @@ class Encoder(nn.Module):
     @property
     def feature_size(self) -> int:
         """The width of :meth:`features`: the backbone's, times its layers when ``layers == "all"``."""
-        return feature_size(self.backbone, self.layers)
+        return self.adapter.example_feature_size(feature_size(self.backbone, self.layers))
 
     @torch.no_grad()
     def pooled(self, batch: Batch) -> Tensor:
@@ -257,7 +277,7 @@ class Encoder(nn.Module):
                               if self.layers == "all" else pool(out.last_hidden_state, padding_mask, self.pooling))
         if "all_layers" in views:
             result["all_layers"] = torch.cat([pool(h, padding_mask, self.pooling) for h in states], dim=-1)
-        return result
+        return {k: self.adapter.example_features(v) for k, v in result.items()}
 
 
 def features(adapter: Adapter, backbone: nn.Module, batch: Batch, pooling: str = "mean",
@@ -268,8 +288,10 @@ def features(adapter: Adapter, backbone: nn.Module, batch: Batch, pooling: str =
     tokens = adapter(batch)
     out = backbone(tokens.x, tokens.padding_mask, layers == "all", structure=tokens.structure)
     if layers == "all":
-        return torch.cat([pool(h, tokens.padding_mask, pooling) for h in (out.hidden_states or ())[1:]], dim=-1)
-    return pool(out.last_hidden_state, tokens.padding_mask, pooling)
+        rows = torch.cat([pool(h, tokens.padding_mask, pooling) for h in (out.hidden_states or ())[1:]], dim=-1)
+    else:
+        rows = pool(out.last_hidden_state, tokens.padding_mask, pooling)
+    return adapter.example_features(rows)
 
 
 def feature_size(backbone: nn.Module, layers: str = "last") -> int:

@@ -64,7 +64,13 @@ class MAEConfig:
     or ``"token"`` (a learned decoder mask token); loss: ``"mse"`` (MAE) or ``"sce"`` (GraphMAE's scaled cosine
     error with exponent ``sce_alpha``); decoder_embed_bias: GraphMAE's encoder-to-decoder map has none;
     prediction_head: a linear map from the decoder's width to the target (False when the decoder outputs the
-    target itself, as GraphMAE's one-layer GNN decoder)."""
+    target itself, as GraphMAE's one-layer GNN decoder).
+
+    In replace mode: mask_token: ``"learned"`` (GraphMAE's encoder mask token) or ``"adapter"`` (the adapter's
+    embedding of a hidden input, ``adapter.mask_embedding()``: PatchTST's patches of zeros); mask_count:
+    ``"masked"`` (``int(mask_ratio * n)`` tokens masked, the lowest noise: GraphMAE) or ``"visible"``
+    (``int(n * (1 - mask_ratio))`` stay visible, the lowest noise, the rest masked: MAE's and PatchTST's rule).
+    With no decoder (``decoder=None``) the prediction head reads the encoder's output (PatchTST)."""
 
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
@@ -77,12 +83,16 @@ class MAEConfig:
     sce_alpha: float = 2.0
     decoder_embed_bias: bool = True
     prediction_head: bool = True
+    mask_token: str = "learned"
+    mask_count: str = "masked"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         for name, value, choices in (("mask_mode", self.mask_mode, ("drop", "replace")),
-                                     ("remask", self.remask, ("zero", "token")), ("loss", self.loss, ("mse", "sce"))):
+                                     ("remask", self.remask, ("zero", "token")), ("loss", self.loss, ("mse", "sce")),
+                                     ("mask_token", self.mask_token, ("learned", "adapter")),
+                                     ("mask_count", self.mask_count, ("masked", "visible"))):
             if value not in choices:
                 raise ValueError(f"unknown {name} {value!r}; choose from {list(choices)}")
         if not 0.0 <= self.replace_rate <= 1.0:
@@ -218,11 +228,14 @@ class MAEObjective(Objective):
         super().__init__()
         self.config = c = config or MAEConfig()
         self.adapter, self.backbone, self.decoder = adapter, backbone, decoder
-        width = input_size(decoder)
-        self.decoder_embed = nn.Linear(backbone.hidden_size, width, bias=c.decoder_embed_bias)
-        if c.mask_mode == "drop" or c.remask == "token":                     # the decoder's (MAE)
+        if decoder is None and c.mask_mode == "drop":
+            raise ValueError("mask_mode 'drop' needs a decoder (it inserts the mask tokens)")
+        width = backbone.hidden_size if decoder is None else input_size(decoder)
+        self.decoder_embed = (nn.Identity() if decoder is None
+                              else nn.Linear(backbone.hidden_size, width, bias=c.decoder_embed_bias))
+        if decoder is not None and (c.mask_mode == "drop" or c.remask == "token"):   # the decoder's (MAE)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        if c.mask_mode == "replace":                                         # the encoder's (GraphMAE: zeros)
+        if c.mask_mode == "replace" and c.mask_token == "learned":           # the encoder's (GraphMAE: zeros)
             self.encoder_mask_token = nn.Parameter(torch.zeros(adapter.hidden_size))
         table = adapter.decoder_positions(width)
         if table is not None:
@@ -231,15 +244,17 @@ class MAEObjective(Objective):
             self.decoder_pos_embed = None
         target_size = adapter.target_size(c.target)
         self.decoder_pred = nn.Linear(width, target_size) if c.prediction_head else nn.Identity()
-        if c.mask_mode == "drop":   # MAE's initialisation; GraphMAE keeps PyTorch's default
+        if c.mask_mode == "drop":   # MAE's initialisation; GraphMAE and PatchTST keep PyTorch's default
             xavier_init(self.decoder_embed), xavier_init(self.decoder_pred)
         if hasattr(self, "mask_token"):
             nn.init.normal_(self.mask_token, std=0.02)
 
     # -- masking ------------------------------------------------------------------------------------------------
-    def draw_masking(self, batch: Batch, num_tokens: int, device: torch.device) -> Masking:
-        """MAE's masking of ``batch``'s N = ``num_tokens`` tokens (see :func:`masking_noise`)."""
-        noise = masking_noise(batch, (self.adapter.batch_size(batch), num_tokens), device)
+    def draw_masking(self, batch: Batch, num_tokens: int, device: torch.device, rows: int | None = None) -> Masking:
+        """MAE's masking of ``batch``'s N = ``num_tokens`` tokens in each of ``rows`` rows (default: one per
+        example; see :func:`masking_noise`, one seed per row from ``adapter.row_seeds``)."""
+        shape = (self.adapter.batch_size(batch) if rows is None else rows, num_tokens)
+        noise = masking_noise({**batch, EXAMPLE_SEEDS: self.adapter.row_seeds(batch)}, shape, device)
         return random_masking(noise, self.config.mask_ratio)
 
     # -- MAE: the encoder sees the visible tokens only ------------------------------------------------------------
@@ -252,7 +267,7 @@ class MAEObjective(Objective):
             raise ValueError("mask_mode 'drop' needs unpadded tokens (every example the same length); "
                              "use mask_mode 'replace' for padded tokens")
         target = tokens.targets[self.config.target]
-        masking = self.draw_masking(batch, tokens.x.shape[1], tokens.x.device)
+        masking = self.draw_masking(batch, tokens.x.shape[1], tokens.x.device, rows=tokens.x.shape[0])
         x = self.adapter.add_positions(tokens.x, None, tokens.structure)
         visible = take(x, masking.ids_shuffle[:, :masking.num_visible])
         latent = self.backbone(self.adapter.add_prefix(visible), structure=tokens.structure).last_hidden_state
@@ -305,7 +320,8 @@ class MAEObjective(Objective):
         """(mask (B, N) bool of the tokens to reconstruct, source (B, N) long: the token whose content each
         position gets). Each example masks ``int(mask_ratio * n)`` of its n real tokens (the lowest noise); a
         masked token takes another random real token's content of the same example with probability
-        ``replace_rate`` (GraphMAE's random replacement), else the mask token.
+        ``replace_rate`` (GraphMAE's random replacement), else the mask token. (``mask_count="visible"``: the
+        ``int(n (1 - mask_ratio))`` lowest-noise tokens stay visible and the others are masked.)
 
         Each example draws its (n, 3) uniforms -- noise, the replacement coin, the replacement's position -- in
         one call from its own seed (``example_seeds``), of its own length, so they do not depend on the batch it
@@ -315,7 +331,7 @@ class MAEObjective(Objective):
         b, n = x.shape[:2]
         real = torch.ones(b, n, dtype=torch.bool) if padding_mask is None else ~padding_mask.cpu()
         lengths = real.sum(dim=1)
-        c, seeds, fixed = self.config, batch.get(EXAMPLE_SEEDS), batch.get(NOISE)
+        c, seeds, fixed = self.config, self.adapter.row_seeds(batch), batch.get(NOISE)
         if seeds is not None and fixed is None:
             draws = torch.cat([torch.rand(length, 3, generator=g)
                                for length, g in zip(lengths.tolist(), example_generators(torch.as_tensor(seeds)))])
@@ -326,7 +342,10 @@ class MAEObjective(Objective):
                 u[..., 0] = torch.as_tensor(fixed)[:, :n].float().cpu()
             u[..., 0].masked_fill_(~real, 2.0)
         rank = u[..., 0].argsort(dim=1).argsort(dim=1)                     # 0 = the lowest noise
-        mask = rank < (lengths.double() * c.mask_ratio).long()[:, None]    # int(ratio * n), as GraphMAE
+        if c.mask_count == "masked":
+            mask = rank < (lengths.double() * c.mask_ratio).long()[:, None]    # int(ratio * n), as GraphMAE
+        else:                                                               # int(n (1 - ratio)) visible, as MAE
+            mask = real & (rank >= (lengths.double() * (1 - c.mask_ratio)).long()[:, None])
         positions = torch.arange(n).expand(b, n)
         source = positions
         if c.replace_rate > 0:
@@ -340,17 +359,27 @@ class MAEObjective(Objective):
         token (or, at ``replace_rate``, by another token's content); the encoder's output goes through
         ``decoder_embed``, the masked positions are *re-masked* (``remask``: zeroed as GraphMAE, or MAE's decoder
         mask token), the decoder reconstructs the targets and the loss is scored at the masked tokens."""
+        tokens, mask, full_mask, out = self.replace_outputs(batch)
+        pred = self.decoder_pred(out[full_mask])
+        return self.loss(pred, tokens.targets[self.config.target][mask])
+
+    def replace_outputs(self, batch: Batch) -> tuple[Tokens, Tensor, Tensor, Tensor]:
+        """Replace mode up to the prediction head: (tokens, mask (B, N), the mask grown by the prefix (B, p + N),
+        the decoder's output (B, p + N, Dd) -- the encoder's when there is no decoder)."""
         tokens = self.adapter.embed(batch)
         mask, source = self.replace_masking(batch, tokens)
         x = torch.gather(tokens.x, 1, source[:, :, None].expand(-1, -1, tokens.x.shape[-1]))
         token = mask & (source == torch.arange(mask.shape[1], device=mask.device))
-        x = torch.where(token[:, :, None], self.encoder_mask_token.to(x.dtype), x)
+        hidden = (self.encoder_mask_token if self.config.mask_token == "learned" else self.adapter.mask_embedding())
+        x = torch.where(token[:, :, None], hidden.to(x.dtype), x)
         structure, padding = tokens.structure, tokens.padding_mask
         x = self.adapter.add_prefix(self.adapter.add_positions(x, padding, structure))
         p = self.adapter.num_prefix_tokens
         padding = prefix_padding(padding, p)
         h = self.backbone(x, padding, structure=structure).last_hidden_state
         full_mask = F.pad(mask, (p, 0)) if p else mask
+        if self.decoder is None:
+            return tokens, mask, full_mask, h
 
         def embed_and_remask(rows: Tensor, masked: Tensor) -> Tensor:
             y = self.decoder_embed(rows)
@@ -364,9 +393,7 @@ class MAEObjective(Objective):
             y = unpack(embed_and_remask(pack(h, padding, index), pack(full_mask, padding, index)), padding, index)
         if self.decoder_pos_embed is not None:
             y = y + self.decoder_pos_embed[:, : y.shape[1]].to(y.dtype)
-        out = self.decoder(y, padding, structure=structure).last_hidden_state
-        pred = self.decoder_pred(out[full_mask])
-        return self.loss(pred, tokens.targets[self.config.target][mask])
+        return tokens, mask, full_mask, self.decoder(y, padding, structure=structure).last_hidden_state
 
     # -- loss ---------------------------------------------------------------------------------------------------
     def loss(self, pred: Tensor, target: Tensor) -> ObjectiveOutput:
@@ -386,7 +413,13 @@ class MAEObjective(Objective):
     def predict(self, batch: Batch) -> dict[str, Tensor]:
         """What ``ViTMAEForPreTraining`` returns (``mask_mode="drop"``): ``logits`` (B, N, F) at every token in
         input order, ``mask`` (B, N) float (1 = dropped), ``ids_restore`` (B, N), ``latent`` (B, p + K, D), and
-        ``loss`` (the mean over the dropped tokens)."""
+        ``loss`` (the mean over the dropped tokens). In replace mode (``PatchTSTForPretraining``'s
+        ``prediction_output``): ``logits`` (B, N, F) at every token, ``mask`` (B, N) float, ``loss``."""
+        if self.config.mask_mode == "replace":
+            tokens, mask, full_mask, out = self.replace_outputs(batch)
+            logits = self.decoder_pred(out[:, self.adapter.num_prefix_tokens:])
+            scored = self.loss(logits[mask], tokens.targets[self.config.target][mask])
+            return {"logits": logits, "mask": mask.float(), "loss": scored.loss / max(scored.num_targets, 1)}
         latent, target, masking = self.encode(batch)
         h = self.decode(latent, masking, outputs_from=self.adapter.num_prefix_tokens)
         logits = take(self.decoder_pred(h), masking.ids_restore)
