@@ -59,6 +59,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "masked autoencoder: drop 75 % of the tokens, reconstruct them (He et al., 2021)"),
     Method("graphmae", "masked", "masked.mae", "MAEObjective", "MAEConfig",
            "MAE with graph options: masked node features, re-mask, scaled cosine error (Hou et al., 2022)"),
+    Method("patchtst", "masked", "masked.mae", "MAEObjective", "MAEConfig",
+           "MAE on series patches: 40 % zeroed, reconstructed by a linear head on the encoder (Nie et al., 2023)"),
     Method("data2vec", "masked", "masked.data2vec", "Data2VecObjective", "Data2VecObjectiveConfig",
            "predict an EMA teacher's averaged top layers at masked tokens (Baevski et al., 2022)"),
     Method("simclr", "two_view", "two_view.simclr", "SimCLR", "SimCLRConfig",

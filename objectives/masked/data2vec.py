@@ -255,7 +255,7 @@ class Data2VecObjective(Objective):
         else:
             tokens = self.adapter.embed(batch)
             mask = fixed if fixed is not None else self.draw_mask(
-                tokens.padding_mask, tokens.x.shape[:2], tokens.x.device, seeds=batch.get(EXAMPLE_SEEDS))
+                tokens.padding_mask, tokens.x.shape[:2], tokens.x.device, seeds=self.adapter.row_seeds(batch))
             mask = mask.to(device=tokens.x.device, dtype=torch.bool)
         if tokens.padding_mask is not None:
             mask = mask & ~tokens.padding_mask

@@ -39,27 +39,33 @@ def compose_patchtst(series: SeriesConfig, backbone: TransformerConfig, mask_rat
                         MAEConfig(**{**PATCHTST_MAE, "mask_ratio": mask_ratio}))
 
 
-def check_patchtst(objective: MAEObjective) -> None:
-    """A one-line error for what ``PatchTSTForPretraining`` cannot hold."""
-    adapter, backbone = objective.adapter, objective.backbone
+def check_encoder(adapter, backbone) -> None:
+    """A one-line error for an encoder ``PatchTSTModel`` cannot hold."""
     c = backbone.config if isinstance(backbone, TransformerEncoder) else None
     problems = [(not isinstance(adapter, SeriesAdapter), "a series adapter"),
-                (c is None, "the shared Transformer encoder"), (objective.decoder is not None, "no decoder"),
+                (c is None, "the shared Transformer encoder"),
                 (c is not None and (c.final_norm or c.causal), "no final norm, not causal"),
-                (c is not None and not c.bias, "biases"),
-                (objective.config.mask_mode != "replace" or objective.config.mask_token != "adapter",
-                 "replace mode with a zeroed patch as the mask")]
+                (c is not None and not c.bias, "biases")]
     for bad, needs in problems:
         if bad:
             raise SelfsupError(f"PatchTST export needs {needs}")
 
 
-def patchtst_config(objective: MAEObjective, **extra: Any):
-    """The ``PatchTSTConfig`` of our series MAE (``check_patchtst``'s conditions)."""
+def check_patchtst(objective: MAEObjective) -> None:
+    """A one-line error for what ``PatchTSTForPretraining`` cannot hold."""
+    check_encoder(objective.adapter, objective.backbone)
+    if (not isinstance(objective, MAEObjective) or objective.decoder is not None
+            or objective.config.mask_mode != "replace" or objective.config.mask_token != "adapter"):
+        raise SelfsupError("PatchTST export needs the MAE class in replace mode with a zeroed patch as the mask and "
+                           "no decoder")
+
+
+def patchtst_config(adapter, backbone, mask_ratio: float = 0.4, **extra: Any):
+    """The ``PatchTSTConfig`` of a series adapter + Transformer (``check_encoder``'s conditions)."""
     from transformers import PatchTSTConfig
 
-    check_patchtst(objective)
-    s, c = objective.adapter.config, objective.backbone.config
+    check_encoder(adapter, backbone)
+    s, c = adapter.config, backbone.config
     return PatchTSTConfig(
         num_input_channels=s.num_channels, context_length=s.context_length, patch_length=s.patch_length,
         patch_stride=s.stride, num_hidden_layers=c.num_layers, d_model=c.hidden_size,
@@ -68,8 +74,8 @@ def patchtst_config(objective: MAEObjective, **extra: Any):
         positional_dropout=s.positional_dropout, activation_function=c.activation, pre_norm=c.norm_first,
         positional_encoding_type="random" if s.positions == "learned" else "sincos", use_cls_token=False,
         scaling="std" if s.scaling == "std" else None, minimum_scale=s.minimum_scale, mask_type="random",
-        random_mask_ratio=objective.config.mask_ratio, channel_consistent_masking=False, mask_value=0,
-        share_embedding=True, **extra)
+        random_mask_ratio=mask_ratio, channel_consistent_masking=False, mask_value=0, share_embedding=True,
+        **extra)
 
 
 def state_pairs(prefix: str, norm: str) -> list[tuple[str, str]]:
@@ -85,23 +91,29 @@ def state_pairs(prefix: str, norm: str) -> list[tuple[str, str]]:
             ("decoder_pred.", "head.linear.")]
 
 
-def to_hf_state(objective: MAEObjective, encoder_only: bool = False) -> dict[str, torch.Tensor]:
-    """Our state under ``PatchTSTForPretraining``'s names (``encoder_only``: ``PatchTSTModel``'s)."""
+def to_hf_state(module, encoder_only: bool = False) -> dict[str, torch.Tensor]:
+    """Our state under ``PatchTSTForPretraining``'s names (the MAE objective), or ``PatchTSTModel``'s
+    (``encoder_only``: any module with the series ``adapter`` and the ``backbone``, an Encoder or an objective)."""
     prefix = "" if encoder_only else "model."
-    state = objective.state_dict()
     if encoder_only:
-        state = {k: v for k, v in state.items() if not k.startswith("decoder_pred.")}
-    return export_state(state, state_pairs(prefix, objective.backbone.config.norm),
+        state = {f"{part}.{k}": v for part in ("adapter", "backbone")
+                 for k, v in getattr(module, part).state_dict().items()}
+    else:
+        check_patchtst(module)
+        state = module.state_dict()
+    return export_state(state, state_pairs(prefix, module.backbone.config.norm),
                         f"{prefix}encoder.layers.{{i}}.self_attn.", QKV, "PatchTST")
 
 
-def to_patchtst(objective: MAEObjective, encoder_only: bool = False):
-    """A ``PatchTSTForPretraining`` (or, ``encoder_only``, a ``PatchTSTModel``) holding our weights (eval)."""
+def to_patchtst(module, encoder_only: bool = False):
+    """A ``PatchTSTForPretraining`` holding our MAE objective's weights, or (``encoder_only``) a
+    ``PatchTSTModel`` holding an encoder's (eval)."""
     from transformers import PatchTSTForPretraining, PatchTSTModel
 
-    config = patchtst_config(objective)
+    ratio = module.config.mask_ratio if isinstance(module, MAEObjective) else 0.4
+    config = patchtst_config(module.adapter, module.backbone, ratio)
     model = PatchTSTModel(config) if encoder_only else PatchTSTForPretraining(config)
-    return fill_model(model, to_hf_state(objective, encoder_only), "PatchTST")
+    return fill_model(model, to_hf_state(module, encoder_only), "PatchTST")
 
 
 @torch.no_grad()
@@ -124,28 +136,30 @@ USAGE = """from transformers import AutoModel, PatchTSTForPretraining
 model = AutoModel.from_pretrained("{path}")             # PatchTSTModel: the encoder
 out = model(past_values=series)                      # series (B, {length}, {channels}) float
 out.last_hidden_state                                # (B, {channels}, {patches}, {width}) patch embeddings
-pretraining = PatchTSTForPretraining.from_pretrained("{path}/pretraining")   # with the reconstruction head"""
+pretraining = PatchTSTForPretraining.from_pretrained("{path}/pretraining")   # PatchTST runs: the head too"""
 
 
-def export_patchtst(objective: MAEObjective, out_dir: str | Path, batch: Mapping[str, Any],
+def export_patchtst(objective, out_dir: str | Path, batch: Mapping[str, Any],
                     metrics: dict | None = None, run: dict | None = None) -> dict[str, float]:
-    """``OUT/`` the encoder as ``PatchTSTModel`` and ``OUT/pretraining/`` the whole ``PatchTSTForPretraining``;
-    the first reloaded and compared on ``batch``. Returns the check's figures."""
+    """``OUT/`` the encoder as ``PatchTSTModel`` and, for PatchTST's MAE objective, ``OUT/pretraining/`` the whole
+    ``PatchTSTForPretraining``; the first reloaded and compared on ``batch``. Returns the check's figures."""
     out = Path(out_dir)
     objective = objective.float().cpu().eval()
     to_patchtst(objective, encoder_only=True).save_pretrained(str(out))
-    to_patchtst(objective).save_pretrained(str(out / "pretraining"))
+    whole = isinstance(objective, MAEObjective) and objective.decoder is None
+    if whole:
+        to_patchtst(objective).save_pretrained(str(out / "pretraining"))
     figures = check_export(objective, out, batch)
     s, c = objective.adapter.config, objective.backbone.config
     write_model_card(out, title="selfsup PatchTST encoder", pipeline_tag="feature-extraction",
                      summary=f"A PatchTST encoder ({c.num_layers} layers, width {c.hidden_size}, patches of "
-                             f"{s.patch_length} every {s.stride} steps) pretrained by masked patch reconstruction, "
-                             "as transformers' PatchTSTModel; the pretraining model is in pretraining/.",
+                             f"{s.patch_length} every {s.stride} steps), self-supervised, as transformers' "
+                             "PatchTSTModel" + ("; the pretraining model is in pretraining/." if whole else "."),
                      metrics={**(metrics or {}), **figures}, run=run or {},
                      usage=USAGE.format(path=out, length=s.context_length, channels=s.num_channels,
                                         patches=s.num_patches, width=c.hidden_size), tags=("time-series", "patchtst"))
     return figures
 
 
-__all__ = ["compose_patchtst", "check_patchtst", "patchtst_config", "to_hf_state", "to_patchtst", "check_export",
+__all__ = ["compose_patchtst", "check_patchtst", "check_encoder", "patchtst_config", "to_hf_state", "to_patchtst", "check_export",
            "export_patchtst", "PATCHTST_MAE", "state_pairs"]

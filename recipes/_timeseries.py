@@ -1,0 +1,192 @@
+"""The series recipe's settings, data, parts and evaluation (``recipes/timeseries.py``)."""
+from __future__ import annotations
+
+from argparse import ArgumentParser
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from selfsup.backbones.transformer import TransformerEncoder, transformer_config
+from selfsup.data import SeededExamples, make_train_loader, to_device
+from selfsup.errors import SelfsupError
+from selfsup.modalities.timeseries.adapter import SeriesAdapter, SeriesConfig
+from selfsup.modalities.timeseries.data import SeriesSet, builtin_series, collate_series, load_ucr, read_series_csv
+from selfsup.objectives import registry
+from selfsup.objectives.masked.data2vec import Data2VecObjective, Data2VecObjectiveConfig
+from selfsup.objectives.masked.hf_patchtst import compose_patchtst
+from selfsup.objectives.masking import SpanMasker
+from selfsup.types import Encoder, Objective
+
+METHODS = ("patchtst", "data2vec")
+# PatchTST's self-supervised settings (Nie et al., 2023; the repository's patchtst_pretrain.py): patches of 12
+# every 12 steps, 3 layers x 128, 16 heads, MLP 512, batch norm, dropout 0.2, 40 % of the patches masked
+PRESETS = {"patchtst_etth1": dict(context_length=512, patch_length=12, stride=12, num_layers=3, hidden_size=128,
+                                  heads=16, intermediate_size=512, dropout=0.2, mask_ratio=0.4,
+                                  learning_rate=1e-4, per_device_train_batch_size=64)}
+
+
+@dataclass
+class SeriesRun:
+    """The series recipe's own settings (the engine's are ``TrainingSettings``); the flags of the same names."""
+
+    method: str = "patchtst"
+    train_dir: str | None = None
+    train_file: list[str] | None = None
+    dataset_name: str | None = None
+    csv_layout: str = "rows"
+    label_column: str | None = None
+    context_length: int | None = None
+    patch_length: int = 8
+    stride: int = 8
+    scaling: str = "std"
+    positions: str = "sincos"
+    hidden_size: int = 64
+    num_layers: int = 3
+    heads: int = 4
+    intermediate_size: int | None = None
+    norm: str = "batchnorm"
+    dropout: float = 0.0
+    mask_ratio: float = 0.4
+    pooling: str = "mean"
+    num_train_epochs: int | None = None
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise SelfsupError(f"--method {self.method}: choose from {list(METHODS)}")
+        if self.hidden_size % self.heads:
+            raise SelfsupError(f"--hidden_size {self.hidden_size} is not a multiple of --heads {self.heads}")
+
+
+def add_series_args(p: ArgumentParser) -> None:
+    g = p.add_argument_group("series")
+    g.add_argument("--preset", default=None, choices=sorted(PRESETS), help="a paper's settings")
+    g.add_argument("--method", default="patchtst", choices=METHODS,
+                   help=registry.describe("masked").replace("%", "%%"))
+    g.add_argument("--csv_layout", default="rows", choices=["rows", "columns"],
+                   help="--train_file CSV: one series per row, or one column per channel (one long series)")
+    g.add_argument("--label_column", default=None, help="--train_file CSV rows: the label's column")
+    g.add_argument("--context_length", type=int, default=None, help="default: the longest series")
+    g.add_argument("--patch_length", type=int, default=8)
+    g.add_argument("--stride", type=int, default=8)
+    g.add_argument("--scaling", default="std", choices=["std", "none"], help="per-instance standardisation (RevIN)")
+    g.add_argument("--positions", default="sincos", choices=["sincos", "learned"])
+    g.add_argument("--hidden_size", type=int, default=64)
+    g.add_argument("--num_layers", type=int, default=3)
+    g.add_argument("--heads", type=int, default=4)
+    g.add_argument("--intermediate_size", type=int, default=None, help="default: 4 x hidden_size")
+    g.add_argument("--norm", default="batchnorm", choices=["batchnorm", "layernorm"],
+                   help="PatchTST's batch norm (equal-length series) or LayerNorm (padded batches)")
+    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--mask_ratio", type=float, default=0.4, help="share of the patches masked")
+    g.add_argument("--pooling", default="mean", choices=["mean", "max"], help="over a channel's patches")
+    g.add_argument("--num_train_epochs", type=int, default=None, help="epochs (then --max_steps is derived)")
+
+
+# -- data ----------------------------------------------------------------------------------------------------------
+def load_series(run: SeriesRun) -> tuple[SeriesSet, SeriesSet]:
+    """(train, test): a UCR set (``--train_dir``), a CSV (``--train_file``; no test split) or the generated
+    default."""
+    if run.train_dir:
+        return load_ucr(run.train_dir, run.dataset_name)
+    if run.train_file:
+        data = read_series_csv(run.train_file[0], run.csv_layout, run.label_column)
+        return data, SeriesSet([], None, "", data.classes)
+    return builtin_series(seed=run.seed)
+
+
+def series_loader(run: SeriesRun, data: SeriesSet, batch_size: int, accelerator, workers: int = 0):
+    """Training batches of seeded series (the objective draws each example's masks from its seed)."""
+    return make_train_loader(SeededExamples(data, run.seed), collate_series, batch_size, accelerator.num_processes,
+                             accelerator.process_index, run.seed, workers, drop_last=False)
+
+
+def steps_for(run: SeriesRun, num_examples: int, global_batch: int, max_steps: int) -> int:
+    """``--num_train_epochs`` as optimizer steps, else ``--max_steps``."""
+    return run.num_train_epochs * max(1, -(-num_examples // global_batch)) if run.num_train_epochs else max_steps
+
+
+# -- parts ---------------------------------------------------------------------------------------------------------
+def series_config(run: SeriesRun, data: SeriesSet) -> SeriesConfig:
+    length = run.context_length or data.max_length
+    if data.min_length < run.patch_length:
+        raise SelfsupError(f"{data.source}: a series of {data.min_length} steps is shorter than one patch "
+                           f"(--patch_length {run.patch_length})")
+    return SeriesConfig(num_channels=data.num_channels, context_length=length, patch_length=run.patch_length,
+                        stride=run.stride, scaling=run.scaling, positions=run.positions)
+
+
+def build_objective(run: SeriesRun, series: SeriesConfig, max_steps: int) -> Objective:
+    """PatchTST (the MAE class on series patches) or data2vec (the unchanged class) on the shared Transformer:
+    pre-LN, no final norm, PatchTST's batch norm or LayerNorm."""
+    backbone = transformer_config(dict(hidden_size=run.hidden_size, num_layers=run.num_layers, num_heads=run.heads,
+                                       intermediate_size=run.intermediate_size or 4 * run.hidden_size), "bert",
+                                  norm=run.norm, norm_first=True, final_norm=False, layer_norm_eps=1e-5,
+                                  dropout=run.dropout, attention_dropout=0.0)
+    if run.method == "patchtst":
+        return compose_patchtst(series, backbone, run.mask_ratio)
+    top = max(1, run.num_layers // 2)
+    config = Data2VecObjectiveConfig(target_layer="block", average_top_k_layers=top, ema_decay=0.999,
+                                     ema_end_decay=0.9999, ema_anneal_end_step=max(max_steps, 1),
+                                     ema_transformer_only=False, ema_layers_only=False)
+    return Data2VecObjective(SeriesAdapter(series, run.hidden_size), TransformerEncoder(backbone),
+                             SpanMasker(run.mask_ratio / 2, 2, 1), config)
+
+
+def readout(encoder: Encoder, run: SeriesRun) -> Encoder:
+    """The encoder with the run's pooling over a channel's patches (channels side by side)."""
+    return Encoder(encoder.adapter, encoder.backbone, pooling=run.pooling)
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def series_embeddings(encoder: Encoder, data: SeriesSet, device, batch_size: int = 128) -> np.ndarray:
+    """(n, C·D) frozen pooled embeddings of every series, in order (eval mode)."""
+    was = encoder.training
+    encoder.eval()
+    out = [encoder.pooled(to_device(collate_series([data[j] for j in range(i, min(i + batch_size, len(data)))]),
+                                    device)).float().cpu() for i in range(0, len(data), batch_size)]
+    encoder.train(was)
+    return torch.cat(out).numpy()
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+    """Logistic regression on standardised frozen embeddings, fitted on the training split: test accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    return float(model.fit(train_x, train_y).score(test_x, test_y))
+
+
+def nearest_neighbour(train: SeriesSet, test: SeriesSet) -> float | None:
+    """1-NN with the Euclidean distance on the raw series (the UCR baseline); None for unequal lengths."""
+    if len({s.shape for s in train.series + test.series}) != 1:
+        return None
+    a = torch.stack(train.series).flatten(1)
+    b = torch.stack(test.series).flatten(1)
+    nearest = torch.cdist(b.double(), a.double()).argmin(1)
+    return float((train.labels[nearest] == test.labels).double().mean())
+
+
+def probe_figures(encoders: dict[str, Encoder | list[Encoder]], train: SeriesSet, test: SeriesSet, device
+                  ) -> dict[str, float]:
+    """``probe/{prefix}accuracy`` for each encoder (random inits: their mean) and ``raw_1nn/accuracy``."""
+    if train.labels is None or not len(test) or train.num_classes < 2:
+        return {}
+    out = {}
+    y_train, y_test = train.labels.numpy(), test.labels.numpy()
+    for prefix, group in encoders.items():
+        runs = [linear_probe(series_embeddings(e, train, device), y_train, series_embeddings(e, test, device), y_test)
+                for e in (group if isinstance(group, list) else [group])]
+        out[f"probe/{prefix}accuracy"] = float(np.mean(runs))
+    if (nn_acc := nearest_neighbour(train, test)) is not None:
+        out["raw_1nn/accuracy"] = nn_acc
+    return out
+
+
+__all__ = ["SeriesRun", "METHODS", "PRESETS", "add_series_args", "load_series", "series_loader", "steps_for",
+           "series_config", "build_objective", "readout", "series_embeddings", "linear_probe", "nearest_neighbour",
+           "probe_figures"]

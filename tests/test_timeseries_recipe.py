@@ -1,0 +1,96 @@
+"""recipes/timeseries.py end to end: PatchTST and data2vec on the generated series and on a UCR set, the probe
+beside random init and raw 1-NN, the PatchTST export, exact resume, two processes = one (world size asserted); the
+series loaders' one-line errors."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfsup.errors import SelfsupError
+from selfsup.modalities.timeseries.data import collate_series, load_ucr, read_series_csv, read_ucr
+from selfsup.recipes import timeseries
+from tests.conftest import straight_and_resumed
+from tests.test_distributed import assert_same_weights, checkpoints_of_one_and_two
+
+UCR = Path(__file__).resolve().parents[2] / "shared" / "data" / "timeseries" / "UCR"
+
+
+def argv(out, *extra, steps=3):
+    return ["--output_dir", str(out), "--hidden_size", "16", "--num_layers", "2", "--heads", "2", "--max_steps",
+            str(steps), "--report_to", "none", "--per_device_train_batch_size", "8", *extra]
+
+
+@pytest.mark.parametrize("method", ["patchtst", "data2vec"])
+def test_default_run_probes_beside_random_init_and_raw_1nn_and_exports(tmp_path, method, capsys):
+    from transformers import AutoModel, PatchTSTModel
+
+    metrics = timeseries.main(argv(tmp_path / "run", "--method", method))
+    assert metrics["steps"] == 3 and torch.isfinite(torch.tensor(metrics["train_loss"]))
+    for key in ("probe/accuracy", "probe/random_init_accuracy", "raw_1nn/accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["export/max_abs_hidden_diff"] <= 1e-4
+    export = tmp_path / "run" / "export"
+    assert isinstance(AutoModel.from_pretrained(export), PatchTSTModel)
+    assert (export / "pretraining" / "config.json").is_file() == (method == "patchtst")
+    assert "random init" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (UCR / "GunPoint").is_dir(), reason="../shared/data/timeseries/UCR is absent")
+def test_a_ucr_set_trains_and_is_scored_on_its_test_split(tmp_path):
+    metrics = timeseries.main(argv(tmp_path, "--train_dir", str(UCR / "GunPoint"), "--patch_length", "16",
+                                   "--stride", "16"))
+    assert metrics["raw_1nn/accuracy"] == pytest.approx(1 - 0.0867, abs=1e-3), "the UCR archive's 1-NN error"
+    assert 0.0 <= metrics["probe/accuracy"] <= 1.0
+
+
+def test_a_resumed_run_ends_where_a_straight_one_does(tmp_path):
+    def run_argv(out, *flags, steps):
+        return argv(out, *flags, steps=steps)
+
+    straight, resumed, midway = straight_and_resumed(timeseries.main, run_argv, tmp_path, steps=6, at=3)
+    assert set(straight) == set(resumed)
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    assert any(not torch.equal(straight[k], midway[k]) for k in straight)
+
+
+def test_two_processes_train_as_one(tmp_path):
+    one, two = checkpoints_of_one_and_two(tmp_path, "timeseries", "--hidden_size", "16", "--num_layers", "2",
+                                          "--heads", "2", "--optimizer", "sgd", "--learning_rate", "0.05")
+    assert_same_weights(one, two, atol=5e-6)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_loaders_stop_with_one_line_naming_file_and_row(tmp_path):
+    with pytest.raises(SelfsupError, match=r"empty file"):
+        read_ucr(write(tmp_path / "e_TRAIN.txt", "\n"))
+    with pytest.raises(SelfsupError, match=r"row 2: NaN inside"):
+        read_ucr(write(tmp_path / "n_TRAIN.txt", "1 0.1 0.2 0.3\n2 0.1 nan 0.3\n"))
+    with pytest.raises(SelfsupError, match=r"row 1: an infinite value"):
+        read_ucr(write(tmp_path / "i_TRAIN.txt", "1 0.1 inf 0.3\n"))
+    with pytest.raises(SelfsupError, match=r"row 3: 2 fields, the first row has 4"):
+        read_series_csv(write(tmp_path / "r.csv", "label,a,b,c\n1,0.1,0.2,0.3\n2,0.5\n"), label_column="label")
+    with pytest.raises(SelfsupError, match=r"row 2: 'x' is not a number"):
+        read_series_csv(write(tmp_path / "t.csv", "0.1,0.2,0.3\n0.1,x,0.3\n"))
+    with pytest.raises(SelfsupError, match="shorter than one patch"):
+        timeseries.main(argv(tmp_path / "short", "--train_file", str(write(tmp_path / "s.csv", "0.1,0.2,0.3\n")),
+                             "--patch_length", "8"))
+
+
+def test_variable_lengths_pad_at_the_start_and_trailing_nan_is_ucr_padding(tmp_path):
+    data = read_ucr(write(tmp_path / "v_TRAIN.txt", "1 1 2 3 4 5 6\n2 1 2 3 nan nan nan\n"))
+    assert [len(s) for s in data.series] == [6, 3]
+    batch = collate_series([data[0], data[1]])
+    assert batch["past_values"].shape == (2, 6, 1)
+    assert batch["past_observed_mask"][1, :3].sum() == 0 and batch["past_observed_mask"][1, 3:].all()
+    assert torch.equal(batch["past_values"][1, 3:, 0], torch.tensor([1.0, 2.0, 3.0]))
+
+
+@pytest.mark.skipif(not (UCR / "Coffee").is_dir(), reason="../shared/data/timeseries/UCR is absent")
+def test_ucr_test_labels_use_the_training_classes():
+    train, test = load_ucr(UCR / "Coffee")
+    assert train.classes == test.classes and len(train) == 28 and len(test) == 28
