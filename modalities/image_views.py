@@ -22,13 +22,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from selfsup.data import example_seed
+from selfsup.data import VIEW_STREAM, example_seed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-VIEW_STREAM = 2  # view v of an example draws from example_seed(..., stream=VIEW_STREAM + v)
 BICUBIC, BILINEAR = v2.InterpolationMode.BICUBIC, v2.InterpolationMode.BILINEAR
 
 

@@ -11,14 +11,16 @@ from selfsup.backbones.transformer import TransformerEncoder, transformer_config
 from selfsup.data import SeededExamples, make_train_loader, to_device
 from selfsup.errors import SelfsupError
 from selfsup.modalities.timeseries.adapter import SeriesAdapter, SeriesConfig
+from selfsup.modalities.timeseries.augment import SeriesAugment, SeriesViewDataset, collate_series_views
 from selfsup.modalities.timeseries.data import SeriesSet, builtin_series, collate_series, load_ucr, read_series_csv
 from selfsup.objectives import registry
 from selfsup.objectives.masked.data2vec import Data2VecObjective, Data2VecObjectiveConfig
 from selfsup.objectives.masked.hf_patchtst import compose_patchtst
 from selfsup.objectives.masking import SpanMasker
+from selfsup.objectives.two_view.build import from_encoder
 from selfsup.types import Encoder, Objective
 
-METHODS = ("patchtst", "data2vec")
+METHODS = ("patchtst", "data2vec", *registry.names("two_view"))
 # PatchTST's self-supervised settings (Nie et al., 2023; the repository's patchtst_pretrain.py): patches of 12
 # every 12 steps, 3 layers x 128, 16 heads, MLP 512, batch norm, dropout 0.2, 40 % of the patches masked
 PRESETS = {"patchtst_etth1": dict(context_length=512, patch_length=12, stride=12, num_layers=3, hidden_size=128,
@@ -49,6 +51,7 @@ class SeriesRun:
     dropout: float = 0.0
     mask_ratio: float = 0.4
     pooling: str = "mean"
+    temperature: float | None = None
     num_train_epochs: int | None = None
     seed: int = 42
 
@@ -63,7 +66,9 @@ def add_series_args(p: ArgumentParser) -> None:
     g = p.add_argument_group("series")
     g.add_argument("--preset", default=None, choices=sorted(PRESETS), help="a paper's settings")
     g.add_argument("--method", default="patchtst", choices=METHODS,
-                   help=registry.describe("masked").replace("%", "%%"))
+                   help=("patchtst / data2vec, or a two-view method on augmented views of each series (crop, time "
+                         "warp, segment permutation, scaling, jitter: modalities/timeseries/augment.py). " +
+                         registry.describe("masked", "two_view")).replace("%", "%%"))
     g.add_argument("--csv_layout", default="rows", choices=["rows", "columns"],
                    help="--train_file CSV: one series per row, or one column per channel (one long series)")
     g.add_argument("--label_column", default=None, help="--train_file CSV rows: the label's column")
@@ -81,6 +86,7 @@ def add_series_args(p: ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--mask_ratio", type=float, default=0.4, help="share of the patches masked")
     g.add_argument("--pooling", default="mean", choices=["mean", "max"], help="over a channel's patches")
+    g.add_argument("--temperature", type=float, default=None, help="two-view methods: the loss temperature")
     g.add_argument("--num_train_epochs", type=int, default=None, help="epochs (then --max_steps is derived)")
 
 
@@ -96,10 +102,19 @@ def load_series(run: SeriesRun) -> tuple[SeriesSet, SeriesSet]:
     return builtin_series(seed=run.seed)
 
 
+def is_two_view(run: SeriesRun) -> bool:
+    return registry.get(run.method).family == "two_view"
+
+
 def series_loader(run: SeriesRun, data: SeriesSet, batch_size: int, accelerator, workers: int = 0):
-    """Training batches of seeded series (the objective draws each example's masks from its seed)."""
-    return make_train_loader(SeededExamples(data, run.seed), collate_series, batch_size, accelerator.num_processes,
-                             accelerator.process_index, run.seed, workers, drop_last=False)
+    """Training batches of seeded series (the objective draws each example's masks from its seed), or for
+    two-view methods two augmented views of each, drawn from the example's own generators."""
+    if is_two_view(run):
+        dataset, collate = SeriesViewDataset(data, SeriesAugment(), run.seed), collate_series_views
+    else:
+        dataset, collate = SeededExamples(data, run.seed), collate_series
+    return make_train_loader(dataset, collate, batch_size, accelerator.num_processes, accelerator.process_index,
+                             run.seed, workers, drop_last=False)
 
 
 def steps_for(run: SeriesRun, num_examples: int, global_batch: int, max_steps: int) -> int:
@@ -118,14 +133,19 @@ def series_config(run: SeriesRun, data: SeriesSet) -> SeriesConfig:
 
 
 def build_objective(run: SeriesRun, series: SeriesConfig, max_steps: int) -> Objective:
-    """PatchTST (the MAE class on series patches) or data2vec (the unchanged class) on the shared Transformer:
-    pre-LN, no final norm, PatchTST's batch norm or LayerNorm."""
+    """PatchTST (the MAE class on series patches), data2vec (the unchanged class) or a two-view method (the
+    unchanged classes, on the pooled channels side by side) on the shared Transformer: pre-LN, no final norm,
+    PatchTST's batch norm or LayerNorm."""
     backbone = transformer_config(dict(hidden_size=run.hidden_size, num_layers=run.num_layers, num_heads=run.heads,
                                        intermediate_size=run.intermediate_size or 4 * run.hidden_size), "bert",
                                   norm=run.norm, norm_first=True, final_norm=False, layer_norm_eps=1e-5,
                                   dropout=run.dropout, attention_dropout=0.0)
     if run.method == "patchtst":
         return compose_patchtst(series, backbone, run.mask_ratio)
+    if is_two_view(run):
+        encoder = Encoder(SeriesAdapter(series, run.hidden_size), TransformerEncoder(backbone), pooling=run.pooling)
+        overrides = {} if run.temperature is None else {"temperature": run.temperature}
+        return from_encoder(run.method, encoder, "small", max_steps, **overrides)
     top = max(1, run.num_layers // 2)
     config = Data2VecObjectiveConfig(target_layer="block", average_top_k_layers=top, ema_decay=0.999,
                                      ema_end_decay=0.9999, ema_anneal_end_step=max(max_steps, 1),
@@ -187,6 +207,6 @@ def probe_figures(encoders: dict[str, Encoder | list[Encoder]], train: SeriesSet
     return out
 
 
-__all__ = ["SeriesRun", "METHODS", "PRESETS", "add_series_args", "load_series", "series_loader", "steps_for",
+__all__ = ["SeriesRun", "METHODS", "is_two_view", "PRESETS", "add_series_args", "load_series", "series_loader", "steps_for",
            "series_config", "build_objective", "readout", "series_embeddings", "linear_probe", "nearest_neighbour",
            "probe_figures"]

@@ -26,6 +26,15 @@ def example_seed(seed: int, epoch: int, index: int, stream: int = 1) -> int:
     return int(np.random.SeedSequence([seed, epoch, index, stream]).generate_state(1)[0])
 
 
+VIEW_STREAM = 2   # view v of an example draws from example_seed(..., stream=VIEW_STREAM + v), in every modality
+
+
+def view_generator(seed: int, epoch: int, index: int, view: int) -> torch.Generator:
+    """The ``torch.Generator`` of view ``view`` of example ``index`` in ``epoch`` (two-view augmentations): the
+    same view in any process, DataLoader worker, batch or order, and in a resumed run."""
+    return torch.Generator().manual_seed(example_seed(seed, epoch, index, stream=VIEW_STREAM + view))
+
+
 def example_rng(seed: int, epoch: int, index: int):
     """A NumPy generator for example ``index`` in ``epoch`` (random crops and the like), from the same triple."""
     import numpy as np

@@ -20,7 +20,7 @@ def argv(out, *extra, steps=3):
             str(steps), "--report_to", "none", "--per_device_train_batch_size", "8", *extra]
 
 
-@pytest.mark.parametrize("method", ["patchtst", "data2vec"])
+@pytest.mark.parametrize("method", ["patchtst", "data2vec", "simclr"])
 def test_default_run_probes_beside_random_init_and_raw_1nn_and_exports(tmp_path, method, capsys):
     from transformers import AutoModel, PatchTSTModel
 
@@ -54,9 +54,13 @@ def test_a_resumed_run_ends_where_a_straight_one_does(tmp_path):
     assert any(not torch.equal(straight[k], midway[k]) for k in straight)
 
 
-def test_two_processes_train_as_one(tmp_path):
-    one, two = checkpoints_of_one_and_two(tmp_path, "timeseries", "--hidden_size", "16", "--num_layers", "2",
-                                          "--heads", "2", "--optimizer", "sgd", "--learning_rate", "0.05")
+@pytest.mark.parametrize("method", ["patchtst", "simclr"])
+def test_two_processes_train_as_one(tmp_path, method):
+    """Masks drawn per channel row from the example's seed, views from the example's generators, batch norm over
+    the global batch: 2 x 4 series train as 1 x 8."""
+    one, two = checkpoints_of_one_and_two(tmp_path, "timeseries", "--method", method, "--hidden_size", "16",
+                                          "--num_layers", "2", "--heads", "2", "--optimizer", "sgd",
+                                          "--learning_rate", "0.05")
     assert_same_weights(one, two, atol=5e-6)
 
 

@@ -17,11 +17,10 @@ import torch
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
-from selfsup.data import example_seed
+from selfsup.data import VIEW_STREAM, example_seed, view_generator
 from selfsup.modalities.graph.batch import GRAPH_LABELS, collate_graphs
 from selfsup.types import EXAMPLE_SEEDS, VIEWS
 
-VIEW_STREAM = 2   # view v of an example draws from example_seed(..., stream=VIEW_STREAM + v), as image views do
 Augmentation = Callable[[Data, torch.Generator], Data]
 
 
@@ -40,11 +39,6 @@ class GraphExamples(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {"graph": self.graphs[index], "seed": example_seed(self.seed, self.epoch, index)}
-
-
-def view_generator(seed: int, epoch: int, index: int, view: int) -> torch.Generator:
-    """The generator of view ``view`` of example ``index`` in ``epoch``."""
-    return torch.Generator().manual_seed(example_seed(seed, epoch, index, stream=VIEW_STREAM + view))
 
 
 class GraphViewDataset(Dataset):

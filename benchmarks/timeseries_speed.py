@@ -1,0 +1,88 @@
+"""PatchTST pretraining step: selfsup's MAE objective on series patches against transformers'
+``PatchTSTForPretraining`` with the same config and the same weights, on the same batches, in one run.
+
+Before timing, the two losses are checked equal on one batch with the same mask (PatchTST's own masking fed our
+noise), or the run stops. Both sides then train with Adam on the same fixed batches (PatchTST's ETTh1 setting by
+default: 7 channels, context 512, patches of 12 every 12 steps, 3 layers x 128, 16 heads, MLP 512, batch norm,
+mask 0.4, batch 64), timed in alternating rounds, the median round reported; dropout is off on both sides.
+
+    python -m benchmarks.timeseries_speed --quick            (from the repository root)
+    python -m benchmarks.timeseries_speed --threads 1
+
+The last line printed is one JSON object: ``ours`` / ``reference`` series per second and their ``ratio``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from unittest import mock
+
+import torch
+
+from selfsup.backbones.transformer import transformer_config
+from selfsup.benchmarking import check_agreement, interleaved, machine
+from selfsup.modalities.timeseries import SeriesConfig
+from selfsup.objectives.masked.hf_patchtst import compose_patchtst, to_patchtst
+from selfsup.types import NOISE
+
+SETTINGS = {"full": dict(channels=7, context=512, patch=12, layers=3, width=128, heads=16, ffn=512, batch=64),
+            "quick": dict(channels=7, context=128, patch=8, layers=2, width=64, heads=8, ffn=128, batch=16)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = SETTINGS["quick" if args.quick else "full"]
+    steps, rounds = (3, 3) if args.quick else (5, 7)
+    torch.manual_seed(0)
+    series = SeriesConfig(num_channels=s["channels"], context_length=s["context"], patch_length=s["patch"],
+                          stride=s["patch"])
+    backbone = transformer_config(dict(hidden_size=s["width"], num_layers=s["layers"], num_heads=s["heads"],
+                                       intermediate_size=s["ffn"]), "bert", norm="batchnorm", norm_first=True,
+                                  final_norm=False, layer_norm_eps=1e-5, dropout=0.0, attention_dropout=0.0)
+    ours = compose_patchtst(series, backbone, 0.4).train()
+    ref = to_patchtst(ours).train()
+    g = torch.Generator().manual_seed(1)
+    t = torch.arange(s["context"], dtype=torch.float32)[None, :, None]
+    batches = [torch.sin(t / 7 + torch.rand(s["batch"], 1, s["channels"], generator=g) * 6)
+               + 0.3 * torch.randn(s["batch"], s["context"], s["channels"], generator=g) for _ in range(4)]
+    n = series.num_patches
+    noise = torch.rand(s["batch"], s["channels"], n, generator=g)
+    with torch.no_grad():
+        mine = ours.predict({"past_values": batches[0], NOISE: noise.reshape(-1, n)})["loss"]
+        with mock.patch("transformers.models.patchtst.modeling_patchtst.torch.rand", lambda *a, **k: noise.clone()):
+            theirs = ref(past_values=batches[0]).loss
+    check_agreement([("one batch, same mask", float(mine), float(theirs), 1e-5)])
+    opt_ours, opt_ref = torch.optim.Adam(ours.parameters(), lr=1e-4), torch.optim.Adam(ref.parameters(), lr=1e-4)
+    position = {"ours": 0, "reference": 0}
+
+    def ours_step():
+        batch = batches[position["ours"] % len(batches)]
+        position["ours"] += 1
+        out = ours({"past_values": batch})
+        (out.loss / out.num_targets).backward()
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+
+    def ref_step():
+        batch = batches[position["reference"] % len(batches)]
+        position["reference"] += 1
+        ref(past_values=batch).loss.backward()
+        opt_ref.step()
+        opt_ref.zero_grad(set_to_none=True)
+
+    o, r = interleaved({"ours": ours_step, "reference": ref_step}, steps, rounds, 2, s["batch"], "patchtst")
+    result = {"name": "patchtst_step" + ("_quick" if args.quick else "_etth1"), "unit": "series/s",
+              "ours": round(o, 2), "reference": round(r, 2), "ratio": round(o / r, 3), "machine": machine(),
+              "threads": torch.get_num_threads()}
+    print(f"median: ours {o:.2f}  reference {r:.2f} series/s  ratio {o / r:.2f}x", flush=True)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
