@@ -12,7 +12,8 @@ from selfsup.data import SeededExamples, make_train_loader, to_device
 from selfsup.errors import SelfsupError
 from selfsup.modalities.timeseries.adapter import SeriesAdapter, SeriesConfig
 from selfsup.modalities.timeseries.augment import SeriesAugment, SeriesViewDataset, collate_series_views
-from selfsup.modalities.timeseries.data import SeriesSet, builtin_series, collate_series, load_ucr, read_series_csv
+from selfsup.modalities.timeseries.data import (SeriesSet, builtin_series, collate_series, load_ucr, read_series_csv,
+                                                window_set)
 from selfsup.objectives import registry
 from selfsup.objectives.masked.data2vec import Data2VecObjective, Data2VecObjectiveConfig
 from selfsup.objectives.masked.hf_patchtst import compose_patchtst
@@ -38,6 +39,8 @@ class SeriesRun:
     dataset_name: str | None = None
     csv_layout: str = "rows"
     label_column: str | None = None
+    window_stride: int = 1
+    train_rows: int | None = None
     context_length: int | None = None
     patch_length: int = 8
     stride: int = 8
@@ -72,6 +75,10 @@ def add_series_args(p: ArgumentParser) -> None:
     g.add_argument("--csv_layout", default="rows", choices=["rows", "columns"],
                    help="--train_file CSV: one series per row, or one column per channel (one long series)")
     g.add_argument("--label_column", default=None, help="--train_file CSV rows: the label's column")
+    g.add_argument("--window_stride", type=int, default=1,
+                   help="--csv_layout columns: training windows of --context_length steps every this many steps")
+    g.add_argument("--train_rows", type=int, default=None,
+                   help="--csv_layout columns: cut windows from the first this many steps only (the training period)")
     g.add_argument("--context_length", type=int, default=None, help="default: the longest series")
     g.add_argument("--patch_length", type=int, default=8)
     g.add_argument("--stride", type=int, default=8)
@@ -92,12 +99,16 @@ def add_series_args(p: ArgumentParser) -> None:
 
 # -- data ----------------------------------------------------------------------------------------------------------
 def load_series(run: SeriesRun) -> tuple[SeriesSet, SeriesSet]:
-    """(train, test): a UCR set (``--train_dir``), a CSV (``--train_file``; no test split) or the generated
-    default."""
+    """(train, test): a UCR set (``--train_dir``), a CSV (``--train_file``; no test split; one long series is cut
+    into windows of ``--context_length``) or the generated default."""
     if run.train_dir:
         return load_ucr(run.train_dir, run.dataset_name)
     if run.train_file:
         data = read_series_csv(run.train_file[0], run.csv_layout, run.label_column)
+        if run.csv_layout == "columns":
+            if not run.context_length:
+                raise SelfsupError("--csv_layout columns (one long series) needs --context_length, the window")
+            data = window_set(data, run.context_length, run.window_stride, run.train_rows)
         return data, SeriesSet([], None, "", data.classes)
     return builtin_series(seed=run.seed)
 

@@ -85,6 +85,22 @@ def test_loaders_stop_with_one_line_naming_file_and_row(tmp_path):
                              "--patch_length", "8"))
 
 
+def test_one_long_series_trains_on_windows_of_its_training_period(tmp_path):
+    t = torch.arange(300, dtype=torch.float32)
+    rows = ["date,a,b"] + [f"2020-01-01 {i:04d},{float(torch.sin(t[i] / 5)):.4f},{float(t[i]) / 100:.4f}"
+                           for i in range(300)]
+    csv = write(tmp_path / "long.csv", "\n".join(rows) + "\n")
+    metrics = timeseries.main(argv(tmp_path / "run", "--train_file", str(csv), "--csv_layout", "columns",
+                                   "--context_length", "64", "--window_stride", "16", "--train_rows", "200"))
+    assert metrics["steps"] == 3 and metrics["export/max_abs_hidden_diff"] <= 1e-4
+    from selfsup.modalities.timeseries.data import window_set, windows
+
+    data = window_set(read_series_csv(csv, "columns"), 64, 16, 200)
+    assert len(data) == (200 - 64) // 16 + 1 and data.series[0].shape == (64, 2)
+    ctx, fut = windows(torch.arange(300.0)[:, None], 10, 3, 100, 120)
+    assert ctx[0, -1, 0] == 99 and fut[0, 0, 0] == 100 and fut[-1, -1, 0] == 119, "a window's future is its split's"
+
+
 def test_variable_lengths_pad_at_the_start_and_trailing_nan_is_ucr_padding(tmp_path):
     data = read_ucr(write(tmp_path / "v_TRAIN.txt", "1 1 2 3 4 5 6\n2 1 2 3 nan nan nan\n"))
     assert [len(s) for s in data.series] == [6, 3]

@@ -194,14 +194,29 @@ def read_series_csv(path: str | Path, layout: str = "rows", label_column: str | 
 
 def windows(series: Tensor, context: int, horizon: int, start: int, end: int, step: int = 1
             ) -> tuple[Tensor, Tensor]:
-    """(contexts (W, context, C), futures (W, horizon, C)) of every window whose future ends by ``end`` and whose
-    context starts at or after ``start - context`` ... as the usual forecasting split: a window belongs to the split
-    in which its first future step lies (ETT's borders: train [0, 8640), validation [8640 - context, 11520), test
-    [11520 - context, 14400))."""
+    """Forecasting windows of one long series (T, C): (contexts (W, context, C), futures (W, horizon, C)) for
+    every first future step ``t`` in ``[max(start, context), end - horizon]`` (every ``step``-th): a window
+    belongs to the split its future starts in, its context may reach back before ``start`` (the usual ETT split:
+    train t in [0, 8640), validation [8640, 11520), test [11520, 14400))."""
     firsts = range(max(start, context), end - horizon + 1, step)
+    if not len(firsts):
+        raise SelfsupError(f"no window of {context} + {horizon} steps fits in steps {start}..{end}")
     ctx = torch.stack([series[t - context:t] for t in firsts])
     fut = torch.stack([series[t:t + horizon] for t in firsts])
     return ctx, fut
+
+
+def window_set(data: SeriesSet, context: int, stride: int, rows: int | None = None) -> SeriesSet:
+    """One long series (a ``columns`` CSV) cut into training examples of ``context`` steps every ``stride`` steps,
+    from its first ``rows`` steps (default all: keep a test period out with ``rows``)."""
+    if len(data) != 1:
+        raise SelfsupError(f"{data.source}: windows are cut from one long series, not {len(data)}")
+    series = data.series[0][:rows] if rows else data.series[0]
+    if len(series) < context:
+        raise SelfsupError(f"{data.source}: {len(series)} steps, shorter than one window of {context}")
+    starts = range(0, len(series) - context + 1, stride)
+    return SeriesSet([series[s:s + context] for s in starts], None,
+                     f"{data.source} ({len(starts)} windows of {context} steps every {stride})", [])
 
 
 def generated_series(num_series: int = 300, length: int = 96, seed: int = 0) -> SeriesSet:
@@ -254,5 +269,5 @@ def collate_series(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-__all__ = ["SeriesSet", "read_ucr", "load_ucr", "read_series_csv", "windows", "generated_series", "builtin_series",
+__all__ = ["SeriesSet", "read_ucr", "load_ucr", "read_series_csv", "windows", "window_set", "generated_series", "builtin_series",
            "collate_series", "LABELS", "GENERATED_NOTE"]
