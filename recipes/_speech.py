@@ -189,9 +189,11 @@ def check_audio_export(objective: Objective, reloaded_encoder: Callable[..., Any
 
 
 def speech_card(run: SpeechRun, objective: Objective, metrics: dict[str, Any], source: str, *, name: str,
-                usage_class: str, tags: tuple[str, ...], facts: dict | None = None) -> dict[str, Any]:
+                usage_class: str, tags: tuple[str, ...], facts: dict | None = None, encoder_of: str = ""
+                ) -> dict[str, Any]:
     """The keyword arguments of ``write_model_card`` for a speech export (what was trained on what, usage;
-    ``facts``: more of the run's facts for the card)."""
+    ``facts``: more of the run's facts for the card; ``encoder_of``: the attribute of ``usage_class`` that is the
+    encoder, e.g. ``wav2vec2`` of ``Wav2Vec2ForPreTraining``, whose quantizer the encoder class would not load)."""
     out = Path(run.output_dir) / "export"
     card_facts = {"objective": name, "audio": source, "steps": metrics.get("steps"),
                   "model_size": run.model_size if not run.init_from else f"from {run.init_from}",
@@ -200,7 +202,7 @@ def speech_card(run: SpeechRun, objective: Objective, metrics: dict[str, Any], s
     where = run.hub_model_id or out
     usage = f"""from transformers import AutoFeatureExtractor, {usage_class}
 extractor = AutoFeatureExtractor.from_pretrained("{where}")
-model = {usage_class}.from_pretrained("{where}")
+model = {usage_class}.from_pretrained("{where}"){"." + encoder_of if encoder_of else ""}
 inputs = extractor(waveform_16khz, sampling_rate=16000, return_tensors="pt")
 hidden = model(**inputs).last_hidden_state"""
     return dict(title=run.hub_model_id or f"{name} encoder pretrained with selfsup", pipeline_tag="feature-extraction",

@@ -88,7 +88,8 @@ def export(objective: Wav2Vec2Objective, run: Wav2Vec2Run, metrics: dict[str, An
     feature_extractor_for(objective).save_pretrained(str(out))
     check_audio_export(objective, AutoModelForPreTraining.from_pretrained(str(out)).eval().wav2vec2, sample, metrics)
     write_model_card(out, **speech_card(run, objective, metrics, source, name="wav2vec 2.0",
-                                        usage_class="Wav2Vec2Model", tags=("wav2vec2", "audio", "speech"),
+                                        usage_class="Wav2Vec2ForPreTraining", encoder_of="wav2vec2",
+                                        tags=("wav2vec2", "audio", "speech"),
                                         facts={"parameters": num_parameters(objective),
                                                "mask_length": objective.config.mask_length}))
     return out

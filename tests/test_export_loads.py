@@ -196,12 +196,7 @@ def test_the_vit_pooled_output_is_the_class_token_not_a_random_layer(exports, na
     assert torch.allclose(out.pooler_output, out.last_hidden_state[:, 0], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", [
-    *(n for n in RECIPES if n != "wav2vec2"),
-    pytest.param("wav2vec2", marks=pytest.mark.xfail(
-        strict=True, reason="the wav2vec 2.0 card loads the Wav2Vec2ForPreTraining export as Wav2Vec2Model, which "
-                            "reports the quantizer and projections as unexpected keys")),
-])
+@pytest.mark.parametrize("name", RECIPES)
 def test_the_class_the_model_card_names_loads_quietly(exports, name):
     folder = exports(name)
     own = bool(config_of(folder).get("auto_map"))
