@@ -15,6 +15,7 @@ from torch import nn
 
 from selfsup.backbones.gnn import GNNBackbone, decoder_config, gnn_config
 from selfsup.backbones.transformer import TransformerEncoder, transformer_config
+from selfsup.config import RecipeSettings
 from selfsup.data import make_train_loader, to_device
 from selfsup.errors import SelfsupError
 from selfsup.modalities.graph import (GraphAdapter, GraphConfig, GraphExamples, GraphSet, GraphViewDataset,
@@ -64,20 +65,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class GraphRun:
+class GraphRun(RecipeSettings):
     """The graph recipe's own settings (the engine's are ``TrainingSettings``); the flags of the same names."""
 
     method: str = "graphmae"
     backbone: str = "gin"
     task: str = "graph"
-    train_dir: str | None = None
-    train_file: list[str] | None = None
-    dataset_name: str | None = None
     node_features: str = "auto"
     self_loops: bool = False
     normalize_features: bool = False
     structural_encoding: int | None = None
-    model_size: str = "small"
     hidden_size: int | None = None
     num_layers: int | None = None
     heads: int = 1
@@ -100,7 +97,6 @@ class GraphRun:
     probe_learning_rate: float = 0.01
     probe_weight_decay: float = 1e-4
     probe_epochs: int = 300
-    seed: int = 42
 
     def __post_init__(self) -> None:
         checks = ((self.method in METHODS, f"--method {self.method}: choose from {list(METHODS)}"),

@@ -26,11 +26,6 @@ class ImageRun(RecipeSettings):
     """What the image recipes share: the run's settings and the flags of :func:`add_image_args` (with the data
     flags they read); a recipe's own settings extend it. The flags of the same names."""
 
-    train_dir: str | None = None
-    train_file: list[str] | None = None
-    dataset_name: str | None = None
-    dataset_config_name: str | None = None
-    max_train_samples: int | None = None
     image_size: int = 32
     image_column: str | None = None
     label_column: str | None = None

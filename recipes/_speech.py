@@ -29,10 +29,6 @@ class SpeechRun(RecipeSettings):
     """What the speech recipes share: the run's settings and the flags of :func:`add_audio_args` (with the data
     flags they read); a recipe's own settings extend it. The flags of the same names."""
 
-    train_dir: str | None = None
-    train_file: list[str] | None = None
-    dataset_name: str | None = None
-    max_train_samples: int | None = None
     validation_split_percentage: float = 10.0
     audio_column: str | None = None
     max_duration: float = 4.0

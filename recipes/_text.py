@@ -27,14 +27,9 @@ class TextRun(RecipeSettings):
     """What the text recipes share: the run's settings and the flags of :func:`add_text_args` (with the data and
     probe flags they read); a recipe's own settings extend it. The flags of the same names."""
 
-    train_file: list[str] | None = None
-    train_dir: str | None = None
-    dataset_name: str | None = None
-    dataset_config_name: str | None = None
     validation_file: list[str] | None = None
     validation_split_percentage: float = 5.0
     streaming: bool = False
-    max_train_samples: int | None = None
     eval_train_file: str | None = None
     eval_test_file: str | None = None
     tokenizer_name: str | None = None

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from selfsup.backbones.transformer import TransformerEncoder, transformer_config
+from selfsup.config import RecipeSettings
 from selfsup.data import SeededExamples, make_train_loader, to_device
 from selfsup.errors import SelfsupError
 from selfsup.modalities.timeseries.adapter import SeriesAdapter, SeriesConfig
@@ -30,13 +31,10 @@ PRESETS = {"patchtst_etth1": dict(context_length=512, patch_length=12, stride=12
 
 
 @dataclass
-class SeriesRun:
+class SeriesRun(RecipeSettings):
     """The series recipe's own settings (the engine's are ``TrainingSettings``); the flags of the same names."""
 
     method: str = "patchtst"
-    train_dir: str | None = None
-    train_file: list[str] | None = None
-    dataset_name: str | None = None
     csv_layout: str = "rows"
     label_column: str | None = None
     window_stride: int = 1
@@ -56,7 +54,6 @@ class SeriesRun:
     pooling: str = "mean"
     temperature: float | None = None
     num_train_epochs: int | None = None
-    seed: int = 42
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -77,10 +77,16 @@ def base_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
 class RecipeSettings:
     """The shared recipe flags of :func:`base_parser` that are not the training loop's (those are
     ``selfsup.train.TrainingSettings``): which model, from where, the seed, the random-init references of the
-    probes, where the run writes and pushes. A recipe's own settings dataclass extends it (through its modality's,
-    ``recipes/_image.py``'s ``ImageRun`` and the like) and is filled with :func:`settings_from`."""
+    probes, where the run writes and pushes, and the data flags every recipe reads (where the training data is).
+    A recipe's own settings dataclass extends it (through its modality's, ``recipes/_image.py``'s ``ImageRun`` and
+    the like) and is filled with :func:`settings_from`."""
 
     output_dir: str = "outputs/run"
+    train_file: list[str] | None = None
+    train_dir: str | None = None
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    max_train_samples: int | None = None
     model_size: str = "small"
     init_from: str | None = None
     seed: int = 42
