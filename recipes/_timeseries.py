@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from argparse import ArgumentParser
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from selfsup.errors import SelfsupError
 from selfsup.modalities.timeseries.adapter import SeriesAdapter, SeriesConfig
 from selfsup.modalities.timeseries.augment import SeriesAugment, SeriesViewDataset, collate_series_views
 from selfsup.modalities.timeseries.data import (SeriesSet, builtin_series, collate_series, load_ucr, read_series_csv,
-                                                window_set)
+                                                read_series_table, read_ts, window_set)
 from selfsup.objectives import registry
 from selfsup.objectives.masked.data2vec import Data2VecObjective, Data2VecObjectiveConfig
 from selfsup.objectives.masked.hf_patchtst import compose_patchtst
@@ -37,6 +38,7 @@ class SeriesRun(RecipeSettings):
     method: str = "patchtst"
     csv_layout: str = "rows"
     label_column: str | None = None
+    value_column: str = "values"
     window_stride: int = 1
     train_rows: int | None = None
     context_length: int | None = None
@@ -71,7 +73,8 @@ def add_series_args(p: ArgumentParser) -> None:
                          registry.describe("masked", "two_view")).replace("%", "%%"))
     g.add_argument("--csv_layout", default="rows", choices=["rows", "columns"],
                    help="--train_file CSV: one series per row, or one column per channel (one long series)")
-    g.add_argument("--label_column", default=None, help="--train_file CSV rows: the label's column")
+    g.add_argument("--label_column", default=None, help="--train_file CSV rows / parquet / datasets: the label's column")
+    g.add_argument("--value_column", default="values", help="--train_file parquet / datasets folder: the series column")
     g.add_argument("--window_stride", type=int, default=1,
                    help="--csv_layout columns: training windows of --context_length steps every this many steps")
     g.add_argument("--train_rows", type=int, default=None,
@@ -96,10 +99,17 @@ def add_series_args(p: ArgumentParser) -> None:
 
 # -- data ----------------------------------------------------------------------------------------------------------
 def load_series(run: SeriesRun) -> tuple[SeriesSet, SeriesSet]:
-    """(train, test): a UCR set (``--train_dir``), a CSV (``--train_file``; no test split; one long series is cut
-    into windows of ``--context_length``) or the generated default."""
+    """(train, test): a UCR / UEA set (``--train_dir``), a ``.ts``, parquet, ``datasets`` folder or CSV file
+    (``--train_file``; no test split; one long CSV series is cut into windows of ``--context_length``) or the
+    generated default."""
     if run.train_dir:
         return load_ucr(run.train_dir, run.dataset_name)
+    if run.train_file and Path(run.train_file[0]).suffix == ".ts":
+        data = read_ts(run.train_file[0])
+        return data, SeriesSet([], None, "", data.classes)
+    if run.train_file and (Path(run.train_file[0]).suffix == ".parquet" or Path(run.train_file[0]).is_dir()):
+        data = read_series_table(run.train_file[0], run.value_column, run.label_column)
+        return data, SeriesSet([], None, "", data.classes)
     if run.train_file:
         data = read_series_csv(run.train_file[0], run.csv_layout, run.label_column)
         if run.csv_layout == "columns":

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from selfsup.errors import SelfsupError
-from selfsup.modalities.timeseries.data import collate_series, load_ucr, read_series_csv, read_ucr
+from selfsup.modalities.timeseries.data import (collate_series, load_ucr, read_series_csv, read_series_table,
+                                                read_ts, read_ucr)
 from selfsup.recipes import timeseries
 from tests.conftest import straight_and_resumed
 from tests.test_distributed import assert_same_weights, checkpoints_of_one_and_two
@@ -114,3 +115,43 @@ def test_variable_lengths_pad_at_the_start_and_trailing_nan_is_ucr_padding(tmp_p
 def test_ucr_test_labels_use_the_training_classes():
     train, test = load_ucr(UCR / "Coffee")
     assert train.classes == test.classes and len(train) == 28 and len(test) == 28
+
+
+TS = """# a UEA .ts file
+@problemName tiny
+@univariate false
+@classLabel true a b
+@data
+1,2,3,4:5,6,7,8:a
+1,2,3:4,5,6:b
+"""
+
+
+def test_ts_files_hold_multichannel_series_with_labels(tmp_path):
+    data = read_ts(write(tmp_path / "tiny_TRAIN.ts", TS))
+    assert [tuple(s.shape) for s in data.series] == [(4, 2), (3, 2)] and data.classes == ["a", "b"]
+    assert torch.equal(data.series[1][:, 1], torch.tensor([4.0, 5.0, 6.0]))
+    write(tmp_path / "tiny_TEST.ts", TS)
+    train, test = load_ucr(tmp_path, "tiny")
+    assert len(train) == len(test) == 2
+    with pytest.raises(SelfsupError, match="row 6: channels of different lengths"):
+        read_ts(write(tmp_path / "bad.ts", TS.replace("1,2,3,4:5,6,7,8:a", "1,2,3,4:5,6:a")))
+    with pytest.raises(SelfsupError, match="empty file"):
+        read_ts(write(tmp_path / "empty.ts", "@data\n"))
+
+
+def test_parquet_and_datasets_folders_hold_a_column_of_series(tmp_path):
+    import datasets
+
+    table = datasets.Dataset.from_dict({"values": [[0.1, 0.2, 0.3]] * 3,
+                                        "label": ["x", "y", "x"]})
+    table.to_parquet(str(tmp_path / "s.parquet"))
+    table.save_to_disk(str(tmp_path / "folder"))
+    for where in (tmp_path / "s.parquet", tmp_path / "folder"):
+        data = read_series_table(where, label_column="label")
+        assert len(data) == 3 and data.series[0].shape == (3, 1) and data.classes == ["x", "y"]
+    with pytest.raises(SelfsupError, match="no column 'series'"):
+        read_series_table(tmp_path / "s.parquet", value_column="series")
+    metrics = timeseries.main(argv(tmp_path / "run", "--train_file", str(tmp_path / "s.parquet"), "--patch_length",
+                                   "2", "--stride", "1", "--label_column", "label"))
+    assert metrics["steps"] == 3

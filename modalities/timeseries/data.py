@@ -1,5 +1,6 @@
-"""Series data: UCR / UEA text files, CSV (one series per row, or one column per channel with a time index), a
-generated default, and the collation the adapter reads.
+"""Series data: UCR / UEA text and ``.ts`` files, CSV (one series per row, or one column per channel with a time
+index), parquet and ``datasets`` folders (a column of series), a generated default, and the collation the adapter
+reads.
 
 A :class:`SeriesSet` holds series of shape (L_i, C) (lengths may differ) and optional integer labels. Loaders stop
 with one line naming the file and the row (1-based) of what they cannot take: an empty file, a ragged CSV row, a
@@ -131,18 +132,95 @@ def read_ucr(path: str | Path, classes: list[str] | None = None) -> SeriesSet:
 
 
 def load_ucr(folder: str | Path, name: str | None = None) -> tuple[SeriesSet, SeriesSet]:
-    """(train, test) of a UCR data set: ``folder/NAME_TRAIN.txt`` and ``NAME_TEST.txt`` (``name`` default: the
-    folder's name); the test labels are coded with the training classes."""
+    """(train, test) of a UCR / UEA data set: ``folder/NAME_TRAIN.txt`` and ``NAME_TEST.txt``, or the ``.ts``
+    files (``name`` default: the folder's name); the test labels are coded with the training classes."""
     folder = Path(folder)
     name = name or folder.name
-    train_path, test_path = folder / f"{name}_TRAIN.txt", folder / f"{name}_TEST.txt"
+    ext = ".ts" if (folder / f"{name}_TRAIN.ts").is_file() and not (folder / f"{name}_TRAIN.txt").is_file() else ".txt"
+    train_path, test_path = folder / f"{name}_TRAIN{ext}", folder / f"{name}_TEST{ext}"
     if not train_path.is_file() and (folder / name).is_dir():
         return load_ucr(folder / name, name)
-    train = read_ucr(train_path)
-    test = read_ucr(test_path, train.classes) if test_path.is_file() else SeriesSet([], None, "", train.classes)
+    read = read_ts if ext == ".ts" else read_ucr
+    train = read(train_path)
+    test = read(test_path, train.classes) if test_path.is_file() else SeriesSet([], None, "", train.classes)
     if test.series and test.num_channels != train.num_channels:
         raise SelfsupError(f"{test_path}: {test.num_channels} channels, the training file has {train.num_channels}")
     return train, test
+
+
+def read_ts(path: str | Path, classes: list[str] | None = None) -> SeriesSet:
+    """A sktime / UEA ``.ts`` file: ``@`` header lines, then one series per line, channels separated by ``:``
+    (values by ``,``, ``?`` or NaN for a missing step at the end), the class label last when ``@classLabel true``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelfsupError(f"{path}: no such file")
+    labelled, in_data, raw_labels, series = False, False, [], []
+    with open(path, encoding="utf-8") as handle:
+        for row, line in enumerate(handle, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if not in_data:
+                key = line.lower()
+                if key.startswith("@classlabel"):
+                    labelled = key.split()[1] == "true"
+                elif key.startswith("@data"):
+                    in_data = True
+                continue
+            where = f"{path}, row {row}"
+            parts = line.split(":")
+            if labelled:
+                raw_labels.append(parts.pop().strip())
+            channels = [_series_row([math.nan if v.strip() in ("?", "NaN", "nan") else _number(v, where)
+                                     for v in part.split(",")], where) for part in parts]
+            if len({len(c) for c in channels}) != 1:
+                raise SelfsupError(f"{where}: channels of different lengths")
+            if series and len(channels) != series[0].shape[1]:
+                raise SelfsupError(f"{where}: {len(channels)} channels, the first series has {series[0].shape[1]}")
+            series.append(torch.cat(channels, dim=1))
+    if not series:
+        raise SelfsupError(f"{path}: empty file (no series after @data)")
+    labels, classes = _encode_labels(raw_labels, classes) if raw_labels else (None, classes or [])
+    return SeriesSet(series, labels, str(path), classes)
+
+
+def read_series_table(path: str | Path, value_column: str = "values", label_column: str | None = None
+                      ) -> SeriesSet:
+    """A parquet file or a ``datasets`` folder (``save_to_disk``) with one series per row: ``value_column`` a list
+    of numbers (univariate) or of lists (steps x channels), ``label_column`` the label when given."""
+    path = Path(path)
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        table = load_from_disk(str(path))
+        table = table[next(iter(table))] if hasattr(table, "keys") else table
+        rows = table.to_dict()
+    elif path.is_file():
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pydict()
+    else:
+        raise SelfsupError(f"{path}: no such file or folder")
+    if value_column not in rows:
+        raise SelfsupError(f"{path}: no column {value_column!r} (columns: {sorted(rows)})")
+    series = []
+    for row, values in enumerate(rows[value_column], 1):
+        where = f"{path}, row {row}"
+        if not values:
+            raise SelfsupError(f"{where}: an empty series")
+        if isinstance(values[0], (list, tuple)):
+            arr = torch.tensor(values, dtype=torch.float32)
+            if not torch.isfinite(arr).all():
+                raise SelfsupError(f"{where}: NaN or inf")
+            series.append(arr)
+        else:
+            series.append(_series_row([math.nan if v is None else float(v) for v in values], where))
+    if not series:
+        raise SelfsupError(f"{path}: empty (no rows)")
+    if label_column:
+        labels, classes = _encode_labels([str(v) for v in rows[label_column]])
+        return SeriesSet(series, labels, str(path), classes)
+    return SeriesSet(series, None, str(path), [])
 
 
 def read_series_csv(path: str | Path, layout: str = "rows", label_column: str | None = None,
@@ -269,5 +347,5 @@ def collate_series(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-__all__ = ["SeriesSet", "read_ucr", "load_ucr", "read_series_csv", "windows", "window_set", "generated_series", "builtin_series",
+__all__ = ["SeriesSet", "read_ucr", "read_ts", "read_series_table", "load_ucr", "read_series_csv", "windows", "window_set", "generated_series", "builtin_series",
            "collate_series", "LABELS", "GENERATED_NOTE"]
