@@ -10,7 +10,8 @@ linear model on the raw context.
    embeddings (42 x 128) to its scaled future, shared by the channels as PatchTST's linear probe; predictions are
    scaled back and scored against the standardised series (training statistics) on the test period (first future
    steps 11,520-14,351: the windows of the longest horizon for both);
-3. beside it: the same encoder at random initialisation, and a ridge regression on the scaled raw context.
+3. beside it: the same encoder at random initialisation, a ridge regression on the scaled raw context, and the
+   last observed value held over the horizon.
 
     python benchmarks/etth1_forecast.py --steps 300
     python benchmarks/etth1_forecast.py --quick                 # a smoke run (tiny budget), not a result
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name in encoders:
             row[name], row[f"{name}_penalty"] = probe(feats[name], futures, h)
         row["raw_linear"], row["raw_linear_penalty"] = probe(raw_feats, futures, h)
+        last = cut["test"][0][:, -1:, :]                # the last observed value, held over the horizon
+        row["last_value"] = float(((last - futures["test"][:, :h]) ** 2).mean())
         row.update(machine=machine(), threads=torch.get_num_threads(),
                    test_windows=len(futures["test"]), minutes=(time.perf_counter() - t0) / 60)
         print(json.dumps(row), flush=True)
