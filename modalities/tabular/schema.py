@@ -136,13 +136,15 @@ def fit_scaler(column: Column, values: np.ndarray, scaling: str) -> None:
 
 def quantile_normal(x: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
     """scikit-learn's ``QuantileTransformer`` (normal output) with these fitted quantiles: the empirical CDF by
-    interpolation, averaged over both directions so that ties take their middle level, clipped, then the standard
-    normal's inverse CDF. NaN stays NaN."""
+    interpolation, averaged over both directions so that ties take their middle level, a value at or past the
+    smallest (largest) quantile at level 0 (1), clipped to [1e-7, 1 - 1e-7], then the standard normal's inverse
+    CDF. NaN stays NaN."""
     q = np.asarray(quantiles, dtype=np.float64)
     levels = np.linspace(0, 1, len(q))
     if len(q) < 2:
         return np.where(np.isnan(x), np.nan, 0.0)
     u = 0.5 * (np.interp(x, q, levels) - np.interp(-x, -q[::-1], -levels[::-1]))
+    u = np.where(x - QUANTILE_CLIP < q[0], 0.0, np.where(x + QUANTILE_CLIP > q[-1], 1.0, u))   # as scikit-learn
     u = np.clip(u, QUANTILE_CLIP, 1 - QUANTILE_CLIP)
     z = torch.special.ndtri(torch.from_numpy(u)).numpy()
     return np.where(np.isnan(x), np.nan, z)
