@@ -177,7 +177,7 @@ def builtin_table(name: str = "breast_cancer") -> RawTable:
     if name not in BUILTIN:
         raise SelfsupError(f"unknown built-in table {name!r}; choose from {sorted(BUILTIN)}")
     bunch = getattr(skd, BUILTIN[name])(as_frame=True)
-    return from_frame(bunch.frame, f"scikit-learn's bundled {name} table")
+    return from_frame(bunch.frame, f"scikit-learn's bundled {name} table (the built-in default: no network)")
 
 
 def concat_tables(tables: Sequence[RawTable]) -> RawTable:
