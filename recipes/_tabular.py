@@ -240,6 +240,9 @@ def build_objective(run: TabularRun, schema: Schema, max_steps: int) -> Objectiv
     encoder's [CLS] output."""
     adapter = make_adapter(run, schema)
     backbone = TransformerEncoder(backbone_config(run))
+    if run.method in ("masked_features", "data2vec") and int(run.mask_ratio * adapter.config.num_columns) == 0:
+        raise SelfsupError(f"--mask_ratio {run.mask_ratio} masks no column of a table of "
+                           f"{adapter.config.num_columns}; raise it")
     if run.method == "masked_features":
         decoder = TransformerEncoder(backbone_config(run, layers=1))
         return compose_masked_autoencoder(adapter, backbone, decoder, mask_ratio=run.mask_ratio, norm_pix_loss=False,

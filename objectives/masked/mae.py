@@ -408,7 +408,7 @@ class MAEObjective(Objective):
         """``loss="mixed"`` (config): pred (M, sum of outputs) at the M masked tokens, target (M, 1), positions
         (M,). Summed over the scored tokens, each weighted; ``num_targets`` = their number."""
         c = self.config
-        total = pred.new_zeros((), dtype=torch.float32)
+        total = pred.float().sum() * 0.0     # in the graph even when nothing is scored (every process steps alike)
         ce_sum, ce_n, correct, mse_sum, mse_n = 0.0, 0, 0, 0.0, 0
         for j in torch.unique(positions).tolist():
             rows = positions == j
