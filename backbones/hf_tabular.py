@@ -51,13 +51,14 @@ def tabular_config(encoder: Encoder, schema: Schema) -> remote.SelfsupTabularCon
     g, a = backbone.config, adapter.config
     if g.causal:
         raise SelfsupError("a causal Transformer does not export as a table encoder")
-    if (encoder.pooling == "first") != a.cls_token or encoder.pooling not in ("first", "mean"):
-        raise SelfsupError(f"a table export pools its [CLS] token (or the mean without one), not {encoder.pooling!r}")
+    if encoder.pooling not in ("first", "mean") or (encoder.pooling == "first" and not a.cls_token):
+        raise SelfsupError(f"a table export pools its [CLS] token or the mean over the tokens, not "
+                           f"{encoder.pooling!r}")
     return remote.SelfsupTabularConfig(
         num_numeric=a.num_numeric, vocab_sizes=list(a.vocab_sizes), cls_token=a.cls_token, hidden_size=g.hidden_size,
         num_layers=g.num_layers, num_heads=g.num_heads, intermediate_size=g.intermediate_size, hidden_act=g.activation,
         norm_first=g.norm_first, final_norm=g.final_norm, layer_norm_eps=g.layer_norm_eps, bias=g.bias,
-        schema=export_schema(schema), auto_map=dict(AUTO_MAP))
+        pooling=encoder.pooling, schema=export_schema(schema), auto_map=dict(AUTO_MAP))
 
 
 def to_hf_state_dict(encoder: Encoder) -> dict[str, torch.Tensor]:
@@ -118,7 +119,7 @@ processor = AutoFeatureExtractor.from_pretrained("{path}", trust_remote_code=Tru
 model = AutoModel.from_pretrained("{path}", trust_remote_code=True).eval()
 rows = [{example}]   # or a pandas DataFrame with these columns
 out = model(**processor(rows))
-out.pooler_output       # (B, {width}) row embeddings ([CLS] token)
+out.pooler_output       # (B, {width}) row embeddings ({pooling})
 out.last_hidden_state   # (B, {tokens}, {width}) [CLS] + one token per column"""
 
 
@@ -145,7 +146,8 @@ def export_tabular(encoder: Encoder, schema: Schema, out_dir: str | Path, rows: 
                 "tokenizer and its fitted schema, as selfsup's own transformers model; its code is "
                 "modeling_selfsup_tabular.py beside the weights.",
         metrics={**(metrics or {}), **figures}, run=run or {},
-        usage=USAGE.format(path=out, example=example, width=g.hidden_size, tokens=len(names) + 1),
+        usage=USAGE.format(path=out, example=example, width=g.hidden_size, tokens=len(names) + 1,
+                           pooling="the [CLS] token" if encoder.pooling == "first" else "the mean over the tokens"),
         tags=("tabular", "ft-transformer"))
     return figures
 

@@ -1,7 +1,7 @@
 """Helpers of ``recipes/tabular.py``, each one step of its ``main``, on typed settings (:class:`TabularRun`): the flags,
 the tables (schema inferred from the training split, every split encoded with it), the parts (feature tokenizer +
 the shared Transformer, FT-Transformer style) and the objective of any registered method on them, the loader, and
-the evaluation (a logistic regression on frozen embeddings beside random init and the raw features). Nothing here
+the evaluation (a logistic regression on frozen row embeddings beside random init and the raw features). Nothing here
 calls back into the recipe."""
 from __future__ import annotations
 
@@ -259,8 +259,10 @@ def build_objective(run: TabularRun, schema: Schema, max_steps: int) -> Objectiv
 
 
 def pooled_encoder(encoder: Encoder) -> Encoder:
-    """The objective's encoder pooled at the [CLS] token (what the evaluation scores and the export pools)."""
-    return Encoder(encoder.adapter, encoder.backbone, "first")
+    """The objective's encoder with the objective's pooling (what the evaluation scores and the export pools): the
+    [CLS] token's output for the two-view methods, which train it; the mean over every token for the masked ones,
+    whose loss reads the column tokens and leaves the [CLS] output untrained (as MAE's)."""
+    return Encoder(encoder.adapter, encoder.backbone, encoder.pooling if encoder.pooling == "mean" else "first")
 
 
 def is_two_view(run: TabularRun) -> bool:
@@ -306,7 +308,7 @@ def one_hot_features(schema: Schema, arrays: TableArrays) -> np.ndarray:
 
 def probe_figures(encoders: dict[str, Encoder | list[Encoder]], data: TabularData, run: TabularRun, device
                   ) -> dict[str, float]:
-    """Logistic regression on frozen [CLS] embeddings (standardised), fitted on the training rows with labels and
+    """Logistic regression on frozen row embeddings (standardised), fitted on the training rows with labels and
     scored on the test rows: ``probe/{prefix}accuracy`` per encoder (random inits: the mean over seeds), and
     ``probe/raw_features/accuracy`` on the one-hot raw features."""
     from selfsup.evaluate import linear_probe

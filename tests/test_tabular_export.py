@@ -22,7 +22,7 @@ NEW_ROWS = [{"age": 31, "job": "pilot", "hours": 50}, {"age": None, "job": "cler
             {"age": 70, "job": None, "hours": 99.0, "label": "a"}]
 
 
-def encoder_and_schema(scaling: str):
+def encoder_and_schema(scaling: str, pooling: str = "first"):
     schema = infer_schema([from_frame(FRAME, "frame")], label="label", scaling=scaling)
     torch.manual_seed(0)
     adapter = TabularAdapter(TabularConfig(len(schema.numeric), schema.vocab_sizes), 16)
@@ -31,14 +31,14 @@ def encoder_and_schema(scaling: str):
     with torch.no_grad():   # weights that are not the initial ones
         for p in adapter.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    return Encoder(adapter, backbone, "first").eval(), schema
+    return Encoder(adapter, backbone, pooling).eval(), schema
 
 
-@pytest.mark.parametrize("scaling", ["quantile", "standard"])
-def test_export_reloads_with_the_auto_classes_and_matches(tmp_path, scaling):
+@pytest.mark.parametrize("scaling, pooling", [("quantile", "first"), ("standard", "mean")])
+def test_export_reloads_with_the_auto_classes_and_matches(tmp_path, scaling, pooling):
     from transformers import AutoFeatureExtractor, AutoModel
 
-    encoder, schema = encoder_and_schema(scaling)
+    encoder, schema = encoder_and_schema(scaling, pooling)
     rows = FRAME.to_dict("records")
     figures = export_tabular(encoder, schema, tmp_path / "export", rows)
     assert figures["export/max_abs_hidden_diff"] <= 1e-4 and figures["export/max_abs_pooled_diff"] <= 1e-4

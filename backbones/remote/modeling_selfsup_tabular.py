@@ -10,7 +10,7 @@ This file is shipped, as it is, beside the weights of every exported selfsup tab
     model = AutoModel.from_pretrained(DIR, trust_remote_code=True).eval()
     inputs = processor(rows)            # a pandas DataFrame, a list of dicts, or a dict of columns
     out = model(**inputs)
-    out.pooler_output                   # (B, D) row embeddings (the [CLS] token's output)
+    out.pooler_output                   # (B, D) row embeddings (the [CLS] token's output, or the token mean)
     out.last_hidden_state               # (B, 1 + N, D) the [CLS] token and one token per column
 
 The processor reads each feature column by name (extra columns, the label among them, are ignored): numbers are
@@ -43,12 +43,12 @@ class SelfsupTabularConfig(PretrainedConfig):
 
     def __init__(self, num_numeric=0, vocab_sizes=(), cls_token=True, hidden_size=64, num_layers=2, num_heads=2,
                  intermediate_size=128, hidden_act="gelu", norm_first=True, final_norm=True, layer_norm_eps=1e-12,
-                 bias=True, schema=None, **kwargs):
+                 bias=True, pooling="first", schema=None, **kwargs):
         self.num_numeric, self.vocab_sizes, self.cls_token = num_numeric, list(vocab_sizes), cls_token
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
         self.intermediate_size, self.hidden_act = intermediate_size, hidden_act
         self.norm_first, self.final_norm, self.layer_norm_eps, self.bias = norm_first, final_norm, layer_norm_eps, bias
-        self.schema = schema or {}
+        self.pooling, self.schema = pooling, schema or {}
         super().__init__(**kwargs)
 
 
@@ -248,7 +248,7 @@ class SelfsupTabularModel(SelfsupTabularPreTrainedModel):
             x = layer(x)
             states.append(x)
         h = self.norm(x)
-        pooled = h[:, 0] if self.config.cls_token else h.mean(dim=1)
+        pooled = h[:, 0] if self.config.pooling == "first" else h.mean(dim=1)
         hidden = tuple(states) if output_hidden_states else None
         if return_dict is False:
             return (h, pooled) + ((hidden,) if hidden is not None else ())
