@@ -170,20 +170,13 @@ def load_tables(run: TabularRun) -> TabularData:
 
         whole = concat_tables(train_tables)
         keep, held = split_rows(len(whole), run.validation_split_percentage, run.seed)
-        schema = infer_schema([rows_of(whole, keep)], **kinds)
-        train, test = (encode(rows_of(whole, idx), schema, True, run.strip_label_suffix) for idx in (keep, held))
+        schema = infer_schema([whole.take(keep)], **kinds)
+        train, test = (encode(whole.take(idx), schema, True, run.strip_label_suffix) for idx in (keep, held))
     if run.max_train_samples:
         train = train.subset(np.arange(min(run.max_train_samples, len(train))))
     first = train_tables[0]
     sample = [{n: first.cells[n][i] for n in first.names} for i in range(min(8, len(first)))]
     return TabularData(schema, train, test, source, sample)
-
-
-def rows_of(table: RawTable, index: np.ndarray) -> RawTable:
-    """The rows ``index`` of ``table``, still named by their place in the file."""
-    part = RawTable(table.names, {k: v[index] for k, v in table.cells.items()}, table.source)
-    part.where = lambda i: table.where(int(index[i]))  # type: ignore[method-assign]
-    return part
 
 
 def encode_all(tables: list[RawTable], schema: Schema, run: TabularRun) -> TableArrays:

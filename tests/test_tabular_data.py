@@ -154,3 +154,16 @@ def test_adult_reads_with_its_test_labels():
     arrays = encode(test, schema, strip_label_suffix=".")
     assert len(arrays) == 16281 and set(np.unique(arrays.labels)) == {0, 1}
     assert (encode(train, schema).categorical == MISSING).any(), "Adult's ? cells are missing values"
+
+
+def test_rows_keep_their_file_lines_through_blank_lines_splits_and_joins(tmp_path):
+    a = read_csv(write(tmp_path / "a.csv", "x,c\n1,a\n\n2,b\n3,c\n"))
+    assert [a.where(i) for i in range(3)] == [f"{tmp_path / 'a.csv'} line {n}" for n in (2, 4, 5)]
+    assert a.take(np.array([2, 0])).where(0).endswith("a.csv line 5")
+    b = read_csv(write(tmp_path / "b.csv", "x,c\n4,d\n"))
+    from selfsup.modalities.tabular import concat_tables
+
+    assert concat_tables([a, b]).where(3).endswith("b.csv line 2")
+    pd.DataFrame({"x": [1.0, float("inf")]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(SelfsupError, match=r"p\.parquet row 2, column x: inf is infinite"):
+        infer_schema([read_table(tmp_path / "p.parquet")])

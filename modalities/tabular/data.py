@@ -13,7 +13,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -28,19 +28,27 @@ FILE_TYPES = (".csv", ".tsv", ".parquet")
 @dataclass
 class RawTable:
     """Cells by column (object arrays of equal length), the column names in file order, and where each row
-    came from: ``where(i)`` -> ``"FILE line L"`` (CSV) or ``"FILE row R"``."""
+    came from: ``where(i)`` -> ``"FILE line L"`` (CSV: ``lines`` holds each row's line) or ``"FILE row R"`` (rows
+    counted from 1); ``locate``, when set, answers instead (rows gathered from other tables)."""
 
     names: list[str]
     cells: dict[str, np.ndarray]
     source: str
-    first: int = 1
-    unit: str = "row"
+    lines: list[int] | None = None
+    locate: Callable[[int], str] | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.cells.values()))) if self.cells else 0
 
     def where(self, i: int) -> str:
-        return f"{self.source} {self.unit} {i + self.first}"
+        if self.locate is not None:
+            return self.locate(i)
+        return f"{self.source} line {self.lines[i]}" if self.lines is not None else f"{self.source} row {i + 1}"
+
+    def take(self, index: np.ndarray) -> "RawTable":
+        """The rows ``index``, still named by their place in this table's file(s)."""
+        return RawTable(self.names, {k: v[index] for k, v in self.cells.items()}, self.source,
+                        locate=lambda i: self.where(int(index[i])))
 
 
 @dataclass
@@ -105,12 +113,7 @@ def read_csv(path: str | Path, header: str = "auto", column_names: Sequence[str]
             raise SelfsupError(f"{path} line {line}: {len(row)} fields, expected {width} (as the "
                                f"{'header' if has_header else 'first row'})")
     cells = {name: np.array([row[j].strip() for _, row in rows], dtype=object) for j, name in enumerate(names)}
-    lines = [line for line, _ in rows]
-    table = RawTable(names, cells, str(path), first=lines[0], unit="line")
-    if lines != list(range(lines[0], lines[0] + len(lines))):   # blank lines inside: keep exact line numbers
-        table.line_numbers = lines                               # type: ignore[attr-defined]
-        table.where = lambda i, t=table: f"{t.source} line {t.line_numbers[i]}"  # type: ignore[method-assign]
-    return table
+    return RawTable(names, cells, str(path), lines=[line for line, _ in rows])
 
 
 def from_frame(frame, source: str) -> RawTable:
@@ -189,15 +192,13 @@ def concat_tables(tables: Sequence[RawTable]) -> RawTable:
         if t.names != names:
             raise SelfsupError(f"{t.source}: columns {t.names} differ from {tables[0].source}'s {names}")
     cells = {n: np.concatenate([t.cells[n] for t in tables]) for n in names}
-    out = RawTable(names, cells, " + ".join(t.source for t in tables))
     starts = np.cumsum([0] + [len(t) for t in tables])
 
     def where(i: int) -> str:
         k = int(np.searchsorted(starts, i, side="right") - 1)
         return tables[k].where(i - int(starts[k]))
 
-    out.where = where  # type: ignore[method-assign]
-    return out
+    return RawTable(names, cells, " + ".join(t.source for t in tables), locate=where)
 
 
 # -- the schema ----------------------------------------------------------------------------------------------------
