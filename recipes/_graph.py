@@ -34,7 +34,7 @@ from selfsup.protocols import svm_cross_validation, transductive_probe
 from selfsup.types import Encoder, Objective
 
 PLANETOID = ("Cora", "CiteSeer", "PubMed")
-METHODS = ("graphmae", "graphcl", "data2vec", *[m for m in registry.names("two_view") if m != "graphcl"])
+METHODS = ("graphmae", "graphcl", "data2vec", *[m for m in registry.names("two_view") if m not in ("graphcl", "scarf")])
 BACKBONES = ("gin", "gat", "transformer")
 _GRAPHMAE_GIN = dict(method="graphmae", backbone="gin", node_encoder="none", self_loops=True, norm="batchnorm",
                      activation="prelu", dropout=0.2, weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,

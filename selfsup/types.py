@@ -176,6 +176,12 @@ class Adapter(nn.Module):
         """The per-token size of ``targets[name]``: a vector's width, or the number of classes of ids."""
         raise KeyError(f"{type(self).__name__} provides no target {name!r}")
 
+    def target_classes(self, name: str) -> tuple[int, ...] | None:
+        """Per token position, the number of classes of ``targets[name]`` there when it is a class id (stored as
+        a number), 0 where it is a number: a target that mixes both (a table's columns). None (the default):
+        every position's target is alike, of width :meth:`target_size`."""
+        return None
+
     def target_to_input(self, name: str, values: Tensor) -> Tensor:
         """Per-token target values (B, N, F) back in the space of the input (MAE: patches -> an image), for
         pictures of a reconstruction. Default: as they are."""

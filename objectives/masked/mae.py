@@ -70,7 +70,12 @@ class MAEConfig:
     embedding of a hidden input, ``adapter.mask_embedding()``: PatchTST's patches of zeros); mask_count:
     ``"masked"`` (``int(mask_ratio * n)`` tokens masked, the lowest noise: GraphMAE) or ``"visible"``
     (``int(n * (1 - mask_ratio))`` stay visible, the lowest noise, the rest masked: MAE's and PatchTST's rule).
-    With no decoder (``decoder=None``) the prediction head reads the encoder's output (PatchTST)."""
+    With no decoder (``decoder=None``) the prediction head reads the encoder's output (PatchTST).
+
+    loss ``"mixed"``: a target whose positions are class ids at some tokens and numbers at others
+    (``adapter.target_classes``: a table's categorical and numeric columns); the prediction head gives each position
+    its own outputs (its classes, or one number), cross-entropy scores the class positions and squared error the
+    number positions (a NaN number, a missing value, is not scored), weighted by ``ce_weight`` / ``mse_weight``."""
 
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
@@ -85,18 +90,24 @@ class MAEConfig:
     prediction_head: bool = True
     mask_token: str = "learned"
     mask_count: str = "masked"
+    ce_weight: float = 1.0
+    mse_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         for name, value, choices in (("mask_mode", self.mask_mode, ("drop", "replace")),
-                                     ("remask", self.remask, ("zero", "token")), ("loss", self.loss, ("mse", "sce")),
+                                     ("remask", self.remask, ("zero", "token")),
+                                     ("loss", self.loss, ("mse", "sce", "mixed")),
                                      ("mask_token", self.mask_token, ("learned", "adapter")),
                                      ("mask_count", self.mask_count, ("masked", "visible"))):
             if value not in choices:
                 raise ValueError(f"unknown {name} {value!r}; choose from {list(choices)}")
         if not 0.0 <= self.replace_rate <= 1.0:
             raise ValueError(f"replace_rate must be in [0, 1], got {self.replace_rate}")
+        if self.loss == "mixed" and (self.norm_pix_loss or not self.prediction_head):
+            raise ValueError("loss 'mixed' scores raw class ids and numbers through its own head: it needs "
+                             "norm_pix_loss=False and prediction_head=True")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -243,6 +254,15 @@ class MAEObjective(Objective):
         else:
             self.decoder_pos_embed = None
         target_size = adapter.target_size(c.target)
+        if c.loss == "mixed":   # each position its own outputs: its classes, or one number
+            classes = adapter.target_classes(c.target)
+            if classes is None:
+                raise ValueError(f"loss 'mixed' needs an adapter whose target {c.target!r} has per-position "
+                                 f"classes (target_classes)")
+            outs = torch.tensor([max(int(k), 1) for k in classes], dtype=torch.long)
+            self.register_buffer("target_classes", torch.tensor(classes, dtype=torch.long), persistent=False)
+            self.register_buffer("output_offsets", outs.cumsum(0) - outs, persistent=False)
+            target_size = int(outs.sum())
         self.decoder_pred = nn.Linear(width, target_size) if c.prediction_head else nn.Identity()
         if c.mask_mode == "drop":   # MAE's initialisation; GraphMAE and PatchTST keep PyTorch's default
             xavier_init(self.decoder_embed), xavier_init(self.decoder_pred)
@@ -312,8 +332,9 @@ class MAEObjective(Objective):
         start = self.adapter.num_prefix_tokens + masking.num_visible
         h = self.decode(latent, masking, outputs_from=start)                # (B, N - K, Dd): dropped only
         pred = self.decoder_pred(h)                                         # (B, N - K, F)
-        target = take(target_all, masking.ids_shuffle[:, masking.num_visible:])
-        return self.loss(pred.flatten(0, 1), target.flatten(0, 1))
+        ids = masking.ids_shuffle[:, masking.num_visible:]
+        target = take(target_all, ids)
+        return self.loss(pred.flatten(0, 1), target.flatten(0, 1), ids.flatten())
 
     # -- GraphMAE / SimMIM: masked tokens replaced, every token encoded -------------------------------------------
     def replace_masking(self, batch: Batch, tokens: Tokens) -> tuple[Tensor, Tensor]:
@@ -361,7 +382,7 @@ class MAEObjective(Objective):
         mask token), the decoder reconstructs the targets and the loss is scored at the masked tokens."""
         tokens, mask, full_mask, out = self.replace_outputs(batch)
         pred = self.decoder_pred(out[full_mask])
-        return self.loss(pred, tokens.targets[self.config.target][mask])
+        return self.loss(pred, tokens.targets[self.config.target][mask], mask.nonzero()[:, 1])
 
     def replace_outputs(self, batch: Batch) -> tuple[Tokens, Tensor, Tensor, Tensor]:
         """Replace mode up to the prediction head: (tokens, mask (B, N), the mask grown by the prefix (B, p + N),
@@ -396,9 +417,12 @@ class MAEObjective(Objective):
         return tokens, mask, full_mask, self.decoder(y, padding, structure=structure).last_hidden_state
 
     # -- loss ---------------------------------------------------------------------------------------------------
-    def loss(self, pred: Tensor, target: Tensor) -> ObjectiveOutput:
-        """pred, target: (M, F) at the M masked tokens; MSE (of each token's mean) or SCE, summed over them."""
+    def loss(self, pred: Tensor, target: Tensor, positions: Tensor | None = None) -> ObjectiveOutput:
+        """pred, target: (M, F) at the M masked tokens (positions (M,): each one's token position, for
+        ``"mixed"``); MSE (of each token's mean), SCE or the mixed loss, summed over them."""
         c = self.config
+        if c.loss == "mixed":
+            return self.mixed_loss(pred, target, positions)
         target = patch_targets(target, c.norm_pix_loss, c.norm_pix_eps)
         if c.loss == "sce":
             per_token = scaled_cosine_error(pred, target, c.sce_alpha)
@@ -406,6 +430,35 @@ class MAEObjective(Objective):
             per_token = (pred.float() - target).pow(2).mean(dim=-1)
         loss, n = per_token.sum(), per_token.shape[0]
         return ObjectiveOutput(loss=loss, num_targets=n, metrics={"mae_loss": loss.detach() / max(n, 1)})
+
+    def mixed_loss(self, pred: Tensor, target: Tensor, positions: Tensor) -> ObjectiveOutput:
+        """``loss="mixed"`` (config): pred (M, sum of outputs) at the M masked tokens, target (M, 1), positions
+        (M,). Summed over the scored tokens, each weighted; ``num_targets`` = their number."""
+        c = self.config
+        total = pred.float().sum() * 0.0     # in the graph even when nothing is scored (every process steps alike)
+        ce_sum, ce_n, correct, mse_sum, mse_n = 0.0, 0, 0, 0.0, 0
+        for j in torch.unique(positions).tolist():
+            rows = positions == j
+            k, start = int(self.target_classes[j]), int(self.output_offsets[j])
+            t = target[rows, 0].float()
+            if k > 0:
+                logits = pred[rows, start:start + k].float()
+                ce = F.cross_entropy(logits, t.long(), reduction="sum")
+                total = total + c.ce_weight * ce
+                ce_sum, ce_n = ce_sum + float(ce.detach()), ce_n + len(t)
+                correct += int((logits.detach().argmax(-1) == t.long()).sum())
+            else:
+                keep = ~torch.isnan(t)
+                se = (pred[rows, start].float()[keep] - t[keep]).pow(2).sum()
+                total = total + c.mse_weight * se
+                mse_sum, mse_n = mse_sum + float(se.detach()), mse_n + int(keep.sum())
+        count = ce_n + mse_n
+        metrics = {"mae_loss": total.detach() / max(count, 1)}
+        if ce_n:
+            metrics.update(masked_ce=ce_sum / ce_n, masked_accuracy=correct / ce_n)
+        if mse_n:
+            metrics["masked_mse"] = mse_sum / mse_n
+        return ObjectiveOutput(loss=total, num_targets=count, metrics=metrics)
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
         return self.forward_drop(batch) if self.config.mask_mode == "drop" else self.forward_replace(batch)
@@ -418,7 +471,7 @@ class MAEObjective(Objective):
         if self.config.mask_mode == "replace":
             tokens, mask, full_mask, out = self.replace_outputs(batch)
             logits = self.decoder_pred(out[:, self.adapter.num_prefix_tokens:])
-            scored = self.loss(logits[mask], tokens.targets[self.config.target][mask])
+            scored = self.loss(logits[mask], tokens.targets[self.config.target][mask], mask.nonzero()[:, 1])
             return {"logits": logits, "mask": mask.float(), "loss": scored.loss / max(scored.num_targets, 1)}
         latent, target, masking = self.encode(batch)
         h = self.decode(latent, masking, outputs_from=self.adapter.num_prefix_tokens)

@@ -10,6 +10,9 @@ from typing import Any
 # GraphCL (You et al., 2020; unsupervised_TU): SimCLR's loss with a projection head of two linear layers as wide as
 # the readout (every layer's pooled output), ReLU between, no batch norm; temperature 0.2, at every size
 GRAPHCL = dict(hidden_dim=None, out_dim=None, num_layers=2, batch_norm=False, temperature=0.2)
+# SCARF (Bahri et al., ICLR 2022, sec. 4): InfoNCE at temperature 1 with a pre-training head of two linear layers as
+# wide as the encoder's features, ReLU between, no batch norm, at every size
+SCARF = dict(hidden_dim=None, out_dim=None, num_layers=2, batch_norm=False, temperature=1.0)
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(
         vit=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), image=dict(patch_size=4),
@@ -22,7 +25,7 @@ SIZES: dict[str, dict[str, Any]] = {
             swav=dict(hidden_dim=32, out_dim=16, num_prototypes=8, freeze_prototypes_steps=0),
             dino=dict(hidden_dim=32, bottleneck_dim=8, out_dim=32, head_layers=2, momentum=0.99),
             vicreg=dict(hidden_dim=32, out_dim=32, num_layers=2),
-            barlow_twins=dict(hidden_dim=32, out_dim=32, num_layers=2), graphcl=GRAPHCL)),
+            barlow_twins=dict(hidden_dim=32, out_dim=32, num_layers=2), graphcl=GRAPHCL, scarf=SCARF)),
     "small": dict(
         vit=dict(hidden_size=192, num_layers=6, num_heads=3, intermediate_size=768), image=dict(patch_size=4),
         methods=dict(  # lightly's CIFAR-10 benchmark (docs/.../benchmarks/cifar10_benchmark.py), ResNet-18
@@ -34,7 +37,7 @@ SIZES: dict[str, dict[str, Any]] = {
             swav=dict(hidden_dim=512, out_dim=128, num_prototypes=512, freeze_prototypes_steps=0),
             dino=dict(hidden_dim=2048, bottleneck_dim=256, out_dim=2048, head_layers=2, momentum=0.99),
             vicreg=dict(hidden_dim=2048, out_dim=2048, num_layers=3),  # not in lightly's CIFAR benchmark
-            barlow_twins=dict(hidden_dim=2048, out_dim=2048, num_layers=2), graphcl=GRAPHCL)),
+            barlow_twins=dict(hidden_dim=2048, out_dim=2048, num_layers=2), graphcl=GRAPHCL, scarf=SCARF)),
     "base": dict(
         vit=dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536), image=dict(patch_size=16),
         methods=dict(  # the papers' ImageNet settings
@@ -46,7 +49,7 @@ SIZES: dict[str, dict[str, Any]] = {
             swav=dict(hidden_dim=2048, out_dim=128, num_prototypes=3000, freeze_prototypes_steps=313),
             dino=dict(hidden_dim=2048, bottleneck_dim=256, out_dim=65536, head_layers=3, momentum=0.996),
             vicreg=dict(hidden_dim=8192, out_dim=8192, num_layers=3),
-            barlow_twins=dict(hidden_dim=8192, out_dim=8192, num_layers=3), graphcl=GRAPHCL)),
+            barlow_twins=dict(hidden_dim=8192, out_dim=8192, num_layers=3), graphcl=GRAPHCL, scarf=SCARF)),
 }
 # ResNet backbones by name (ResNetConfig fields); "vit" takes its numbers from the size
 RESNETS = {"resnet_tiny": dict(depth=18, layers=(1, 1, 1, 1)), "resnet18": dict(depth=18),
@@ -60,4 +63,4 @@ BACKBONE_DEFAULTS = {"resnet": {"dino": dict(use_bn=True), "moco_v3": dict(proj_
 VIT_IMAGE = dict(positions="learned", class_token=True)  # ViT (DINO, MoCo v3): learned positions, class token
 
 
-__all__ = ["SIZES", "GRAPHCL", "RESNETS", "BACKBONE_DEFAULTS", "VIT_IMAGE"]
+__all__ = ["SIZES", "GRAPHCL", "SCARF", "RESNETS", "BACKBONE_DEFAULTS", "VIT_IMAGE"]
