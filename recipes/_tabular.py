@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from selfsup.backbones.transformer import TransformerEncoder, transformer_config
+from selfsup.config import RecipeSettings
 from selfsup.data import make_train_loader, to_device
 from selfsup.errors import SelfsupError
 from selfsup.modalities.tabular import (BUILTIN, Schema, TableArrays, TableExamples, TableViewDataset, TabularAdapter,
@@ -36,13 +36,11 @@ SIZES = {"tiny": dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_si
 
 
 @dataclass
-class TabularRun:
+class TabularRun(RecipeSettings):
     """The tabular recipe's own settings (the engine's are ``TrainingSettings``); the flags of the same names."""
 
     method: str = "masked_features"
-    train_file: list[str] | None = None
     validation_file: list[str] | None = None
-    dataset_name: str | None = None
     csv_header: str = "auto"
     column_names: list[str] | None = None
     label_column: str | None = None
@@ -52,8 +50,6 @@ class TabularRun:
     scaling: str = "quantile"
     strip_label_suffix: str | None = None
     validation_split_percentage: float = 20.0
-    max_train_samples: int | None = None
-    model_size: str = "small"
     hidden_size: int | None = None
     num_layers: int | None = None
     num_heads: int | None = None
@@ -67,7 +63,6 @@ class TabularRun:
     temperature: float | None = None
     num_train_epochs: int | None = None
     probe_max_train: int | None = 20000
-    seed: int = 42
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
