@@ -46,7 +46,8 @@ COLUMNS = ["age", "workclass", "fnlwgt", "education", "education_num", "marital_
 PUBLISHED = {"xgboost_tuned": 0.872, "mlp_tuned": 0.852, "ft_transformer": 0.860}   # Gorishniy et al. 2021, table 2
 
 
-def emit(line: dict) -> None:
+def emit(line: dict, lines: list[dict]) -> None:
+    lines.append(line)
     print(json.dumps(line), flush=True)
 
 
@@ -104,7 +105,7 @@ def train_head_and_encoder(encoder, train, val, steps: int, lr: float, seed: int
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     encoder = copy.deepcopy(encoder)
-    head = torch.nn.Linear(encoder.feature_size, int(arrays.labels.max()) + 1)
+    head = torch.nn.Linear(encoder.feature_size, int(max(train.labels.max(), val.labels.max())) + 1)
     params = list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-5)
     best, best_state = -1.0, None
@@ -149,7 +150,7 @@ def few_labels(args, run, data, encoder, fraction: float) -> dict:
             "machine": machine(), "minutes": (time.perf_counter() - t0) / 60}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=ADULT)
     p.add_argument("--method", default="masked_features", choices=["masked_features", "scarf", "data2vec"])
@@ -164,12 +165,13 @@ def main() -> None:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model, a few steps, 2 seeds: a smoke run, not a result")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.model_size, args.pretrain_steps, args.finetune_steps, args.seeds, args.eval_every = "tiny", 20, 20, 2, 10
     if not (args.data / "train.csv").is_file():
         raise SystemExit(f"{args.data}: UCI Adult not found (see ../shared/data/README.md)")
     torch.set_num_threads(1)
+    lines: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         t0 = time.perf_counter()
@@ -181,21 +183,22 @@ def main() -> None:
         emit({"name": "adult/frozen_probe_vs_random_init", "ours": metrics["probe/accuracy"],
               "reference": metrics["probe/random_init_accuracy"], "unit": "test accuracy",
               "ratio": metrics["probe/accuracy"] / metrics["probe/random_init_accuracy"], **base, "minutes": minutes,
-              "train_loss": metrics["train_loss"]})
+              "train_loss": metrics["train_loss"]}, lines)
         emit({"name": "adult/frozen_probe_vs_raw_one_hot", "ours": metrics["probe/accuracy"],
               "reference": metrics["probe/raw_features/accuracy"], "unit": "test accuracy",
-              "ratio": metrics["probe/accuracy"] / metrics["probe/raw_features/accuracy"], **base})
+              "ratio": metrics["probe/accuracy"] / metrics["probe/raw_features/accuracy"], **base}, lines)
         run = settings_from(TabularRun, tabular.parse_args(tabular.build_parser(), argv))
         data = load_tables(run)
         t1 = time.perf_counter()
         hgb = hist_gradient_boosting(data, args.seed)
         emit({"name": "adult/frozen_probe_vs_hist_gradient_boosting", "ours": metrics["probe/accuracy"],
               "reference": hgb, "unit": "test accuracy", "ratio": metrics["probe/accuracy"] / hgb,
-              "published": PUBLISHED, **base, "minutes": (time.perf_counter() - t1) / 60})
+              "published": PUBLISHED, **base, "minutes": (time.perf_counter() - t1) / 60}, lines)
         encoder = pretrained(run, data.schema, out, metrics["steps"])
         for fraction in args.fractions:
             emit({**few_labels(args, run, data, encoder, fraction), "pretrain_steps": args.pretrain_steps,
-                  "model_size": args.model_size})
+                  "model_size": args.model_size}, lines)
+    return lines
 
 
 if __name__ == "__main__":

@@ -97,3 +97,14 @@ def test_two_fresh_runs_train_the_same_model(tmp_path):
     wa, wb = (load_file(tmp_path / d / "checkpoint-2" / "model.safetensors") for d in ("a", "b"))
     assert set(wa) == set(wb) and len(wa) > 10
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_datasets_folder_with_train_and_test_splits(tmp_path):
+    import datasets
+
+    rows = [{"x": float(i % 9), "c": "abc"[i % 3], "y": i % 2} for i in range(48)]
+    split = datasets.Dataset.from_list
+    datasets.DatasetDict({"train": split(rows[:40]), "test": split(rows[40:])}).save_to_disk(str(tmp_path / "dd"))
+    metrics = tabular.main(argv(tmp_path / "run", "--dataset_name", str(tmp_path / "dd"), "--label_column", "y",
+                                "--mask_ratio", "0.5", steps=2))
+    assert "probe/accuracy" in metrics and metrics["steps"] == 2

@@ -154,6 +154,8 @@ def read_dataset_folder(path: str | Path, split: str | None = None) -> RawTable:
         if name not in data:
             raise SelfsupError(f"{path}: no split {name!r}; it has {sorted(data)}")
         data = data[name]
+    elif split not in (None, "train"):
+        raise SelfsupError(f"{path}: one Dataset, no split {split!r}")
     return from_frame(data.to_pandas(), f"{path}")
 
 

@@ -1,0 +1,26 @@
+"""benchmarks/tabular_learning.py end to end on UCI Adult (slow: about a minute with --quick; the figures of the full
+run are in docs/recipes/tabular.md)."""
+import math
+
+import pytest
+
+from tests.test_tabular_data import ADULT
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ADULT.is_dir(), reason="shared data folder absent")
+def test_the_benchmark_prints_every_figure():
+    from benchmarks.tabular_learning import main
+
+    lines = main(["--quick", "--data", str(ADULT)])
+    names = [line["name"] for line in lines]
+    assert names == ["adult/frozen_probe_vs_random_init", "adult/frozen_probe_vs_raw_one_hot",
+                     "adult/frozen_probe_vs_hist_gradient_boosting", "adult/few_labels_1%/fine_tuned_vs_scratch",
+                     "adult/few_labels_10%/fine_tuned_vs_scratch"]
+    for line in lines:
+        assert {"ours", "reference", "unit", "ratio", "machine"} <= set(line)
+        assert 0.5 < line["ours"] <= 1.0 and 0.5 < line["reference"] <= 1.0
+        assert math.isclose(line["ratio"], line["ours"] / line["reference"])
+    assert lines[2]["reference"] > 0.85, "gradient-boosted trees on Adult"
+    few = lines[3]
+    assert few["labels"] == round(0.01 * 32561) and len(few["per_seed_ours"]) == few["seeds"] == 2
