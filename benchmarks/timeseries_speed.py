@@ -2,9 +2,9 @@
 ``PatchTSTForPretraining`` with the same config and the same weights, on the same batches, in one run.
 
 Before timing, the two losses are checked equal on one batch with the same mask (PatchTST's own masking fed our
-noise), or the run stops. Both sides then train with Adam on the same fixed batches (PatchTST's ETTh1 setting by
-default: 7 channels, context 512, patches of 12 every 12 steps, 3 layers x 128, 16 heads, MLP 512, batch norm,
-mask 0.4, batch 64), timed in alternating rounds, the median round reported; dropout is off on both sides.
+noise), or the run stops. Both sides then train with AdamW (fused unless ``--no-fused``) on the same fixed batches
+(PatchTST's ETTh1 setting by default: 7 channels, context 512, patches of 12 every 12 steps, 3 layers x 128, 16
+heads, MLP 512, batch norm, mask 0.4, batch 64), timed in alternating rounds, the median round reported; dropout is off on both sides.
 
     python -m benchmarks.timeseries_speed --quick            (from the repository root)
     python -m benchmarks.timeseries_speed --threads 1
@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                   help="fused AdamW for both sides (selfsup's engine and transformers' Trainer, adamw_torch_fused, "
+                        "both run it); --no-fused for the per-tensor loop")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
         with mock.patch("transformers.models.patchtst.modeling_patchtst.torch.rand", lambda *a, **k: noise.clone()):
             theirs = ref(past_values=batches[0]).loss
     check_agreement([("one batch, same mask", float(mine), float(theirs), 1e-5)])
-    opt_ours, opt_ref = torch.optim.Adam(ours.parameters(), lr=1e-4), torch.optim.Adam(ref.parameters(), lr=1e-4)
+    opt_ours, opt_ref = (torch.optim.AdamW(m.parameters(), lr=1e-4, fused=args.fused) for m in (ours, ref))
     position = {"ours": 0, "reference": 0}
 
     def ours_step():
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     o, r = interleaved({"ours": ours_step, "reference": ref_step}, steps, rounds, 2, s["batch"], "patchtst")
     result = {"name": "patchtst_step" + ("_quick" if args.quick else "_etth1"), "unit": "series/s",
               "ours": round(o, 2), "reference": round(r, 2), "ratio": round(o / r, 3), "machine": machine(),
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads(), "fused_adamw": args.fused}
     print(f"median: ours {o:.2f}  reference {r:.2f} series/s  ratio {o / r:.2f}x", flush=True)
     print(json.dumps(result))
     return result

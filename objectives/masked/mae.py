@@ -389,8 +389,11 @@ class MAEObjective(Objective):
         the decoder's output (B, p + N, Dd) -- the encoder's when there is no decoder)."""
         tokens = self.adapter.embed(batch)
         mask, source = self.replace_masking(batch, tokens)
-        x = torch.gather(tokens.x, 1, source[:, :, None].expand(-1, -1, tokens.x.shape[-1]))
-        token = mask & (source == torch.arange(mask.shape[1], device=mask.device))
+        if self.config.replace_rate > 0:      # some masked tokens take another token's content
+            x = torch.gather(tokens.x, 1, source[:, :, None].expand(-1, -1, tokens.x.shape[-1]))
+            token = mask & (source == torch.arange(mask.shape[1], device=mask.device))
+        else:
+            x, token = tokens.x, mask
         hidden = (self.encoder_mask_token if self.config.mask_token == "learned" else self.adapter.mask_embedding())
         x = torch.where(token[:, :, None], hidden.to(x.dtype), x)
         structure, padding = tokens.structure, tokens.padding_mask
