@@ -1,6 +1,6 @@
-"""Does pretraining help on small labelled series sets? PatchTST (and data2vec) on UCR GunPoint, Coffee and PigCVP
-through ``recipes/timeseries.py``: a linear probe on the frozen encoder beside a randomly initialised one of the
-same shape and beside 1-NN Euclidean on the raw series (the UCR baseline), over seeds.
+"""Does pretraining help on small labelled series sets? PatchTST (or another series method) on UCR GunPoint, Coffee
+and PigCVP through ``recipes/timeseries.py``: a linear probe on the frozen encoder beside a randomly initialised
+one of the same shape and beside 1-NN Euclidean on the raw series (the UCR baseline), over seeds.
 
 Each set pretrains on its training split (labels unused), then the probe is fitted on the training split and
 scored on the test split.
@@ -25,6 +25,7 @@ import torch
 
 from selfsup.benchmarking import machine
 from selfsup.recipes import timeseries
+from selfsup.recipes._timeseries import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "timeseries" / "UCR"
@@ -32,12 +33,12 @@ DATA = ROOT.parent / "shared" / "data" / "timeseries" / "UCR"
 PATCHES = {"GunPoint": (16, 8), "Coffee": (16, 16), "PigCVP": (64, 64)}
 
 
-def run(name: str, method: str, seed: int, steps: int, out: Path) -> dict:
+def run(name: str, method: str, seed: int, steps: int, out: Path, pooling: str = "mean") -> dict:
     patch, stride = PATCHES[name]
     argv = ["--train_dir", str(DATA / name), "--method", method, "--seed", str(seed), "--output_dir", str(out),
             "--report_to", "none", "--max_steps", str(steps), "--patch_length", str(patch), "--stride", str(stride),
             "--hidden_size", "64", "--num_layers", "3", "--heads", "4", "--per_device_train_batch_size", "32",
-            "--learning_rate", "1e-3", "--random_init_seeds", "1"]
+            "--learning_rate", "1e-3", "--random_init_seeds", "1", "--pooling", pooling]
     t0 = time.perf_counter()
     metrics = timeseries.main(argv)
     return {"ours": 100 * metrics["probe/accuracy"], "random_init": 100 * metrics["probe/random_init_accuracy"],
@@ -47,9 +48,10 @@ def run(name: str, method: str, seed: int, steps: int, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sets", nargs="+", default=list(PATCHES), choices=list(PATCHES))
-    p.add_argument("--method", default="patchtst", choices=["patchtst", "data2vec"])
+    p.add_argument("--method", default="patchtst", choices=METHODS, help="any of the series recipe's methods")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--pooling", default="mean", choices=["mean", "max"], help="over a channel's patches")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--table", default=None)
     args = p.parse_args(argv)
@@ -58,9 +60,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         runs = []
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as tmp:
-                runs.append(run(name, args.method, seed, 2 if args.quick else args.steps, Path(tmp)))
+                runs.append(run(name, args.method, seed, 2 if args.quick else args.steps, Path(tmp), args.pooling))
         ours, rand = np.array([r["ours"] for r in runs]), np.array([r["random_init"] for r in runs])
-        row = {"set": name, "method": args.method, "seeds": args.seeds, "steps": 2 if args.quick else args.steps,
+        row = {"set": name, "method": args.method, "pooling": args.pooling, "seeds": args.seeds,
+               "steps": 2 if args.quick else args.steps,
                "ours_mean": float(ours.mean()), "ours_std": float(ours.std()), "random_init_mean": float(rand.mean()),
                "random_init_std": float(rand.std()), "raw_1nn": runs[0]["raw_1nn"],
                "minutes": float(sum(r["minutes"] for r in runs)), "machine": machine(),
