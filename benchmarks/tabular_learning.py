@@ -1,23 +1,30 @@
 """Self-supervised pretraining of a table encoder on UCI Adult, through ``recipes/tabular.py``, and what it buys.
 
-1. **Frozen embeddings, every label.** The recipe pretrains on the 32,561 training rows (labels unused) and fits a
-   logistic regression on the frozen [CLS] embeddings of all of them, scored on the 16,281 test rows, beside the same
-   probe on a randomly initialised encoder and on the one-hot raw features; beside those, scikit-learn's
-   ``HistGradientBoostingClassifier`` on the raw columns (categories native, default settings, not tuned) and the
-   published test accuracies of tuned models (Gorishniy et al., NeurIPS 2021, table 2 -- XGBoost 0.872, MLP 0.852;
-   FT-Transformer 0.860).
-2. **Few labels.** With 1 % and 10 % of the training labels (a random subset per seed; 20 % of it held out to pick
-   the best step and learning rate), the pretrained encoder + a linear head is fine-tuned, and the same model from a
-   random initialisation is trained on the same labels with the same steps, rates and selection; mean +- std of the
-   test accuracy over the seeds (the pretrained encoder is the same for every seed, so its spread is the labels' and
-   the head's). The line says whether the pretrained mean beats the scratch mean by more than the larger std.
+1. **Frozen embeddings, every label.** The recipe pretrains on the 32,561 training rows (labels unused; 5,000 steps
+   of 256 rows, about 39 epochs, ``--pretrain_steps``) and fits a logistic regression on the frozen embeddings of all
+   of them, scored on the 16,281 test rows, beside the same probe on a randomly initialised encoder and on the one-hot
+   raw features; beside those, scikit-learn's ``HistGradientBoostingClassifier`` on the raw columns (categories
+   native, default settings, not tuned) and the published test accuracies of tuned models (Gorishniy et al., NeurIPS
+   2021, table 2 -- XGBoost 0.872, MLP 0.852; FT-Transformer 0.860).
+2. **Few labels.** With 1 % and 10 % of the training labels (a random subset per seed, the same for both models;
+   ``--val_share`` 20 % of it held out), the pretrained encoder + a linear head is fine-tuned, and the same model from
+   a random initialisation is trained on the same labels with the same protocol (:class:`Protocol`): LP-FT -- the head
+   first fitted as a logistic regression on the frozen embeddings (``--no_lp``: a random head) --, then
+   ``--finetune_steps`` (300) of AdamW at each head rate of ``--finetune_lrs`` (1e-4, 3e-4, 1e-3) times each encoder
+   rate of ``--encoder_lr_scales`` (1, 0.1) times it; each model keeps the step (step 0, the linear probe alone,
+   included) and the rates best on its own validation rows (``--select accuracy``: ties to the lower log loss).
+   Mean +- std of the test accuracy over the seeds (the pretrained encoder is the same for every seed, so its spread
+   is the labels' and the head's), the validation accuracy of the kept models, and the per-seed paired difference.
+   The line says whether the pretrained mean beats the scratch mean by more than the larger std.
 
     OMP_NUM_THREADS=1 python benchmarks/tabular_learning.py                       # masked features, then few labels
-    OMP_NUM_THREADS=1 python benchmarks/tabular_learning.py --method scarf
+    OMP_NUM_THREADS=1 python benchmarks/tabular_learning.py --method scarf --pretrain_dir runs/scarf5000
     python benchmarks/tabular_learning.py --quick                                 # under a minute: a smoke run
 
-Prints one JSON line per figure (``name``, ``ours``, ``reference``, ``unit``, ``ratio`` = ours / reference, the
-machine and the minutes).
+``--pretrain_dir`` keeps the pretraining run and reuses it when it holds one made with the same recipe flags (the
+recipe is deterministic; the line says ``pretrain_reused`` and gives the minutes of the kept run). Prints one JSON
+line per figure (``name``, ``ours``, ``reference``, ``unit``, ``ratio`` = ours / reference, the machine and the
+minutes).
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import copy
 import json
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +68,31 @@ def recipe_argv(args, out: Path) -> list[str]:
             "--output_dir", str(out), "--random_init_seeds", "1", "--mask_ratio", str(args.mask_ratio)]
 
 
+def kept_run(out: Path, argv: list[str]):
+    """(metrics, pretraining minutes) of a run kept in ``out`` by an earlier ``--pretrain_dir`` with the same recipe
+    flags (the recipe is deterministic: the same weights), else (None, None)."""
+    record = out / "benchmark_run.json"
+    if not (record.is_file() and (out / "metrics.json").is_file()):
+        return None, None
+    kept = json.loads(record.read_text())
+    if kept["recipe_argv"] != argv:
+        raise SystemExit(f"{out}: kept by a run with other recipe flags ({kept['recipe_argv']}); give another "
+                         f"--pretrain_dir")
+    return {**json.loads((out / "metrics.json").read_text()), "reused": True}, kept["minutes"]
+
+
+def pretrain(argv: list[str], out: Path, keep: bool):
+    """(the recipe's metrics, its minutes): run now, or the run kept in ``out`` (``keep``) with the same flags."""
+    metrics, minutes = kept_run(out, argv) if keep else (None, None)
+    if metrics is None:
+        t0 = time.perf_counter()
+        metrics = tabular.main(argv)
+        minutes = (time.perf_counter() - t0) / 60
+        if keep:
+            (out / "benchmark_run.json").write_text(json.dumps({"recipe_argv": argv, "minutes": minutes}))
+    return metrics, minutes
+
+
 def pretrained(run: TabularRun, schema, out: Path, steps: int):
     """The recipe's objective at its last checkpoint (the whole objective, loaded strictly)."""
     objective = build_objective(run, schema, steps)
@@ -78,75 +111,146 @@ def hist_gradient_boosting(data, seed: int) -> float:
     return float(model.score(x_test, data.test.labels))
 
 
+@dataclass
+class Protocol:
+    """How a model is fine-tuned on few labels (the same for the pretrained and the scratch model): ``steps`` of
+    AdamW on batches of up to 128 rows at each head rate of ``lrs`` and each encoder rate of ``encoder_lr_scales``
+    times it,
+    after ``lp`` (the head first fitted as a logistic regression on the frozen embeddings: LP-FT) or not; every
+    ``eval_every`` steps (and at step 0) the model is scored on the validation rows (``val_share`` of the labelled
+    subset) and the step and rate best on them (``select``: accuracy, ties to the lower log loss; or the log loss)
+    are kept."""
+
+    steps: int = 300
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    encoder_lr_scales: tuple[float, ...] = (1.0, 0.1)
+    lp: bool = True
+    weight_decay: float = 1e-5
+    val_share: float = 0.2
+    select: str = "accuracy"
+    eval_every: int = 25
+
+
 @torch.no_grad()
-def accuracy(encoder, head, arrays) -> float:
+def scores(encoder, head, arrays) -> tuple[float, float]:
+    """(accuracy, mean log loss) on ``arrays`` (eval mode)."""
     encoder.eval()
-    correct = 0
+    correct, loss = 0, 0.0
     for b, i in zip(batches(arrays, 2048), range(0, len(arrays), 2048)):
-        pred = head(encoder.features(b)).argmax(-1)
-        correct += int((pred.numpy() == arrays.labels[i:i + len(pred)]).sum())
-    return correct / len(arrays)
+        logits = head(encoder.features(b))
+        labels = torch.from_numpy(arrays.labels[i:i + len(logits)])
+        correct += int((logits.argmax(-1) == labels).sum())
+        loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+    return correct / len(arrays), loss / len(arrays)
 
 
-def fine_tune(encoder, arrays, test, steps: int, lrs: list[float], seed: int, eval_every: int) -> float:
-    """Encoder + a linear head trained on ``arrays`` (80 %) at each learning rate of ``lrs``; the step and the rate
-    with the best accuracy on the other 20 % are kept; returns that model's test accuracy."""
+def accuracy(encoder, head, arrays) -> float:
+    return scores(encoder, head, arrays)[0]
+
+
+def fine_tune(encoder, arrays, test, protocol: Protocol, seed: int) -> tuple[float, float]:
+    """Encoder + a linear head trained on ``arrays`` minus its validation share at each pair of rates of the
+    protocol; the step and the rates best on the validation rows are kept; returns (that model's validation accuracy, its test
+    accuracy)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(arrays))
-    cut = max(1, len(arrays) // 5)
+    cut = max(1, int(round(len(arrays) * protocol.val_share)))
     val, train = arrays.subset(np.sort(order[:cut])), arrays.subset(np.sort(order[cut:]))
-    runs = [train_head_and_encoder(encoder, train, val, steps, lr, seed, eval_every) for lr in lrs]
-    best = max(range(len(runs)), key=lambda k: runs[k][0])    # the first rate on a tie
-    return accuracy(*runs[best][1], test)
+    runs = [train_head_and_encoder(encoder, train, val, protocol, lr, scale, seed)
+            for scale in protocol.encoder_lr_scales for lr in protocol.lrs]
+    best = max(range(len(runs)), key=lambda k: runs[k][0])    # the first pair on a tie
+    return runs[best][1], accuracy(*runs[best][2], test)
 
 
-def train_head_and_encoder(encoder, train, val, steps: int, lr: float, seed: int, eval_every: int):
-    """(best validation accuracy, (encoder, head) at that step)."""
+def logistic_head(encoder, train, num_classes: int) -> torch.nn.Linear:
+    """A linear head fitted as a logistic regression (scikit-learn, C = 1) on the frozen embeddings of ``train``."""
+    from sklearn.linear_model import LogisticRegression
+
+    encoder.eval()
+    with torch.no_grad():
+        x = torch.cat([encoder.features(b) for b in batches(train, 2048)]).numpy()
+    clf = LogisticRegression(max_iter=2000).fit(x, train.labels)
+    head = torch.nn.Linear(encoder.feature_size, num_classes)
+    with torch.no_grad():
+        w, b = torch.from_numpy(clf.coef_).float(), torch.from_numpy(clf.intercept_).float()
+        if num_classes == 2:     # scikit-learn's binary model is one logit: split it over the two classes
+            w, b = torch.cat([-w / 2, w / 2]), torch.cat([-b / 2, b / 2])
+        head.weight.copy_(w)
+        head.bias.copy_(b)
+    return head
+
+
+def train_head_and_encoder(encoder, train, val, protocol: Protocol, lr: float, scale: float, seed: int):
+    """(selection key, validation accuracy, (encoder, head) at the best step, step 0 included)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     encoder = copy.deepcopy(encoder)
-    head = torch.nn.Linear(encoder.feature_size, int(max(train.labels.max(), val.labels.max())) + 1)
-    params = list(encoder.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-5)
-    best, best_state = -1.0, None
+    num_classes = int(max(train.labels.max(), val.labels.max())) + 1
+    head = (logistic_head(encoder, train, num_classes) if protocol.lp
+            else torch.nn.Linear(encoder.feature_size, num_classes))
+    opt = torch.optim.AdamW([{"params": list(encoder.parameters()), "lr": lr * scale},
+                             {"params": list(head.parameters()), "lr": lr}], lr=lr,
+                            weight_decay=protocol.weight_decay)
+    best, best_acc, best_state = None, 0.0, None
     batch = min(128, len(train))
-    for step in range(1, steps + 1):
-        encoder.train()
-        idx = rng.choice(len(train), batch, replace=False)
-        b = {"numeric": torch.from_numpy(train.numeric[idx]), "categorical": torch.from_numpy(train.categorical[idx])}
-        loss = F.cross_entropy(head(encoder.features(b)), torch.from_numpy(train.labels[idx]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % eval_every == 0 or step == steps:
-            score = accuracy(encoder, head, val)
-            if score > best:
-                best, best_state = score, copy.deepcopy((encoder.state_dict(), head.state_dict()))
+    for step in range(0, protocol.steps + 1):
+        if step:
+            encoder.train()
+            idx = rng.choice(len(train), batch, replace=False)
+            b = {"numeric": torch.from_numpy(train.numeric[idx]),
+                 "categorical": torch.from_numpy(train.categorical[idx])}
+            loss = F.cross_entropy(head(encoder.features(b)), torch.from_numpy(train.labels[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if (step or protocol.lp) and (step % protocol.eval_every == 0 or step == protocol.steps):
+            acc, nll = scores(encoder, head, val)
+            key = (acc, -nll) if protocol.select == "accuracy" else (-nll,)
+            if best is None or key > best:
+                best, best_acc, best_state = key, acc, copy.deepcopy((encoder.state_dict(), head.state_dict()))
     encoder.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])
-    return best, (encoder, head)
+    return best, best_acc, (encoder, head)
+
+
+def protocol_of(args) -> Protocol:
+    return Protocol(steps=args.finetune_steps, lrs=tuple(args.finetune_lrs), encoder_lr_scales=tuple(args.encoder_lr_scales),
+                    lp=not args.no_lp, weight_decay=args.finetune_weight_decay, val_share=args.val_share,
+                    select=args.select, eval_every=args.eval_every)
+
+
+def labelled_subset(data, fraction: float, seed: int):
+    """The seed's labelled rows: the same for the pretrained and the scratch model."""
+    n = int(round(fraction * len(data.train)))
+    return data.train.subset(np.sort(np.random.default_rng(1000 + seed).permutation(len(data.train))[:n]))
+
+
+def fresh_encoder(run, data, seed: int):
+    torch.manual_seed(seed + 1)
+    return pooled_encoder(build_objective(run, data.schema, 1).encoder())
 
 
 def few_labels(args, run, data, encoder, fraction: float) -> dict:
     t0 = time.perf_counter()
-    ours, scratch = [], []
+    protocol = protocol_of(args)
+    ours, scratch, ours_val, scratch_val = [], [], [], []
     for seed in range(args.seeds):
-        pick = np.sort(np.random.default_rng(1000 + seed).permutation(len(data.train))[:int(round(fraction * len(data.train)))])
-        subset = data.train.subset(pick)
-        torch.manual_seed(seed + 1)
-        fresh = pooled_encoder(build_objective(run, data.schema, 1).encoder())
-        kw = dict(steps=args.finetune_steps, lrs=args.finetune_lrs, seed=seed, eval_every=args.eval_every)
-        ours.append(fine_tune(encoder, subset, data.test, **kw))
-        scratch.append(fine_tune(fresh, subset, data.test, **kw))
+        subset = labelled_subset(data, fraction, seed)
+        for model, val, test in ((encoder, ours_val, ours), (fresh_encoder(run, data, seed), scratch_val, scratch)):
+            v, t = fine_tune(model, subset, data.test, protocol, seed)
+            val.append(v)
+            test.append(t)
     o, s = np.array(ours), np.array(scratch)
-    spread = float(max(o.std(), s.std()))
+    spread, diff = float(max(o.std(), s.std())), o - s
     return {"name": f"adult/few_labels_{fraction:.0%}/fine_tuned_vs_scratch", "ours": float(o.mean()),
             "ours_std": float(o.std()), "reference": float(s.mean()), "reference_std": float(s.std()),
             "unit": "test accuracy", "ratio": float(o.mean() / s.mean()), "margin": float(o.mean() - s.mean()),
-            "beats_by_more_than_spread": bool(o.mean() - s.mean() > spread), "labels": int(round(fraction * len(data.train))),
+            "beats_by_more_than_spread": bool(o.mean() - s.mean() > spread),
+            "paired_difference": float(diff.mean()), "paired_difference_std": float(diff.std()),
+            "labels": int(round(fraction * len(data.train))),
             "per_seed_ours": [round(float(x), 4) for x in o], "per_seed_scratch": [round(float(x), 4) for x in s],
-            "seeds": args.seeds, "finetune_steps": args.finetune_steps, "finetune_lrs": args.finetune_lrs,
-            "method": args.method,
+            "validation_ours": float(np.mean(ours_val)), "validation_scratch": float(np.mean(scratch_val)),
+            "seeds": args.seeds, "protocol": asdict(protocol), "method": args.method,
             "machine": machine(), "minutes": (time.perf_counter() - t0) / 60}
 
 
@@ -155,11 +259,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--data", type=Path, default=ADULT)
     p.add_argument("--method", default="masked_features", choices=["masked_features", "scarf", "data2vec"])
     p.add_argument("--model_size", default="small")
-    p.add_argument("--pretrain_steps", type=int, default=1500)
+    p.add_argument("--pretrain_steps", type=int, default=5000)
+    p.add_argument("--pretrain_dir", type=Path, default=None,
+                   help="keep the pretraining run here, and reuse it when it holds one with the same recipe flags")
     p.add_argument("--mask_ratio", type=float, default=0.3)
     p.add_argument("--finetune_steps", type=int, default=300)
     p.add_argument("--finetune_lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3],
                    help="fine-tuning learning rates; each model keeps the one best on its validation rows")
+    p.add_argument("--encoder_lr_scales", type=float, nargs="+", default=[1.0, 0.1],
+                   help="the encoder's fine-tuning rate as multiples of the head's; each model keeps the best on its "
+                        "validation rows")
+    p.add_argument("--no_lp", action="store_true",
+                   help="a random head, not one first fitted as a logistic regression on the frozen embeddings "
+                        "(LP-FT, whose step 0, the linear probe alone, is a candidate of the selection)")
+    p.add_argument("--finetune_weight_decay", type=float, default=1e-5)
+    p.add_argument("--val_share", type=float, default=0.2, help="share of the labelled subset held out to select on")
+    p.add_argument("--select", default="accuracy", choices=["accuracy", "loss"],
+                   help="what picks the step and rate on the validation rows (accuracy: ties to the lower loss)")
     p.add_argument("--eval_every", type=int, default=25)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
@@ -173,13 +289,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(1)
     lines: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        t0 = time.perf_counter()
+        out = args.pretrain_dir or Path(tmp) / "run"
         argv = recipe_argv(args, out)
-        metrics = tabular.main(argv)
-        minutes = (time.perf_counter() - t0) / 60
+        metrics, minutes = pretrain(argv, out, keep=args.pretrain_dir is not None)
         base = {"method": args.method, "model_size": args.model_size, "pretrain_steps": args.pretrain_steps,
-                "seed": args.seed, "machine": machine()}
+                "seed": args.seed, "machine": machine(), "pretrain_reused": "reused" in metrics}
         emit({"name": "adult/frozen_probe_vs_random_init", "ours": metrics["probe/accuracy"],
               "reference": metrics["probe/random_init_accuracy"], "unit": "test accuracy",
               "ratio": metrics["probe/accuracy"] / metrics["probe/random_init_accuracy"], **base, "minutes": minutes,
