@@ -264,14 +264,23 @@ class TransformerLayer(nn.Module):
         return y.view(*x.shape[:-1], y.shape[-1])
 
     def forward(self, x: Tensor, attn_mask: Tensor | None, rows: Rows = 0, qkv: Tensor | None = None,
-                cache: dict | None = None) -> Tensor:
+                cache: dict | None = None, mlp_rows: Tensor | None = None) -> Tensor:
         """x: (B, N, D) -> (B, M, D): with ``rows`` (see :meth:`SelfAttention.forward`) only those tokens are
         computed (their attention still reads every token). qkv (pre-LN only): ``self.attn.qkv(self.norm1(x))``
-        when the caller has it. cache: the attention's key/value cache (:meth:`SelfAttention.forward`)."""
+        when the caller has it. cache: the attention's key/value cache (:meth:`SelfAttention.forward`).
+        mlp_rows (pre-LN only): (T,) long indices into the B·N tokens: every token is attended and normalised
+        (batch norm's statistics stay those of every token), the MLP runs on those alone and the output is their
+        (T, D) rows."""
         if self.norm_first:
             h = self.norm1(x) if qkv is None else None
             x = take_rows(x, rows) + self.drop(self.attn(h, attn_mask, rows, qkv, cache))
+            if mlp_rows is not None:
+                flat = x.reshape(-1, x.shape[-1])
+                return flat.index_select(0, mlp_rows) + self.mlp(
+                    self.norm2(x).reshape(-1, x.shape[-1]).index_select(0, mlp_rows))
             return x + self.mlp(self.norm2(x))
+        if mlp_rows is not None:
+            raise ValueError("mlp_rows needs a pre-LN layer (norm_first)")
         if qkv is not None:
             raise ValueError("a precomputed qkv needs a pre-LN layer (norm_first)")
         x = self.norm1(take_rows(x, rows) + self.drop(self.attn(x, attn_mask, rows, cache=cache)))
@@ -322,6 +331,7 @@ class TransformerEncoder(nn.Module):
         self, x: Tensor, padding_mask: Tensor | None = None, output_hidden_states: bool = False,
         outputs_from: int = 0, first_qkv: Tensor | None = None, outputs_at: Tensor | None = None,
         cache: list[dict] | None = None, structure: Mapping[str, Any] | None = None,
+        outputs_where: Tensor | None = None,
     ) -> BackboneOutput:
         """x: (B, N, D); padding_mask: (B, N) True where padded; structure: unused (a Transformer attends over
         every token; a graph's structural encoding reaches it through the adapter's positions).
@@ -335,7 +345,13 @@ class TransformerEncoder(nn.Module):
         (B, N, 3·D) when the caller computed it. cache (causal, inference, no padding): one dict per layer
         (:meth:`new_cache`) with the keys and values of the tokens before ``x``; ``x`` holds the new tokens only,
         and their outputs equal those of a run over all the tokens (``tests/test_transformer.py``).
+        outputs_where (pre-LN, training too): (B, N) bool, the tokens whose outputs are wanted (a masked model's
+        masked tokens): the last layer's MLP runs on them alone (:meth:`TransformerLayer.forward`'s ``mlp_rows``)
+        and ``last_hidden_state`` is their (T, D) rows in row-major order, ``full[outputs_where]``, also under
+        batch norm; no hidden states.
         """
+        if outputs_where is not None:
+            return self._outputs_where(x, padding_mask, outputs_where, first_qkv)
         if cache is not None:
             if padding_mask is not None or len(cache) != len(self.layers):
                 raise ValueError("a key/value cache takes no padding mask and one dict per layer (new_cache())")
@@ -368,6 +384,37 @@ class TransformerEncoder(nn.Module):
             x = take_rows(x, wanted)
         x = self.norm(x)
         return BackboneOutput(x, tuple(states) if states is not None else None)
+
+
+    def takes_outputs_where(self) -> bool:
+        """Whether :meth:`forward` takes ``outputs_where``: pre-LN, and a final norm (if any) that is a LayerNorm."""
+        c = self.config
+        return c.norm_first and not (c.final_norm and c.norm == "batchnorm")
+
+    def _outputs_where(self, x: Tensor, padding_mask: Tensor | None, where: Tensor, first_qkv: Tensor | None
+                       ) -> BackboneOutput:
+        c = self.config
+        if not self.takes_outputs_where():
+            raise ValueError("outputs_where needs a pre-LN Transformer whose final norm, if any, is a LayerNorm")
+        if c.norm == "batchnorm" and padding_mask is not None and bool(padding_mask.any()):
+            raise ValueError("a batch-norm Transformer takes unpadded tokens")
+        index = where.reshape(-1).nonzero().squeeze(1)
+        attn_mask = self.attention_mask(padding_mask, x.shape[1])
+        layerdrop = c.layerdrop if self.training else 0.0
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            skipped = layerdrop > 0.0 and bool(torch.rand([]) < layerdrop)
+            rows = index if i == last else None
+            if skipped:
+                x = x if rows is None else x.reshape(-1, x.shape[-1]).index_select(0, rows)
+            elif c.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, attn_mask, 0, first_qkv if i == 0 else None, None, rows,
+                               use_reentrant=False)
+            else:
+                x = layer(x, attn_mask, 0, first_qkv if i == 0 else None, None, rows)
+        if not self.layers:
+            x = x.reshape(-1, x.shape[-1]).index_select(0, index)
+        return BackboneOutput(self.norm(x), None)
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -33,12 +33,13 @@ DATA = ROOT.parent / "shared" / "data" / "timeseries" / "UCR"
 PATCHES = {"GunPoint": (16, 8), "Coffee": (16, 16), "PigCVP": (64, 64)}
 
 
-def run(name: str, method: str, seed: int, steps: int, out: Path, pooling: str = "mean") -> dict:
+def run(name: str, method: str, seed: int, steps: int, out: Path, pooling: str = "mean", norm: str = "batchnorm"
+        ) -> dict:
     patch, stride = PATCHES[name]
     argv = ["--train_dir", str(DATA / name), "--method", method, "--seed", str(seed), "--output_dir", str(out),
             "--report_to", "none", "--max_steps", str(steps), "--patch_length", str(patch), "--stride", str(stride),
             "--hidden_size", "64", "--num_layers", "3", "--heads", "4", "--per_device_train_batch_size", "32",
-            "--learning_rate", "1e-3", "--random_init_seeds", "1", "--pooling", pooling]
+            "--learning_rate", "1e-3", "--random_init_seeds", "1", "--pooling", pooling, "--norm", norm]
     t0 = time.perf_counter()
     metrics = timeseries.main(argv)
     return {"ours": 100 * metrics["probe/accuracy"], "random_init": 100 * metrics["probe/random_init_accuracy"],
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--pooling", default="mean", choices=["mean", "max"], help="over a channel's patches")
+    p.add_argument("--norm", default="batchnorm", choices=["batchnorm", "layernorm"], help="the Transformer's norms")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--table", default=None)
     args = p.parse_args(argv)
@@ -60,9 +62,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         runs = []
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as tmp:
-                runs.append(run(name, args.method, seed, 2 if args.quick else args.steps, Path(tmp), args.pooling))
+                runs.append(run(name, args.method, seed, 2 if args.quick else args.steps, Path(tmp), args.pooling,
+                                args.norm))
         ours, rand = np.array([r["ours"] for r in runs]), np.array([r["random_init"] for r in runs])
-        row = {"set": name, "method": args.method, "pooling": args.pooling, "seeds": args.seeds,
+        row = {"set": name, "method": args.method, "pooling": args.pooling, "norm": args.norm, "seeds": args.seeds,
                "steps": 2 if args.quick else args.steps,
                "ours_mean": float(ours.mean()), "ours_std": float(ours.std()), "random_init_mean": float(rand.mean()),
                "random_init_std": float(rand.std()), "raw_1nn": runs[0]["raw_1nn"],

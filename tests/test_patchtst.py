@@ -58,6 +58,29 @@ def test_loss_reconstruction_and_gradients_equal_patchtst_for_pretraining(norm, 
     torch.testing.assert_close(ours.decoder_pred.weight.grad, theirs.head.linear.weight.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("norm, pre", [("batchnorm", True), ("layernorm", True), ("batchnorm", False)])
+def test_the_training_step_equals_patchtst_for_pretraining(norm, pre):
+    """The training forward (pre-LN: the last MLP on the masked patches alone, batch-norm statistics over every
+    patch) gives PatchTST's loss, gradients and batch-norm running statistics."""
+    ours = objective(norm, pre).train()
+    theirs = to_patchtst(ours).train()
+    values = series(2)
+    n = ours.adapter.config.num_patches
+    noise = torch.rand(B, C, n, generator=torch.Generator().manual_seed(6))
+    out = ours({"past_values": values, NOISE: noise.reshape(B * C, n)})
+    ref = hf_with_noise(theirs, values, noise)
+    torch.testing.assert_close(out.loss / out.num_targets, ref.loss, rtol=1e-5, atol=1e-6)
+    (out.loss / out.num_targets).backward()
+    ref.loss.backward()
+    for layer in (0, 1):
+        torch.testing.assert_close(ours.backbone.layers[layer].fc1.weight.grad,
+                                   theirs.model.encoder.layers[layer].ff[0].weight.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ours.decoder_pred.weight.grad, theirs.head.linear.weight.grad, rtol=1e-4, atol=1e-6)
+    if norm == "batchnorm":
+        torch.testing.assert_close(ours.backbone.layers[1].norm2.running_var,
+                                   theirs.model.encoder.layers[1].norm_sublayer3.batchnorm.running_var)
+
+
 def test_forward_scores_the_masked_patches_only():
     ours = objective().eval()
     values = series()

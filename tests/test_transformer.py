@@ -278,3 +278,35 @@ def test_quick_gelu_mlp_equals_the_formula():
         if a is not None or b is not None:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert layer.quick_gelu and not make(activation="gelu").layers[0].quick_gelu
+
+
+@pytest.mark.parametrize("norm,final_norm,with_padding", [("batchnorm", False, False), ("layernorm", True, True),
+                                                          ("layernorm", False, False)])
+def test_outputs_where_runs_the_last_mlp_on_the_chosen_tokens_only(norm, final_norm, with_padding):
+    """outputs_where (a masked model's masked tokens): in training, under batch norm too, outputs, gradients and
+    the batch-norm running statistics are those of the full run at the chosen tokens."""
+    x, pad = nine_tokens(with_padding)
+    where = torch.rand(3, 9, generator=torch.Generator().manual_seed(2)) < 0.4
+    where[0, 0] = True
+    if pad is not None:
+        where &= ~pad
+    weights = torch.linspace(-1, 1, 64)
+    runs = []
+    for chosen in (False, True):
+        enc = make(norm=norm, norm_first=True, final_norm=final_norm, num_layers=3).train()
+        xi = x.clone().requires_grad_()
+        out = enc(xi, pad, outputs_where=where).last_hidden_state if chosen else enc(xi, pad).last_hidden_state[where]
+        (out * weights).sum().backward()
+        grads = torch.cat([xi.grad.flatten(), *(p.grad.flatten() for p in enc.parameters())])
+        runs.append((out.detach(), grads, [b.clone() for b in enc.buffers()]))
+    (full, want, stats), (got_out, got, got_stats) = runs
+    assert got_out.shape == (int(where.sum()), 64)
+    torch.testing.assert_close(got_out, full, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    for a, b in zip(stats, got_stats):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert make(norm_first=True).takes_outputs_where() and not make(norm_first=False).takes_outputs_where()
+    with pytest.raises(ValueError, match="pre-LN"):
+        make(norm_first=False)(x, outputs_where=where)
+    with pytest.raises(ValueError, match="pre-LN"):
+        make(norm="batchnorm", norm_first=True, final_norm=True)(x, outputs_where=where)

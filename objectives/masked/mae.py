@@ -380,13 +380,15 @@ class MAEObjective(Objective):
         token (or, at ``replace_rate``, by another token's content); the encoder's output goes through
         ``decoder_embed``, the masked positions are *re-masked* (``remask``: zeroed as GraphMAE, or MAE's decoder
         mask token), the decoder reconstructs the targets and the loss is scored at the masked tokens."""
-        tokens, mask, full_mask, out = self.replace_outputs(batch)
-        pred = self.decoder_pred(out[full_mask])
+        tokens, mask, full_mask, out = self.replace_outputs(batch, masked_only=True)
+        pred = self.decoder_pred(out if out.dim() == 2 else out[full_mask])
         return self.loss(pred, tokens.targets[self.config.target][mask], mask.nonzero()[:, 1])
 
-    def replace_outputs(self, batch: Batch) -> tuple[Tokens, Tensor, Tensor, Tensor]:
+    def replace_outputs(self, batch: Batch, masked_only: bool = False) -> tuple[Tokens, Tensor, Tensor, Tensor]:
         """Replace mode up to the prediction head: (tokens, mask (B, N), the mask grown by the prefix (B, p + N),
-        the decoder's output (B, p + N, Dd) -- the encoder's when there is no decoder)."""
+        the decoder's output (B, p + N, Dd) -- the encoder's when there is no decoder). masked_only, with no
+        decoder and an encoder that takes ``outputs_where`` (the shared pre-LN Transformer): the encoder's (T, D)
+        outputs at the masked tokens alone, ``out[full_mask]`` (its last MLP runs on those only: PatchTST)."""
         tokens = self.adapter.embed(batch)
         mask, source = self.replace_masking(batch, tokens)
         if self.config.replace_rate > 0:      # some masked tokens take another token's content
@@ -400,8 +402,11 @@ class MAEObjective(Objective):
         x = self.adapter.add_prefix(self.adapter.add_positions(x, padding, structure))
         p = self.adapter.num_prefix_tokens
         padding = prefix_padding(padding, p)
-        h = self.backbone(x, padding, structure=structure).last_hidden_state
         full_mask = F.pad(mask, (p, 0)) if p else mask
+        if masked_only and self.decoder is None and takes_outputs_where(self.backbone):
+            h = self.backbone(x, padding, structure=structure, outputs_where=full_mask).last_hidden_state
+            return tokens, mask, full_mask, h
+        h = self.backbone(x, padding, structure=structure).last_hidden_state
         if self.decoder is None:
             return tokens, mask, full_mask, h
 
@@ -511,6 +516,13 @@ class MAEObjective(Objective):
 def compose_masked_autoencoder(adapter, backbone: nn.Module, decoder: nn.Module, **config: Any) -> MAEObjective:
     """The MAE objective on any adapter, encoder and decoder (GraphMAE on a graph adapter and two GNNs)."""
     return MAEObjective(adapter, backbone, decoder, MAEConfig(**config))
+
+
+def takes_outputs_where(backbone: nn.Module) -> bool:
+    """Whether the backbone computes the outputs of chosen tokens alone (``outputs_where``; the shared Transformer
+    when pre-LN)."""
+    method = getattr(backbone, "takes_outputs_where", None)
+    return bool(method()) if callable(method) else False
 
 
 def input_size(backbone: nn.Module) -> int:
