@@ -9,7 +9,9 @@ heads, MLP 512, batch norm, mask 0.4, batch 64), timed in alternating rounds, th
     python -m benchmarks.timeseries_speed --quick            (from the repository root)
     python -m benchmarks.timeseries_speed --threads 1
 
-The last line printed is one JSON object: ``ours`` / ``reference`` series per second and their ``ratio``.
+The last line printed is one JSON object: ``ours`` / ``reference`` series per second and their ``ratio``, and the
+model FLOPs utilisation of each (the reference's forward + backward FLOPs per series times series/s, over a measured
+fp32 matmul peak at the same thread count).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from unittest import mock
 import torch
 
 from selfsup.backbones.transformer import transformer_config
-from selfsup.benchmarking import check_agreement, interleaved, machine
+from selfsup.benchmarking import check_agreement, count_flops, interleaved, machine, matmul_peak, mfu
 from selfsup.modalities.timeseries import SeriesConfig
 from selfsup.objectives.masked.hf_patchtst import compose_patchtst, to_patchtst
 from selfsup.types import NOISE
@@ -79,10 +81,21 @@ def main(argv: list[str] | None = None) -> dict:
         opt_ref.zero_grad(set_to_none=True)
 
     o, r = interleaved({"ours": ours_step, "reference": ref_step}, steps, rounds, 2, s["batch"], "patchtst")
+    # model FLOPs: the reference's forward + backward (ours executes fewer: the last MLP on masked patches only)
+    model_flops = count_flops(lambda: ref(past_values=batches[0]).loss.backward())
+    executed = count_flops(lambda: ours({"past_values": batches[0]}).loss.backward())
+    ours.zero_grad(set_to_none=True)
+    ref.zero_grad(set_to_none=True)
+    peak = matmul_peak()
+    per_step = s["batch"]
     result = {"name": "patchtst_step" + ("_quick" if args.quick else "_etth1"), "unit": "series/s",
               "ours": round(o, 2), "reference": round(r, 2), "ratio": round(o / r, 3), "machine": machine(),
-              "threads": torch.get_num_threads(), "fused_adamw": args.fused}
-    print(f"median: ours {o:.2f}  reference {r:.2f} series/s  ratio {o / r:.2f}x", flush=True)
+              "threads": torch.get_num_threads(), "fused_adamw": args.fused, "model_gflop_per_step":
+              round(model_flops / 1e9, 3), "ours_executed_gflop_per_step": round(executed / 1e9, 3),
+              "matmul_peak_gflops": round(peak / 1e9, 1), "mfu_ours": round(mfu(model_flops, o / per_step, peak), 4),
+              "mfu_reference": round(mfu(model_flops, r / per_step, peak), 4)}
+    print(f"median: ours {o:.2f}  reference {r:.2f} series/s  ratio {o / r:.2f}x  MFU {result['mfu_ours']:.1%} vs "
+          f"{result['mfu_reference']:.1%} of a measured {peak / 1e9:.0f} GFLOP/s fp32 matmul", flush=True)
     print(json.dumps(result))
     return result
 

@@ -122,3 +122,59 @@ def record(result: dict, tag: str, ours: float, reference: float) -> None:
                    f"ratio{suffix}": round(ours / reference, 3)})
     print(f"[{tag}] median: ours {ours:.1f}  reference {reference:.1f} samples/s  ratio {ours / reference:.2f}x",
           flush=True)
+
+
+# -- model FLOPs utilisation --------------------------------------------------------------------------------------
+def _cpu_flash_flops() -> dict:
+    """FLOP formulas for SDPA's CPU flash kernels, which ``torch.utils.flop_counter`` counts only on CUDA: the same
+    counts as its formulas for the CUDA kernels (two matmuls forward, four backward, per head)."""
+    from torch.utils import flop_counter as fc
+
+    def forward(query, key, value, *args, out_val=None, **kwargs) -> int:
+        return fc.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+    def backward(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+    forward._get_raw = backward._get_raw = True     # called with the tensors, not wrapped again
+    aten = torch.ops.aten
+    return {aten._scaled_dot_product_flash_attention_for_cpu: forward,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """The floating-point operations of one call of ``fn`` (matmuls, convolutions and attention, forward and
+    backward: what MFU counts), by ``torch.utils.flop_counter.FlopCounterMode``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mode = FlopCounterMode(display=False, custom_mapping=_cpu_flash_flops())
+    with mode:
+        fn()
+    return int(mode.get_total_flops())
+
+
+def matmul_peak(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None,
+                repeats: int = 5) -> float:
+    """The measured FLOP/s of a square matmul (``size`` 1024 on a CPU, 8192 on a GPU): the best of ``repeats``
+    after a warm-up, at torch's current thread count -- the peak MFU is taken against."""
+    device = torch.device(device)
+    n = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def mfu(flops_per_step: float, steps_per_second: float, peak: float) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s (``flops_per_step`` x ``steps_per_second``) over ``peak``."""
+    if peak <= 0:
+        raise ValueError("the peak FLOP/s must be positive")
+    return flops_per_step * steps_per_second / peak
