@@ -127,7 +127,7 @@ def record(result: dict, tag: str, ours: float, reference: float) -> None:
 # -- model FLOPs utilisation --------------------------------------------------------------------------------------
 def _cpu_flash_flops() -> dict:
     """FLOP formulas for SDPA's CPU flash kernels, which ``torch.utils.flop_counter`` counts only on CUDA: the same
-    counts as its formulas for the CUDA kernels (two matmuls forward, four backward, per head)."""
+    counts as its formulas for the CUDA kernels (two matmuls forward; five backward, the scores recomputed)."""
     from torch.utils import flop_counter as fc
 
     def forward(query, key, value, *args, out_val=None, **kwargs) -> int:
