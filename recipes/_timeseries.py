@@ -4,6 +4,7 @@ from __future__ import annotations
 from argparse import ArgumentParser
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from selfsup.backbones.transformer import TransformerEncoder, transformer_config
 from selfsup.config import RecipeSettings
 from selfsup.data import SeededExamples, make_train_loader, to_device
 from selfsup.errors import SelfsupError
-from selfsup.modalities.timeseries.adapter import SeriesAdapter, SeriesConfig
+from selfsup.modalities.timeseries.adapter import PAST_VALUES, SeriesAdapter, SeriesConfig, num_patches
 from selfsup.modalities.timeseries.augment import SeriesAugment, SeriesViewDataset, collate_series_views
 from selfsup.modalities.timeseries.data import (SeriesSet, builtin_series, collate_series, load_ucr, read_series_csv,
                                                 read_series_table, read_ts, window_set)
@@ -21,7 +22,8 @@ from selfsup.objectives.masked.data2vec import Data2VecObjective, Data2VecObject
 from selfsup.objectives.masked.hf_patchtst import compose_patchtst
 from selfsup.objectives.masking import SpanMasker
 from selfsup.objectives.two_view.build import from_encoder
-from selfsup.types import Encoder, Objective
+from selfsup.plots import new_figure, save_png
+from selfsup.types import NOISE, Encoder, Objective
 
 METHODS = ("patchtst", "data2vec", *registry.names("two_view"))
 # PatchTST's self-supervised settings (Nie et al., 2023; the repository's patchtst_pretrain.py): patches of 12
@@ -225,6 +227,60 @@ def probe_figures(encoders: dict[str, Encoder | list[Encoder]], train: SeriesSet
     return out
 
 
-__all__ = ["SeriesRun", "METHODS", "is_two_view", "PRESETS", "add_series_args", "load_series", "series_loader", "steps_for",
+class SeriesPicture(NamedTuple):
+    """path: the PNG written; values (n, L): the series drawn (first channel, own units); reconstruction (n, N, P):
+    the model's patches in the same units; mask (n, N) bool; starts (N,): each patch's first time step."""
+
+    path: str
+    values: np.ndarray
+    reconstruction: np.ndarray
+    mask: np.ndarray
+    starts: np.ndarray
+
+
+def reconstruction_picture(objective: Objective, data: SeriesSet, path: str | Path, device, count: int = 4,
+                           seed: int = 0, title: str = "PatchTST") -> SeriesPicture | None:
+    """PatchTST at work on ``count`` series of ``data`` (of its most common length): each series' first channel, the
+    masked patches shaded and the reconstruction drawn over them, in the series' own units (the adapter's scale
+    undone); the mask drawn from ``seed``, so every picture of a run masks the same patches. None for a method
+    with no reconstruction or an empty set."""
+    if not hasattr(objective, "predict") or not isinstance(getattr(objective, "adapter", None), SeriesAdapter):
+        return None
+    adapter, c = objective.adapter, objective.adapter.config
+    lengths = [len(s) for s in data.series if c.patch_length <= len(s) <= c.context_length]
+    if not lengths:
+        return None
+    common = max(set(lengths), key=lengths.count)
+    chosen = [i for i, s in enumerate(data.series) if len(s) == common][:count]
+    batch = to_device(collate_series([data[i] for i in chosen]), device)
+    rows, n = len(chosen) * data.num_channels, num_patches(common, c.patch_length, c.stride)
+    batch[NOISE] = torch.rand(rows, n, generator=torch.Generator().manual_seed(seed)).to(device)
+    was = objective.training
+    objective.eval()
+    with torch.no_grad():
+        out = objective.predict(batch)
+        structure = adapter.embed(batch).structure
+    objective.train(was)
+    recon = adapter.unscale(out["logits"].float(), structure)[:, 0].cpu().numpy()          # (n, N, P)
+    mask = out["mask"].reshape(len(chosen), data.num_channels, n)[:, 0].bool().cpu().numpy()
+    values = batch[PAST_VALUES][:, :, 0].float().cpu().numpy()
+    starts = common - (c.patch_length + c.stride * (n - 1)) + c.stride * np.arange(n)
+    fig = new_figure(9, 1.8 * len(chosen))
+    for row in range(len(chosen)):
+        ax = fig.add_subplot(len(chosen), 1, row + 1)
+        ax.plot(values[row], color="0.2", linewidth=1, label="series")
+        for j in np.flatnonzero(mask[row]):
+            t = starts[j] + np.arange(c.patch_length)
+            ax.axvspan(t[0], t[-1], color="tab:orange", alpha=0.15, linewidth=0)
+            ax.plot(t, recon[row, j], color="tab:orange", linewidth=1.2,
+                    label="reconstruction (masked patches)" if j == np.flatnonzero(mask[row])[0] else None)
+        ax.set_ylabel(f"series {chosen[row]}")
+        if row == 0:
+            ax.legend(loc="upper right", fontsize=8)
+            ax.set_title(f"{title}: masked patches (shaded) and their reconstruction, {data.source}")
+    return SeriesPicture(save_png(fig, path), values, recon, mask, starts)
+
+
+__all__ = ["SeriesPicture", "reconstruction_picture", "SeriesRun", "METHODS", "is_two_view", "PRESETS", "add_series_args", "load_series", "series_loader", "steps_for",
            "series_config", "build_objective", "readout", "series_embeddings", "linear_probe", "nearest_neighbour",
            "probe_figures"]

@@ -8,9 +8,10 @@ Transformer over channel-independent patches.
 
 With labels and a test split (UCR), the frozen encoder is scored by a linear probe (logistic regression on the
 pooled patch embeddings, channels side by side) beside a randomly initialised encoder and beside 1-NN Euclidean on
-the raw series. Writes OUTPUT_DIR/metrics.json and OUTPUT_DIR/export/ (transformers' ``PatchTSTModel``; PatchTST
-runs also OUTPUT_DIR/export/pretraining/, the whole ``PatchTSTForPretraining``). Data formats:
-docs/recipes/timeseries.md.
+the raw series. Writes OUTPUT_DIR/metrics.json, OUTPUT_DIR/reconstruction.png (PatchTST: held-out series with
+their masked patches and the reconstruction, in the series' units) and OUTPUT_DIR/export/ (transformers'
+``PatchTSTModel``; PatchTST runs also OUTPUT_DIR/export/pretraining/, the whole ``PatchTSTForPretraining``). Data
+formats: docs/recipes/timeseries.md.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from selfsup.errors import run_cli
 from selfsup.modalities.timeseries.data import collate_series
 from selfsup.objectives.masked.hf_patchtst import export_patchtst
 from selfsup.recipes._timeseries import (PRESETS, SeriesRun, add_series_args, build_objective, load_series,
-                                         probe_figures, readout, series_config, series_loader, steps_for)
+                                         probe_figures, readout, reconstruction_picture, series_config,
+                                         series_loader, steps_for)
 from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
 
@@ -63,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         fresh = [readout(e, run) for e in random_init_encoders(build_fresh, args.random_init_seeds, run.seed, device)]
         metrics.update(probe_figures({"": readout(objective.encoder(), run), "random_init_": fresh}, train, test,
                                      device))
+        held_out = test if len(test) else train
+        picture = reconstruction_picture(objective, held_out, Path(args.output_dir) / "reconstruction.png", device,
+                                         title=run.method)
+        if picture is not None:
+            metrics["reconstruction_png"] = picture.path
         export_dir = Path(args.output_dir) / "export"                                    # export
         sample = collate_series([train[i] for i in range(min(4, len(train)))])
         metrics.update(export_patchtst(objective, export_dir, sample, metrics, run={

@@ -75,6 +75,8 @@ def summary(metrics: dict[str, Any], export_dir: Path | None, output_dir: str | 
     lines.append(f"  metrics: {Path(output_dir) / 'metrics.json'}")
     if metrics.get("training_curves"):
         lines.append(f"  curves:  {metrics['training_curves']}")
+    for key in sorted(k for k in metrics if k.endswith("_png") and isinstance(metrics[k], str)):
+        lines.append(f"  picture: {metrics[key]}")
     if export_dir is not None:
         lines.append(f"  export:  {export_dir}")
     return "\n".join(lines)

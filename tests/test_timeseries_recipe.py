@@ -33,7 +33,9 @@ def test_default_run_probes_beside_random_init_and_raw_1nn_and_exports(tmp_path,
     export = tmp_path / "run" / "export"
     assert isinstance(AutoModel.from_pretrained(export), PatchTSTModel)
     assert (export / "pretraining" / "config.json").is_file() == (method == "patchtst")
-    assert "random init" in capsys.readouterr().out
+    assert (tmp_path / "run" / "reconstruction.png").is_file() == (method == "patchtst")
+    out = capsys.readouterr().out
+    assert "random init" in out and ("picture: " in out) == (method == "patchtst")
 
 
 @pytest.mark.skipif(not (UCR / "GunPoint").is_dir(), reason="../shared/data/timeseries/UCR is absent")
@@ -155,3 +157,30 @@ def test_parquet_and_datasets_folders_hold_a_column_of_series(tmp_path):
     metrics = timeseries.main(argv(tmp_path / "run", "--train_file", str(tmp_path / "s.parquet"), "--patch_length",
                                    "2", "--stride", "1", "--label_column", "label"))
     assert metrics["steps"] == 3
+
+
+def test_the_reconstruction_picture_is_in_the_series_units(tmp_path, monkeypatch):
+    """The picture's reconstruction is the model's output with the adapter's scaling undone, at the patches'
+    own time steps: a model that predicts each (scaled) target patch exactly draws the series itself there."""
+    from selfsup.backbones.transformer import transformer_config
+    from selfsup.modalities.timeseries import SeriesConfig
+    from selfsup.modalities.timeseries.data import builtin_series
+    from selfsup.objectives.masked.hf_patchtst import compose_patchtst
+    from selfsup.recipes._timeseries import reconstruction_picture
+
+    data = builtin_series()[1]
+    length = len(data.series[0])
+    objective = compose_patchtst(SeriesConfig(num_channels=data.num_channels, context_length=length,
+                                              patch_length=8, stride=5),
+                                 transformer_config(dict(hidden_size=16, num_layers=1, num_heads=2,
+                                                         intermediate_size=32), "bert", norm_first=True))
+    real = objective.predict
+    monkeypatch.setattr(objective, "predict", lambda batch: {   # the scaled target patches, exactly
+        **real(batch), "logits": objective.adapter.embed(batch).targets["patches"]})
+    picture = reconstruction_picture(objective, data, tmp_path / "r.png", "cpu", count=3)
+    assert Path(picture.path).is_file() and picture.mask.any() and not picture.mask.all()
+    for row in range(3):
+        for j, start in enumerate(picture.starts):
+            torch.testing.assert_close(torch.as_tensor(picture.reconstruction[row, j]),
+                                       torch.as_tensor(picture.values[row, start:start + 8]), rtol=1e-5, atol=1e-4)
+    assert picture.starts[-1] + 8 == length
