@@ -351,6 +351,8 @@ class TransformerEncoder(nn.Module):
         batch norm; no hidden states.
         """
         if outputs_where is not None:
+            if cache is not None or outputs_from or outputs_at is not None or output_hidden_states:
+                raise ValueError("outputs_where takes no cache, outputs_from, outputs_at or hidden states")
             return self._outputs_where(x, padding_mask, outputs_where, first_qkv)
         if cache is not None:
             if padding_mask is not None or len(cache) != len(self.layers):
