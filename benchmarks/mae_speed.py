@@ -43,7 +43,8 @@ import json
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import check_agreement, interleaved, precision_tags, record, speed_args, training_step
+from selfsup.benchmarking import (check_agreement, count_flops, interleaved, precision_tags, record, speed_args,
+                                  training_step)
 from selfsup.recipes.builders.masked import mae
 from selfsup.objectives.masked.hf_mae import mae_to_transformers
 from selfsup.objectives.masked.mae import MAEObjective
@@ -127,16 +128,18 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps} x rounds "
           f"{args.rounds} (warmup {args.warmup}), fused AdamW {args.fused}", flush=True)
     loss_ours, loss_ref = check_losses(args.fused)
+    _, ref = build_models()
+    flops = count_flops(lambda: reference_loss(ref, make_batch()).backward()) / BATCH   # the model's, per image
     result: dict = {"name": "mae_speed", "unit": "samples/s", "ours": None, "reference": None, "ratio": None,
                     "ours_bf16": None, "reference_bf16": None, "ratio_bf16": None}
     for tag in precision_tags(args.precision, result):
-        ours, ref = measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused)
+        ours, ref_rate = measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused)
         if tag == "bf16":
             a, b = bf16_losses()
             print(f"loss first step, bf16 autocast: ours {a:.5f}  reference {b:.5f}", flush=True)
             result.update(loss_ours_bf16=round(a, 5), loss_reference_bf16=round(b, 5))
-        record(result, tag, ours, ref)
-    result.update(loss_ours=round(loss_ours, 6), loss_reference=round(loss_ref, 6), config=dict(
+        record(result, tag, ours, ref_rate, flops)
+    result.update(model_gflop_per_sample=round(flops / 1e9, 4), loss_ours=round(loss_ours, 6), loss_reference=round(loss_ref, 6), config=dict(
         backbone=BACKBONE, decoder=DECODER, image_size=IMAGE, patch_size=PATCH, batch_size=BATCH, mask_ratio=0.75,
         norm_pix_loss=True, optimizer=dict(OPTIM, fused=args.fused), steps=args.steps, rounds=args.rounds,
         warmup=args.warmup, threads=torch.get_num_threads()))

@@ -115,13 +115,23 @@ def precision_tags(precision: str, result: dict) -> tuple[str, ...]:
     return ("fp32", "bf16")
 
 
-def record(result: dict, tag: str, ours: float, reference: float) -> None:
-    """Put one precision's medians and their ratio in ``result`` (``*_bf16`` keys for bf16) and print them."""
+def record(result: dict, tag: str, ours: float, reference: float, flops_per_sample: float | None = None) -> None:
+    """Put one precision's medians and their ratio in ``result`` (``*_bf16`` keys for bf16) and print them; with
+    ``flops_per_sample`` (the model's forward + backward FLOPs per sample, :func:`count_flops` on the reference)
+    also each side's MFU against :func:`matmul_peak` in that precision (``mfu_ours``, ``mfu_reference``,
+    ``matmul_peak_gflops``)."""
     suffix = "" if tag == "fp32" else f"_{tag}"
     result.update({f"ours{suffix}": round(ours, 2), f"reference{suffix}": round(reference, 2),
                    f"ratio{suffix}": round(ours / reference, 3)})
-    print(f"[{tag}] median: ours {ours:.1f}  reference {reference:.1f} samples/s  ratio {ours / reference:.2f}x",
-          flush=True)
+    line = f"[{tag}] median: ours {ours:.1f}  reference {reference:.1f} samples/s  ratio {ours / reference:.2f}x"
+    if flops_per_sample is not None:
+        peak = matmul_peak(dtype=torch.bfloat16 if tag == "bf16" else torch.float32)
+        result.update({f"mfu_ours{suffix}": round(mfu(flops_per_sample, ours, peak), 4),
+                       f"mfu_reference{suffix}": round(mfu(flops_per_sample, reference, peak), 4),
+                       f"matmul_peak_gflops{suffix}": round(peak / 1e9, 1)})
+        line += (f"  MFU {mfu(flops_per_sample, ours, peak):.1%} vs {mfu(flops_per_sample, reference, peak):.1%} "
+                 f"of a measured {peak / 1e9:.0f} GFLOP/s {tag} matmul")
+    print(line, flush=True)
 
 
 # -- model FLOPs utilisation --------------------------------------------------------------------------------------
