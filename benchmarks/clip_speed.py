@@ -35,7 +35,8 @@ import json
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import check_agreement, interleaved, precision_tags, record, speed_args, training_step
+from selfsup.benchmarking import (check_agreement, count_flops, interleaved, precision_tags, record, speed_args,
+                                  training_step)
 from selfsup.recipes.builders.image_text import clip
 from selfsup.objectives.image_text.clip import CLIPObjective
 from selfsup.objectives.image_text.hf_clip import clip_to_transformers
@@ -111,9 +112,12 @@ def main() -> None:
           f"{args.rounds} (warmup {args.warmup}), fused AdamW {args.fused}", flush=True)
     loss_ours, loss_ref = check_losses(args.fused)
     result: dict = {"name": "clip_speed", "unit": "samples/s", "ours": None, "reference": None, "ratio": None}
+    _, ref = build_models()                             # the model's FLOPs: the reference's forward + backward
+    flops = count_flops(lambda: reference_loss(ref, make_batch()).backward()) / BATCH
     for tag in precision_tags(args.precision, result):
-        record(result, tag, *measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused))
-    result.update(loss_ours=round(loss_ours, 6), loss_reference=round(loss_ref, 6), config=dict(
+        record(result, tag, *measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused), flops)
+    result.update(model_gflop_per_sample=round(flops / 1e9, 4), loss_ours=round(loss_ours, 6),
+                  loss_reference=round(loss_ref, 6), config=dict(
         size=SIZE, image_size=IMAGE, vocab_size=VOCAB, batch_size=BATCH, caption_tokens="6-16, padded to the longest",
         optimizer=dict(OPTIM, fused=args.fused), steps=args.steps, rounds=args.rounds, warmup=args.warmup,
         threads=torch.get_num_threads()))

@@ -34,7 +34,8 @@ import sys
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import check_agreement, interleaved, precision_tags, record, speed_args, training_step
+from selfsup.benchmarking import (check_agreement, count_flops, interleaved, precision_tags, record, speed_args,
+                                  training_step)
 from selfsup.objectives.autoregressive.clm import CausalLanguageModeling
 from selfsup.objectives.autoregressive.hf_gpt2 import gpt_and_gpt2
 from selfsup.objectives.autoregressive.sizes import SPEED_CONFIGS as CONFIGS
@@ -111,9 +112,12 @@ def main() -> None:
     loss_ours, loss_ref = check_losses(config, args.fused)
     result: dict = {"name": f"gpt_speed_{args.config}", "unit": "samples/s", "ours": None, "reference": None,
                     "ratio": None, "ours_bf16": None, "reference_bf16": None, "ratio_bf16": None}
+    _, ref = gpt_and_gpt2(config)                       # the model's FLOPs: the reference's forward + backward
+    flops = count_flops(lambda: reference_loss(ref, make_batch(config)).backward()) / config["batch_size"]
     for tag in precision_tags(args.precision, result):
-        record(result, tag, *measure(config, tag == "bf16", args.steps, args.rounds, args.warmup, args.fused))
-    result.update(loss_ours=round(loss_ours, 6), loss_reference=round(loss_ref, 6), config=dict(
+        record(result, tag, *measure(config, tag == "bf16", args.steps, args.rounds, args.warmup, args.fused), flops)
+    result.update(model_gflop_per_sample=round(flops / 1e9, 4), loss_ours=round(loss_ours, 6),
+                  loss_reference=round(loss_ref, 6), config=dict(
         **config["backbone"], vocab_size=config["vocab_size"], context=config["context"],
         batch_size=config["batch_size"], optimizer=dict(OPTIM, fused=args.fused), steps=args.steps,
         rounds=args.rounds, warmup=args.warmup, threads=torch.get_num_threads()))
