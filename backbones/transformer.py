@@ -400,6 +400,9 @@ class TransformerEncoder(nn.Module):
             raise ValueError("outputs_where needs a pre-LN Transformer whose final norm, if any, is a LayerNorm")
         if c.norm == "batchnorm" and padding_mask is not None and bool(padding_mask.any()):
             raise ValueError("a batch-norm Transformer takes unpadded tokens")
+        if where.shape != x.shape[:2] or where.dtype != torch.bool:
+            raise ValueError(f"outputs_where must be a (B, N) = {tuple(x.shape[:2])} bool mask, got "
+                             f"{tuple(where.shape)} {where.dtype}")
         index = where.reshape(-1).nonzero().squeeze(1)
         attn_mask = self.attention_mask(padding_mask, x.shape[1])
         layerdrop = c.layerdrop if self.training else 0.0

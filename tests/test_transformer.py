@@ -310,5 +310,7 @@ def test_outputs_where_runs_the_last_mlp_on_the_chosen_tokens_only(norm, final_n
         make(norm_first=False)(x, outputs_where=where)
     with pytest.raises(ValueError, match="pre-LN"):
         make(norm="batchnorm", norm_first=True, final_norm=True)(x, outputs_where=where)
+    with pytest.raises(ValueError, match=r"\(B, N\) = \(3, 9\) bool mask, got \(3, 8\)"):
+        make(norm_first=True)(x, outputs_where=where[:, :8])
     with pytest.raises(ValueError, match="no cache"):
         make(norm_first=True)(x, outputs_where=where, output_hidden_states=True)
