@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.graphmae_reference import CONFIGS, GraphMAE, copy_weights, formula_loss, lowest_noise_nodes
-from selfsup.benchmarking import check_agreement, interleaved, machine
+from selfsup.benchmarking import check_agreement, cycling_step, interleaved, machine
 from selfsup.modalities.graph import builtin_graphs, collate_graphs, load_tu
 from selfsup.recipes._graph import PRESETS, GraphRun, build_objective
 from selfsup.types import NOISE
@@ -78,22 +78,12 @@ def main(argv: list[str] | None = None) -> dict:
     check_agreement([("one batch, same mask", *agreement(ours, ref, ours_batches[0], run), 1e-5)])
     lr = CONFIGS[args.dataset]["lr"]
     opt_ours, opt_ref = torch.optim.Adam(ours.parameters(), lr=lr), torch.optim.Adam(ref.parameters(), lr=lr)
-    position = {"ours": 0, "reference": 0}
-
-    def ours_step():
-        batch = ours_batches[position["ours"] % len(ours_batches)]
-        position["ours"] += 1
+    def ours_loss(batch):
         out = ours(batch)
-        (out.loss / out.num_targets).backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
+        return out.loss / out.num_targets
 
-    def ref_step():
-        batch = ref_batches[position["reference"] % len(ref_batches)]
-        position["reference"] += 1
-        ref(batch.x, batch.edge_index).backward()
-        opt_ref.step()
-        opt_ref.zero_grad(set_to_none=True)
+    ours_step = cycling_step(ours_loss, ours_batches, opt_ours)
+    ref_step = cycling_step(lambda batch: ref(batch.x, batch.edge_index), ref_batches, opt_ref)
 
     o, r = interleaved({"ours": ours_step, "reference": ref_step}, steps, rounds, 3, batch_size, args.dataset)
     result = {"name": f"graphmae_step_{args.dataset.lower()}", "unit": "graphs/s", "ours": round(o, 1),

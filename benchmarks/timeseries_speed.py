@@ -4,7 +4,8 @@
 Before timing, the two losses are checked equal on one batch with the same mask (PatchTST's own masking fed our
 noise), or the run stops. Both sides then train with AdamW (fused unless ``--no-fused``) on the same fixed batches
 (PatchTST's ETTh1 setting by default: 7 channels, context 512, patches of 12 every 12 steps, 3 layers x 128, 16
-heads, MLP 512, batch norm, mask 0.4, batch 64), timed in alternating rounds, the median round reported; dropout is off on both sides.
+heads, MLP 512, batch norm, mask 0.4, batch 64), timed in alternating rounds, the median round reported; dropout
+is off on both sides.
 
     python -m benchmarks.timeseries_speed --quick            (from the repository root)
     python -m benchmarks.timeseries_speed --threads 1
@@ -22,7 +23,7 @@ from unittest import mock
 import torch
 
 from selfsup.backbones.transformer import transformer_config
-from selfsup.benchmarking import check_agreement, count_flops, interleaved, machine, matmul_peak, mfu
+from selfsup.benchmarking import check_agreement, count_flops, cycling_step, interleaved, machine, matmul_peak, mfu
 from selfsup.modalities.timeseries import SeriesConfig
 from selfsup.objectives.masked.hf_patchtst import compose_patchtst, to_patchtst
 from selfsup.types import NOISE
@@ -63,22 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
             theirs = ref(past_values=batches[0]).loss
     check_agreement([("one batch, same mask", float(mine), float(theirs), 1e-5)])
     opt_ours, opt_ref = (torch.optim.AdamW(m.parameters(), lr=1e-4, fused=args.fused) for m in (ours, ref))
-    position = {"ours": 0, "reference": 0}
-
-    def ours_step():
-        batch = batches[position["ours"] % len(batches)]
-        position["ours"] += 1
+    def ours_loss(batch):
         out = ours({"past_values": batch})
-        (out.loss / out.num_targets).backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
+        return out.loss / out.num_targets
 
-    def ref_step():
-        batch = batches[position["reference"] % len(batches)]
-        position["reference"] += 1
-        ref(past_values=batch).loss.backward()
-        opt_ref.step()
-        opt_ref.zero_grad(set_to_none=True)
+    ours_step = cycling_step(ours_loss, batches, opt_ours)
+    ref_step = cycling_step(lambda batch: ref(past_values=batch).loss, batches, opt_ref)
 
     o, r = interleaved({"ours": ours_step, "reference": ref_step}, steps, rounds, 2, s["batch"], "patchtst")
     # model FLOPs: the reference's forward + backward (ours executes fewer: the last MLP on masked patches only)

@@ -93,6 +93,20 @@ def training_step(loss_fn: Callable, model: torch.nn.Module, optimizer: torch.op
     return step
 
 
+def cycling_step(loss_fn: Callable, batches: Sequence, optimizer: torch.optim.Optimizer) -> Step:
+    """One timed step over ``batches`` in turn: ``loss_fn(batch)`` backward, optimizer step, gradients cleared
+    (the step benchmarks whose two sides read different batch objects)."""
+    position = [0]
+
+    def step() -> None:
+        batch = batches[position[0] % len(batches)]
+        position[0] += 1
+        loss_fn(batch).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
 def check_agreement(checks: Sequence[tuple[str, float, float, float]]) -> None:
     """``(what, ours, reference, tolerance)`` per check: print each and stop the run (``SystemExit``) when the two
     sides differ by more than the tolerance: timing models that are not equivalent measures nothing."""
