@@ -80,6 +80,8 @@ class GINLayer(nn.Module):
     ``ApplyNodeFunc``); residual: add the (dropped) input, through a bias-free map if the widths differ.
     """
 
+    shard_unit = True   # one FSDP unit per layer (selfsup.sharding)
+
     def __init__(self, in_size: int, hidden_size: int, out_size: int, norm: str, activation: str, after: bool,
                  residual: bool, dropout: float) -> None:
         super().__init__()
@@ -109,6 +111,8 @@ class GATLayer(nn.Module):
     out_size: all heads together (``out_size / heads`` each); norm / activation: ``"none"`` for none;
     residual: add the (dropped) input, through a bias-free map if the widths differ.
     """
+
+    shard_unit = True   # one FSDP unit per layer (selfsup.sharding)
 
     def __init__(self, in_size: int, out_size: int, heads: int, norm: str, activation: str, residual: bool,
                  dropout: float, attention_dropout: float, negative_slope: float) -> None:

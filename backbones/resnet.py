@@ -151,6 +151,13 @@ class ResNetConfig:
         return asdict(self)
 
 
+class ResNetStage(nn.Sequential):
+    """One stage of residual blocks (torchvision's ``layer1`` ... ``layer4``, same parameter names): one FSDP unit
+    (selfsup.sharding)."""
+
+    shard_unit = True
+
+
 class ResNetBackbone(nn.Module):
     """torchvision's ResNet without ``avgpool`` / ``fc``: pixels (B, C, H, W) -> tokens (B, H'·W', C)."""
 
@@ -168,7 +175,8 @@ class ResNetBackbone(nn.Module):
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's init
         self.conv1, self.bn1, self.relu = net.conv1, net.bn1, net.relu
         self.maxpool = nn.Identity() if cfg.cifar_stem else net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.layer1, self.layer2, self.layer3, self.layer4 = (ResNetStage(*stage) for stage in
+                                                              (net.layer1, net.layer2, net.layer3, net.layer4))
 
     @property
     def hidden_size(self) -> int:

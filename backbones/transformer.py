@@ -237,6 +237,8 @@ def take_rows(x: Tensor, rows: int | Tensor) -> Tensor:
 class TransformerLayer(nn.Module):
     """Attention + MLP with residuals; pre-LN or post-LN."""
 
+    shard_unit = True   # one FSDP unit per layer (selfsup.sharding)
+
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.norm_first = cfg.norm_first

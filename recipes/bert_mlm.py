@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer = Trainer(objective, loader, settings, accelerator, make_eval_fn(val_blocks, run, accelerator.device),
                       run_config={"recipe": "bert_mlm", "corpus": source})
     metrics = trainer.train()                                                              # train
-    objective, export_dir = trainer.objective, None
+    objective, export_dir = trainer.trained_objective(), None
     if accelerator.is_main_process:
         if run.eval_train_file and run.eval_test_file:                                     # evaluate
             fresh = random_init_encoders(lambda: compose_bert(objective.config, objective.masker,

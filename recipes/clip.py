@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer = Trainer(objective, loader, settings, accelerator, eval_fn,
                       run_config={"recipe": "clip", "loss": run.loss, "pairs": pairs.source})
     metrics = trainer.train()                                                              # train
-    objective, export_dir = trainer.objective, None
+    objective, export_dir = trainer.trained_objective(), None
     metrics["logit_scale"] = float(objective.scale().detach())
     if objective.logit_bias is not None:
         metrics["logit_bias"] = float(objective.logit_bias.detach())

@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     metrics = trainer.train()                                                              # train
     if modality == "audio":
         metrics.update(train.skipped.as_dict())
-    objective, export_dir = trainer.objective, None
+    objective, export_dir = trainer.trained_objective(), None
     if accelerator.is_main_process:                                                        # evaluate
         if modality == "audio":
             metrics.update(speech_probe(objective, run, build, accelerator.device))

@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       make_eval_fn(val_blocks, tokenizer, run, accelerator.device, samples),
                       run_config={"recipe": "gpt", "corpus": source})
     metrics = trainer.train()                                                              # train + evaluate
-    objective, export_dir = trainer.objective, None
+    objective, export_dir = trainer.trained_objective(), None
     if accelerator.is_main_process:
         export_dir = export(objective, tokenizer, run, metrics, source, val_blocks,       # export
                             samples.get("greedy", ""))

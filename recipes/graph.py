@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer = Trainer(objective, loader, settings, accelerator,
                       run_config={"recipe": "graph", "method": run.method, "backbone": run.backbone, "data": source})
     metrics = trainer.train()                                                            # train
-    objective, export_dir = trainer.objective, None
+    objective, export_dir = trainer.trained_objective(), None
     if accelerator.is_main_process:
         device = accelerator.device                                                      # evaluate
         fresh = [readout(e, run) for e in random_init_encoders(build_fresh, args.random_init_seeds, run.seed, device)]

@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer = Trainer(objective, loader, settings, accelerator, eval_fn,
                       run_config={"recipe": "hubert", "audio": source})
     metrics = {**trainer.train(), **train.skipped.as_dict(), **label_metrics}              # train
-    objective, export_dir = trainer.objective, None
+    objective, export_dir = trainer.trained_objective(), None
     if accelerator.is_main_process:                                                        # evaluate
         metrics.update(speech_probe(objective, run, lambda: build_objective(run), accelerator.device))
         export_dir = export(objective, run, metrics, source, export_sample(val))           # export

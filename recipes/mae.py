@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                    knn=bool(settings.eval_steps)),
                       run_config={"recipe": "mae", "images": source})
     metrics = trainer.train()                                                              # train
-    objective, export_dir = trainer.objective, None
+    objective, export_dir = trainer.trained_objective(), None
     if accelerator.is_main_process:
         metrics["reconstruction_png"] = str(Path(run.output_dir) / "reconstruction.png")
         if fit is not None:                                                                # evaluate

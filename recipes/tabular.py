@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer = Trainer(objective, loader, settings, accelerator,
                       run_config={"recipe": "tabular", "method": run.method, "data": data.source})
     metrics = trainer.train()                                                            # train
-    objective, export_dir = trainer.objective, None
+    objective, export_dir = trainer.trained_objective(), None
     if accelerator.is_main_process:
         device = accelerator.device                                                      # evaluate
         fresh = [pooled_encoder(e) for e in random_init_encoders(build_fresh, args.random_init_seeds, run.seed, device)]

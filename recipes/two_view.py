@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer = Trainer(objective, loader, settings, accelerator, eval_fn,
                       run_config={"recipe": "two_view", "method": run.method, "images": source})
     metrics = trainer.train()                                                              # train
-    objective, export_dir = trainer.objective, None
+    objective, export_dir = trainer.trained_objective(), None
     if accelerator.is_main_process:
         if fit is not None:                                                                # evaluate
             fresh = random_init_encoders(lambda: build_objective(run, settings.max_steps), run.random_init_seeds,

@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer = Trainer(objective, loader, settings, accelerator, eval_fn,
                       run_config={"recipe": "wav2vec2", "audio": source})
     metrics = {**trainer.train(), **train.skipped.as_dict()}                               # train
-    objective, export_dir = trainer.objective, None
+    objective, export_dir = trainer.trained_objective(), None
     if accelerator.is_main_process:                                                        # evaluate
         metrics.update(speech_probe(objective, run, lambda: build_objective(run), accelerator.device))
         export_dir = export(objective, run, metrics, source, export_sample(val))           # export

@@ -5,6 +5,8 @@ A checkpoint is a folder ``checkpoint-{step}`` holding
 * ``model.safetensors``  the whole objective (adapters, backbone, heads, EMA teachers, queues: every buffer);
 * ``optimizer.pt``, ``scheduler.pt``  state dicts (tensors and plain Python values, read with
   ``weights_only=True``);
+* instead of the first two, in an FSDP run with the ``sharded`` layout (``selfsup.sharding``): each process's
+  pieces, ``model-{rank}-of-{world}.safetensors`` and ``optimizer-{rank}-of-{world}.pt``;
 * ``rng_state_{rank}.pt``  each process's Python, NumPy and torch generators;
 * ``trainer_state.json``  step, epoch, position in the data (in examples) and the objective's extra state.
 
@@ -22,8 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
+from selfsup import sharding
 from selfsup.errors import SelfsupError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -72,9 +75,78 @@ def resolve_checkpoint(spec: str | None, output_dir: str | Path) -> Path | None:
     return path
 
 
+def shard_files(folder: Path, rank: int, world: int) -> tuple[Path, Path]:
+    """The model and optimizer pieces of process ``rank`` of ``world`` in a sharded checkpoint."""
+    tag = f"{rank:05d}-of-{world:05d}"
+    return folder / f"model-{tag}.safetensors", folder / f"optimizer-{tag}.pt"
+
+
+def sharded_world(folder: Path) -> int | None:
+    """The number of processes that wrote a sharded checkpoint, None for a whole one."""
+    found = sorted(folder.glob("model-*-of-*.safetensors"))
+    return int(found[0].stem.rsplit("-of-", 1)[1]) if found else None
+
+
+def save_weights(accelerator, objective: torch.nn.Module, optimizer, folder: Path, layout: str) -> None:
+    """The model and optimizer files: whole (a plain run, or an FSDP run's ``full`` layout: gathered, written by
+    the main process) or each process's pieces (``sharded``)."""
+    if not sharding.is_sharded(objective):
+        if accelerator.is_main_process:
+            save_model(objective, str(folder / "model.safetensors"))
+            torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+        return
+    if layout == "sharded":
+        model_file, optim_file = shard_files(folder, accelerator.process_index, accelerator.num_processes)
+        save_file(sharding.local_tensors(objective), str(model_file))
+        torch.save(sharding.optimizer_state(optimizer, whole=False), optim_file)
+        return
+    tensors = sharding.full_tensors(objective)            # collectives: every process takes part
+    optim = sharding.optimizer_state(optimizer, whole=True)
+    if accelerator.is_main_process:
+        seen: set[int] = set()
+        unique = {}
+        for name, t in tensors.items():                    # a tied weight once, as save_model writes it
+            if id(t) not in seen:
+                seen.add(id(t))
+                unique[name] = t.contiguous()
+        save_file(unique, str(folder / "model.safetensors"))
+        torch.save(optim, folder / "optimizer.pt")
+
+
+def load_weights(path: Path, accelerator, objective: torch.nn.Module, optimizer) -> None:
+    """Restore what :func:`save_weights` wrote, into a plain or a sharded model."""
+    world = sharded_world(path)
+    if world is not None:
+        if not sharding.is_sharded(objective) or world != accelerator.num_processes:
+            raise SelfsupError(f"{path}: a sharded checkpoint of {world} FSDP processes; resume it with --fsdp on "
+                               f"{world} processes (this run: {accelerator.num_processes}"
+                               f"{', FSDP' if sharding.is_sharded(objective) else ', not sharded'}), or save with "
+                               "--fsdp_checkpoint full to resume anywhere")
+        model_file, optim_file = shard_files(path, accelerator.process_index, world)
+        missing, unexpected = sharding.load_local_tensors(objective, load_file(str(model_file)))
+        optim = torch.load(optim_file, map_location="cpu", weights_only=True)
+        whole = False
+    else:
+        if sharding.is_sharded(objective):
+            tensors = load_file(str(path / "model.safetensors"))
+            missing, unexpected = sharding.load_whole_into_shards(objective, tensors)
+        else:
+            missing, unexpected = load_model(objective, str(path / "model.safetensors"), strict=False)
+        optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        whole = True
+    if missing or unexpected:
+        raise SelfsupError(f"{path}: checkpoint does not fit this model "
+                           f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    if sharding.is_sharded(objective):
+        sharding.load_optimizer_state(optimizer, optim, whole=whole)
+    else:
+        optimizer.load_state_dict(optim)
+
+
 def save_checkpoint(accelerator, objective: torch.nn.Module, optimizer, scheduler, state: dict[str, Any],
-                    output_dir: str | Path, keep: int) -> Path:
-    """Write ``checkpoint-{state['step']}`` atomically (every process calls this)."""
+                    output_dir: str | Path, keep: int, layout: str = "sharded") -> Path:
+    """Write ``checkpoint-{state['step']}`` atomically (every process calls this); ``layout``: how an FSDP run
+    writes its weights (:mod:`selfsup.sharding`)."""
     final = Path(output_dir) / f"checkpoint-{state['step']}"
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
@@ -82,9 +154,8 @@ def save_checkpoint(accelerator, objective: torch.nn.Module, optimizer, schedule
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
+    save_weights(accelerator, objective, optimizer, tmp, layout)
     if accelerator.is_main_process:
-        save_model(objective, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
@@ -101,11 +172,7 @@ def load_checkpoint(path: Path, accelerator, objective: torch.nn.Module, optimiz
     """Restore everything :func:`save_checkpoint` wrote; returns the trainer state."""
     try:
         state = json.loads((path / "trainer_state.json").read_text())
-        missing, unexpected = load_model(objective, str(path / "model.safetensors"), strict=False)
-        if missing or unexpected:
-            raise SelfsupError(f"{path}: checkpoint does not fit this model "
-                               f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        load_weights(path, accelerator, objective, optimizer)
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
         rng_file = path / f"rng_state_{accelerator.process_index}.pt"
         if rng_file.is_file():

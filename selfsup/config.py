@@ -41,6 +41,12 @@ def base_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     g.add_argument("--mixed_precision", default=None, choices=["no", "bf16", "fp16"],
                    help="default: what `accelerate config`/`accelerate launch` set, else no")
     g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--fsdp", action="store_true",
+                   help="shard weights, gradients and optimizer state over the processes (FSDP2, one unit per "
+                        "backbone layer; docs/scaling.md); also on with an accelerate FSDP config")
+    g.add_argument("--fsdp_checkpoint", default="sharded", choices=["sharded", "full"],
+                   help="FSDP checkpoints: each process's pieces (resume on as many processes) or gathered whole "
+                        "files (resume anywhere)")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--logging_steps", type=int, default=10)
     g.add_argument("--eval_steps", type=int, default=0, help="evaluate every N steps (0: only at the end)")

@@ -27,6 +27,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from selfsup import sharding
 from selfsup.optim import make_optimizer as build_optimizer
 from selfsup.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from selfsup.data import loader_length, set_loader_position, to_device
@@ -65,6 +66,8 @@ class TrainingSettings:
     checkpoints_total_limit: int = 2
     resume_from_checkpoint: str | None = None
     report_to: str | None = "tensorboard"
+    fsdp: bool = False
+    fsdp_checkpoint: str = "sharded"
 
     @classmethod
     def from_args(cls, args: Any, **overrides: Any) -> "TrainingSettings":
@@ -87,12 +90,23 @@ def make_accelerator(settings: TrainingSettings) -> Accelerator:
         kwargs["cpu"] = True
     if kwargs.get("mixed_precision") == "fp16" and not torch.cuda.is_available():
         raise SelfsupError("--mixed_precision fp16 needs a GPU; use bf16 on CPU")
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if settings.fsdp_checkpoint not in sharding.CHECKPOINT_LAYOUTS:
+        raise SelfsupError(f"--fsdp_checkpoint {settings.fsdp_checkpoint!r}: choose from "
+                           f"{', '.join(sharding.CHECKPOINT_LAYOUTS)}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    fsdp = sharding.fsdp_requested(settings.fsdp) and world > 1
+    if fsdp:
+        kwargs["fsdp_plugin"] = sharding.make_plugin()
+    if world == 1:
         fresh_accelerator_state()
     try:
         accelerator = Accelerator(**kwargs)
     except (ValueError, ImportError) as err:
         raise SelfsupError(f"cannot set up training: {err}") from None
+    if fsdp and accelerator.distributed_type != "FSDP":    # a CPU run: Accelerate built DDP (selfsup.sharding)
+        sharding.use_fsdp(accelerator, kwargs["fsdp_plugin"])
+    if settings.fsdp and world == 1:
+        accelerator.print("note: --fsdp with one process trains unsharded")
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu" and not cpu_has_native_bf16():
         accelerator.print("warning: this CPU has no native bf16 (no AVX-512 BF16 / AMX); bf16 runs emulated and "
                           "is much slower than fp32 here; use --mixed_precision no")
@@ -151,8 +165,10 @@ def make_optimizer(objective: torch.nn.Module, args: TrainingSettings, device: t
     params = [p for p in objective.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim == 1], "weight_decay": 0.0},
     ]
+    if scalars := [p for p in params if p.ndim == 0]:   # a group of their own: FSDP keeps them whole (selfsup.sharding)
+        groups.append({"params": scalars, "weight_decay": 0.0})
     fused = device.type in ("cuda", "cpu") if args.optimizer == "adamw" else None
     eps = {"eps": args.adam_epsilon} if args.optimizer == "adamw" else {}
     return build_optimizer(groups, args.optimizer, args.learning_rate, args.weight_decay,
@@ -180,14 +196,34 @@ class Trainer:
         warmup = args.warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(args.lr_scheduler_type, warmup, args.max_steps, schedule_floor(args)))
+        self.shape = None     # an FSDP run: the objective's meta-device skeleton, for its gathered copies
+        self.replicated: list[torch.nn.Parameter] = []   # ... and the parameters it leaves whole
+        if accelerator.distributed_type == "FSDP":
+            sharding.set_wrapping(accelerator, objective)
+            self.shape = sharding.skeleton(objective)
+            self.replicated = sharding.replicated_parameters(objective)
         self.model, self.optimizer = accelerator.prepare(objective, self.optimizer)
+        self._gathered: tuple[int, Objective | None] | None = None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.history: list[float] = []                                # the loss of step i + 1 at [i]
         self.evaluations: list[tuple[int, dict[str, float]]] = []     # (step, numeric held-out figures)
 
     @property
     def objective(self) -> Objective:
+        """The objective being trained (under FSDP: sharded; see :meth:`trained_objective`)."""
         return self.accelerator.unwrap_model(self.model)
+
+    def trained_objective(self) -> Objective | None:
+        """The objective with its whole weights, for evaluation and export. An FSDP run gathers its shards into a
+        plain copy on the main process (every process must call this; the others get None); otherwise the trained
+        objective itself."""
+        if self.shape is None or not sharding.is_sharded(self.objective):
+            return self.objective
+        if self._gathered is None or self._gathered[0] != self.step:
+            plain = sharding.gathered_copy(self.objective, self.shape, self.accelerator.is_main_process,
+                                           self.accelerator.device)
+            self._gathered = (self.step, plain)
+        return self._gathered[1]
 
     # -- data -------------------------------------------------------------------------------------------
     def batches(self):
@@ -228,6 +264,7 @@ class Trainer:
                 targets += torch.as_tensor(out.num_targets, dtype=torch.float64, device=acc.device)
             for k, v in out.metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / len(micro_batches)
+        sharding.average_replicated_grads(self.replicated)
         totals = acc.reduce(torch.stack([loss_sum, targets]), reduction="sum")
         if summed:
             count = float(totals[1])
@@ -278,18 +315,21 @@ class Trainer:
 
     def save(self) -> Path:
         return save_checkpoint(self.accelerator, self.objective, self.optimizer, self.scheduler,
-                               self.trainer_state(), self.args.output_dir, self.args.checkpoints_total_limit)
+                               self.trainer_state(), self.args.output_dir, self.args.checkpoints_total_limit,
+                               self.args.fsdp_checkpoint)
 
     # -- the loop -------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         if self.eval_fn is None:
             return {}
         result: dict[str, float] = {}
+        objective = self.trained_objective()
         if self.accelerator.is_main_process:
-            self.model.eval()
+            was_training = objective.training
+            objective.eval()
             with torch.no_grad(), self.accelerator.autocast():
-                result = self.eval_fn(self.objective)
-            self.model.train()
+                result = self.eval_fn(objective)
+            objective.train(was_training)
             images = {k: result.pop(k) for k in [k for k, v in result.items() if not isinstance(v, (int, float))]}
             self.accelerator.log(result, step=self.step)
             self.evaluations = [(s, f) for s, f in self.evaluations if s != self.step] + [(self.step, dict(result))]

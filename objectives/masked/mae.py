@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from selfsup.graphs import node_index, pack, unpack
 from selfsup.objectives.masking import example_generators
+from selfsup.sharding import is_sharded
 from selfsup.types import (EXAMPLE_SEEDS, NOISE, Adapter, Batch, Encoder, Objective, ObjectiveOutput, Tokens,
                            prefix_padding)
 
@@ -320,7 +321,9 @@ class MAEObjective(Objective):
             return torch.cat([per_token, table_rows(per_patch, ids)], dim=1)
 
         first_qkv, layers = None, getattr(self.decoder, "layers", None)
-        if getattr(getattr(self.decoder, "config", None), "norm_first", False) and layers and n > k:
+        # not on an FSDP shard: a unit's weights are whole only inside its own forward
+        if (getattr(getattr(self.decoder, "config", None), "norm_first", False) and layers and n > k
+                and not is_sharded(layers[0])):
             layer = layers[0]
             qkv = lambda t: layer.attn.qkv(layer.norm1(t))                  # noqa: E731
             first_qkv = gather(qkv(visible), qkv(masked))

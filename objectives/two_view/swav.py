@@ -51,11 +51,19 @@ class SwAV(Objective):
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
         self.register_buffer("global_step", torch.zeros((), dtype=torch.long))
         self.monitor = Monitored(c.out_dim)
+        self.normalize_prototypes()
 
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
         w = self.prototypes.weight
         w.copy_(F.normalize(w, dim=1))
+
+    def on_step_end(self, step: int) -> None:
+        """Count the step and normalise the prototypes after the update. The forward normalises them again (a
+        no-op then, kept for weights set by hand); under FSDP only this one reaches the stored shards, the
+        forward's reaches the gathered copy alone."""
+        count_step(self, step)
+        self.normalize_prototypes()
 
     def queue_share(self) -> Tensor | None:
         """(n_assign, L / N, D): this process's share of the full queue, or None while it is off or filling."""
@@ -98,8 +106,6 @@ class SwAV(Objective):
         loss = swav_loss(scores, codes, c.temperature, c.crops_for_assign)
         metrics = {"swav_loss": loss.detach(), "queue_in_use": float(queued is not None), **self.monitor(zs[0], step)}
         return ObjectiveOutput(loss, None, metrics)
-
-    on_step_end = count_step
 
     extra_state, load_extra_state = monitor_state, load_monitor_state
 
