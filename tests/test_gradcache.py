@@ -225,3 +225,17 @@ def test_two_processes_with_micro_batches_equal_one_process_on_the_window(tmp_pa
     assert set(one) == set(two) - {"__world_size"} and "logit_scale" in one
     for name in one:
         assert torch.allclose(one[name], two[name], **TOL), (name, float((one[name] - two[name]).abs().max()))
+
+
+def test_the_clip_recipe_trains_with_the_flag_and_the_two_view_recipe_refuses_batch_norm(tmp_path):
+    from selfsup.recipes import clip as clip_recipe
+    from selfsup.recipes import two_view as two_view_recipe
+
+    metrics = clip_recipe.main(["--output_dir", str(tmp_path / "clip"), "--model_size", "tiny", "--max_steps", "2",
+                                "--report_to", "none", "--per_device_train_batch_size", "4", "--max_train_samples",
+                                "60", "--vocab_size", "700", "--zero_shot_samples", "8", "--pipeline_check_images",
+                                "2", "--gradient_accumulation_steps", "2", "--contrastive_accumulation"])
+    assert metrics["steps"] == 2 and metrics["global_batch_size"] == 8
+    with pytest.raises(SelfsupError, match="batch norm"):   # SimCLR's projector, and the ResNet
+        two_view_recipe.main(["--output_dir", str(tmp_path / "tv"), "--model_size", "tiny", "--max_steps", "1",
+                              "--report_to", "none", "--contrastive_accumulation"])
