@@ -239,3 +239,36 @@ def test_the_clip_recipe_trains_with_the_flag_and_the_two_view_recipe_refuses_ba
     with pytest.raises(SelfsupError, match="batch norm"):   # SimCLR's projector, and the ResNet
         two_view_recipe.main(["--output_dir", str(tmp_path / "tv"), "--model_size", "tiny", "--max_steps", "1",
                               "--report_to", "none", "--contrastive_accumulation"])
+
+
+class SummedToy(torch.nn.Module):
+    """A summed loss over targets (``num_targets``) that couples the rows: each row's logsumexp over all rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+        self.t = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))   # a parameter of the loss only
+
+    def embed_for_loss(self, batch):
+        return (batch["x"] @ self.w,)
+
+    def loss_from_embeddings(self, embeddings):
+        (e,) = embeddings
+        from selfsup.types import ObjectiveOutput
+
+        return ObjectiveOutput(torch.logsumexp(self.t * e @ e.T, dim=1).sum(), num_targets=len(e), metrics={"m": 1.0})
+
+    def forward(self, batch):
+        return self.loss_from_embeddings(self.embed_for_loss(batch))
+
+
+def test_a_summed_loss_is_normalised_by_the_targets_of_the_window(accelerator):
+    x = torch.randn(12, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    full = SummedToy()
+    out = full({"x": x})
+    (out.loss / out.num_targets).backward()
+    cached = SummedToy()
+    loss, _, count = gradcache.accumulate(accelerator, cached, [{"x": part} for part in x.chunk(3)])
+    assert count == 12 and loss == pytest.approx(float(out.loss.detach()) / 12, rel=1e-12)
+    for a, b in ((full.w, cached.w), (full.t, cached.t)):
+        assert torch.allclose(a.grad, b.grad, **TOL)
