@@ -24,6 +24,10 @@ def base_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     g.add_argument("--per_device_train_batch_size", type=int, default=32)
     g.add_argument("--per_device_eval_batch_size", type=int, default=64)
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--contrastive_accumulation", action="store_true",
+                   help="GradCache: the contrastive loss keeps every negative across the "
+                        "--gradient_accumulation_steps micro-batches (CLIP, SigLIP, SimCLR, MoCo v2, DINO without "
+                        "batch norm; docs/features.md)")
     g.add_argument("--learning_rate", type=float, default=5e-4)
     g.add_argument("--weight_decay", type=float, default=0.01)
     g.add_argument("--adam_beta1", type=float, default=0.9)

@@ -32,6 +32,7 @@ from selfsup.optim import make_optimizer as build_optimizer
 from selfsup.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from selfsup.data import loader_length, set_loader_position, to_device
 from selfsup.errors import SelfsupError
+from selfsup import gradcache
 from selfsup.plots import curves, write_training_curves
 from selfsup.types import Objective, ObjectiveOutput
 
@@ -47,6 +48,7 @@ class TrainingSettings:
     max_steps: int = 300
     per_device_train_batch_size: int = 32
     gradient_accumulation_steps: int = 1
+    contrastive_accumulation: bool = False
     learning_rate: float = 5e-4
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
@@ -192,6 +194,8 @@ class Trainer:
         self.accelerator, self.eval_fn = accelerator, eval_fn
         self.loader = train_loader
         self.run_config = run_config or {}
+        if args.contrastive_accumulation:
+            gradcache.check_supported(objective)
         self.optimizer = make_optimizer(objective, args, accelerator.device)
         warmup = args.warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -248,6 +252,8 @@ class Trainer:
         Returns the global mean loss, the micro-batch-mean metrics of this process, and the number of
         targets over all processes (0 when the objective reports none).
         """
+        if self.args.contrastive_accumulation and len(micro_batches) > 1:   # every negative: selfsup/gradcache.py
+            return gradcache.accumulate(self.accelerator, self.model, micro_batches)
         acc, model = self.accelerator, self.model
         loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
         targets = torch.zeros((), dtype=torch.float64, device=acc.device)

@@ -18,7 +18,8 @@ It owns the pooling, the projections to the joint space and the learnable temper
   ``max_logit_scale``) logs a warning once per visit.
 * **Loss.** :func:`~selfsup.objectives.image_text.losses.clip_loss` or ``siglip_loss`` over the global batch (features
   gathered across processes with gradient; ``local_loss`` for open_clip's local mode). ``loss`` is a mean
-  (``num_targets=None``).
+  (``num_targets=None``). ``forward`` is ``loss_from_embeddings(embed_for_loss(batch))``, the split that
+  ``--contrastive_accumulation`` (``selfsup/gradcache.py``) uses to keep every negative across micro-batches.
 
 Batch: what the two adapters read (each reads its own keys: images and captions); the text adapter gives the ids
 the end-of-text pooling looks for (``input_ids``).
@@ -183,8 +184,13 @@ class CLIPObjective(Objective):
         return siglip_logits(image, text, self.scale(), self.logit_bias)
 
     # -- the objective ------------------------------------------------------------------------------------------
-    def forward(self, batch: Batch) -> ObjectiveOutput:
-        image, text = self.embed(batch)
+    def embed_for_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """What the loss needs of a batch (``selfsup/gradcache.py``): the (image, text) embeddings."""
+        return self.embed(batch)
+
+    def loss_from_embeddings(self, embeddings: tuple[Tensor, Tensor]) -> ObjectiveOutput:
+        """The loss of the batch whose (image, text) embeddings (B, embed_dim) these are (global batch gathered)."""
+        image, text = embeddings
         scale = self.scale()
         if self.config.loss == "clip":
             loss = clip_loss(image, text, scale, self.config.local_loss)
@@ -194,6 +200,9 @@ class CLIPObjective(Objective):
         if self.logit_bias is not None:
             metrics["logit_bias"] = self.logit_bias.detach()
         return ObjectiveOutput(loss=loss, metrics=metrics)
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        return self.loss_from_embeddings(self.embed_for_loss(batch))
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:

@@ -105,21 +105,33 @@ class DINO(Objective):
     def momentum(self, step: int) -> float:
         return cosine_momentum(step, self.config.max_steps, self.config.momentum, self.config.momentum_end)
 
-    def forward(self, batch: Batch) -> ObjectiveOutput:
+    def embed_for_loss(self, batch: Batch) -> tuple[Tensor, ...]:
+        """What the loss needs of a batch (``selfsup/gradcache.py``): the student's L2-normalised bottleneck of
+        every view, then the teacher's of the global views (no gradient), each (B, bottleneck_dim). The last
+        layer runs in the loss, so a cache holds 256-wide rows rather than ``out_dim``-wide ones."""
         c, views = self.config, get_views(batch, self.config.num_global_views)
-        step = int(self.global_step)
-        bottleneck = F.normalize(self.head.mlp(encode_online(self, views)), dim=-1)
-        logits = self.head.last_layer(bottleneck, frozen=step < c.freeze_last_layer_steps)
-        student = list(logits.chunk(len(views)))
+        student = F.normalize(self.head.mlp(encode_online(self, views)), dim=-1).chunk(len(views))
         with torch.no_grad():
-            t = self.teacher
-            teacher = list(t["head"](encode_teacher(self, views[: c.num_global_views]))
+            teacher = F.normalize(self.teacher["head"].mlp(encode_teacher(self, views[: c.num_global_views])), dim=-1)
+        return (*student, *teacher.chunk(c.num_global_views))
+
+    def loss_from_embeddings(self, embeddings: tuple[Tensor, ...]) -> ObjectiveOutput:
+        """DINO's loss from the bottlenecks of :meth:`embed_for_loss`; in training the centre moves once per call
+        (once per optimizer step under ``--contrastive_accumulation``)."""
+        c, step = self.config, int(self.global_step)
+        n_views = len(embeddings) - c.num_global_views
+        bottleneck = torch.cat(embeddings[:n_views])
+        student = list(self.head.last_layer(bottleneck, frozen=step < c.freeze_last_layer_steps).chunk(n_views))
+        with torch.no_grad():
+            teacher = list(self.teacher["head"].last_layer(torch.cat(embeddings[n_views:]))
                            .chunk(c.num_global_views))
         loss = self.loss_fn(student, teacher, step, update=self.training)
         metrics = {"dino_loss": loss.detach(), "momentum": self.momentum(step),
-                   "teacher_temp": self.loss_fn.teacher_temperature(step),
-                   **self.monitor(bottleneck[: self.adapter.batch_size(views[0])], step)}
+                   "teacher_temp": self.loss_fn.teacher_temperature(step), **self.monitor(embeddings[0], step)}
         return ObjectiveOutput(loss, None, metrics)
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        return self.loss_from_embeddings(self.embed_for_loss(batch))
 
     on_step_end, reset_teacher = step_with_teacher, copy_student_to_teacher
 

@@ -66,9 +66,16 @@ class MoCoV2(Objective):
             k = F.normalize(t["projector"](encode_teacher(self, views[:2])), dim=1)
         return list(q.chunk(2)), list(k.chunk(2))
 
-    def forward(self, batch: Batch) -> ObjectiveOutput:
-        c = self.config
+    def embed_for_loss(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """What the loss needs of a batch (``selfsup/gradcache.py``): queries q1, q2 and keys k1, k2."""
         (q1, q2), (k1, k2) = self.queries_and_keys(get_views(batch))
+        return q1, q2, k1, k2
+
+    def loss_from_embeddings(self, embeddings: tuple[Tensor, Tensor, Tensor, Tensor]) -> ObjectiveOutput:
+        """The loss against the queue, then (training) the batch's keys enqueued: once per call, so once per
+        optimizer step under ``--contrastive_accumulation``."""
+        c = self.config
+        q1, q2, k1, k2 = embeddings
         queue = self.queue.clone()                   # what both directions see; the buffer changes below
         if c.symmetric:
             loss = (info_nce_queue(q1, k2, queue, c.temperature) + info_nce_queue(q2, k1, queue, c.temperature)) / 2
@@ -80,6 +87,9 @@ class MoCoV2(Objective):
         step = int(self.global_step)
         metrics = {"info_nce": loss.detach(), "momentum": self.momentum(step), **self.monitor(q1, step)}
         return ObjectiveOutput(loss, None, metrics)
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        return self.loss_from_embeddings(self.embed_for_loss(batch))
 
     on_step_end, reset_teacher = step_with_teacher, copy_student_to_teacher
 

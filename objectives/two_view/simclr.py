@@ -46,10 +46,18 @@ class SimCLR(Objective):
         """(B, out_dim) projections of the first two views."""
         return list(self.projector(encode_online(self, views[:2])).chunk(2))
 
-    def forward(self, batch: Batch) -> ObjectiveOutput:
+    def embed_for_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """What the loss needs of a batch (``selfsup/gradcache.py``): the two views' projections."""
         z1, z2 = self.project(get_views(batch))
+        return z1, z2
+
+    def loss_from_embeddings(self, embeddings: tuple[Tensor, Tensor]) -> ObjectiveOutput:
+        z1, z2 = embeddings
         loss = nt_xent(z1, z2, self.config.temperature, self.config.gather)
         return ObjectiveOutput(loss, None, {"nt_xent": loss.detach(), **self.monitor(z1, int(self.global_step))})
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        return self.loss_from_embeddings(self.embed_for_loss(batch))
 
     on_step_end = count_step
 
