@@ -14,6 +14,7 @@ import torch
 from selfsup.backbones.transformer import SIZES as TRANSFORMER_SIZES
 from selfsup.checkpoint import resolve_checkpoint
 from selfsup.config import RecipeSettings
+from selfsup.distributed import writes_node_files
 from selfsup.data import SeededExamples, ShardedStream, make_train_loader
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import probe_encoders
@@ -72,7 +73,8 @@ def get_tokenizer(run: TextRun, train_texts, accelerator):
         return load_tokenizer(run.init_from)
     saved = Path(run.output_dir) / "tokenizer"
     resuming = resolve_checkpoint(run.resume_from_checkpoint, run.output_dir) is not None
-    if accelerator.is_main_process and not (resuming and (saved / "tokenizer.json").is_file()):
+    writer = writes_node_files(accelerator, run.output_dir)   # each machine with its own disk trains its copy
+    if writer and not (resuming and (saved / "tokenizer.json").is_file()):
         accelerator.print(f"training a WordPiece tokenizer (vocab {run.vocab_size}) on the corpus")
         tok = train_tokenizer(sample_texts(train_texts, run.tokenizer_train_samples), run.vocab_size,
                               max_length=run.max_seq_length)
@@ -104,7 +106,8 @@ def get_causal_tokenizer(run: TextRun, train_texts, accelerator, kind: str = "bp
         return load_tokenizer(run.init_from, masked_lm=False)
     saved = Path(run.output_dir) / "tokenizer"
     resuming = resolve_checkpoint(run.resume_from_checkpoint, run.output_dir) is not None
-    if accelerator.is_main_process and not (resuming and (saved / "tokenizer.json").is_file()):
+    writer = writes_node_files(accelerator, run.output_dir)   # each machine with its own disk trains its copy
+    if writer and not (resuming and (saved / "tokenizer.json").is_file()):
         what = f"a byte-level BPE tokenizer (vocab {run.vocab_size})" if kind == "bpe" else \
             "a character-level tokenizer"
         accelerator.print(f"training {what} on the corpus")

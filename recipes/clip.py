@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 from selfsup.backbones.transformer import num_parameters
 from selfsup.checkpoint import resolve_checkpoint
 from selfsup.config import base_parser, parse_args, settings_from
+from selfsup.distributed import writes_node_files
 from selfsup.data import make_train_loader, to_device
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.evaluate import class_embeddings, confusion_png, zero_shot_scores
@@ -154,7 +155,8 @@ def get_tokenizer(run: ClipRun, pairs: ImageTextSet, accelerator):
         return AutoTokenizer.from_pretrained(run.init_from, trust_remote_code=False)
     saved = Path(run.output_dir) / "tokenizer"
     resuming = resolve_checkpoint(run.resume_from_checkpoint, run.output_dir) is not None
-    if accelerator.is_main_process and not (resuming and (saved / "tokenizer.json").is_file()):
+    writer = writes_node_files(accelerator, run.output_dir)   # each machine with its own disk trains its copy
+    if writer and not (resuming and (saved / "tokenizer.json").is_file()):
         tok = train_caption_tokenizer(pairs.captions(), run.vocab_size, context_length=run.context_length,
                                       attention_mask=run.loss == "clip")
         tok.save_pretrained(str(saved))

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from selfsup import sharding
+from selfsup.distributed import writes_node_files
 from selfsup.errors import SelfsupError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -87,11 +88,12 @@ def sharded_world(folder: Path) -> int | None:
     return int(found[0].stem.rsplit("-of-", 1)[1]) if found else None
 
 
-def save_weights(accelerator, objective: torch.nn.Module, optimizer, folder: Path, layout: str) -> None:
-    """The model and optimizer files: whole (a plain run, or an FSDP run's ``full`` layout: gathered, written by
-    the main process) or each process's pieces (``sharded``)."""
+def save_weights(accelerator, objective: torch.nn.Module, optimizer, folder: Path, layout: str,
+                 writer: bool) -> None:
+    """The model and optimizer files: whole (a plain run, or an FSDP run's ``full`` layout: gathered), written by
+    the ``writer`` of each disk, or each process's pieces (``sharded``)."""
     if not sharding.is_sharded(objective):
-        if accelerator.is_main_process:
+        if writer:
             save_model(objective, str(folder / "model.safetensors"))
             torch.save(optimizer.state_dict(), folder / "optimizer.pt")
         return
@@ -102,7 +104,7 @@ def save_weights(accelerator, objective: torch.nn.Module, optimizer, folder: Pat
         return
     tensors = sharding.full_tensors(objective)            # collectives: every process takes part
     optim = sharding.optimizer_state(optimizer, whole=True)
-    if accelerator.is_main_process:
+    if writer:
         seen: set[int] = set()
         unique = {}
         for name, t in tensors.items():                    # a tied weight once, as save_model writes it
@@ -146,20 +148,23 @@ def load_weights(path: Path, accelerator, objective: torch.nn.Module, optimizer)
 def save_checkpoint(accelerator, objective: torch.nn.Module, optimizer, scheduler, state: dict[str, Any],
                     output_dir: str | Path, keep: int, layout: str = "sharded") -> Path:
     """Write ``checkpoint-{state['step']}`` atomically (every process calls this); ``layout``: how an FSDP run
-    writes its weights (:mod:`selfsup.sharding`)."""
+    writes its weights (:mod:`selfsup.sharding`). On machines with disks of their own, each machine's checkpoint
+    holds what its processes need to resume: the whole files (written by its local main process) and its
+    processes' random states and pieces."""
     final = Path(output_dir) / f"checkpoint-{state['step']}"
     tmp = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process:
+    writer = writes_node_files(accelerator, output_dir)
+    if writer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
-    save_weights(accelerator, objective, optimizer, tmp, layout)
-    if accelerator.is_main_process:
+    save_weights(accelerator, objective, optimizer, tmp, layout, writer)
+    if writer:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if writer:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:

@@ -144,5 +144,38 @@ def row_offset(rows: int, device: torch.device | str = "cpu") -> int:
     return int(sizes[: rank()].sum())
 
 
-__all__ = ["world_size", "rank", "all_sum", "gather_with_grad", "global_count", "global_rows", "global_mean",
+def shares_main_disk(folder) -> bool:
+    """Whether this process sees the files the main process writes in ``folder`` (one disk for every machine, or
+    a machine of its own). Every process must call it: the main process leaves a marker there, named by a fresh
+    token, and each process looks for it. True outside a multi-process run."""
+    if world_size() == 1:
+        return True
+    import secrets
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    token = [secrets.token_hex(8) if rank() == 0 else None]
+    dist.broadcast_object_list(token, src=0)
+    marker = Path(folder) / f".selfsup-disk-{token[0]}"
+    if rank() == 0:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("the main process writes here\n")
+    dist.barrier()
+    shared = marker.is_file()
+    dist.barrier()
+    if rank() == 0:
+        marker.unlink(missing_ok=True)
+    return shared
+
+
+def writes_node_files(accelerator, folder) -> bool:
+    """True on the process that writes, in ``folder``, what every process of its machine reads back (checkpoints,
+    a trained tokenizer): the main process, and the local main process of each machine with a disk of its own.
+    Every process must call it (see :func:`shares_main_disk`)."""
+    shared = shares_main_disk(folder)
+    return accelerator.is_main_process or (accelerator.is_local_main_process and not shared)
+
+
+__all__ = ["world_size", "rank", "all_sum", "shares_main_disk", "writes_node_files", "gather_with_grad", "global_count", "global_rows", "global_mean",
            "row_offset"]

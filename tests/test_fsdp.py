@@ -121,3 +121,26 @@ def test_a_sharded_recipe_run_exports_the_plain_runs_model_and_its_gathered_chec
 
     with pytest.raises(SelfsupError, match="sharded checkpoint of 2 FSDP processes"):
         bert_mlm.main(tiny_argv(tmp_path / "wrong", *BERT, "--resume_from_checkpoint", str(pieces), steps=4))
+
+
+def test_the_accelerate_fsdp_config_shards_a_recipe_on_cpu(tmp_path):
+    """``accelerate launch --config_file configs/accelerate/fsdp.yaml`` (no --fsdp flag): two processes, sharded
+    checkpoint pieces, on a machine with no GPU (where Accelerate alone would have built DDP)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_multinode import free_port
+
+    out = tmp_path / "run"
+    argv = tiny_argv(out, "--checkpointing_steps", "2", "--max_eval_blocks", "16", steps=2)
+    argv[argv.index("--per_device_train_batch_size") + 1] = "4"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "configs" / "accelerate" / "fsdp.yaml"), "--main_process_port", str(free_port()),
+           str(ROOT / "recipes" / "bert_mlm.py"), *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["num_processes"] == 2
+    assert sorted(p.name for p in (out / "checkpoint-2").glob("model-*")) == [
+        "model-00000-of-00002.safetensors", "model-00001-of-00002.safetensors"]
