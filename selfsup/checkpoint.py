@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from selfsup import sharding
@@ -31,6 +32,7 @@ from selfsup.distributed import writes_node_files
 from selfsup.errors import SelfsupError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+PIECES = "selfsup_pieces"   # which entries of a sharded checkpoint's files are pieces (the rest are whole)
 
 
 def rng_state() -> dict[str, Any]:
@@ -99,8 +101,11 @@ def save_weights(accelerator, objective: torch.nn.Module, optimizer, folder: Pat
         return
     if layout == "sharded":
         model_file, optim_file = shard_files(folder, accelerator.process_index, accelerator.num_processes)
-        save_file(sharding.local_tensors(objective), str(model_file))
-        torch.save(sharding.optimizer_state(optimizer, whole=False), optim_file)
+        pieces = sharding.piece_names(objective)            # the rest is whole in every file
+        save_file(sharding.local_tensors(objective), str(model_file), metadata={PIECES: json.dumps(pieces)})
+        optim = sharding.optimizer_state(optimizer, whole=False)
+        optim[PIECES] = sharding.piece_params(optimizer)
+        torch.save(optim, optim_file)
         return
     tensors = sharding.full_tensors(objective)            # collectives: every process takes part
     optim = sharding.optimizer_state(optimizer, whole=True)
@@ -115,19 +120,39 @@ def save_weights(accelerator, objective: torch.nn.Module, optimizer, folder: Pat
         torch.save(optim, folder / "optimizer.pt")
 
 
+def whole_from_pieces(path: Path, world: int) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The whole weights and optimizer state of a sharded checkpoint: each process's pieces joined in rank order
+    (FSDP2 cuts along the first dimension), for a run of another size or an unsharded one."""
+    from safetensors import safe_open
+
+    files = [shard_files(path, r, world) for r in range(world)]
+    with safe_open(str(files[0][0]), "pt") as f:
+        pieces = set(json.loads((f.metadata() or {}).get(PIECES, "[]")))
+    parts = [load_file(str(m)) for m, _ in files]
+    tensors = {n: torch.cat([p[n] for p in parts]) if n in pieces else t for n, t in parts[0].items()}
+    optims = [torch.load(o, map_location="cpu", weights_only=True) for _, o in files]
+    sharded_params = set(optims[0].pop(PIECES, []))
+    state = {}
+    for index, values in optims[0]["state"].items():
+        state[index] = {k: torch.cat([o["state"][index][k] for o in optims])
+                        if index in sharded_params and isinstance(v, Tensor) and v.dim() > 0 else v
+                        for k, v in values.items()}
+    return tensors, {**optims[0], "state": state}
+
+
 def load_weights(path: Path, accelerator, objective: torch.nn.Module, optimizer) -> None:
-    """Restore what :func:`save_weights` wrote, into a plain or a sharded model."""
+    """Restore what :func:`save_weights` wrote, into a plain or a sharded model of any number of processes."""
     world = sharded_world(path)
-    if world is not None:
-        if not sharding.is_sharded(objective) or world != accelerator.num_processes:
-            raise SelfsupError(f"{path}: a sharded checkpoint of {world} FSDP processes; resume it with --fsdp on "
-                               f"{world} processes (this run: {accelerator.num_processes}"
-                               f"{', FSDP' if sharding.is_sharded(objective) else ', not sharded'}), or save with "
-                               "--fsdp_checkpoint full to resume anywhere")
+    if world is not None and sharding.is_sharded(objective) and world == accelerator.num_processes:
         model_file, optim_file = shard_files(path, accelerator.process_index, world)
         missing, unexpected = sharding.load_local_tensors(objective, load_file(str(model_file)))
         optim = torch.load(optim_file, map_location="cpu", weights_only=True)
+        optim.pop(PIECES, None)
         whole = False
+    elif world is not None:                                 # another size, or unsharded: join the pieces
+        tensors, optim = whole_from_pieces(path, world)
+        missing, unexpected = sharding.load_whole_into_shards(objective, tensors)
+        whole = True
     else:
         if sharding.is_sharded(objective):
             tensors = load_file(str(path / "model.safetensors"))

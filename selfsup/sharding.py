@@ -18,7 +18,8 @@ Accelerate's own FSDP2 preparation (``fsdp2_prepare_model``) exactly as a GPU ru
 **Checkpoints** (``selfsup.checkpoint``) hold no pickled code in either layout:
 
 * ``sharded`` (default): every process writes its own pieces, ``model-{rank}-of-{world}.safetensors`` and
-  ``optimizer-{rank}-of-{world}.pt`` (plain tensors); resume with the same number of processes.
+  ``optimizer-{rank}-of-{world}.pt`` (plain tensors; which entries are pieces is in the files). A run of the same
+  size reads its own; any other run (another size, unsharded) joins every process's pieces.
 * ``full``: the weights and optimizer state are gathered and written as one ``model.safetensors`` and
   ``optimizer.pt``, the same files a plain run writes: resume on any number of processes, sharded or not.
 """
@@ -231,6 +232,27 @@ def local_tensors(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
+def piece_names(model: nn.Module) -> list[str]:
+    """The names :func:`local_tensors` stores as pieces (the sharded parameters, each under its first name)."""
+    from torch.distributed.tensor import DTensor
+
+    seen: set[int] = set()
+    out = []
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in seen:
+            seen.add(id(t))
+            if isinstance(t, DTensor):
+                out.append(name)
+    return out
+
+
+def piece_params(optimizer) -> list[int]:
+    """The indices (in ``optimizer.state_dict()``'s numbering) of the sharded parameters."""
+    from torch.distributed.tensor import DTensor
+
+    return [i for i, p in enumerate(_ordered_params(optimizer)) if isinstance(p, DTensor)]
+
+
 @torch.no_grad()
 def load_local_tensors(model: nn.Module, tensors: dict[str, Tensor]) -> tuple[list[str], list[str]]:
     """Copy this process's pieces (from :func:`local_tensors` of the same layout) back; (missing, unexpected)."""
@@ -292,4 +314,4 @@ def load_optimizer_state(optimizer, sd: dict[str, Any], whole: bool) -> None:
 __all__ = ["CHECKPOINT_LAYOUTS", "shard_unit_names", "fsdp_requested", "make_plugin", "use_fsdp", "set_wrapping",
            "replicated_parameters", "average_replicated_grads",
            "is_sharded", "skeleton", "full_tensors", "materialise", "gathered_copy", "local_piece",
-           "load_whole_into_shards", "local_tensors", "load_local_tensors", "optimizer_state", "load_optimizer_state"]
+           "load_whole_into_shards", "local_tensors", "piece_names", "piece_params", "load_local_tensors", "optimizer_state", "load_optimizer_state"]
