@@ -41,6 +41,8 @@ def base_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     g.add_argument("--mixed_precision", default=None, choices=["no", "bf16", "fp16"],
                    help="default: what `accelerate config`/`accelerate launch` set, else no")
     g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--torch_compile", action="store_true", help="compile the backbone(s) in place with torch.compile")
+    g.add_argument("--torch_compile_backend", default="inductor", choices=["inductor", "aot_eager", "eager"])
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--logging_steps", type=int, default=10)
     g.add_argument("--eval_steps", type=int, default=0, help="evaluate every N steps (0: only at the end)")

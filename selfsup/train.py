@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from selfsup.optim import make_optimizer as build_optimizer
 from selfsup.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from selfsup.compiling import compile_backbones
 from selfsup.data import loader_length, set_loader_position, to_device
 from selfsup.errors import SelfsupError
 from selfsup.plots import curves, write_training_curves
@@ -65,6 +66,8 @@ class TrainingSettings:
     checkpoints_total_limit: int = 2
     resume_from_checkpoint: str | None = None
     report_to: str | None = "tensorboard"
+    torch_compile: bool = False                 # --torch_compile: the backbones, in place (selfsup.compiling)
+    torch_compile_backend: str = "inductor"
 
     @classmethod
     def from_args(cls, args: Any, **overrides: Any) -> "TrainingSettings":
@@ -180,6 +183,9 @@ class Trainer:
         warmup = args.warmup
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(args.lr_scheduler_type, warmup, args.max_steps, schedule_floor(args)))
+        if args.torch_compile:
+            names = compile_backbones(objective, args.torch_compile_backend)
+            accelerator.print(f"torch.compile ({args.torch_compile_backend}): {', '.join(names) or 'no backbone'}")
         self.model, self.optimizer = accelerator.prepare(objective, self.optimizer)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.history: list[float] = []                                # the loss of step i + 1 at [i]
