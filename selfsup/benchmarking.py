@@ -140,7 +140,6 @@ class StepPair:
     compile_seconds: list[float] = dataclasses.field(default_factory=list)   # the compiled side's first call
     ours_pass: Callable[[], object] | None = None     # one forward + backward of ours: the FLOPs it executes
 
-
     def sides(self) -> dict[str, Step]:
         """``ours``, ``ours_compiled`` (when built) and ``reference``: what :func:`interleaved_medians` times."""
         sides = {"ours": self.ours}
