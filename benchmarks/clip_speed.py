@@ -35,8 +35,9 @@ import json
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import (check_agreement, count_flops, interleaved, precision_tags, record, speed_args,
-                                  training_step)
+from selfsup.benchmarking import (StepPair, check_agreement, interleaved, precision_tags, record, speed_args,
+                                  step_pair_of, training_step)
+from selfsup.data import to_device
 from selfsup.recipes.builders.image_text import clip
 from selfsup.objectives.image_text.clip import CLIPObjective
 from selfsup.objectives.image_text.hf_clip import clip_to_transformers
@@ -56,16 +57,17 @@ def build_models(seed: int = 0) -> tuple[CLIPObjective, nn.Module]:
     return ours.train(), clip_to_transformers(ours).train()
 
 
-def make_batch(seed: int = 0) -> dict[str, Tensor]:
+def make_batch(seed: int = 0, batch_size: int = BATCH) -> dict[str, Tensor]:
     """Images and right-padded captions (bos, 4-14 random tokens, eos, then eos as padding), shared by both."""
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(6, 17, (BATCH,), generator=g)
-    ids = torch.ones(BATCH, int(lengths.max()), dtype=torch.long)
+    lengths = torch.randint(6, 17, (batch_size,), generator=g)
+    ids = torch.ones(batch_size, int(lengths.max()), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, n in enumerate(lengths.tolist()):
         ids[row, 0], ids[row, 1:n - 1] = 0, torch.randint(2, VOCAB, (n - 2,), generator=g)
         mask[row, :n] = 1
-    return {"pixel_values": torch.randn(BATCH, 3, IMAGE, IMAGE, generator=g), "input_ids": ids, "attention_mask": mask}
+    return {"pixel_values": torch.randn(batch_size, 3, IMAGE, IMAGE, generator=g), "input_ids": ids,
+            "attention_mask": mask}
 
 
 def make_optimizer(model: nn.Module, fused: bool) -> torch.optim.Optimizer:
@@ -95,12 +97,18 @@ def check_losses(fused: bool) -> tuple[float, float]:
     return first[0], first[1]
 
 
+def step_pair(device: str | torch.device = "cpu", bf16: bool = False, fused: bool = True, batch_size: int = BATCH,
+              compile_backend: str | None = None) -> StepPair:
+    """Both sides' training steps on ``device`` (and ours again with its towers compiled, when asked)."""
+    ours, ref = (m.to(device) for m in build_models())
+    twin = build_models()[0].to(device) if compile_backend else None
+    batch = to_device(make_batch(batch_size=batch_size), torch.device(device))
+    return step_pair_of(ours, ref, ours_loss, reference_loss, lambda m: make_optimizer(m, fused), batch, batch_size,
+                        bf16, twin, compile_backend)
+
+
 def measure(bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tuple[float, float]:
-    ours, ref = build_models()
-    batch = make_batch()
-    sides = {"ours": training_step(ours_loss, ours, make_optimizer(ours, fused), batch, bf16),
-             "reference": training_step(reference_loss, ref, make_optimizer(ref, fused), batch, bf16)}
-    return interleaved(sides, steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
+    return interleaved(step_pair("cpu", bf16, fused).sides(), steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
 
 
 def main() -> None:
@@ -112,10 +120,12 @@ def main() -> None:
           f"{args.rounds} (warmup {args.warmup}), fused AdamW {args.fused}", flush=True)
     loss_ours, loss_ref = check_losses(args.fused)
     result: dict = {"name": "clip_speed", "unit": "samples/s", "ours": None, "reference": None, "ratio": None}
-    _, ref = build_models()                             # the model's FLOPs: the reference's forward + backward
-    flops = count_flops(lambda: reference_loss(ref, make_batch()).backward()) / BATCH
+    pair = step_pair()
+    flops, executed = pair.flops_per_sample(), pair.executed_flops_per_sample()
+    del pair              # the model's FLOPs: the reference's forward + backward
     for tag in precision_tags(args.precision, result):
-        record(result, tag, *measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused), flops)
+        record(result, tag, *measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused), flops,
+               executed_flops_per_sample=executed)
     result.update(model_gflop_per_sample=round(flops / 1e9, 4), loss_ours=round(loss_ours, 6),
                   loss_reference=round(loss_ref, 6), config=dict(
         size=SIZE, image_size=IMAGE, vocab_size=VOCAB, batch_size=BATCH, caption_tokens="6-16, padded to the longest",

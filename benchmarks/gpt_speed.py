@@ -16,6 +16,11 @@ CPU Shakespeare shape: 128 wide, 4 layers, 4 heads, context 64, vocabulary 66 (c
     python benchmarks/gpt_speed.py --quick          # under a minute
     python benchmarks/gpt_speed.py                  # full run, a few minutes
     python benchmarks/gpt_speed.py --config nanogpt --precision fp32
+    python -m benchmarks.gpt_speed --quick --precision fp32 --threads 1 --compile    # + ours compiled (inductor)
+
+``--compile [BACKEND]`` times ours a third time in the same rounds, a fresh copy with the same weights whose backbone
+is compiled in place (``selfsup.compiling.compile_backbones``, as the recipes' ``--torch_compile``); compilation
+happens in the untimed warmup and is reported apart (``compile_seconds``).
 
 Where ours saves time: the backbone runs on the N - 1 positions that have a target (GPT-2 runs all N and drops
 the last logits); the tied head and the cross-entropy run fused in chunks of rows (no (tokens x vocabulary)
@@ -23,7 +28,9 @@ logits or gradient in memory); GELU is one fused kernel (transformers' ``gelu_ne
 operations each way); no attention mask is built (SDPA's causal kernel).
 
 The last line printed is one JSON object: ``ours``/``reference``/``ratio`` (fp32, samples/s, ours/reference,
-higher is better) plus ``*_bf16``, ``loss_ours``, ``loss_reference`` and ``config``.
+higher is better) plus ``*_bf16``, ``loss_ours``, ``loss_reference``, ``model_gflop_per_sample`` with each side's
+MFU (``mfu_ours``, ``mfu_reference``, and ``mfu_ours_executed`` on the FLOPs ours runs itself), and ``config``; with
+``--compile`` also ``ours_compiled``, ``ratio_compiled``, ``compile_gain`` and ``mfu_ours_compiled``.
 """
 from __future__ import annotations
 
@@ -34,8 +41,8 @@ import sys
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import (check_agreement, count_flops, interleaved, precision_tags, record, speed_args,
-                                  training_step)
+from selfsup.benchmarking import (StepPair, check_agreement, interleaved_medians, precision_tags, record, speed_args,
+                                  step_pair_of, training_step)
 from selfsup.objectives.autoregressive.clm import CausalLanguageModeling
 from selfsup.objectives.autoregressive.hf_gpt2 import gpt_and_gpt2
 from selfsup.objectives.autoregressive.sizes import SPEED_CONFIGS as CONFIGS
@@ -44,10 +51,11 @@ OPTIM = dict(lr=1e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
 LOSS_TOL = 1e-5
 
 
-def make_batch(config: dict, seed: int = 0) -> Tensor:
-    """(B, N) token ids, shared by both sides."""
+def make_batch(config: dict, seed: int = 0, batch_size: int | None = None) -> Tensor:
+    """(B, N) token ids, shared by both sides (B: the config's batch size unless given)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, config["vocab_size"], (config["batch_size"], config["context"]), generator=gen)
+    return torch.randint(0, config["vocab_size"], (batch_size or config["batch_size"], config["context"]),
+                         generator=gen)
 
 
 def make_optimizer(model: nn.Module, fused: bool) -> torch.optim.Optimizer:
@@ -79,13 +87,15 @@ def check_losses(config: dict, fused: bool) -> tuple[float, float]:
     return first[0], first[1]
 
 
-def measure(config: dict, bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tuple[float, float]:
-    """Median samples/s of (ours, reference) over interleaved rounds."""
-    ours, ref = gpt_and_gpt2(config)
-    ids = make_batch(config)
-    sides = {"ours": training_step(ours_loss, ours, make_optimizer(ours, fused), ids, bf16),
-             "reference": training_step(reference_loss, ref, make_optimizer(ref, fused), ids, bf16)}
-    return interleaved(sides, steps, rounds, warmup, config["batch_size"], "bf16" if bf16 else "fp32")
+def step_pair(device: str | torch.device = "cpu", bf16: bool = False, fused: bool = True,
+              batch_size: int | None = None, compile_backend: str | None = None, config: str = "small") -> StepPair:
+    """Both sides' training steps on ``device`` (and ours again with its backbone compiled, when asked)."""
+    c = CONFIGS[config]
+    ours, ref = (m.to(device) for m in gpt_and_gpt2(c))
+    twin = gpt_and_gpt2(c)[0].to(device) if compile_backend else None
+    ids = make_batch(c, batch_size=batch_size).to(device)
+    return step_pair_of(ours, ref, ours_loss, reference_loss, lambda m: make_optimizer(m, fused), ids, len(ids), bf16,
+                        twin, compile_backend)
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,7 +107,7 @@ def parse_args() -> argparse.Namespace:
     if config not in CONFIGS:
         raise SystemExit(f"error: --config must be one of {', '.join(CONFIGS)}")
     args = speed_args(__doc__.splitlines()[0], "both", dict(steps=3, rounds=3, warmup=2),
-                      dict(steps=10, rounds=7, warmup=3))
+                      dict(steps=10, rounds=7, warmup=3), compile=True)
     args.config = config
     return args
 
@@ -112,15 +122,23 @@ def main() -> None:
     loss_ours, loss_ref = check_losses(config, args.fused)
     result: dict = {"name": f"gpt_speed_{args.config}", "unit": "samples/s", "ours": None, "reference": None,
                     "ratio": None, "ours_bf16": None, "reference_bf16": None, "ratio_bf16": None}
-    _, ref = gpt_and_gpt2(config)                       # the model's FLOPs: the reference's forward + backward
-    flops = count_flops(lambda: reference_loss(ref, make_batch(config)).backward()) / config["batch_size"]
+    flops = executed = None
     for tag in precision_tags(args.precision, result):
-        record(result, tag, *measure(config, tag == "bf16", args.steps, args.rounds, args.warmup, args.fused), flops)
+        pair = step_pair("cpu", tag == "bf16", args.fused, compile_backend=args.compile, config=args.config)
+        flops = pair.flops_per_sample() if flops is None else flops   # the model's: the reference's forward + backward
+        medians = interleaved_medians(pair.sides(), args.steps, args.rounds, args.warmup, pair.per_step, tag,
+                                      "samples/s")
+        executed = pair.executed_flops_per_sample() if executed is None else executed
+        record(result, tag, medians["ours"], medians["reference"], flops, medians.get("ours_compiled"),
+               executed_flops_per_sample=executed)
+        if pair.compile_seconds:
+            result[f"compile_seconds{'' if tag == 'fp32' else '_' + tag}"] = round(pair.compile_seconds[0], 1)
+            print(f"[{tag}] first compiled step (compilation): {pair.compile_seconds[0]:.1f} s", flush=True)
     result.update(model_gflop_per_sample=round(flops / 1e9, 4), loss_ours=round(loss_ours, 6),
                   loss_reference=round(loss_ref, 6), config=dict(
         **config["backbone"], vocab_size=config["vocab_size"], context=config["context"],
         batch_size=config["batch_size"], optimizer=dict(OPTIM, fused=args.fused), steps=args.steps,
-        rounds=args.rounds, warmup=args.warmup, threads=torch.get_num_threads()))
+        rounds=args.rounds, warmup=args.warmup, threads=torch.get_num_threads(), compile=args.compile))
     print(json.dumps(result))
 
 

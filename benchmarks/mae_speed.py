@@ -17,10 +17,17 @@ norm_pix_loss, batch 64.
     python benchmarks/mae_speed.py --quick          # under a minute
     python benchmarks/mae_speed.py                  # full run, about two minutes
     python benchmarks/mae_speed.py --precision fp32 --steps 5 --threads 2
+    python -m benchmarks.mae_speed --quick --precision fp32 --threads 1 --compile    # + ours compiled (inductor)
+
+``--compile [BACKEND]`` times ours a third time in the same rounds, a fresh copy with the same weights whose backbone
+is compiled in place (``selfsup.compiling.compile_backbones``, as the recipes' ``--torch_compile``); compilation
+happens in the untimed warmup and is reported apart (``compile_seconds``).
 
 The last line printed is one JSON object: ``ours``/``reference``/``ratio`` (fp32, samples/s, ours/reference,
 higher is better) plus ``*_bf16``, ``loss_ours``, ``loss_reference`` (fp32, checked) and ``loss_*_bf16``
-(reported), and ``config``.
+(reported), ``model_gflop_per_sample`` with each side's MFU (``mfu_ours``, ``mfu_reference``, and
+``mfu_ours_executed`` on the FLOPs ours runs itself), and ``config``; with ``--compile`` also ``ours_compiled``,
+``ratio_compiled``, ``compile_gain`` (compiled over eager) and ``mfu_ours_compiled``.
 
 Where the time goes (torch.profiler, this config, fp32, 2 threads): GEMMs are about 55 % of a step on both
 sides and run near the cores' FMA peak; then SDPA's flash kernel (~9 %), GELU (~8 %) and AdamW's per-tensor
@@ -43,8 +50,8 @@ import json
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import (check_agreement, count_flops, interleaved, precision_tags, record, speed_args,
-                                  training_step)
+from selfsup.benchmarking import (StepPair, check_agreement, interleaved_medians, precision_tags, record, speed_args,
+                                  step_pair_of, training_step)
 from selfsup.recipes.builders.masked import mae
 from selfsup.objectives.masked.hf_mae import mae_to_transformers
 from selfsup.objectives.masked.mae import MAEObjective
@@ -64,11 +71,11 @@ def build_models(seed: int = 0) -> tuple[MAEObjective, nn.Module]:
     return ours.train(), mae_to_transformers(ours).train()
 
 
-def make_batch(seed: int = 0) -> tuple[Tensor, Tensor]:
+def make_batch(seed: int = 0, batch_size: int = BATCH) -> tuple[Tensor, Tensor]:
     """(pixel_values (B, 3, 32, 32), noise (B, 64)), shared by both sides."""
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(BATCH, 3, IMAGE, IMAGE, generator=gen),
-            torch.rand(BATCH, (IMAGE // PATCH) ** 2, generator=gen))
+    return (torch.randn(batch_size, 3, IMAGE, IMAGE, generator=gen),
+            torch.rand(batch_size, (IMAGE // PATCH) ** 2, generator=gen))
 
 
 def make_optimizer(model: nn.Module, fused: bool) -> torch.optim.Optimizer:
@@ -109,40 +116,50 @@ def bf16_losses() -> tuple[float, float]:
         return ours_loss(ours, (pixels, noise)).item(), reference_loss(ref, (pixels, noise)).item()
 
 
-def measure(bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tuple[float, float]:
-    """Median samples/s of (ours, reference) over interleaved rounds."""
-    ours, ref = build_models()
-    pixels, noise = make_batch()
-    sides = {
-        "ours": training_step(ours_loss, ours, make_optimizer(ours, fused), (pixels, noise), bf16),
-        "reference": training_step(reference_loss, ref, make_optimizer(ref, fused), (pixels, noise), bf16),
-    }
-    return interleaved(sides, steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
+def step_pair(device: str | torch.device = "cpu", bf16: bool = False, fused: bool = True, batch_size: int = BATCH,
+              compile_backend: str | None = None) -> StepPair:
+    """Both sides' training steps on ``device`` (and ours again with its backbone compiled, when asked)."""
+    ours, ref = (m.to(device) for m in build_models())
+    twin = build_models()[0].to(device) if compile_backend else None
+    batch = tuple(t.to(device) for t in make_batch(batch_size=batch_size))
+    return step_pair_of(ours, ref, ours_loss, reference_loss, lambda m: make_optimizer(m, fused), batch, batch_size,
+                        bf16, twin, compile_backend)
+
+
+def measure(pair: StepPair, steps: int, rounds: int, warmup: int, tag: str) -> dict[str, float]:
+    """Median samples/s of each side over interleaved rounds."""
+    return interleaved_medians(pair.sides(), steps, rounds, warmup, pair.per_step, tag, "samples/s")
 
 
 def main() -> None:
     args = speed_args(__doc__.splitlines()[0], "both", dict(steps=3, rounds=3, warmup=2),
-                      dict(steps=5, rounds=5, warmup=3))
+                      dict(steps=5, rounds=5, warmup=3), compile=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, steps {args.steps} x rounds "
           f"{args.rounds} (warmup {args.warmup}), fused AdamW {args.fused}", flush=True)
     loss_ours, loss_ref = check_losses(args.fused)
-    _, ref = build_models()
-    flops = count_flops(lambda: reference_loss(ref, make_batch()).backward()) / BATCH   # the model's, per image
     result: dict = {"name": "mae_speed", "unit": "samples/s", "ours": None, "reference": None, "ratio": None,
                     "ours_bf16": None, "reference_bf16": None, "ratio_bf16": None}
+    flops = executed = None
     for tag in precision_tags(args.precision, result):
-        ours, ref_rate = measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused)
+        pair = step_pair("cpu", tag == "bf16", args.fused, compile_backend=args.compile)
+        flops = pair.flops_per_sample() if flops is None else flops    # the model's, per image: the reference's
+        medians = measure(pair, args.steps, args.rounds, args.warmup, tag)
         if tag == "bf16":
             a, b = bf16_losses()
             print(f"loss first step, bf16 autocast: ours {a:.5f}  reference {b:.5f}", flush=True)
             result.update(loss_ours_bf16=round(a, 5), loss_reference_bf16=round(b, 5))
-        record(result, tag, ours, ref_rate, flops)
+        executed = pair.executed_flops_per_sample() if executed is None else executed
+        record(result, tag, medians["ours"], medians["reference"], flops, medians.get("ours_compiled"),
+               executed_flops_per_sample=executed)
+        if pair.compile_seconds:
+            result[f"compile_seconds{'' if tag == 'fp32' else '_' + tag}"] = round(pair.compile_seconds[0], 1)
+            print(f"[{tag}] first compiled step (compilation): {pair.compile_seconds[0]:.1f} s", flush=True)
     result.update(model_gflop_per_sample=round(flops / 1e9, 4), loss_ours=round(loss_ours, 6), loss_reference=round(loss_ref, 6), config=dict(
         backbone=BACKBONE, decoder=DECODER, image_size=IMAGE, patch_size=PATCH, batch_size=BATCH, mask_ratio=0.75,
         norm_pix_loss=True, optimizer=dict(OPTIM, fused=args.fused), steps=args.steps, rounds=args.rounds,
-        warmup=args.warmup, threads=torch.get_num_threads()))
+        warmup=args.warmup, threads=torch.get_num_threads(), compile=args.compile))
     print(json.dumps(result))
 
 

@@ -17,7 +17,9 @@ Config: hidden 256, 4 layers, 4 heads, intermediate 1024, seq 128, batch 32, voc
     python benchmarks/mlm_speed.py --precision fp32 --steps 5 --threads 2
 
 The last line printed is one JSON object: ``ours``/``reference``/``ratio`` (fp32, samples/s, ours/reference,
-higher is better) plus ``*_bf16``, ``loss_ours``, ``loss_reference`` and ``config``.
+higher is better) plus ``*_bf16``, ``loss_ours``, ``loss_reference`` and ``config``, and each side's MFU
+(``mfu_ours``, ``mfu_reference``: the reference's forward + backward FLOPs per sample, ``model_gflop_per_sample``,
+times samples/s over a square matmul measured in the same run, ``matmul_peak_gflops``).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.backbones.transformer import TransformerConfig
-from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args
+from selfsup.benchmarking import Step, StepPair, interleaved, precision_tags, record, speed_args, step_pair_of
 from selfsup.objectives.masked.hf_bert import compose_bert
 from selfsup.objectives.masked.hf_bert import to_transformers
 from selfsup.objectives.masked.mlm import MaskedLanguageModeling
@@ -51,10 +53,10 @@ def build_models(seed: int = 0) -> tuple[MaskedLanguageModeling, nn.Module]:
     return ours.train(), to_transformers(ours).train()
 
 
-def make_batch(objective: MaskedLanguageModeling, seed: int = 0) -> tuple[Tensor, Tensor]:
+def make_batch(objective: MaskedLanguageModeling, seed: int = 0, batch_size: int = BATCH) -> tuple[Tensor, Tensor]:
     """(corrupted input_ids, labels with -100 on unmasked), shared by both sides."""
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(len(SPECIAL), VOCAB, (BATCH, SEQ), generator=gen)
+    ids = torch.randint(len(SPECIAL), VOCAB, (batch_size, SEQ), generator=gen)
     ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP]
     return objective.corrupt(ids, generator=gen)
 
@@ -106,15 +108,20 @@ def check_losses(fused: bool) -> tuple[float, float]:
 
 
 
+def step_pair(device: str | torch.device = "cpu", bf16: bool = False, fused: bool = True, batch_size: int = BATCH,
+              compile_backend: str | None = None) -> StepPair:
+    """Both sides' training steps on ``device`` (and ours again with its backbone compiled, when asked)."""
+    ours, ref = build_models()
+    batch = tuple(t.to(device) for t in make_batch(ours, batch_size=batch_size))
+    ours, ref = ours.to(device), ref.to(device)
+    twin = build_models()[0].to(device) if compile_backend else None
+    return step_pair_of(ours, ref, lambda m, b: ours_loss(m, *b), lambda m, b: reference_loss(m, *b),
+                        lambda m: make_optimizer(m, fused), batch, batch_size, bf16, twin, compile_backend)
+
+
 def measure(bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tuple[float, float]:
     """Median samples/s of (ours, reference) over interleaved rounds."""
-    ours, ref = build_models()
-    inputs, labels = make_batch(ours)
-    sides = {
-        "ours": make_step(ours_loss, ours, make_optimizer(ours, fused), inputs, labels, bf16),
-        "reference": make_step(reference_loss, ref, make_optimizer(ref, fused), inputs, labels, bf16),
-    }
-    return interleaved(sides, steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
+    return interleaved(step_pair("cpu", bf16, fused).sides(), steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
 
 
 def parse_args() -> argparse.Namespace:
@@ -130,18 +137,14 @@ def main() -> None:
     loss_ours, loss_ref = check_losses(args.fused)
     result: dict = {"name": "mlm_speed", "unit": "samples/s", "ours": None, "reference": None, "ratio": None,
                     "ours_bf16": None, "reference_bf16": None, "ratio_bf16": None}
-    tags = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
-    if args.precision == "both" and not native_bf16():
-        tags = ("fp32",)
-        result["bf16_skipped"] = "CPU has no native bf16 (emulated; use --precision bf16 to force)"
-        print(f"bf16 skipped: {result['bf16_skipped']}", flush=True)
-    for tag in tags:
-        ours, ref = measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused)
-        suffix = "" if tag == "fp32" else "_bf16"
-        result.update({f"ours{suffix}": round(ours, 2), f"reference{suffix}": round(ref, 2),
-                       f"ratio{suffix}": round(ours / ref, 3)})
-        print(f"[{tag}] median: ours {ours:.1f}  reference {ref:.1f} samples/s  ratio {ours / ref:.2f}x", flush=True)
-    result.update(loss_ours=round(loss_ours, 6), loss_reference=round(loss_ref, 6), config=dict(
+    pair = step_pair()
+    flops, executed = pair.flops_per_sample(), pair.executed_flops_per_sample()
+    del pair              # the model's FLOPs: the reference's forward + backward
+    for tag in precision_tags(args.precision, result):
+        record(result, tag, *measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused), flops,
+               executed_flops_per_sample=executed)
+    result.update(model_gflop_per_sample=round(flops / 1e9, 4), loss_ours=round(loss_ours, 6),
+                  loss_reference=round(loss_ref, 6), config=dict(
         **MODEL, vocab_size=VOCAB, seq_len=SEQ, batch_size=BATCH, optimizer=dict(OPTIM, fused=args.fused),
         steps=args.steps, rounds=args.rounds, warmup=args.warmup, threads=torch.get_num_threads()))
     print(json.dumps(result))

@@ -13,18 +13,19 @@ CPU runs bf16 natively, under bf16 autocast; interleaved rounds, median per side
     python benchmarks/two_view_speed.py              # full run
 
 The last line printed is one JSON object: ``ours`` / ``reference`` / ``ratio`` (fp32, samples/s, ours /
-reference, higher is better) and the same with ``_bf16``.
+reference, higher is better) and the same with ``_bf16``, and each side's MFU (``mfu_ours``, ``mfu_reference``:
+lightly's forward + backward FLOPs per pair of views, ``model_gflop_per_sample``, times pairs/s over a square matmul
+measured in the same run, ``matmul_peak_gflops``).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 
 import torch
 import torchvision
 from torch import nn
 
-from selfsup.benchmarking import interleaved, native_bf16, speed_args
+from selfsup.benchmarking import StepPair, interleaved, precision_tags, record, speed_args, step_pair_of
 from selfsup.recipes.builders.two_view import two_view
 
 BATCH, IMAGE = 64, 32
@@ -62,9 +63,9 @@ def build(seed: int = 0):
     return ours, theirs, NTXentLoss(temperature=0.5)
 
 
-def views(step: int) -> list[torch.Tensor]:
+def views(step: int, batch_size: int = BATCH) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(step)
-    return [torch.randn(BATCH, 3, IMAGE, IMAGE, generator=g) for _ in range(2)]
+    return [torch.randn(batch_size, 3, IMAGE, IMAGE, generator=g) for _ in range(2)]
 
 
 @torch.no_grad()
@@ -73,37 +74,32 @@ def check_loss() -> tuple[float, float]:
     ours, _, criterion = build()
     ours.train()
     x = views(0)
-    z1, z2 = ours.project(x)
+    z1, z2 = ours.project([{"pixel_values": v} for v in x])
     a, b = float(ours({"views": [{"pixel_values": v} for v in x]}).loss), float(criterion(z1, z2))
     if abs(a - b) > 1e-5:
         raise SystemExit(f"losses differ: ours {a} lightly {b}")
     return a, b
 
 
-def measure(bf16: bool, steps: int, rounds: int, warmup: int) -> tuple[float, float]:
+def ours_loss(model: nn.Module, data: list[torch.Tensor]) -> torch.Tensor:
+    return model({"views": [{"pixel_values": v} for v in data]}).loss       # both views in one forward
+
+
+def step_pair(device: str | torch.device = "cpu", bf16: bool = False, fused: bool = True, batch_size: int = BATCH,
+              compile_backend: str | None = None) -> StepPair:
+    """Both sides' training steps on ``device`` (SGD on both: ``fused`` is not used; ours again with its backbone
+    compiled, when asked). lightly's side passes the two views through its model one after the other."""
     ours, theirs, criterion = build()
-    ours.train(), theirs.train()
-    opt_ours = torch.optim.SGD(ours.parameters(), **OPTIM)
-    opt_theirs = torch.optim.SGD(theirs.parameters(), **OPTIM)
-    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    data = views(1)
+    ours, theirs = ours.to(device).train(), theirs.to(device).train()
+    twin = build()[0].to(device).train() if compile_backend else None
+    data = [v.to(device) for v in views(1, batch_size)]
+    return step_pair_of(ours, theirs, ours_loss, lambda m, d: criterion(m(d[0]), m(d[1])),
+                        lambda m: torch.optim.SGD(m.parameters(), **OPTIM), data, batch_size, bf16, twin,
+                        compile_backend)
 
-    def step_ours() -> None:
-        with cast():
-            loss = ours({"views": [{"pixel_values": v} for v in data]}).loss
-        loss.backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
 
-    def step_theirs() -> None:
-        with cast():
-            loss = criterion(theirs(data[0]), theirs(data[1]))
-        loss.backward()
-        opt_theirs.step()
-        opt_theirs.zero_grad(set_to_none=True)
-
-    return interleaved({"ours": step_ours, "reference": step_theirs}, steps, rounds, warmup, BATCH,
-                       "bf16" if bf16 else "fp32")
+def measure(bf16: bool, steps: int, rounds: int, warmup: int) -> tuple[float, float]:
+    return interleaved(step_pair("cpu", bf16).sides(), steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
 
 
 def main() -> None:
@@ -115,17 +111,14 @@ def main() -> None:
           f"{args.rounds} (warmup {args.warmup})", flush=True)
     loss_ours, loss_lightly = check_loss()
     result: dict = {"name": "two_view_speed", "unit": "samples/s", "ours": None, "reference": None, "ratio": None}
-    tags = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
-    if args.precision == "both" and not native_bf16():
-        tags = ("fp32",)
-        result["bf16_skipped"] = "CPU has no native bf16 (emulated; use --precision bf16 to force)"
-    for tag in tags:
-        ours, ref = measure(tag == "bf16", args.steps, args.rounds, args.warmup)
-        suffix = "" if tag == "fp32" else "_bf16"
-        result.update({f"ours{suffix}": round(ours, 2), f"reference{suffix}": round(ref, 2),
-                       f"ratio{suffix}": round(ours / ref, 3)})
-        print(f"[{tag}] median: ours {ours:.1f}  reference {ref:.1f} samples/s  ratio {ours / ref:.2f}x", flush=True)
-    result.update(loss_ours=round(loss_ours, 6), loss_lightly=round(loss_lightly, 6),
+    pair = step_pair()
+    flops, executed = pair.flops_per_sample(), pair.executed_flops_per_sample()
+    del pair    # the model's FLOPs: the reference's forward + backward, per pair of views
+    for tag in precision_tags(args.precision, result):
+        record(result, tag, *measure(tag == "bf16", args.steps, args.rounds, args.warmup), flops,
+               executed_flops_per_sample=executed)
+    result.update(model_gflop_per_sample=round(flops / 1e9, 4), loss_ours=round(loss_ours, 6),
+                  loss_lightly=round(loss_lightly, 6),
                   config=dict(backbone="resnet18 (CIFAR stem)", head="512-512-128", batch_size=BATCH,
                               image_size=IMAGE, optimizer=dict(OPTIM, name="sgd"), steps=args.steps,
                               rounds=args.rounds, warmup=args.warmup, threads=torch.get_num_threads()))

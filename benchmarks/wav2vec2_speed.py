@@ -31,7 +31,9 @@ counts ops rather than FLOPs; ``--threads 1`` measures compute.
 
 The last line printed is one JSON object: ``ours``/``reference``/``ratio`` (fp32, samples/s, ours/reference,
 higher is better) plus ``*_bf16``, ``loss_ours``, ``loss_reference`` (eval-mode summed losses of the check),
-``masked_frames``, ``frames``, ``load_avg`` and ``config``.
+``masked_frames``, ``frames``, ``load_avg`` and ``config``, and each side's MFU (``mfu_ours``, ``mfu_reference``: the
+reference's forward + backward FLOPs per utterance, ``model_gflop_per_sample``, times samples/s over a square matmul
+measured in the same run, ``matmul_peak_gflops``).
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from selfsup.benchmarking import Step, interleaved, native_bf16, speed_args
+from selfsup.benchmarking import Step, StepPair, interleaved, native_bf16, record, speed_args, step_pair_of
+from selfsup.data import to_device
 from selfsup.recipes.builders.speech_quantised import wav2vec2 as build
 from selfsup.objectives.speech_quantised.hf_wav2vec2 import to_transformers
 from selfsup.objectives.speech_quantised.sizes import size_of
@@ -74,7 +77,7 @@ def build_models(seed: int = 0) -> tuple[Wav2Vec2Objective, nn.Module]:
     return ours.train(), ref.train()
 
 
-def synth_waveforms(gen: torch.Generator) -> tuple[Tensor, Tensor]:
+def synth_waveforms(gen: torch.Generator, batch_size: int = BATCH) -> tuple[Tensor, Tensor]:
     """(B, T) zero-padded, per-utterance normalised waveforms and their (B, T) long attention mask.
 
     Speech-like enough for the feature encoder: a few harmonics of a gliding pitch (90-250 Hz) under a syllabic
@@ -82,10 +85,11 @@ def synth_waveforms(gen: torch.Generator) -> tuple[Tensor, Tensor]:
     unit variance over each utterance's real samples, and zeros in the padding.
     """
     total = int(SECONDS * SAMPLE_RATE)
-    lengths = [total] * (BATCH - len(SHORT_SECONDS)) + [int(s * SAMPLE_RATE) for s in SHORT_SECONDS]
+    short = [int(s * SAMPLE_RATE) for s in SHORT_SECONDS][:batch_size]
+    lengths = [total] * (batch_size - len(short)) + short
     t = torch.arange(total) / SAMPLE_RATE
-    wav = torch.zeros(BATCH, total)
-    attention = torch.zeros(BATCH, total, dtype=torch.long)
+    wav = torch.zeros(batch_size, total)
+    attention = torch.zeros(batch_size, total, dtype=torch.long)
     for i, n in enumerate(lengths):
         r = torch.rand(5, generator=gen)
         f0 = 90 + 160 * r[0] + 30 * torch.sin(2 * math.pi * (0.3 + r[1]) * t)          # gliding pitch
@@ -99,13 +103,13 @@ def synth_waveforms(gen: torch.Generator) -> tuple[Tensor, Tensor]:
     return wav, attention
 
 
-def make_batch(objective: Wav2Vec2Objective, seed: int = 0) -> Batch:
+def make_batch(objective: Wav2Vec2Objective, seed: int = 0, batch_size: int = BATCH) -> Batch:
     """Waveforms, attention mask, span mask and negatives, shared by both sides (HF keyword names)."""
     gen = torch.Generator().manual_seed(seed)
-    wav, attention = synth_waveforms(gen)
+    wav, attention = synth_waveforms(gen, batch_size)
     frames = objective.adapter.feature_lengths(wav.shape[1])
     padding = objective.adapter.frame_padding_mask(attention, frames)
-    mask, negatives, _ = objective.draw_masks(padding, (BATCH, frames), wav.device, generator=gen)
+    mask, negatives, _ = objective.draw_masks(padding, (batch_size, frames), wav.device, generator=gen)
     return {"input_values": wav, "attention_mask": attention, "mask_time_indices": mask,
             "sampled_negative_indices": negatives}
 
@@ -156,15 +160,20 @@ def check_losses(fused: bool) -> tuple[float, float, Batch]:
 
 
 
+def step_pair(device: str | torch.device = "cpu", bf16: bool = False, fused: bool = True, batch_size: int = BATCH,
+              compile_backend: str | None = None) -> StepPair:
+    """Both sides' training steps on ``device`` (and ours again with its backbone compiled, when asked)."""
+    ours, ref = build_models()
+    batch = to_device(make_batch(ours, batch_size=batch_size), torch.device(device))
+    ours, ref = ours.to(device), ref.to(device)
+    twin = build_models()[0].to(device) if compile_backend else None
+    return step_pair_of(ours, ref, ours_loss, reference_loss, lambda m: make_optimizer(m, fused), batch, batch_size,
+                        bf16, twin, compile_backend)
+
+
 def measure(bf16: bool, steps: int, rounds: int, warmup: int, fused: bool) -> tuple[float, float]:
     """Median samples/s of (ours, reference) over interleaved rounds."""
-    ours, ref = build_models()
-    batch = make_batch(ours)
-    sides = {
-        "ours": make_step(ours_loss, ours, make_optimizer(ours, fused), batch, bf16),
-        "reference": make_step(reference_loss, ref, make_optimizer(ref, fused), batch, bf16),
-    }
-    return interleaved(sides, steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
+    return interleaved(step_pair("cpu", bf16, fused).sides(), steps, rounds, warmup, BATCH, "bf16" if bf16 else "fp32")
 
 
 def parse_args() -> argparse.Namespace:
@@ -188,15 +197,15 @@ def main() -> None:
     tags = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
     if args.precision == "both" and not native_bf16():
         print("warning: CPU has no native bf16; the bf16 run is emulated and very slow", flush=True)
+    pair = step_pair()
+    flops, executed = pair.flops_per_sample(), pair.executed_flops_per_sample()
+    del pair              # the model's FLOPs: the reference's forward + backward
     for tag in tags:
-        ours, ref = measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused)
-        suffix = "" if tag == "fp32" else "_bf16"
-        result.update({f"ours{suffix}": round(ours, 3), f"reference{suffix}": round(ref, 3),
-                       f"ratio{suffix}": round(ours / ref, 3)})
-        print(f"[{tag}] median: ours {ours:.2f}  reference {ref:.2f} samples/s  ratio {ours / ref:.2f}x", flush=True)
+        record(result, tag, *measure(tag == "bf16", args.steps, args.rounds, args.warmup, args.fused), flops,
+               executed_flops_per_sample=executed)
     c = Wav2Vec2ObjectiveConfig(**size_of(SIZE)["objective"])    # what build(SIZE) uses
     result.update(
-        loss_ours=round(loss_ours, 4), loss_reference=round(loss_ref, 4),
+        model_gflop_per_sample=round(flops / 1e9, 4), loss_ours=round(loss_ours, 4), loss_reference=round(loss_ref, 4),
         masked_frames=int(batch["mask_time_indices"].sum()), frames=list(batch["mask_time_indices"].shape),
         load_avg=None if load is None else round(load, 2),
         config=dict(**AUDIO, **MODEL, num_codevector_groups=c.num_codevector_groups,

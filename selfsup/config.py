@@ -49,8 +49,10 @@ def base_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
                    help="shard weights, gradients and optimizer state over the processes (FSDP2, one unit per "
                         "backbone layer; docs/scaling.md); also on with an accelerate FSDP config")
     g.add_argument("--fsdp_checkpoint", default="sharded", choices=["sharded", "full"],
-                   help="FSDP checkpoints: each process's pieces (resume on as many processes) or gathered whole "
-                        "files (resume anywhere)")
+                   help="FSDP checkpoints: each process's pieces, or the gathered whole files of a plain run "
+                        "(either resumes on any number of processes)")
+    g.add_argument("--torch_compile", action="store_true", help="compile the backbone(s) in place with torch.compile")
+    g.add_argument("--torch_compile_backend", default="inductor", choices=["inductor", "aot_eager", "eager"])
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--logging_steps", type=int, default=10)
     g.add_argument("--eval_steps", type=int, default=0, help="evaluate every N steps (0: only at the end)")

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from selfsup import sharding
 from selfsup.optim import make_optimizer as build_optimizer
 from selfsup.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from selfsup.compiling import compile_backbones
 from selfsup.data import loader_length, set_loader_position, to_device
 from selfsup.errors import SelfsupError
 from selfsup import gradcache
@@ -70,6 +71,8 @@ class TrainingSettings:
     report_to: str | None = "tensorboard"
     fsdp: bool = False
     fsdp_checkpoint: str = "sharded"
+    torch_compile: bool = False                 # --torch_compile: the backbones, in place (selfsup.compiling)
+    torch_compile_backend: str = "inductor"
 
     @classmethod
     def from_args(cls, args: Any, **overrides: Any) -> "TrainingSettings":
@@ -206,6 +209,9 @@ class Trainer:
             sharding.set_wrapping(accelerator, objective)
             self.shape = sharding.skeleton(objective)
             self.replicated = sharding.replicated_parameters(objective)
+        if args.torch_compile:
+            names = compile_backbones(objective, args.torch_compile_backend)
+            accelerator.print(f"torch.compile ({args.torch_compile_backend}): {', '.join(names) or 'no backbone'}")
         self.model, self.optimizer = accelerator.prepare(objective, self.optimizer)
         self._gathered: tuple[int, Objective | None] | None = None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
