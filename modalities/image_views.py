@@ -96,6 +96,36 @@ def multicrop_transforms(image_size: int = 32, local_size: int | None = None, nu
     return globals_ + [augment(local_size, local_scale, blur_p=0.5, **common) for _ in range(num_local)]
 
 
+ROTATION_SETS = {"4": (0, 90, 180, 270), "8": tuple(range(0, 360, 45)), "0_180": (0, 180), "90_270": (90, 270)}
+
+
+class Rotate:
+    """Rotate a (C, H, W) tensor counter-clockwise by ``angle`` degrees: multiples of 90 exactly
+    (``torch.rot90``: no interpolation, nothing lost on a square image), other angles bilinearly, the corners
+    filled with 0 (the mean colour of a normalised image)."""
+
+    def __init__(self, angle: int) -> None:
+        self.angle = int(angle) % 360
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.angle % 90 == 0:
+            return torch.rot90(x, self.angle // 90, dims=(-2, -1))
+        return v2.functional.rotate(x, float(self.angle), interpolation=BILINEAR)
+
+    def __repr__(self) -> str:
+        return f"Rotate({self.angle})"
+
+
+def rotation_transforms(image_size: int = 32, angles: Sequence[int] = ROTATION_SETS["4"],
+                        mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> list[v2.Compose]:
+    """RotNet (Gidaris et al., 2018): one view per angle of ``angles``, each the same crop of the image (resize,
+    centre crop, random crop with 1/8 padding, flip: RotNet's CIFAR augmentation) rotated by its angle; view ``k``'s
+    label is ``k``. Use with ``ViewDataset(..., shared_draws=True)`` so the views differ only by their rotation."""
+    base = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size),
+            v2.RandomCrop(image_size, padding=max(1, image_size // 8)), v2.RandomHorizontalFlip()]
+    return [v2.Compose(base + _to_tensor(mean, std) + [Rotate(a)]) for a in angles]
+
+
 def mae_transform(image_size: int = 32, scale: tuple[float, float] = (0.2, 1.0),
                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """MAE's pretraining augmentation: bicubic random resized crop (0.2..1), horizontal flip, normalise."""
@@ -124,13 +154,16 @@ class ViewDataset(Dataset):
     """Augmented views of an image data set (anything whose items are ``{"image": PIL, "label": int}``).
 
     ``__getitem__(i)`` -> ``{"views": [(3, h, w) float32 tensor per transform], "label": int, "seed": int}``;
-    view ``v`` is drawn from ``example_seed(seed, epoch, i, stream=VIEW_STREAM + v)`` alone, and ``"seed"``
+    view ``v`` is drawn from ``example_seed(seed, epoch, i, stream=VIEW_STREAM + v)`` alone (with
+    ``shared_draws``, every view from view 0's stream: the same crop, for views that differ only by a fixed
+    transformation such as a rotation), and ``"seed"``
     (``example_seed(seed, epoch, i)``, stream 1) seeds the objective's own draws, as in ``SeededExamples``.
     Call :meth:`set_epoch` each epoch (the loader helpers do) so that views change between epochs.
     """
 
-    def __init__(self, images: Any, transforms: Sequence[Callable] | Callable, seed: int = 0) -> None:
-        self.images, self.seed, self.epoch = images, seed, 0
+    def __init__(self, images: Any, transforms: Sequence[Callable] | Callable, seed: int = 0,
+                 shared_draws: bool = False) -> None:
+        self.images, self.seed, self.epoch, self.shared_draws = images, seed, 0, shared_draws
         self.transforms = [transforms] if callable(transforms) else list(transforms)
         if not self.transforms:
             raise ValueError("ViewDataset needs at least one transform")
@@ -144,7 +177,8 @@ class ViewDataset(Dataset):
     def view(self, image: Any, index: int, v: int) -> Tensor:
         """View ``v`` of ``image`` (example ``index``), drawn from its own seed; the global RNG is restored."""
         with torch.random.fork_rng(devices=[]), single_thread():
-            torch.default_generator.manual_seed(example_seed(self.seed, self.epoch, index, stream=VIEW_STREAM + v))
+            stream = VIEW_STREAM + (0 if self.shared_draws else v)
+            torch.default_generator.manual_seed(example_seed(self.seed, self.epoch, index, stream=stream))
             out = self.transforms[v](image)
         return out.as_subclass(Tensor) if isinstance(out, Tensor) else out
 

@@ -18,6 +18,7 @@ FAMILIES = {
     "speech_quantised": "contrastive prediction of quantised latents (wav2vec 2.0)",
     "clustering": "prediction of cluster ids of the input (HuBERT)",
     "autoregressive": "next-token prediction (GPT)",
+    "pretext": "prediction of the transformation the data side applied (RotNet's rotations)",
 }
 
 
@@ -97,6 +98,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "predict k-means cluster ids at masked frames (Hsu et al., 2021)"),
     Method("gpt", "autoregressive", "autoregressive.clm", "CausalLanguageModeling", None,
            "next-token prediction with a tied head (Radford et al., 2019)"),
+    Method("rotation", "pretext", "pretext.rotation", "RotationPrediction", "RotationConfig",
+           "predict which of 4 (or 8, or 2) rotations an image was shown in (Gidaris et al., 2018)"),
 )}
 ALIASES = {"moco": "moco_v2", "barlow": "barlow_twins"}
 

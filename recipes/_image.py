@@ -124,10 +124,12 @@ def labelled_images(run: ImageRun, train_images: ImageSet) -> tuple[ImageSet, Im
     return sample(fit, run.eval_train_samples, run.seed), sample(score, run.eval_test_samples, run.seed), source
 
 
-def view_loader(images: ImageSet, transforms: Sequence[Callable], run: ImageRun, batch_size: int, accelerator):
+def view_loader(images: ImageSet, transforms: Sequence[Callable], run: ImageRun, batch_size: int, accelerator,
+                shared_draws: bool = False):
     """The training loader of ``batch_size`` examples per process: each example's views drawn from its own seed
-    (N processes train as one)."""
-    data = ViewDataset(images, list(transforms), seed=run.seed)
+    (N processes train as one); ``shared_draws``: every view from the same draws (views that differ by a fixed
+    transformation, RotNet's rotations)."""
+    data = ViewDataset(images, list(transforms), seed=run.seed, shared_draws=shared_draws)
     collate = collate_views if len(transforms) > 1 else collate_images
     global_batch = batch_size * accelerator.num_processes
     if len(data) < global_batch:

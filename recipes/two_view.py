@@ -1,8 +1,9 @@
-"""Pretrain an image encoder with a two-view method: SimCLR, MoCo v2/v3, BYOL, SimSiam, SwAV, DINO, VICReg, Barlow Twins.
+"""Pretrain an image encoder from views: two-view methods (SimCLR, MoCo v2/v3, BYOL, SimSiam, SwAV, DINO, VICReg, Barlow Twins) and rotation prediction.
 
     accelerate launch recipes/two_view.py --method simclr               # built-in digits, a minute on CPU
     accelerate launch recipes/two_view.py --method byol --train_file cifar10/train.parquet --eval_dir cifar10
     accelerate launch recipes/two_view.py --method dino --backbone vit --preset gpu --train_dir my_images/
+    accelerate launch recipes/two_view.py --method rotation --rotations 8          # RotNet, 8 rotations
 
 ``--preset cpu`` (default) trains in minutes on a CPU; ``--preset gpu`` is lightly's CIFAR-10 benchmark setting
 (ResNet-18, CIFAR stem, batch 512, 800 epochs), ``--preset imagenet`` the papers' ResNet-50 settings. Any flag
@@ -26,9 +27,11 @@ from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args, settings_from
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
-from selfsup.modalities.image_views import byol_transforms, multicrop_transforms, simclr_transform
+from selfsup.modalities.image_views import (ROTATION_SETS, byol_transforms, multicrop_transforms,
+                                            rotation_transforms, simclr_transform)
 from selfsup.objectives import registry
 from selfsup.recipes.builders.two_view import two_view
+from selfsup.objectives.two_view.build import VIEW_FAMILIES
 from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS
 from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS
 from selfsup.recipes._image import (EvalImages, ImageRun, add_image_args, image_probe, knn_monitor, labelled_images,
@@ -37,7 +40,7 @@ from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
 from selfsup.types import Encoder, Objective
 
-METHODS = [m for m in registry.names("two_view") if m in CPU_SETTINGS]   # the registry's with image presets
+METHODS = [m for m in registry.names(*VIEW_FAMILIES) if m in CPU_SETTINGS]   # the registry's with image presets
 ALIASES = {alias: name for alias, name in registry.ALIASES.items() if name in METHODS}
 METHOD_CHOICES = METHODS + sorted(ALIASES)
 METHOD_HELP = ("; ".join(f"{m} = {registry.get(m).summary}" for m in METHODS) + "; aliases: " + ", ".join(
@@ -62,9 +65,13 @@ class TwoViewRun(ImageRun):
     local_size: int | None = None
     temperature: float | None = None
     queue_size: int | None = None
+    rotations: str = "4"
 
     def __post_init__(self) -> None:
         self.method = ALIASES.get(self.method, self.method)
+        if self.method not in PRESETS[self.preset]:
+            have = sorted(name for name, methods in PRESETS.items() if self.method in methods)
+            raise SelfsupError(f"--preset {self.preset} has no settings for {self.method}; choose from {have}")
         preset = self.preset_settings
         for name in ("backbone", "model_size", "image_size"):
             if getattr(self, name) is None:
@@ -92,6 +99,8 @@ def build_parser() -> ArgumentParser:
                    help="their size (default: DINO's 96/224 of --image_size, a whole number of patches on a ViT)")
     g.add_argument("--temperature", type=float, default=None, help="the method's loss temperature")
     g.add_argument("--queue_size", type=int, default=None, help="MoCo v2's queue of negatives")
+    g.add_argument("--rotations", default="4", choices=sorted(ROTATION_SETS),
+                   help="rotation: the set of angles, 4 (0/90/180/270), 8 (every 45), 0_180 or 90_270")
     # None = "the preset's"; base_parser's own defaults would hide whether the flag was given
     p.set_defaults(learning_rate=None, weight_decay=None, optimizer=None, momentum=None, model_size=None,
                    image_size=None, max_steps=None, per_device_train_batch_size=None)
@@ -136,6 +145,8 @@ def transforms_for(run: TwoViewRun, patch_size: int | None = None) -> list:
     preset = run.preset_settings
     norm = dict(mean=run.image_mean, std=run.image_std)
     kind = preset.get("transform", "simclr")
+    if kind == "rotation":
+        return rotation_transforms(run.image_size, ROTATION_SETS[run.rotations], **norm)
     if kind == "byol":
         return byol_transforms(run.image_size, **norm)
     if kind == "multicrop":
@@ -154,6 +165,8 @@ def method_overrides(run: TwoViewRun) -> dict[str, Any]:
         out["temperature"] = run.temperature
     if run.queue_size is not None:
         out["queue_size"] = run.queue_size
+    if run.method == "rotation":
+        out["num_classes"] = len(ROTATION_SETS[run.rotations])
     return out
 
 
@@ -214,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     objective = build_objective(run, settings.max_steps, encoder)
     adapter = objective.encoder().adapter
     views = transforms_for(run, adapter.config.patch_size if hasattr(adapter, "patch_embed") else None)
-    loader = view_loader(images, views, run, settings.per_device_train_batch_size, accelerator)
+    loader = view_loader(images, views, run, settings.per_device_train_batch_size, accelerator,
+                         shared_draws=run.preset_settings.get("transform") == "rotation")
     global_batch = settings.per_device_train_batch_size * accelerator.num_processes
     accelerator.print(f"{run.method} on {run.backbone}: {len(views)} views of {run.image_size}px"
                       f"{f' ({run.num_local_views} local)' if run.num_local_views else ''}, "

@@ -16,6 +16,9 @@ from selfsup.objectives.two_view.sizes import BACKBONE_DEFAULTS, SIZES
 from selfsup.types import Encoder, Objective
 
 
+VIEW_FAMILIES = ("two_view", "pretext")   # the families whose objectives read batch["views"] of one encoder
+
+
 def backbone_kind(backbone: nn.Module) -> str:
     """``"resnet"``, ``"vit"`` (any Transformer) or the backbone class's name in lower case (``"gin"``)."""
     if isinstance(backbone, ResNetBackbone):
@@ -35,12 +38,13 @@ def method_settings(method: str, size: str, kind: str) -> dict[str, Any]:
 
 def from_encoder(method: str, encoder: Encoder, size: str = "small", max_steps: int = 0,
                  **overrides: Any) -> Objective:
-    """A two-view objective (``registry.names("two_view")``) of a named size on ``encoder``, whatever its
-    modality. ``max_steps``: the length of the run, for the momentum schedules of MoCo, BYOL and DINO;
-    ``overrides``: the method's config fields (temperature, queue_size, out_dim, ...)."""
+    """A two-view objective (``registry.names("two_view")``), or a pretext one on views (``"pretext"``: rotation),
+    of a named size on ``encoder``, whatever its modality. ``max_steps``: the length of the run, for the momentum
+    schedules of MoCo, BYOL and DINO; ``overrides``: the method's config fields (temperature, queue_size, out_dim,
+    num_classes, ...)."""
     entry = registry.get(method)
-    if entry.family != "two_view":
-        raise ValueError(f"{method!r} is not a two-view method; choose from {registry.names('two_view')}")
+    if entry.family not in VIEW_FAMILIES:
+        raise ValueError(f"{method!r} is not a method on views; choose from {registry.names(*VIEW_FAMILIES)}")
     cls, config_cls = entry.classes()
     settings = method_settings(entry.name, size, backbone_kind(encoder.backbone))
     if "max_steps" in {f.name for f in fields(config_cls)}:
@@ -48,4 +52,4 @@ def from_encoder(method: str, encoder: Encoder, size: str = "small", max_steps: 
     return cls(encoder, entry.make_config({**settings, **overrides}))
 
 
-__all__ = ["from_encoder", "backbone_kind", "method_settings"]
+__all__ = ["VIEW_FAMILIES", "from_encoder", "backbone_kind", "method_settings"]

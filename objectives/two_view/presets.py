@@ -31,6 +31,9 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
                "trust_coefficient": 0.02, "warmup_epochs": 10, "epochs": 1000},
     "moco_v3": {**_LIGHTLY_CIFAR, "optimizer": "lars", "learning_rate": 0.3 * 512 / 256, "weight_decay": 1e-6,
                 "trust_coefficient": 0.02, "warmup_epochs": 10, "epochs": 1000, "transform": "byol"},
+    # RotNet's CIFAR-10 setting (Gidaris et al., 2018): SGD 0.1, momentum 0.9, weight decay 5e-4, batch 128 images
+    # (x 4 rotations), 100 epochs (the paper steps the rate down at 30 / 60 / 80; cosine here)
+    "rotation": {**_LIGHTLY_CIFAR, "batch_size": 128, "epochs": 100, "learning_rate": 0.1, "transform": "rotation"},
 }
 _IMAGENET = dict(backbone="resnet50", model_size="base", image_size=224, batch_size=256, epochs=100, warmup_epochs=10,
                  schedule="cosine")
@@ -46,6 +49,10 @@ IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
              "transform": "multicrop", "num_local_views": 6, "global_scale": (0.14, 1.0), "freeze_last_layer_epochs": 1},
     "vicreg": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.2, "weight_decay": 1e-6},
     "barlow_twins": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.2, "weight_decay": 1.5e-6},
+    # RotNet's ImageNet setting (an AlexNet there): SGD 0.01 (Nesterov momentum 0.9), weight decay 5e-4, batch 192,
+    # 30 epochs, no warmup
+    "rotation": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4, "batch_size": 192,
+                 "epochs": 30, "warmup_epochs": 0, "transform": "rotation"},
     "moco_v3": {**_IMAGENET, "backbone": "vit", "optimizer": "adamw", "learning_rate": 1.5e-4, "weight_decay": 0.1,
                 "warmup_epochs": 40, "epochs": 300},
 }
@@ -66,6 +73,7 @@ CPU_SETTINGS: dict[str, dict[str, Any]] = {
     "dino": {**_CPU, "transform": "multicrop", "num_local_views": 0},
     "moco_v3": {**_CPU, "optimizer": "lars", "learning_rate": 0.3 * 64 / 256, "weight_decay": 1e-6,
                 "trust_coefficient": 0.02, "warmup_steps": 30},
+    "rotation": {**_CPU, "learning_rate": 0.1 * 64 / 128, "transform": "rotation"},
 }
 
 
