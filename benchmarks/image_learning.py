@@ -9,6 +9,7 @@ machine's speed; the wall time of each run is reported beside them.
     python benchmarks/image_learning.py                          # every method, the CPU preset
     python benchmarks/image_learning.py --methods simclr byol    # some of them
     python benchmarks/image_learning.py --quick                  # 5 steps each: a smoke run, not a result
+    python benchmarks/image_learning.py --methods rotation --rotations 8   # flags of the recipe pass through
 
 Writes one JSON line per method (``ours`` = kNN accuracy after pretraining, ``reference`` = the random-init
 encoder's) and, with ``--table FILE``, a markdown table beside lightly's 200-epoch ResNet-18 kNN figures.
@@ -33,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # lightly's CIFAR-10 benchmark, ResNet-18, 200 epochs, batch 512 (its docs): kNN accuracy
 LIGHTLY_200_EPOCHS = {"simclr": 0.847, "moco_v2": 0.838, "byol": 0.869, "dino": 0.840, "simsiam": 0.819,
                       "swav": 0.812, "barlow_twins": 0.842}
-METHODS = ["mae", "simclr", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "dino", "vicreg", "barlow_twins"]
+METHODS = ["mae", "simclr", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "dino", "vicreg", "barlow_twins",
+           "rotation"]
 # steps and learning rate per method (the CPU preset's otherwise): what trains in about 15 minutes on 2 cores
 STEPS = {"mae": 1500}
 EXTRA = {"mae": ["--model_size", "small", "--learning_rate", "1.5e-3", "--warmup_ratio", "0.05"]}
@@ -49,9 +51,12 @@ def run(method: str, data: Path, steps: int | None, out: Path, precision: str, e
         metrics = mae.main(common)
     else:
         metrics = two_view.main(["--method", method, *common])
+    if "--rotations" in extra:   # the rotation set, e.g. --rotations 8 (recipes/two_view.py)
+        method = f"{method} ({extra[extra.index('--rotations') + 1]})"
     return {"method": method, "ours": metrics["knn/accuracy"], "reference": metrics["knn/random_init_accuracy"],
             "steps": metrics["steps"], "global_batch": metrics["global_batch_size"],
-            "minutes": (time.perf_counter() - t0) / 60, "lightly_200_epochs": LIGHTLY_200_EPOCHS.get(method)}
+            "minutes": (time.perf_counter() - t0) / 60,
+            "lightly_200_epochs": LIGHTLY_200_EPOCHS.get(method.split(" ")[0])}
 
 
 def table(rows: list[dict], machine: str) -> str:
