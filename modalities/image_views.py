@@ -17,12 +17,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from selfsup.data import VIEW_STREAM, example_seed
+from selfsup.types import PRETEXT_LABELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -126,6 +128,69 @@ def rotation_transforms(image_size: int = 32, angles: Sequence[int] = ROTATION_S
     return [v2.Compose(base + _to_tensor(mean, std) + [Rotate(a)]) for a in angles]
 
 
+def hamming_permutations(count: int, tiles: int = 9, seed: int = 0) -> np.ndarray:
+    """(count, tiles) permutations of ``tiles`` tiles, far apart: Noroozi & Favaro's Algorithm 1 (ECCV 2016) — start
+    from a random permutation, then repeatedly add the permutation whose summed Hamming distance to those chosen is
+    largest (ties: the first). ``seed`` draws the first one."""
+    import itertools
+
+    every = np.array(list(itertools.permutations(range(tiles))), dtype=np.int8)
+    if not 1 <= count <= len(every):
+        raise ValueError(f"choose between 1 and {len(every)} permutations of {tiles} tiles, not {count}")
+    j = int(np.random.default_rng(seed).integers(len(every)))
+    chosen, total = [j], np.zeros(len(every), dtype=np.int64)
+    for _ in range(count - 1):
+        total += (every != every[j]).sum(axis=1)
+        total[chosen] = -1
+        j = int(total.argmax())
+        chosen.append(j)
+    return every[chosen].astype(np.int64)
+
+
+class JigsawTiles:
+    """The jigsaw puzzle of one image (context-free network, Noroozi & Favaro, 2016): resize and crop to
+    ``image_size``, cut a ``grid`` x ``grid`` grid of cells, take from each cell a random ``tile_size`` tile (the
+    gap between tiles and their jitter within the cell keep edges from giving the order away; 64 of 75 pixels
+    in the paper), normalise every tile on its own (its mean and standard deviation per channel, so that low-level
+    statistics do not either), then shuffle the tiles by one of ``permutations`` (drawn uniformly).
+
+    Returns ``{"views": [tile per position], "pretext_label": k}``: position ``j`` shows tile
+    ``permutations[k][j]`` (row-major cell index), so ``argsort(permutations[k])`` puts them back."""
+
+    makes_views = True   # one call makes every view and the label (ViewDataset, view_loader)
+
+    def __init__(self, image_size: int, permutations: np.ndarray, grid: int = 3, tile_size: int | None = None,
+                 grayscale_p: float = 0.3) -> None:
+        self.image_size, self.grid = image_size, grid
+        self.cell = image_size // grid
+        self.tile = tile_size or max(1, round(self.cell * 64 / 75))
+        if self.tile > self.cell:
+            raise ValueError(f"a {self.tile}-pixel tile does not fit a {self.cell}-pixel cell")
+        self.permutations = torch.as_tensor(permutations, dtype=torch.long)
+        if self.permutations.shape[1] != grid * grid:
+            raise ValueError(f"permutations of {self.permutations.shape[1]} tiles for a {grid} x {grid} grid")
+        self.base = v2.Compose([v2.Resize(image_size, antialias=True), v2.RandomCrop(image_size, pad_if_needed=True),
+                                v2.RandomHorizontalFlip(), v2.RandomGrayscale(p=grayscale_p),
+                                v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+    def __call__(self, image: Any) -> dict[str, Any]:
+        x = self.base(image).as_subclass(Tensor)
+        tiles = []
+        for index in range(self.grid * self.grid):
+            row, col = divmod(index, self.grid)
+            dy, dx = (int(torch.randint(0, self.cell - self.tile + 1, ())) for _ in range(2))
+            y, x0 = row * self.cell + dy, col * self.cell + dx
+            tile = x[:, y:y + self.tile, x0:x0 + self.tile]
+            mean, std = tile.mean(dim=(1, 2), keepdim=True), tile.std(dim=(1, 2), keepdim=True)
+            tiles.append((tile - mean) / (std + 1e-5))
+        label = int(torch.randint(0, len(self.permutations), ()))
+        return {"views": [tiles[int(i)] for i in self.permutations[label]], "pretext_label": label}
+
+    def __repr__(self) -> str:
+        return (f"JigsawTiles(image_size={self.image_size}, grid={self.grid}, tile={self.tile}, "
+                f"permutations={len(self.permutations)})")
+
+
 def mae_transform(image_size: int = 32, scale: tuple[float, float] = (0.2, 1.0),
                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """MAE's pretraining augmentation: bicubic random resized crop (0.2..1), horizontal flip, normalise."""
@@ -184,8 +249,11 @@ class ViewDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.images[index]
-        return {"views": [self.view(item["image"], index, v) for v in range(len(self.transforms))],
-                "label": int(item.get("label", -1)), "seed": example_seed(self.seed, self.epoch, index)}
+        views = [self.view(item["image"], index, v) for v in range(len(self.transforms))]
+        out = {"label": int(item.get("label", -1)), "seed": example_seed(self.seed, self.epoch, index)}
+        if len(views) == 1 and isinstance(views[0], dict):   # one draw that makes every view and its label (jigsaw)
+            return {**out, "views": list(views[0]["views"]), "pretext_label": int(views[0]["pretext_label"])}
+        return {**out, "views": views}
 
 
 @contextmanager
@@ -205,11 +273,15 @@ def single_thread() -> Iterator[None]:
 
 def collate_views(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``{"views": [{"pixel_values": (B, 3, h_v, w_v)} per view], "labels": (B,) long, "example_seeds": (B,)
-    long}``: each view a batch the image adapters read."""
+    long}``: each view a batch the image adapters read; with ``"pretext_labels"`` (B,) when the views came with
+    one (jigsaw)."""
     num_views = len(examples[0]["views"])
-    return {"views": [{"pixel_values": torch.stack([e["views"][v] for e in examples])} for v in range(num_views)],
-            "labels": torch.tensor([int(e["label"]) for e in examples], dtype=torch.long),
-            "example_seeds": torch.tensor([int(e["seed"]) for e in examples], dtype=torch.long)}
+    batch = {"views": [{"pixel_values": torch.stack([e["views"][v] for e in examples])} for v in range(num_views)],
+             "labels": torch.tensor([int(e["label"]) for e in examples], dtype=torch.long),
+             "example_seeds": torch.tensor([int(e["seed"]) for e in examples], dtype=torch.long)}
+    if "pretext_label" in examples[0]:
+        batch[PRETEXT_LABELS] = torch.tensor([int(e["pretext_label"]) for e in examples], dtype=torch.long)
+    return batch
 
 
 def collate_images(examples: Sequence[dict[str, Any]]) -> dict[str, Tensor]:

@@ -18,7 +18,7 @@ FAMILIES = {
     "speech_quantised": "contrastive prediction of quantised latents (wav2vec 2.0)",
     "clustering": "prediction of cluster ids of the input (HuBERT)",
     "autoregressive": "next-token prediction (GPT)",
-    "pretext": "prediction of the transformation the data side applied (RotNet's rotations)",
+    "pretext": "prediction of the transformation the data side applied (RotNet's rotations, jigsaw permutations)",
 }
 
 
@@ -100,6 +100,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "next-token prediction with a tied head (Radford et al., 2019)"),
     Method("rotation", "pretext", "pretext.rotation", "RotationPrediction", "RotationConfig",
            "predict which of 4 (or 8, or 2) rotations an image was shown in (Gidaris et al., 2018)"),
+    Method("jigsaw", "pretext", "pretext.jigsaw", "JigsawPrediction", "JigsawConfig",
+           "name the permutation of 3 x 3 shuffled tiles, each encoded alone (Noroozi & Favaro, 2016)"),
 )}
 ALIASES = {"moco": "moco_v2", "barlow": "barlow_twins"}
 

@@ -130,7 +130,8 @@ def view_loader(images: ImageSet, transforms: Sequence[Callable], run: ImageRun,
     (N processes train as one); ``shared_draws``: every view from the same draws (views that differ by a fixed
     transformation, RotNet's rotations)."""
     data = ViewDataset(images, list(transforms), seed=run.seed, shared_draws=shared_draws)
-    collate = collate_views if len(transforms) > 1 else collate_images
+    several = len(transforms) > 1 or getattr(transforms[0], "makes_views", False)
+    collate = collate_views if several else collate_images
     global_batch = batch_size * accelerator.num_processes
     if len(data) < global_batch:
         raise SelfsupError(f"{images.source}: {len(data)} images are fewer than one global batch of {global_batch}")

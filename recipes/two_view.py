@@ -1,9 +1,10 @@
-"""Pretrain an image encoder from views: two-view methods (SimCLR, MoCo v2/v3, BYOL, SimSiam, SwAV, DINO, VICReg, Barlow Twins) and rotation prediction.
+"""Pretrain an image encoder from views: two-view methods (SimCLR, MoCo v2/v3, BYOL, SimSiam, SwAV, DINO, VICReg, Barlow Twins), rotation prediction and jigsaw puzzles.
 
     accelerate launch recipes/two_view.py --method simclr               # built-in digits, a minute on CPU
     accelerate launch recipes/two_view.py --method byol --train_file cifar10/train.parquet --eval_dir cifar10
     accelerate launch recipes/two_view.py --method dino --backbone vit --preset gpu --train_dir my_images/
     accelerate launch recipes/two_view.py --method rotation --rotations 8          # RotNet, 8 rotations
+    accelerate launch recipes/two_view.py --method jigsaw --jigsaw_permutations 1000
 
 ``--preset cpu`` (default) trains in minutes on a CPU; ``--preset gpu`` is lightly's CIFAR-10 benchmark setting
 (ResNet-18, CIFAR stem, batch 512, 800 epochs), ``--preset imagenet`` the papers' ResNet-50 settings. Any flag
@@ -27,8 +28,8 @@ from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args, settings_from
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
-from selfsup.modalities.image_views import (ROTATION_SETS, byol_transforms, multicrop_transforms,
-                                            rotation_transforms, simclr_transform)
+from selfsup.modalities.image_views import (ROTATION_SETS, JigsawTiles, byol_transforms, hamming_permutations,
+                                            multicrop_transforms, rotation_transforms, simclr_transform)
 from selfsup.objectives import registry
 from selfsup.recipes.builders.two_view import two_view
 from selfsup.objectives.two_view.build import VIEW_FAMILIES
@@ -66,6 +67,7 @@ class TwoViewRun(ImageRun):
     temperature: float | None = None
     queue_size: int | None = None
     rotations: str = "4"
+    jigsaw_permutations: int = 100
 
     def __post_init__(self) -> None:
         self.method = ALIASES.get(self.method, self.method)
@@ -101,6 +103,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--queue_size", type=int, default=None, help="MoCo v2's queue of negatives")
     g.add_argument("--rotations", default="4", choices=sorted(ROTATION_SETS),
                    help="rotation: the set of angles, 4 (0/90/180/270), 8 (every 45), 0_180 or 90_270")
+    g.add_argument("--jigsaw_permutations", type=int, default=100,
+                   help="jigsaw: the permutations of the 3 x 3 tiles (chosen far apart in Hamming distance)")
     # None = "the preset's"; base_parser's own defaults would hide whether the flag was given
     p.set_defaults(learning_rate=None, weight_decay=None, optimizer=None, momentum=None, model_size=None,
                    image_size=None, max_steps=None, per_device_train_batch_size=None)
@@ -147,6 +151,11 @@ def transforms_for(run: TwoViewRun, patch_size: int | None = None) -> list:
     kind = preset.get("transform", "simclr")
     if kind == "rotation":
         return rotation_transforms(run.image_size, ROTATION_SETS[run.rotations], **norm)
+    if kind == "jigsaw":   # tiles normalised each on its own; on a ViT a whole number of patches
+        tile = round((run.image_size // 3) * 64 / 75)
+        if patch_size:
+            tile = max(patch_size, tile // patch_size * patch_size)
+        return [JigsawTiles(run.image_size, hamming_permutations(run.jigsaw_permutations), tile_size=tile)]
     if kind == "byol":
         return byol_transforms(run.image_size, **norm)
     if kind == "multicrop":
@@ -167,6 +176,8 @@ def method_overrides(run: TwoViewRun) -> dict[str, Any]:
         out["queue_size"] = run.queue_size
     if run.method == "rotation":
         out["num_classes"] = len(ROTATION_SETS[run.rotations])
+    if run.method == "jigsaw":
+        out["num_permutations"] = run.jigsaw_permutations
     return out
 
 

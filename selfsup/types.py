@@ -34,7 +34,8 @@ LABELS = "labels"                 # (B, N) long: fixed targets of a corrupted in
 CLUSTER_LABELS = "cluster_labels"  # (B, N) long: HuBERT's k-means targets per token
 NEGATIVES = "sampled_negative_indices"  # (B, N, K) long: wav2vec 2.0's fixed negatives
 VIEWS = "views"                   # a list of batches, augmentations of the same examples (two-view methods)
-OBJECTIVE_KEYS = (EXAMPLE_SEEDS, FIXED_MASK, NOISE, LABELS, CLUSTER_LABELS, NEGATIVES, VIEWS)
+PRETEXT_LABELS = "pretext_labels"  # (B,) long: which transformation the data side applied (a jigsaw permutation)
+OBJECTIVE_KEYS = (EXAMPLE_SEEDS, FIXED_MASK, NOISE, LABELS, CLUSTER_LABELS, NEGATIVES, VIEWS, PRETEXT_LABELS)
 
 
 @dataclass

@@ -34,6 +34,8 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
     # RotNet's CIFAR-10 setting (Gidaris et al., 2018): SGD 0.1, momentum 0.9, weight decay 5e-4, batch 128 images
     # (x 4 rotations), 100 epochs (the paper steps the rate down at 30 / 60 / 80; cosine here)
     "rotation": {**_LIGHTLY_CIFAR, "batch_size": 128, "epochs": 100, "learning_rate": 0.1, "transform": "rotation"},
+    # the jigsaw paper trained on ImageNet only: lightly's CIFAR-10 schedule
+    "jigsaw": {**_LIGHTLY_CIFAR, "transform": "jigsaw"},
 }
 _IMAGENET = dict(backbone="resnet50", model_size="base", image_size=224, batch_size=256, epochs=100, warmup_epochs=10,
                  schedule="cosine")
@@ -53,6 +55,9 @@ IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
     # 30 epochs, no warmup
     "rotation": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4, "batch_size": 192,
                  "epochs": 30, "warmup_epochs": 0, "transform": "rotation"},
+    # the jigsaw paper's: batch 256, SGD 0.01, 350,000 iterations (about 70 epochs); weight decay AlexNet's (unstated)
+    "jigsaw": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4, "max_steps": 350_000,
+               "warmup_epochs": 0, "transform": "jigsaw"},
     "moco_v3": {**_IMAGENET, "backbone": "vit", "optimizer": "adamw", "learning_rate": 1.5e-4, "weight_decay": 0.1,
                 "warmup_epochs": 40, "epochs": 300},
 }
@@ -74,6 +79,7 @@ CPU_SETTINGS: dict[str, dict[str, Any]] = {
     "moco_v3": {**_CPU, "optimizer": "lars", "learning_rate": 0.3 * 64 / 256, "weight_decay": 1e-6,
                 "trust_coefficient": 0.02, "warmup_steps": 30},
     "rotation": {**_CPU, "learning_rate": 0.1 * 64 / 128, "transform": "rotation"},
+    "jigsaw": {**_CPU, "transform": "jigsaw"},
 }
 
 
