@@ -191,6 +191,58 @@ class JigsawTiles:
                 f"permutations={len(self.permutations)})")
 
 
+NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2))   # relative position k: (row, col)
+
+
+class RelativePatches:
+    """A centre patch and one of its 8 neighbours (context prediction, Doersch, Gupta & Efros, ICCV 2015): resize
+    and crop to ``image_size``, a 3 x 3 grid of cells, in the centre cell and in neighbour ``k`` (drawn uniformly;
+    :data:`NEIGHBOURS`, row-major around the centre) a patch of 2/3 of the cell (the paper's 96-pixel patches with
+    48-pixel gaps) placed at the cell's centre with up to 7/96 of a patch of jitter, against the trivial shortcuts
+    of edges and lines running across. Colour dropping (probability ``drop_colour_p``): two of the three channels
+    replaced by faint noise, so chromatic aberration cannot locate a patch. Each patch normalised on its own.
+
+    Returns ``{"views": [centre, neighbour], "pretext_label": k}``."""
+
+    makes_views = True
+
+    def __init__(self, image_size: int, patch_size: int | None = None, drop_colour_p: float = 1.0,
+                 normalize: bool = True) -> None:
+        self.image_size, self.cell = image_size, image_size // 3
+        self.patch = patch_size or max(1, round(self.cell * 2 / 3))
+        if self.patch > self.cell:
+            raise ValueError(f"a {self.patch}-pixel patch does not fit a {self.cell}-pixel cell")
+        self.jitter = min((self.cell - self.patch) // 2, max(0, round(self.patch * 7 / 96)))
+        self.drop_colour_p, self.normalize = drop_colour_p, normalize
+        self.base = v2.Compose([v2.Resize(image_size, antialias=True), v2.RandomCrop(image_size, pad_if_needed=True),
+                                v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+    def cut(self, x: Tensor, row: int, col: int) -> Tensor:
+        start = (self.cell - self.patch) // 2
+        dy, dx = (int(torch.randint(-self.jitter, self.jitter + 1, ())) for _ in range(2))
+        y, x0 = row * self.cell + start + dy, col * self.cell + start + dx
+        patch = x[:, y:y + self.patch, x0:x0 + self.patch]
+        if self.normalize:
+            patch = (patch - patch.mean(dim=(1, 2), keepdim=True)) / (patch.std(dim=(1, 2), keepdim=True) + 1e-5)
+        return patch
+
+    def drop_colour(self, patch: Tensor) -> Tensor:
+        if patch.shape[0] != 3 or float(torch.rand(())) >= self.drop_colour_p:
+            return patch
+        keep = int(torch.randint(0, 3, ()))
+        noise = torch.randn_like(patch) * 0.01 * (patch[keep].std() + 1e-5)
+        return torch.where(torch.arange(3)[:, None, None] == keep, patch, noise)
+
+    def __call__(self, image: Any) -> dict[str, Any]:
+        x = self.base(image).as_subclass(Tensor)
+        label = int(torch.randint(0, len(NEIGHBOURS), ()))
+        centre, neighbour = self.cut(x, 1, 1), self.cut(x, *NEIGHBOURS[label])
+        return {"views": [self.drop_colour(centre), self.drop_colour(neighbour)], "pretext_label": label}
+
+    def __repr__(self) -> str:
+        return f"RelativePatches(image_size={self.image_size}, patch={self.patch}, jitter={self.jitter})"
+
+
 def mae_transform(image_size: int = 32, scale: tuple[float, float] = (0.2, 1.0),
                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """MAE's pretraining augmentation: bicubic random resized crop (0.2..1), horizontal flip, normalise."""

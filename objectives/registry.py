@@ -18,7 +18,7 @@ FAMILIES = {
     "speech_quantised": "contrastive prediction of quantised latents (wav2vec 2.0)",
     "clustering": "prediction of cluster ids of the input (HuBERT)",
     "autoregressive": "next-token prediction (GPT)",
-    "pretext": "prediction of the transformation the data side applied (RotNet's rotations, jigsaw permutations)",
+    "pretext": "prediction of the transformation the data side applied (rotations, jigsaw permutations, positions)",
 }
 
 
@@ -102,6 +102,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "predict which of 4 (or 8, or 2) rotations an image was shown in (Gidaris et al., 2018)"),
     Method("jigsaw", "pretext", "pretext.jigsaw", "JigsawPrediction", "JigsawConfig",
            "name the permutation of 3 x 3 shuffled tiles, each encoded alone (Noroozi & Favaro, 2016)"),
+    Method("relative_position", "pretext", "pretext.relative_position", "RelativePosition", "RelativePositionConfig",
+           "which of 8 neighbours a patch is, beside the centre patch (Doersch, Gupta & Efros, 2015)"),
 )}
 ALIASES = {"moco": "moco_v2", "barlow": "barlow_twins"}
 

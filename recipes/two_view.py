@@ -1,4 +1,4 @@
-"""Pretrain an image encoder from views: two-view methods (SimCLR, MoCo v2/v3, BYOL, SimSiam, SwAV, DINO, VICReg, Barlow Twins), rotation prediction and jigsaw puzzles.
+"""Pretrain an image encoder from views: two-view methods (SimCLR, MoCo v2/v3, BYOL, SimSiam, SwAV, DINO, VICReg, Barlow Twins), rotation prediction, jigsaw puzzles and relative patch position.
 
     accelerate launch recipes/two_view.py --method simclr               # built-in digits, a minute on CPU
     accelerate launch recipes/two_view.py --method byol --train_file cifar10/train.parquet --eval_dir cifar10
@@ -28,8 +28,9 @@ from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args, settings_from
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
-from selfsup.modalities.image_views import (ROTATION_SETS, JigsawTiles, byol_transforms, hamming_permutations,
-                                            multicrop_transforms, rotation_transforms, simclr_transform)
+from selfsup.modalities.image_views import (ROTATION_SETS, JigsawTiles, RelativePatches, byol_transforms,
+                                            hamming_permutations, multicrop_transforms, rotation_transforms,
+                                            simclr_transform)
 from selfsup.objectives import registry
 from selfsup.recipes.builders.two_view import two_view
 from selfsup.objectives.two_view.build import VIEW_FAMILIES
@@ -156,6 +157,11 @@ def transforms_for(run: TwoViewRun, patch_size: int | None = None) -> list:
         if patch_size:
             tile = max(patch_size, tile // patch_size * patch_size)
         return [JigsawTiles(run.image_size, hamming_permutations(run.jigsaw_permutations), tile_size=tile)]
+    if kind == "relative_position":   # patches of 2/3 of a cell; on a ViT a whole number of patches
+        patch = round((run.image_size // 3) * 2 / 3)
+        if patch_size:
+            patch = max(patch_size, patch // patch_size * patch_size)
+        return [RelativePatches(run.image_size, patch)]
     if kind == "byol":
         return byol_transforms(run.image_size, **norm)
     if kind == "multicrop":

@@ -36,6 +36,7 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
     "rotation": {**_LIGHTLY_CIFAR, "batch_size": 128, "epochs": 100, "learning_rate": 0.1, "transform": "rotation"},
     # the jigsaw paper trained on ImageNet only: lightly's CIFAR-10 schedule
     "jigsaw": {**_LIGHTLY_CIFAR, "transform": "jigsaw"},
+    "relative_position": {**_LIGHTLY_CIFAR, "transform": "relative_position"},   # ImageNet only in the paper too
 }
 _IMAGENET = dict(backbone="resnet50", model_size="base", image_size=224, batch_size=256, epochs=100, warmup_epochs=10,
                  schedule="cosine")
@@ -58,6 +59,9 @@ IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
     # the jigsaw paper's: batch 256, SGD 0.01, 350,000 iterations (about 70 epochs); weight decay AlexNet's (unstated)
     "jigsaw": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4, "max_steps": 350_000,
                "warmup_epochs": 0, "transform": "jigsaw"},
+    # context prediction: generic SGD settings on a ResNet-50, not the paper's (an AlexNet-style pair network)
+    "relative_position": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4,
+                          "batch_size": 128, "warmup_epochs": 0, "transform": "relative_position"},
     "moco_v3": {**_IMAGENET, "backbone": "vit", "optimizer": "adamw", "learning_rate": 1.5e-4, "weight_decay": 0.1,
                 "warmup_epochs": 40, "epochs": 300},
 }
@@ -80,6 +84,7 @@ CPU_SETTINGS: dict[str, dict[str, Any]] = {
                 "trust_coefficient": 0.02, "warmup_steps": 30},
     "rotation": {**_CPU, "learning_rate": 0.1 * 64 / 128, "transform": "rotation"},
     "jigsaw": {**_CPU, "transform": "jigsaw"},
+    "relative_position": {**_CPU, "transform": "relative_position"},
 }
 
 

@@ -1,0 +1,55 @@
+"""Relative patch position (context prediction, Doersch, Gupta & Efros, ICCV 2015): given a centre patch and one of
+its eight neighbours, say which neighbour it is.
+
+``batch["views"]`` holds two batches, the centre patches and the neighbours (the data side,
+``modalities.image_views.RelativePatches``, cuts them with gaps, jitter and colour dropping), and
+``batch["pretext_labels"]`` each neighbour's index (0-7, row-major around the centre). Both patches go through the same
+encoder (the paper's siamese towers, one forward for both), their pooled features are concatenated (centre first)
+and a two-layer classifier (fc7 / fc8) predicts the index. Cross-entropy summed over the examples, ``num_targets``
+= B.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from selfsup.objectives.two_view.common import encode_online, get_views, mlp, online_encoder, take_encoder
+from selfsup.types import PRETEXT_LABELS, Batch, Encoder, Objective, ObjectiveOutput
+
+
+@dataclass
+class RelativePositionConfig:
+    """num_positions: the neighbours to tell apart (8); hidden_dim: the classifier's hidden layer."""
+
+    num_positions: int = 8
+    hidden_dim: int = 512
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RelativePosition(Objective):
+    def __init__(self, encoder: Encoder, config: RelativePositionConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or RelativePositionConfig()
+        width = take_encoder(self, encoder)
+        self.classifier = mlp([2 * width, c.hidden_dim, c.num_positions], "hidden")
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        views = get_views(batch)
+        labels = batch.get(PRETEXT_LABELS)
+        if len(views) != 2 or labels is None:
+            raise ValueError(f"relative position needs 2 views (centre, neighbour) and {PRETEXT_LABELS!r}, got "
+                             f"{len(views)} views{'' if labels is not None else ' and no labels'}")
+        centre, neighbour = encode_online(self, views).chunk(2)
+        logits = self.classifier(torch.cat([centre, neighbour], dim=1))
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        accuracy = (logits.detach().argmax(-1) == labels).float().mean()
+        return ObjectiveOutput(loss, num_targets=len(labels), metrics={"position_accuracy": accuracy})
+
+    encoder = online_encoder
+
+
+__all__ = ["RelativePositionConfig", "RelativePosition"]
