@@ -143,15 +143,29 @@ class ViewDataset(Dataset):
 
     def view(self, image: Any, index: int, v: int) -> Tensor:
         """View ``v`` of ``image`` (example ``index``), drawn from its own seed; the global RNG is restored."""
-        with torch.random.fork_rng(devices=[]), single_thread():
-            torch.default_generator.manual_seed(example_seed(self.seed, self.epoch, index, stream=VIEW_STREAM + v))
-            out = self.transforms[v](image)
-        return out.as_subclass(Tensor) if isinstance(out, Tensor) else out
+        return draw_view(self.transforms[v], image, self.seed, self.epoch, index, v)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.images[index]
         return {"views": [self.view(item["image"], index, v) for v in range(len(self.transforms))],
                 "label": int(item.get("label", -1)), "seed": example_seed(self.seed, self.epoch, index)}
+
+
+def draw_view(transform: Callable, image: Any, seed: int, epoch: int, index: int, v: int) -> Tensor:
+    """View ``v`` of example ``index`` in ``epoch``: ``transform(image)`` with torch's CPU generator seeded from
+    ``example_seed(seed, epoch, index, stream=VIEW_STREAM + v)``; the caller's RNG is restored. (A streamed example's
+    ``index`` is ``selfsup.streaming.record_index`` of its shard and position.)"""
+    with torch.random.fork_rng(devices=[]), single_thread():
+        torch.default_generator.manual_seed(example_seed(seed, epoch, index, stream=VIEW_STREAM + v))
+        out = transform(image)
+    return out.as_subclass(Tensor) if isinstance(out, Tensor) else out
+
+
+def stream_views(image: Any, label: int, transforms: Sequence[Callable], seed: int, epoch: int,
+                 index: int) -> dict[str, Any]:
+    """A streamed example as :class:`ViewDataset` gives one: ``{"views", "label", "seed"}``."""
+    return {"views": [draw_view(t, image, seed, epoch, index, v) for v, t in enumerate(transforms)],
+            "label": int(label), "seed": example_seed(seed, epoch, index)}
 
 
 @contextmanager
