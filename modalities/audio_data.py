@@ -106,10 +106,13 @@ def load_audio_splits(train_dir: str | None = None, train_file: Sequence[str] | 
                       dataset_name: str | None = None, audio_column: str | None = None, synthetic_utterances: int = 400,
                       max_train_samples: int | None = None, validation_percentage: float = 10.0,
                       max_validation: int = 64, max_duration: float = 4.0, min_duration: float = 0.25,
-                      on_bad_audio: str = "error", seed: int = 0) -> tuple["AudioDataset", "AudioDataset", str]:
+                      on_bad_audio: str = "error", seed: int = 0, streaming: bool = False,
+                      shard_size: int = 1000) -> tuple["AudioDataset", "AudioDataset", str]:
     """(train, validation, source): the user's audio (a folder, file lists or files, a dataset) or, with none,
     the built-in synthetic corpus; ``validation_percentage`` of the clips (at most ``max_validation``), drawn
-    from ``seed``, are held out. Training clips are cropped at random, held-out ones at their start."""
+    from ``seed``, are held out. Training clips are cropped at random, held-out ones at their start.
+    ``streaming``: the training clips as a ``modalities.shards.AudioStream`` of shards of ``shard_size`` clips (in
+    their listed order), none of them opened here."""
     if train_dir or train_file or dataset_name:
         entries = find_audio(train_dir=train_dir, file_list=train_file, dataset_name=dataset_name,
                              audio_column=audio_column)
@@ -128,6 +131,11 @@ def load_audio_splits(train_dir: str | None = None, train_file: Sequence[str] | 
     common = dict(max_duration=max_duration, min_duration=min_duration, seed=seed, on_bad_audio=on_bad_audio)
     val = AudioDataset([entries[i] for i in order[:n_val]], random_crop=False, source=f"{source} (validation)",
                        **common)
+    if streaming:   # the same held-out clips; the training clips are listed, each process opens only its shards'
+        from selfsup.modalities.shards import AudioStream
+
+        return AudioStream([entries[i] for i in sorted(order[n_val:])], source, shard_size=shard_size,
+                           **common), val, source
     train = AudioDataset([entries[i] for i in order[n_val:]], random_crop=True, source=source, **common)
     return train, val, source
 

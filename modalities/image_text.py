@@ -278,14 +278,20 @@ class ImageTextSet(Dataset):
                 continue
             if self.transform is None:
                 return {"image": image, "captions": pair.captions, "label": pair.label}
-            seed = example_seed(self.seed, self.epoch, index)
-            with torch.random.fork_rng(devices=[]), single_thread():
-                torch.default_generator.manual_seed(example_seed(self.seed, self.epoch, index, stream=VIEW_STREAM))
-                pixels = self.transform(image)
-            options = self.ids[i]
-            return {"pixel_values": pixels.as_subclass(Tensor), "input_ids": options[seed % len(options)],
-                    "label": pair.label, "seed": seed}
+            return training_pair(image, self.ids[i], pair.label, self.transform, self.seed, self.epoch, index)
         raise SelfsupError(f"{self.source}: no image could be decoded ({self.summary()})")
+
+
+def training_pair(image: Any, options: Sequence[list[int]], label: int, transform: Callable, seed: int, epoch: int,
+                  index: int) -> dict[str, Any]:
+    """Example ``index`` of ``epoch`` for training: the view of ``image`` drawn from ``example_seed(seed, epoch,
+    index, stream=2)``, one of the caption ``options`` (token ids) chosen by ``example_seed(seed, epoch, index)``."""
+    chosen = example_seed(seed, epoch, index)
+    with torch.random.fork_rng(devices=[]), single_thread():
+        torch.default_generator.manual_seed(example_seed(seed, epoch, index, stream=VIEW_STREAM))
+        pixels = transform(image)
+    return {"pixel_values": pixels.as_subclass(Tensor), "input_ids": options[chosen % len(options)],
+            "label": label, "seed": chosen}
 
 
 def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, pad_to: int | None = None,

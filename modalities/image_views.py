@@ -293,19 +293,34 @@ class ViewDataset(Dataset):
 
     def view(self, image: Any, index: int, v: int) -> Tensor:
         """View ``v`` of ``image`` (example ``index``), drawn from its own seed; the global RNG is restored."""
-        with torch.random.fork_rng(devices=[]), single_thread():
-            stream = VIEW_STREAM + (0 if self.shared_draws else v)
-            torch.default_generator.manual_seed(example_seed(self.seed, self.epoch, index, stream=stream))
-            out = self.transforms[v](image)
-        return out.as_subclass(Tensor) if isinstance(out, Tensor) else out
+        return draw_view(self.transforms[v], image, self.seed, self.epoch, index, 0 if self.shared_draws else v)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.images[index]
-        views = [self.view(item["image"], index, v) for v in range(len(self.transforms))]
-        out = {"label": int(item.get("label", -1)), "seed": example_seed(self.seed, self.epoch, index)}
-        if len(views) == 1 and isinstance(views[0], dict):   # one draw that makes every view and its label (jigsaw)
-            return {**out, "views": list(views[0]["views"]), "pretext_label": int(views[0]["pretext_label"])}
-        return {**out, "views": views}
+        return stream_views(item["image"], item.get("label", -1), self.transforms, self.seed, self.epoch, index,
+                            self.shared_draws)
+
+
+def draw_view(transform: Callable, image: Any, seed: int, epoch: int, index: int, v: int) -> Tensor:
+    """View ``v`` of example ``index`` in ``epoch``: ``transform(image)`` with torch's CPU generator seeded from
+    ``example_seed(seed, epoch, index, stream=VIEW_STREAM + v)``; the caller's RNG is restored. (A streamed example's
+    ``index`` is ``selfsup.streaming.record_index`` of its shard and position.)"""
+    with torch.random.fork_rng(devices=[]), single_thread():
+        torch.default_generator.manual_seed(example_seed(seed, epoch, index, stream=VIEW_STREAM + v))
+        out = transform(image)
+    return out.as_subclass(Tensor) if isinstance(out, Tensor) else out
+
+
+def stream_views(image: Any, label: int, transforms: Sequence[Callable], seed: int, epoch: int,
+                 index: int, shared_draws: bool = False) -> dict[str, Any]:
+    """Example ``index``'s views, as :class:`ViewDataset` gives them (a streamed one too): ``{"views", "label",
+    "seed"}``, and ``"pretext_label"`` when one draw makes every view and its label (jigsaw). ``shared_draws``: every
+    view from view 0's draws."""
+    views = [draw_view(t, image, seed, epoch, index, 0 if shared_draws else v) for v, t in enumerate(transforms)]
+    out = {"label": int(label), "seed": example_seed(seed, epoch, index)}
+    if len(views) == 1 and isinstance(views[0], dict):
+        return {**out, "views": list(views[0]["views"]), "pretext_label": int(views[0]["pretext_label"])}
+    return {**out, "views": views}
 
 
 @contextmanager

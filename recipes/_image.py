@@ -17,7 +17,9 @@ from selfsup.errors import SelfsupError
 from selfsup.evaluate import probe_encoders
 from selfsup.modalities.image_data import ImageSet, load_images, split_images
 from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ViewDataset, collate_images,
-                                            collate_views, eval_transform)
+                                            collate_views, eval_transform, stream_views)
+from selfsup.modalities.shards import ImageStream
+from selfsup.streaming import ShardStream, record_index
 from selfsup.types import Encoder
 
 
@@ -63,9 +65,15 @@ def add_image_args(p: ArgumentParser) -> None:
     e.add_argument("--no_linear_probe", action="store_true", help="report the kNN only")
 
 
-def load_training_images(run: ImageRun, accelerator) -> tuple[ImageSet, str]:
+def load_training_images(run: ImageRun, accelerator) -> tuple[ImageSet | ImageStream, str]:
     """The pretraining images from the data flags (scikit-learn's digits when none is given: the loader says so)
-    and their source."""
+    and their source; with ``--streaming`` an :class:`ImageStream` (listed, not opened: each process opens only its
+    shards)."""
+    if run.streaming:
+        images = ImageStream(run.train_dir, run.train_file, run.dataset_name, run.image_column, run.label_column,
+                             run.bad_images, run.stream_shard_size)
+        accelerator.print(f"images: streaming {len(images)} from {images.source} in {len(images.shards)} shards")
+        return images, images.source
     with accelerator.main_process_first():
         images = load_images(train_dir=run.train_dir, train_file=run.train_file, dataset_name=run.dataset_name,
                              dataset_config=run.dataset_config_name, image_column=run.image_column,
@@ -113,6 +121,8 @@ def labelled_images(run: ImageRun, train_images: ImageSet) -> tuple[ImageSet, Im
         fit, score = (load_images(train_file=run.eval_train_file, **common),
                       load_images(train_file=run.eval_test_file, **common))
         source = run.eval_train_file
+    elif isinstance(train_images, ImageStream):   # a stream holds no images out; the probes need --eval_dir
+        return None
     elif train_images.num_classes > 1 and min(train_images.labels) >= 0:
         fit, score = split_images(train_images, 0.2, run.seed)
         source = f"{train_images.source} (a held-out 20 %)"
@@ -127,16 +137,45 @@ def labelled_images(run: ImageRun, train_images: ImageSet) -> tuple[ImageSet, Im
 def view_loader(images: ImageSet, transforms: Sequence[Callable], run: ImageRun, batch_size: int, accelerator,
                 shared_draws: bool = False):
     """The training loader of ``batch_size`` examples per process: each example's views drawn from its own seed
-    (N processes train as one); ``shared_draws``: every view from the same draws (views that differ by a fixed
-    transformation, RotNet's rotations)."""
+    (N processes train as one; streamed: each process its own shards, the seeds from each image's shard and
+    position); ``shared_draws``: every view from the same draws (views that differ by a fixed transformation,
+    RotNet's rotations)."""
+    if isinstance(images, ImageStream):
+        return stream_loader(images, transforms, run, batch_size, accelerator, shared_draws)
     data = ViewDataset(images, list(transforms), seed=run.seed, shared_draws=shared_draws)
-    several = len(transforms) > 1 or getattr(transforms[0], "makes_views", False)
-    collate = collate_views if several else collate_images
+    collate = views_collate(transforms)
     global_batch = batch_size * accelerator.num_processes
     if len(data) < global_batch:
         raise SelfsupError(f"{images.source}: {len(data)} images are fewer than one global batch of {global_batch}")
     return make_train_loader(data, collate, batch_size, accelerator.num_processes, accelerator.process_index,
                              run.seed, run.dataloader_num_workers)
+
+
+def views_collate(transforms: Sequence[Callable]) -> Callable:
+    """Batches of several views (or of a transform that makes them all, jigsaw), else of single images."""
+    several = len(transforms) > 1 or getattr(transforms[0], "makes_views", False)
+    return collate_views if several else collate_images
+
+
+def stream_loader(images: ImageStream, transforms: Sequence[Callable], run: ImageRun, batch_size: int, accelerator,
+                  shared_draws: bool = False):
+    """The loader of a ``ShardStream`` of augmented views over the shards of ``images``."""
+    transforms = list(transforms)
+
+    def prepare(entry, shard: int, position: int, epoch: int):
+        image = images.decode(entry)
+        if image is None:
+            return None
+        return stream_views(image, entry.label, transforms, run.seed, epoch, record_index(shard, position),
+                            shared_draws)
+
+    collate = views_collate(transforms)
+    stream = ShardStream(images.shards, images.read, prepare, collate, batch_size, accelerator.num_processes,
+                         accelerator.process_index, run.seed, shuffle_chunk=run.stream_shuffle_chunk,
+                         source=images.source)
+    stream.warn_if_uneven(accelerator.print)
+    return make_train_loader(stream, collate, batch_size, accelerator.num_processes, accelerator.process_index,
+                             run.seed)
 
 
 class EvalImages:
@@ -204,6 +243,8 @@ def picture_pixels(score: EvalImages | None, images: ImageSet, run: ImageRun, n:
     images; ``eval_transform``, no augmentation."""
     if score is not None:
         return score.pixels[spread_over_classes(score.labels, n, run.seed)]
+    if isinstance(images, ImageStream):     # the first good images of the first shard: a stream is not sampled
+        return EvalImages(images.head(n), run).pixels
     return EvalImages(sample(images, n, run.seed), run).pixels
 
 

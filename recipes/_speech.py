@@ -20,6 +20,8 @@ from selfsup.evaluate import extract_views, knn_accuracy, linear_probe
 from selfsup.modalities.audio import check_grad_mult
 from selfsup.modalities.audio_corpora import fsdd_entries, fsdd_split, synthetic_speech_corpus
 from selfsup.modalities.audio_data import AudioDataset, collate_audio, load_audio_splits, to_entries
+from selfsup.modalities.shards import AudioStream
+from selfsup.streaming import ShardStream, record_index
 from selfsup.run import random_init_encoders
 from selfsup.types import Encoder, Objective
 
@@ -76,12 +78,24 @@ def load_audio(run: SpeechRun) -> tuple[AudioDataset, AudioDataset, str]:
         audio_column=run.audio_column, synthetic_utterances=run.synthetic_utterances,
         max_train_samples=run.max_train_samples, validation_percentage=run.validation_split_percentage,
         max_validation=run.max_eval_clips, max_duration=run.max_duration, min_duration=run.min_duration,
-        on_bad_audio=run.on_bad_audio, seed=run.seed)
+        on_bad_audio=run.on_bad_audio, seed=run.seed, streaming=run.streaming, shard_size=run.stream_shard_size)
 
 
 def speech_loader(train, collate: Callable, run: SpeechRun, batch_size: int, accelerator, dataset=None):
     """The sharded training loader of a speech recipe, ``batch_size`` clips per process, grouped by the clip
-    lengths of ``train``; ``dataset`` (default: ``train``) is what it loads (HuBERT: the clips with their labels)."""
+    lengths of ``train``; ``dataset`` (default: ``train``) is what it loads (HuBERT: the clips with their labels).
+    Streamed (an ``AudioStream``): each process reads its own shards of clips, in shard order (no length grouping:
+    the lengths are not known before a clip is opened)."""
+    if isinstance(train, AudioStream):
+        if dataset is not None:
+            raise SelfsupError("--streaming: this recipe's training set is more than the clips; train without it")
+        stream = ShardStream(train.shards, train.read,
+                             lambda entry, shard, pos, epoch: train.example(entry, epoch, record_index(shard, pos)),
+                             collate, batch_size, accelerator.num_processes, accelerator.process_index, run.seed,
+                             shuffle_chunk=run.stream_shuffle_chunk, source=train.source)
+        stream.warn_if_uneven(accelerator.print)
+        return make_train_loader(stream, collate, batch_size, accelerator.num_processes, accelerator.process_index,
+                                 run.seed)
     return make_train_loader(train if dataset is None else dataset, collate, batch_size, accelerator.num_processes,
                              accelerator.process_index, run.seed, run.dataloader_num_workers, lengths=train.lengths)
 

@@ -15,11 +15,13 @@ from selfsup.backbones.transformer import SIZES as TRANSFORMER_SIZES
 from selfsup.checkpoint import resolve_checkpoint
 from selfsup.config import RecipeSettings
 from selfsup.distributed import writes_node_files
-from selfsup.data import SeededExamples, ShardedStream, make_train_loader
+from selfsup.data import SeededExamples, ShardedStream, example_seed, make_train_loader
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import probe_encoders
-from selfsup.modalities.text import (collate_blocks, collate_texts, load_corpus, load_labelled_text, load_tokenizer,
-                                     pack_corpus, sample_texts, train_causal_tokenizer, train_tokenizer)
+from selfsup.modalities.shards import file_texts, text_reader
+from selfsup.modalities.text import (collate_blocks, collate_texts, corpus_files, load_corpus, load_labelled_text,
+                                     load_tokenizer, pack_corpus, sample_texts, train_causal_tokenizer, train_tokenizer)
+from selfsup.streaming import ShardStream, record_index
 from selfsup.types import Encoder
 
 
@@ -122,13 +124,20 @@ def text_blocks(run: TextRun, train_texts, val_texts, source: str, tokenizer, ba
                 eval_pack=None):
     """(training loader over packed blocks of ``--max_seq_length`` ids, ``batch_size`` per process, held-out blocks
     as id lists). ``pack``: how blocks are cut (``pack_corpus``'s; default BERT's ``[CLS] ... [SEP]`` blocks);
-    ``eval_pack``: the same for the held-out blocks (default ``pack``)."""
+    ``eval_pack``: the same for the held-out blocks (default ``pack``). ``--streaming`` files: each process reads
+    only its own (:func:`sharded_text`)."""
+    if run.streaming and (run.train_file or run.train_dir):
+        data, val_blocks = sharded_text(run, val_texts, tokenizer, batch_size, accelerator, pack, eval_pack)
+        if not val_blocks:
+            raise SelfsupError(f"{source}: validation text is shorter than one block of {run.max_seq_length} tokens")
+        return make_train_loader(data, collate_blocks, batch_size, accelerator.num_processes,
+                                 accelerator.process_index, run.seed), val_blocks
     with accelerator.main_process_first():
         train_blocks = pack_corpus(train_texts, tokenizer, run.max_seq_length, pack=pack)
         val_blocks = [b["input_ids"] for _, b in zip(range(run.max_eval_blocks),
                                                       pack_corpus(val_texts, tokenizer, run.max_seq_length,
                                                                   pack=eval_pack or pack))]
-    if run.streaming:
+    if run.streaming:   # a Hub name or a dataset folder: one stream that every process reads, keeping its slice of each batch
         shuffled = train_blocks.shuffle(seed=run.seed, buffer_size=10_000)
         data = ShardedStream(lambda epoch: (shuffled.set_epoch(epoch), iter(shuffled))[1], batch_size,
                              accelerator.num_processes, accelerator.process_index, collate_blocks)
@@ -142,6 +151,47 @@ def text_blocks(run: TextRun, train_texts, val_texts, source: str, tokenizer, ba
     loader = make_train_loader(data, collate_blocks, batch_size, accelerator.num_processes, accelerator.process_index,
                                run.seed, run.dataloader_num_workers)
     return loader, val_blocks
+
+
+def sharded_text(run: TextRun, val_texts, tokenizer, batch_size: int, accelerator, pack=None, eval_pack=None):
+    """(the ``ShardStream`` of packed blocks over the corpus files, held-out blocks). Without ``--validation_file``
+    the first ``--streaming_validation_examples`` texts of the corpus (in file order) are held out, as
+    :func:`load_corpus` holds them out, and the shards skip them; with it, ``val_texts`` are."""
+    files = [str(p) for p in corpus_files(run.train_file, run.train_dir)]
+    sample_by = getattr(run, "sample_by", "line")
+    hold_out: dict[str, int] = {}
+    held: list[str] = []
+    val = val_texts
+    if not run.validation_file:
+        for path in files:
+            if len(held) >= run.streaming_validation_examples:
+                break
+            texts = file_texts(path, run.text_column, sample_by)
+            got = [ex["text"] for _, ex in zip(range(run.streaming_validation_examples - len(held)), texts)]
+            hold_out[path] = len(got)
+            held += got
+        val = datasets_from_texts(held)
+    read = text_reader(tokenizer, run.max_seq_length, pack, run.text_column, sample_by, hold_out)
+
+    def prepare(block: dict, shard: int, position: int, epoch: int) -> dict:
+        return {**block, "seed": example_seed(run.seed, epoch, record_index(shard, position))}
+
+    stream = ShardStream(files, read, prepare, collate_blocks, batch_size, accelerator.num_processes,
+                         accelerator.process_index, run.seed, shuffle_chunk=run.stream_shuffle_chunk,
+                         source=run.train_dir or files[0])
+    stream.warn_if_uneven(accelerator.print)
+    accelerator.print(f"streaming {len(files)} text files, about {len(files) / accelerator.num_processes:.1f} per "
+                      "process")
+    val_blocks = [b["input_ids"] for _, b in zip(range(run.max_eval_blocks),
+                                                 pack_corpus(val, tokenizer, run.max_seq_length,
+                                                             pack=eval_pack or pack))]
+    return stream, val_blocks
+
+
+def datasets_from_texts(texts: list[str]):
+    import datasets
+
+    return datasets.Dataset.from_dict({"text": texts})
 
 
 def text_probe(encoders: dict[str, Encoder | list[Encoder]], tokenizer, run: TextRun,

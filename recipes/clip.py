@@ -32,7 +32,9 @@ from selfsup.errors import SelfsupError, run_cli
 from selfsup.evaluate import class_embeddings, confusion_png, zero_shot_scores
 from selfsup.export import write_model_card
 from selfsup.modalities.image_text import (CLIP_TEMPLATES, PIPELINE_TEMPLATE, ImageTextSet, collate_pairs, load_pairs,
-                                           train_caption_tokenizer)
+                                           train_caption_tokenizer, training_pair)
+from selfsup.modalities.shards import PairStream
+from selfsup.streaming import ShardStream, record_index
 from selfsup.modalities.image_views import eval_transform
 from selfsup.recipes.builders.image_text import clip
 from selfsup.objectives.image_text.clip import CLIPObjective
@@ -105,7 +107,14 @@ def build_parser() -> ArgumentParser:
 # -- data --------------------------------------------------------------------------------------------------------
 def load_training_pairs(run: ClipRun, accelerator) -> ImageTextSet:
     """The image-text pairs of the data flags (scikit-learn's digits with templated captions when none is given:
-    the loader says so)."""
+    the loader says so); with ``--streaming`` a :class:`PairStream` (listed, not opened)."""
+    if run.streaming:
+        pairs = PairStream(run.train_dir, run.train_file, run.dataset_name, run.image_column, run.text_column,
+                           run.label_column, run.templates, run.bad_input, run.stream_shard_size)
+        accelerator.print(f"pairs: streaming {len(pairs)} from {pairs.source} in {len(pairs.shards)} shards"
+                          + (f", captions from the class names and {len(run.templates)} prompt templates"
+                             if pairs.templated else ""))
+        return pairs
     with accelerator.main_process_first():
         pairs = load_pairs(train_dir=run.train_dir, train_file=run.train_file, dataset_name=run.dataset_name,
                            dataset_config=run.dataset_config_name, image_column=run.image_column,
@@ -129,6 +138,8 @@ def zero_shot_images(run: ClipRun, pairs: ImageTextSet) -> tuple[ImageTextSet, I
         where = find_split(Path(run.zero_shot_dir), "test") if run.zero_shot_dir else {"train_file": run.zero_shot_file}
         test = load_pairs(**where, **common)
         source = run.zero_shot_dir or run.zero_shot_file
+    elif isinstance(pairs, PairStream):   # a stream holds no pairs out: zero-shot needs --zero_shot_dir / _file
+        return pairs, None, ""
     elif pairs.class_names and min(pairs.labels) >= 0:
         order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(run.seed)).tolist()
         cut = max(1, len(pairs) // 5)
@@ -174,11 +185,27 @@ def train_transform(run: ClipRun) -> v2.Compose:
 
 def pair_loader(pairs: ImageTextSet, tokenizer, run: ClipRun, batch_size: int, accelerator):
     """The training loader of ``batch_size`` pairs per process: captions tokenized, each image's view drawn from
-    its own seed."""
-    pairs.tokenize(tokenizer, run.context_length).with_views(train_transform(run), run.seed)
+    its own seed (streamed: each process its own shards, captions tokenized as a pair is met)."""
     siglip = run.loss == "siglip"
     collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, pad_to=run.context_length if siglip else None,
                       attention_mask=not siglip)
+    if isinstance(pairs, PairStream):
+        transform = train_transform(run)
+
+        def prepare(pair, shard: int, position: int, epoch: int):
+            options = pairs.caption_ids(pair, tokenizer, run.context_length)
+            image = None if options is None else pairs.decode(pair.entry)
+            if image is None:
+                return None
+            return training_pair(image, options, pair.label, transform, run.seed, epoch, record_index(shard, position))
+
+        stream = ShardStream(pairs.shards, pairs.read, prepare, collate, batch_size, accelerator.num_processes,
+                             accelerator.process_index, run.seed, shuffle_chunk=run.stream_shuffle_chunk,
+                             source=pairs.source)
+        stream.warn_if_uneven(accelerator.print)
+        return make_train_loader(stream, collate, batch_size, accelerator.num_processes, accelerator.process_index,
+                                 run.seed)
+    pairs.tokenize(tokenizer, run.context_length).with_views(train_transform(run), run.seed)
     return make_train_loader(pairs, collate, batch_size, accelerator.num_processes,
                              accelerator.process_index, run.seed, run.dataloader_num_workers)
 

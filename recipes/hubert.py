@@ -320,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = TrainingSettings.from_args(args, output_dir=run.output_dir)
     accelerator = start_run(settings, run.seed)
     kernels, strides = geometry(run)
+    if run.streaming:
+        raise SelfsupError("--streaming: HuBERT's targets are k-means labels of every training clip, computed over the "
+                           "whole set each iteration; train HuBERT without --streaming")
     train, val, source = load_audio(run)                                                   # data
     accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out, "
                       f"{sum(train.durations) / 3600:.2f} h")

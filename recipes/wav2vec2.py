@@ -101,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = TrainingSettings.from_args(args)
     accelerator = start_run(settings, run.seed)
     train, val, source = load_audio(run)                                                   # data
-    accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out, "
-                      f"{sum(train.durations) / 3600:.2f} h")
+    accelerator.print(f"audio: {source}: {len(train)} training clips, {len(val)} held out"
+                      + ("" if run.streaming else f", {sum(train.durations) / 3600:.2f} h"))
     objective = build_objective(run)                                                       # build
     apply_training_flags(objective, run, accelerator)
     accelerator.print(f"model: {num_parameters(objective) / 1e6:.1f}M parameters")

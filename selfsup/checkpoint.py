@@ -8,6 +8,8 @@ A checkpoint is a folder ``checkpoint-{step}`` holding
 * instead of the first two, in an FSDP run with the ``sharded`` layout (``selfsup.sharding``): each process's
   pieces, ``model-{rank}-of-{world}.safetensors`` and ``optimizer-{rank}-of-{world}.pt``;
 * ``rng_state_{rank}.pt``  each process's Python, NumPy and torch generators;
+* ``data_state_{rank}.json``  a streamed run's position of each process in its shards (plain JSON;
+  ``selfsup.streaming``);
 * ``trainer_state.json``  step, epoch, position in the data (in examples) and the objective's extra state.
 
 It is written under ``checkpoint-{step}.tmp`` and renamed when complete, so a killed run never leaves a
@@ -171,11 +173,12 @@ def load_weights(path: Path, accelerator, objective: torch.nn.Module, optimizer)
 
 
 def save_checkpoint(accelerator, objective: torch.nn.Module, optimizer, scheduler, state: dict[str, Any],
-                    output_dir: str | Path, keep: int, layout: str = "sharded") -> Path:
+                    output_dir: str | Path, keep: int, layout: str = "sharded",
+                    data_state: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoint-{state['step']}`` atomically (every process calls this); ``layout``: how an FSDP run
-    writes its weights (:mod:`selfsup.sharding`). On machines with disks of their own, each machine's checkpoint
-    holds what its processes need to resume: the whole files (written by its local main process) and its
-    processes' random states and pieces."""
+    writes its weights (:mod:`selfsup.sharding`); ``data_state``: this process's position in a stream. On machines
+    with disks of their own, each machine's checkpoint holds what its processes need to resume: the whole files
+    (written by its local main process) and its processes' random states, positions and pieces."""
     final = Path(output_dir) / f"checkpoint-{state['step']}"
     tmp = final.with_name(final.name + ".tmp")
     writer = writes_node_files(accelerator, output_dir)
@@ -184,6 +187,8 @@ def save_checkpoint(accelerator, objective: torch.nn.Module, optimizer, schedule
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
+    if data_state is not None:   # inside the .tmp folder, so the rename makes it part of the atomic checkpoint
+        (tmp / f"data_state_{accelerator.process_index}.json").write_text(json.dumps(data_state))
     save_weights(accelerator, objective, optimizer, tmp, layout, writer)
     if writer:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -196,6 +201,17 @@ def save_checkpoint(accelerator, objective: torch.nn.Module, optimizer, schedule
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_data_state(path: Path, rank: int) -> dict[str, Any] | None:
+    """Process ``rank``'s stream position in checkpoint ``path`` (None when it holds none)."""
+    file = path / f"data_state_{rank}.json"
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except ValueError as err:
+        raise SelfsupError(f"{file}: cannot read the stream position ({err})") from None
 
 
 def load_checkpoint(path: Path, accelerator, objective: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:

@@ -70,7 +70,13 @@ def base_parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     d.add_argument("--validation_file", nargs="+", default=None)
     d.add_argument("--validation_split_percentage", type=float, default=5.0,
                    help="held-out share of the training data when no --validation_file is given")
-    d.add_argument("--streaming", action="store_true", help="stream the corpus instead of loading it")
+    d.add_argument("--streaming", action="store_true",
+                   help="stream the training data: each process reads only its own shards (files; runs of "
+                        "--stream_shard_size files of a folder) and checkpoints keep its position (docs/streaming.md)")
+    d.add_argument("--stream_shard_size", type=int, default=1000,
+                   help="--streaming a folder of images or audio files: files per shard")
+    d.add_argument("--stream_shuffle_chunk", type=int, default=10_000,
+                   help="--streaming: records of a shard shuffled together (a buffer that replays on resume)")
     d.add_argument("--max_train_samples", type=int, default=None)
     e = p.add_argument_group("evaluation on labelled data (linear probe and kNN on frozen features)")
     e.add_argument("--eval_train_file", default=None)
@@ -99,6 +105,9 @@ class RecipeSettings:
     dataset_name: str | None = None
     dataset_config_name: str | None = None
     max_train_samples: int | None = None
+    streaming: bool = False
+    stream_shard_size: int = 1000
+    stream_shuffle_chunk: int = 10_000
     model_size: str = "small"
     init_from: str | None = None
     seed: int = 42

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from selfsup.errors import SelfsupError
+from selfsup.streaming import ShardStream
 
 
 def example_seed(seed: int, epoch: int, index: int, stream: int = 1) -> int:
@@ -164,13 +165,14 @@ class ShardedStream(IterableDataset):
 def make_train_loader(dataset: Any, collate_fn: Callable, batch_size: int, num_processes: int, process_index: int,
                       seed: int, num_workers: int = 0, lengths: Sequence[int | float] | None = None,
                       drop_last: bool = True) -> DataLoader:
-    """A DataLoader over a map-style data set, or over a :class:`ShardedStream` for streaming data.
+    """A DataLoader over a map-style data set, or over a stream that batches itself (:class:`ShardedStream`, or
+    ``selfsup.streaming.ShardStream``: each process reads its own shards; run in this process, ``num_workers`` 0).
     ``lengths`` (per example) turns on length-grouped batching; ``drop_last=False`` keeps each epoch's incomplete
     last global batch (:class:`ShardedBatchSampler`)."""
     # The loader gets a generator of its own: creating an iterator must not draw from the global RNG, or a
     # resumed run (which creates its iterator at another step) would see other masks and dropout.
     own = torch.Generator().manual_seed(seed)
-    if isinstance(dataset, ShardedStream):
+    if isinstance(dataset, (ShardedStream, ShardStream)):
         return DataLoader(dataset, batch_size=None, generator=own)
     sampler = ShardedBatchSampler(len(dataset), batch_size, num_processes, process_index, seed, lengths=lengths,
                                   drop_last=drop_last)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from selfsup import sharding
 from selfsup.optim import make_optimizer as build_optimizer
-from selfsup.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from selfsup.checkpoint import load_checkpoint, load_data_state, resolve_checkpoint, save_checkpoint
 from selfsup.compiling import compile_backbones
 from selfsup.data import loader_length, set_loader_position, to_device
 from selfsup.errors import SelfsupError
@@ -323,12 +323,32 @@ class Trainer:
         self.objective.load_extra_state(state.get("objective_state", {}))
         self.history = [float(v) for v in state.get("loss_history", [])][: self.step]
         self.evaluations = [(int(s), dict(f)) for s, f in state.get("evaluations", []) if int(s) <= self.step]
+        self.resume_stream(path)
         self.accelerator.print(f"resumed from {path} at step {self.step}")
+
+    def stream(self):
+        """The training data set when it is a stream that keeps its own position (``state_dict`` /
+        ``load_state_dict``, ``selfsup.streaming``), else None."""
+        data = getattr(self.loader, "dataset", None)
+        return data if hasattr(data, "state_dict") and hasattr(data, "load_state_dict") else None
+
+    def resume_stream(self, path: Path) -> None:
+        """Each process continues its stream where its checkpoint file says; its epoch counters follow (processes
+        of a stream run their own epochs)."""
+        if (stream := self.stream()) is None:
+            return
+        data_state = load_data_state(path, self.accelerator.process_index)
+        if data_state is None:
+            raise SelfsupError(f"{path}: no data_state_{self.accelerator.process_index}.json; a streamed run resumes "
+                               "from a checkpoint of a streamed run on as many processes")
+        stream.load_state_dict(data_state)
+        self.epoch, self.batch_in_epoch = int(data_state["epoch"]), int(data_state["batches"])
 
     def save(self) -> Path:
         return save_checkpoint(self.accelerator, self.objective, self.optimizer, self.scheduler,
                                self.trainer_state(), self.args.output_dir, self.args.checkpoints_total_limit,
-                               self.args.fsdp_checkpoint)
+                               self.args.fsdp_checkpoint,
+                               data_state=None if self.stream() is None else self.stream().state_dict())
 
     # -- the loop -------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
