@@ -6,6 +6,13 @@
 * ``effective_rank``: exp of the entropy of the normalised singular values (Roy & Vetterli 2007; RankMe,
   Garrido et al. 2023): up to min(B, D), 1 for rank-one (completely or dimensionally collapsed) embeddings.
 
+and, for two embeddings of the same examples (two views, an image and its caption), Wang & Isola's (ICML 2020)
+
+* ``alignment``: the mean squared distance between the L2-normalised embeddings of each positive pair (0 when the
+  two coincide, up to 4);
+* ``uniformity``: log of the mean Gaussian potential ``exp(-2 ||u - v||^2)`` over every pair of examples (0 when all
+  embeddings are one point; the more negative, the more evenly they cover the sphere).
+
 They are metrics of this process's batch (no collectives); the engine logs them from the main process.
 """
 from __future__ import annotations
@@ -33,6 +40,28 @@ def effective_rank(z: Tensor) -> Tensor:
         return total.new_zeros(())
     p = s / total
     return torch.exp(-torch.special.xlogy(p, p).sum())
+
+
+def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
+    """x, y: (B, D) embeddings of B positive pairs -> ``mean_i ||x_i/|x_i| - y_i/|y_i| ||^alpha`` (Wang & Isola's
+    ``align_loss``, alpha 2)."""
+    x, y = F.normalize(x.detach().float(), dim=1), F.normalize(y.detach().float(), dim=1)
+    return (x - y).norm(dim=1).pow(alpha).mean()
+
+
+def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
+    """x: (B >= 2, D) -> ``log mean_{i<j} exp(-t ||x_i/|x_i| - x_j/|x_j| ||^2)`` (Wang & Isola's ``uniform_loss``)."""
+    x = F.normalize(x.detach().float(), dim=1)
+    return torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()
+
+
+def alignment_and_uniformity(x: Tensor, y: Tensor) -> dict[str, float]:
+    """"monitor/alignment" of the pairs and "monitor/uniformity", the mean of both sides' (the paper's loss
+    averages them); {} when the batch is too small or the two do not pair up."""
+    if x.shape != y.shape or x.ndim != 2 or x.shape[0] < 2:
+        return {}
+    return {"monitor/alignment": float(alignment(x, y)),
+            "monitor/uniformity": float((uniformity(x) + uniformity(y)) / 2)}
 
 
 class CollapseMonitor:
@@ -90,4 +119,5 @@ class CollapseMonitor:
                 "negatives weight, or check the stop-gradient, predictor, centring and EMA teacher.")
 
 
-__all__ = ["embedding_std", "effective_rank", "CollapseMonitor"]
+__all__ = ["embedding_std", "effective_rank", "alignment", "uniformity", "alignment_and_uniformity",
+           "CollapseMonitor"]

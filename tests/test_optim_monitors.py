@@ -168,3 +168,47 @@ def test_monitor_reports_nan_for_a_diverged_step_and_carries_on():
     out = monitor.update(z, step=1)
     assert math.isnan(out["collapse/effective_rank"]) and out["collapse/collapsed"] == 0.0
     assert monitor.update(torch.randn(16, 8), step=2)["collapse/effective_rank"] > 1
+
+
+# -- alignment and uniformity (Wang & Isola, 2020) ------------------------------------------------------------------
+def paper_align(x, y, alpha=2):       # the paper's reference code (its Figure 5), on normalised inputs
+    return (x - y).norm(p=2, dim=1).pow(alpha).mean()
+
+
+def paper_uniform(x, t=2):
+    return torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log()
+
+
+def test_alignment_and_uniformity_equal_the_papers_code_and_order_embeddings_as_expected():
+    from selfsup.monitors import alignment, alignment_and_uniformity, uniformity
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=g)
+    y = x + 0.3 * torch.randn(64, 16, generator=g)
+    xn, yn = torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
+    assert torch.allclose(alignment(x, y), paper_align(xn, yn), atol=1e-6)
+    assert torch.allclose(uniformity(x), paper_uniform(xn), atol=1e-6)
+    assert float(alignment(x, x)) < 1e-10 and float(alignment(x, -x)) == pytest.approx(4.0)
+    collapsed = torch.ones(64, 16) + 1e-4 * torch.randn(64, 16, generator=g)
+    assert abs(float(uniformity(collapsed))) < 1e-3 < -float(uniformity(x))     # one point: 0; spread: negative
+    both = alignment_and_uniformity(x, y)
+    assert both["monitor/uniformity"] == pytest.approx(float((uniformity(x) + uniformity(y)) / 2))
+    assert alignment_and_uniformity(x, y[:10]) == {}
+
+
+def test_every_two_view_method_and_clip_report_alignment_and_uniformity():
+    from selfsup.recipes.builders.image_text import clip
+    from selfsup.recipes.builders.two_view import two_view
+
+    g = torch.Generator().manual_seed(1)
+    views = [{"pixel_values": torch.randn(6, 3, 16, 16, generator=g)} for _ in range(2)]
+    for method in ("simclr", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "dino", "vicreg", "barlow_twins"):
+        out = two_view(method, "resnet_tiny", size="tiny", image_size=16)({"views": views})
+        assert {"monitor/alignment", "monitor/uniformity"} <= set(out.metrics), method
+        assert 0.0 <= out.metrics["monitor/alignment"] <= 4.0 and out.metrics["monitor/uniformity"] <= 0.0
+    ids = torch.randint(2, 50, (6, 9), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 1                 # start and end-of-text
+    pairs = {"pixel_values": torch.randn(6, 3, 32, 32, generator=g), "input_ids": ids,
+             "attention_mask": torch.ones(6, 9, dtype=torch.long)}
+    out = clip("tiny", "clip", "vit", vocab_size=50)(pairs)
+    assert {"monitor/alignment", "monitor/uniformity"} <= set(out.metrics)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from selfsup.backbones.transformer import ACTIVATIONS, TransformerEncoder
 from selfsup.objectives.image_text.losses import clip_logits, clip_loss, siglip_logits, siglip_loss
+from selfsup.monitors import alignment_and_uniformity
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput, masked_mean
 
 logger = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ class CLIPObjective(Objective):
             loss = clip_loss(image, text, scale, self.config.local_loss)
         else:
             loss = siglip_loss(image, text, scale, self.logit_bias, self.config.local_loss)
-        metrics = {"logit_scale": scale.detach()}
+        metrics = {"logit_scale": scale.detach(), **alignment_and_uniformity(image, text)}
         if self.logit_bias is not None:
             metrics["logit_bias"] = self.logit_bias.detach()
         return ObjectiveOutput(loss=loss, metrics=metrics)

@@ -36,7 +36,7 @@ class BarlowTwins(Objective):
         z1, z2 = self.projector(encode_online(self, get_views(batch)[:2])).chunk(2)
         loss = barlow_twins_loss(z1, z2, self.config.lambda_)
         return ObjectiveOutput(loss, None, {"barlow_twins_loss": loss.detach(),
-                                            **self.monitor(z1, int(self.global_step))})
+                                            **self.monitor(z1, int(self.global_step), z2)})
 
     on_step_end = count_step
 

@@ -52,7 +52,7 @@ class BYOL(Objective):
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)
         step = int(self.global_step)
         return ObjectiveOutput(loss, None, {"byol_loss": loss.detach(), "momentum": self.momentum(step),
-                                            **self.monitor(p1, step)})
+                                            **self.monitor(p1, step, p2)})
 
     on_step_end, reset_teacher = step_with_teacher, copy_student_to_teacher
 

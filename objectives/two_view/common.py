@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from selfsup.backbones.resnet import GlobalBatchNorm
 from selfsup.distributed import gather_with_grad
-from selfsup.monitors import CollapseMonitor
+from selfsup.monitors import CollapseMonitor, alignment_and_uniformity
 from selfsup.objectives.ema import frozen_copy, update_momentum
 from selfsup.types import VIEWS, Adapter, Batch, Encoder, features
 
@@ -145,8 +145,11 @@ class Monitored:
     def __init__(self, dim: int) -> None:
         self.monitor = CollapseMonitor(dim)
 
-    def __call__(self, z: Tensor, step: int) -> dict[str, float]:
-        return self.monitor.update(z.detach(), step) if z.shape[0] >= 2 else {}
+    def __call__(self, z: Tensor, step: int, other: Tensor | None = None) -> dict[str, float]:
+        """The collapse figures of ``z`` (B, D), and with ``other`` (the second view's, same examples) its alignment
+        and uniformity (``selfsup.monitors``)."""
+        out = self.monitor.update(z.detach(), step) if z.shape[0] >= 2 else {}
+        return {**out, **alignment_and_uniformity(z, other)} if other is not None else out
 
     def state(self) -> dict[str, Any]:
         return {"collapsed_since": self.monitor.collapsed_since, "warned": self.monitor.warned}

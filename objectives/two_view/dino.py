@@ -127,7 +127,7 @@ class DINO(Objective):
                            .chunk(c.num_global_views))
         loss = self.loss_fn(student, teacher, step, update=self.training)
         metrics = {"dino_loss": loss.detach(), "momentum": self.momentum(step),
-                   "teacher_temp": self.loss_fn.teacher_temperature(step), **self.monitor(embeddings[0], step)}
+                   "teacher_temp": self.loss_fn.teacher_temperature(step), **self.monitor(embeddings[0], step, embeddings[1])}
         return ObjectiveOutput(loss, None, metrics)
 
     def forward(self, batch: Batch) -> ObjectiveOutput:

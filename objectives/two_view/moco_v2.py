@@ -85,7 +85,7 @@ class MoCoV2(Objective):
         if self.training:
             ring_write(self.queue, self.queue_ptr, torch.cat([gather_rows(k) for k in new_keys]))
         step = int(self.global_step)
-        metrics = {"info_nce": loss.detach(), "momentum": self.momentum(step), **self.monitor(q1, step)}
+        metrics = {"info_nce": loss.detach(), "momentum": self.momentum(step), **self.monitor(q1, step, q2)}
         return ObjectiveOutput(loss, None, metrics)
 
     def forward(self, batch: Batch) -> ObjectiveOutput:

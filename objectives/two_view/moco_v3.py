@@ -66,7 +66,7 @@ class MoCoV3(Objective):
         loss = moco_v3_loss(q1, k2, c.temperature) + moco_v3_loss(q2, k1, c.temperature)
         step = int(self.global_step)
         return ObjectiveOutput(loss, None, {"ctr": loss.detach(), "momentum": self.momentum(step),
-                                            **self.monitor(q1, step)})
+                                            **self.monitor(q1, step, q2)})
 
     on_step_end, reset_teacher = step_with_teacher, copy_student_to_teacher
 

@@ -54,7 +54,7 @@ class SimCLR(Objective):
     def loss_from_embeddings(self, embeddings: tuple[Tensor, Tensor]) -> ObjectiveOutput:
         z1, z2 = embeddings
         loss = nt_xent(z1, z2, self.config.temperature, self.config.gather)
-        return ObjectiveOutput(loss, None, {"nt_xent": loss.detach(), **self.monitor(z1, int(self.global_step))})
+        return ObjectiveOutput(loss, None, {"nt_xent": loss.detach(), **self.monitor(z1, int(self.global_step), z2)})
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
         return self.loss_from_embeddings(self.embed_for_loss(batch))

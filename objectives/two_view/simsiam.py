@@ -41,7 +41,7 @@ class SimSiam(Objective):
         (z1, z2), (p1, p2) = z.chunk(2), self.predictor(z).chunk(2)
         loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
         return ObjectiveOutput(loss, None, {"negative_cosine": loss.detach(),
-                                            **self.monitor(z1, int(self.global_step))})
+                                            **self.monitor(z1, int(self.global_step), z2)})
 
     on_step_end = count_step
 

@@ -104,7 +104,7 @@ class SwAV(Objective):
         if self.training and c.queue_length > 0 and step >= c.queue_start_step:
             self.push([zs[i] for i in c.crops_for_assign])
         loss = swav_loss(scores, codes, c.temperature, c.crops_for_assign)
-        metrics = {"swav_loss": loss.detach(), "queue_in_use": float(queued is not None), **self.monitor(zs[0], step)}
+        metrics = {"swav_loss": loss.detach(), "queue_in_use": float(queued is not None), **self.monitor(zs[0], step, zs[1])}
         return ObjectiveOutput(loss, None, metrics)
 
     extra_state, load_extra_state = monitor_state, load_monitor_state

@@ -41,7 +41,7 @@ class VICReg(Objective):
         loss = (c.sim_weight * terms["invariance"] + c.var_weight * terms["variance"]
                 + c.cov_weight * terms["covariance"])
         metrics = {f"vicreg_{k}": v.detach() for k, v in terms.items()}
-        return ObjectiveOutput(loss, None, {**metrics, **self.monitor(z1, int(self.global_step))})
+        return ObjectiveOutput(loss, None, {**metrics, **self.monitor(z1, int(self.global_step), z2)})
 
     on_step_end = count_step
 
