@@ -73,6 +73,15 @@ def simclr_transform(image_size: int = 32, scale: tuple[float, float] = (0.08, 1
     return augment(image_size, scale, jitter, blur_p=blur_p, mean=mean, std=std)
 
 
+def moco_v1_transform(image_size: int = 32, mean: Sequence[float] = IMAGENET_MEAN,
+                      std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """MoCo v1 (He et al., 2020): crop (0.2..1), flip, colour jitter 0.4 on all four, always, grayscale 0.2, no blur —
+    the augmentation MoCo v2's ablation starts from (v2 adds blur and jitter p=0.8 with hue 0.1). The official
+    code jitters after the grayscale; here the grayscale comes after (``augment``'s order)."""
+    return augment(image_size, (0.2, 1.0), (0.4, 0.4, 0.4, 0.4), jitter_p=1.0, grayscale_p=0.2, blur_p=0.0,
+                   mean=mean, std=std)
+
+
 def byol_transforms(image_size: int = 32, scale: tuple[float, float] = (0.08, 1.0),
                     mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> list[v2.Compose]:
     """BYOL's asymmetric pair (Grill et al., 2020, Table 6): jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2,

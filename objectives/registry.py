@@ -74,6 +74,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "InfoNCE between a row and a copy with 60 % of its features drawn from their marginals (Bahri et al., 2022)"),
     Method("moco_v2", "two_view", "two_view.moco_v2", "MoCoV2", "MoCoV2Config",
            "momentum encoder and a queue of negatives (He et al., 2020; Chen et al., 2020)"),
+    Method("moco_v1", "two_view", "two_view.moco_v2", "MoCoV2", "MoCoV2Config",
+           "MoCo v1: momentum encoder, queue, a linear head, no blur (He et al., 2020)"),
     Method("moco_v3", "two_view", "two_view.moco_v3", "MoCoV3", "MoCoV3Config",
            "momentum encoder, predictor, in-batch negatives (Chen, Xie & He, 2021)"),
     Method("byol", "two_view", "two_view.byol", "BYOL", "BYOLConfig",

@@ -1,4 +1,4 @@
-"""Pretrain an image encoder from views: two-view methods (SimCLR, MoCo v2/v3, BYOL, SimSiam, SwAV, DINO, VICReg, Barlow Twins), rotation prediction, jigsaw puzzles and relative patch position.
+"""Pretrain an image encoder from views: two-view methods (SimCLR, MoCo v1/v2/v3, BYOL, SimSiam, SwAV, DINO, VICReg, Barlow Twins), rotation prediction, jigsaw puzzles and relative patch position.
 
     accelerate launch recipes/two_view.py --method simclr               # built-in digits, a minute on CPU
     accelerate launch recipes/two_view.py --method byol --train_file cifar10/train.parquet --eval_dir cifar10
@@ -29,8 +29,8 @@ from selfsup.config import base_parser, parse_args, settings_from
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
 from selfsup.modalities.image_views import (ROTATION_SETS, JigsawTiles, RelativePatches, byol_transforms,
-                                            hamming_permutations, multicrop_transforms, rotation_transforms,
-                                            simclr_transform)
+                                            hamming_permutations, moco_v1_transform, multicrop_transforms,
+                                            rotation_transforms, simclr_transform)
 from selfsup.objectives import registry
 from selfsup.recipes.builders.two_view import two_view
 from selfsup.objectives.two_view.build import VIEW_FAMILIES
@@ -164,6 +164,8 @@ def transforms_for(run: TwoViewRun, patch_size: int | None = None) -> list:
         return [RelativePatches(run.image_size, patch)]
     if kind == "byol":
         return byol_transforms(run.image_size, **norm)
+    if kind == "moco_v1":
+        return [moco_v1_transform(run.image_size, **norm)] * 2
     if kind == "multicrop":
         return multicrop_transforms(run.image_size, local_view_size(run, patch_size), num_local=run.num_local_views,
                                     global_scale=tuple(preset.get("global_scale", (0.4, 1.0))), **norm)

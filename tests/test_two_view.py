@@ -122,7 +122,8 @@ def ref_barlow_twins(obj, v, state):
     return L.barlow_twins_loss(z1, z2, 5e-3)
 
 
-REFERENCE = {"simclr": ref_simclr, "moco_v2": ref_moco_v2, "moco_v3": ref_moco_v3, "byol": ref_byol,
+REFERENCE = {"simclr": ref_simclr, "moco_v2": ref_moco_v2, "moco_v1": ref_moco_v2, "moco_v3": ref_moco_v3,
+             "byol": ref_byol,
              "simsiam": ref_simsiam, "swav": ref_swav, "dino": ref_dino, "vicreg": ref_vicreg,
              "barlow_twins": ref_barlow_twins}
 

@@ -1,5 +1,5 @@
-"""MoCo v2 (He et al., 2020, arXiv:1911.05722; Chen et al., 2020, arXiv:2003.04297), on any encoder: one of the
-two-view methods (``objectives/two_view``: the shared pieces are in ``common.py``, the losses in ``losses.py``)."""
+"""MoCo v2 (He et al., 2020, arXiv:1911.05722; Chen et al., 2020, arXiv:2003.04297), on any encoder, and MoCo v1 (the
+same class with a linear head, ``hidden_dim=0``, and v1's temperature and augmentation): one of the two-view methods (``objectives/two_view``: the shared pieces are in ``common.py``, the losses in ``losses.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
 @dataclass
 class MoCoV2Config:
     """He et al. 2020 / Chen et al. 2020 (MoCo v2): projector width -> hidden -> out_dim with ReLU, no BN (hidden
-    None = width: 2048 -> 2048 -> 128); key encoder = EMA with ``momentum`` (0.999 paper, 0.99 lightly CIFAR;
+    None = width: 2048 -> 2048 -> 128; 0 = MoCo v1's linear head, width -> out_dim); key encoder = EMA with ``momentum`` (0.999 paper, 0.99 lightly CIFAR;
     ``momentum_end`` None = constant, else cosine to it); queue of ``queue_size`` keys (65536 paper, 4096 lightly
     CIFAR); InfoNCE at ``temperature`` (0.2 paper, 0.1 lightly CIFAR). ``symmetric``: the mean of both
     directions (lightly's CIFAR benchmark / the MoCo CIFAR demo), both against the queue *before* either view's
@@ -44,7 +44,8 @@ class MoCoV2(Objective):
         if c.queue_size < 1:
             raise ValueError(f"queue_size must be positive, got {c.queue_size}")
         width = take_encoder(self, encoder)
-        self.projector = mlp([width, c.hidden_dim or width, c.out_dim], "none")
+        dims = [width, c.out_dim] if c.hidden_dim == 0 else [width, c.hidden_dim or width, c.out_dim]
+        self.projector = mlp(dims, "none")
         self.teacher = make_teacher(self.student())
         self.register_buffer("queue", F.normalize(torch.randn(c.queue_size, c.out_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))

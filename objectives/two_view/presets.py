@@ -21,6 +21,7 @@ _LIGHTLY_CIFAR = dict(backbone="resnet18", model_size="small", image_size=32, ba
 GPU_SETTINGS: dict[str, dict[str, Any]] = {
     "simclr": {**_LIGHTLY_CIFAR, "reference_knn": 0.875},
     "moco_v2": {**_LIGHTLY_CIFAR, "objective": {"queue_size": 8192}, "reference_knn": 0.900},  # for batch 512
+    "moco_v1": {**_LIGHTLY_CIFAR, "objective": {"queue_size": 8192}, "transform": "moco_v1"},  # v2's, with v1's parts
     "byol": {**_LIGHTLY_CIFAR, "reference_knn": 0.911},
     "simsiam": {**_LIGHTLY_CIFAR, "learning_rate": 0.06, "reference_knn": 0.906},  # lightly: no lr scaling
     "swav": {**_LIGHTLY_CIFAR, "optimizer": "adamw", "learning_rate": 1e-3 * 512 / 128, "weight_decay": 1e-6,
@@ -43,6 +44,9 @@ _IMAGENET = dict(backbone="resnet50", model_size="base", image_size=224, batch_s
 IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
     "simclr": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.075 * 256 ** 0.5, "weight_decay": 1e-6},
     "moco_v2": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0},
+    # MoCo v1's: SGD 0.03, weight decay 1e-4, batch 256, 200 epochs (steps at 120 / 160 there; cosine here)
+    "moco_v1": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0,
+                "epochs": 200, "transform": "moco_v1"},
     "byol": {**_IMAGENET, "optimizer": "lars", "learning_rate": 0.45, "weight_decay": 1e-6, "transform": "byol",
              "objective": {"momentum": 0.99}},  # the 100-epoch reference config
     "simsiam": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.05, "weight_decay": 1e-4, "warmup_epochs": 0},
@@ -70,6 +74,7 @@ _CPU = dict(backbone="resnet_tiny", model_size="small", image_size=32, batch_siz
             schedule="cosine", transform="simclr")
 CPU_SETTINGS: dict[str, dict[str, Any]] = {
     **{m: dict(_CPU) for m in ("simclr", "moco_v2", "byol")},
+    "moco_v1": {**_CPU, "transform": "moco_v1"},
     # VICReg's loss (25 / 25 / 1 weighted) and Barlow Twins' (a sum over 2048 dimensions) are too large for SGD at
     # 0.03: VICReg diverged within 15 steps, Barlow Twins fell below random init (21.7 % kNN after 200 steps vs
     # 30.4 %). LARS, whose step follows the weights' norm rather than the loss's scale, as solo-learn's CIFAR-10

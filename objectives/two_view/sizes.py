@@ -19,6 +19,7 @@ SIZES: dict[str, dict[str, Any]] = {
         methods=dict(
             simclr=dict(hidden_dim=32, out_dim=16),
             moco_v2=dict(hidden_dim=32, out_dim=16, queue_size=64, temperature=0.1, momentum=0.99, symmetric=True),
+            moco_v1=dict(hidden_dim=0, out_dim=16, queue_size=64, temperature=0.07, momentum=0.99, symmetric=True),
             moco_v3=dict(hidden_dim=32, out_dim=16),
             byol=dict(hidden_dim=32, out_dim=16, pred_hidden_dim=32, momentum=0.99),
             simsiam=dict(hidden_dim=32, out_dim=32, proj_layers=2, pred_hidden_dim=8),
@@ -31,6 +32,7 @@ SIZES: dict[str, dict[str, Any]] = {
         methods=dict(  # lightly's CIFAR-10 benchmark (docs/.../benchmarks/cifar10_benchmark.py), ResNet-18
             simclr=dict(hidden_dim=None, out_dim=128, temperature=0.5),
             moco_v2=dict(hidden_dim=None, out_dim=128, queue_size=4096, temperature=0.1, momentum=0.99, symmetric=True),
+            moco_v1=dict(hidden_dim=0, out_dim=128, queue_size=4096, temperature=0.1, momentum=0.99, symmetric=True),
             moco_v3=dict(hidden_dim=4096, out_dim=256),  # not in lightly's: solo-learn's CIFAR mocov3.yaml
             byol=dict(hidden_dim=1024, out_dim=256, pred_hidden_dim=1024, momentum=0.99),
             simsiam=dict(hidden_dim=2048, out_dim=2048, proj_layers=2, pred_hidden_dim=512),
@@ -43,6 +45,7 @@ SIZES: dict[str, dict[str, Any]] = {
         methods=dict(  # the papers' ImageNet settings
             simclr=dict(hidden_dim=None, out_dim=128, temperature=0.1),
             moco_v2=dict(hidden_dim=None, out_dim=128, queue_size=65536, temperature=0.2, momentum=0.999),
+            moco_v1=dict(hidden_dim=0, out_dim=128, queue_size=65536, temperature=0.07, momentum=0.999),
             moco_v3=dict(hidden_dim=4096, out_dim=256),
             byol=dict(hidden_dim=4096, out_dim=256, pred_hidden_dim=4096, momentum=0.996),
             simsiam=dict(hidden_dim=2048, out_dim=2048, proj_layers=3, pred_hidden_dim=512),
