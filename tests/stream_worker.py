@@ -86,6 +86,7 @@ def main() -> None:
     if acc.is_main_process:
         (Path(a.out) / "metrics.json").write_text(json.dumps(metrics))
     acc.wait_for_everyone()
+    acc.end_training()   # destroys the process group: exiting with it alive can abort in gloo's teardown
 
 
 if __name__ == "__main__":
