@@ -19,7 +19,7 @@ from selfsup.modalities.image_data import ImageSet, load_images, split_images
 from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ViewDataset, collate_images,
                                             collate_views, eval_transform, stream_views)
 from selfsup.modalities.shards import ImageStream
-from selfsup.streaming import ShardStream, record_index
+from selfsup.streaming import record_index, stream_loader as shard_loader
 from selfsup.types import Encoder
 
 
@@ -169,13 +169,8 @@ def stream_loader(images: ImageStream, transforms: Sequence[Callable], run: Imag
         return stream_views(image, entry.label, transforms, run.seed, epoch, record_index(shard, position),
                             shared_draws)
 
-    collate = views_collate(transforms)
-    stream = ShardStream(images.shards, images.read, prepare, collate, batch_size, accelerator.num_processes,
-                         accelerator.process_index, run.seed, shuffle_chunk=run.stream_shuffle_chunk,
-                         source=images.source)
-    stream.warn_if_uneven(accelerator.print)
-    return make_train_loader(stream, collate, batch_size, accelerator.num_processes, accelerator.process_index,
-                             run.seed)
+    return shard_loader(images.shards, images.read, prepare, views_collate(transforms), batch_size, accelerator,
+                         run.seed, run.stream_shuffle_chunk, images.source)
 
 
 class EvalImages:

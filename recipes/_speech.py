@@ -21,7 +21,7 @@ from selfsup.modalities.audio import check_grad_mult
 from selfsup.modalities.audio_corpora import fsdd_entries, fsdd_split, synthetic_speech_corpus
 from selfsup.modalities.audio_data import AudioDataset, collate_audio, load_audio_splits, to_entries
 from selfsup.modalities.shards import AudioStream
-from selfsup.streaming import ShardStream, record_index
+from selfsup.streaming import record_index, stream_loader
 from selfsup.run import random_init_encoders
 from selfsup.types import Encoder, Objective
 
@@ -89,13 +89,9 @@ def speech_loader(train, collate: Callable, run: SpeechRun, batch_size: int, acc
     if isinstance(train, AudioStream):
         if dataset is not None:
             raise SelfsupError("--streaming: this recipe's training set is more than the clips; train without it")
-        stream = ShardStream(train.shards, train.read,
+        return stream_loader(train.shards, train.read,
                              lambda entry, shard, pos, epoch: train.example(entry, epoch, record_index(shard, pos)),
-                             collate, batch_size, accelerator.num_processes, accelerator.process_index, run.seed,
-                             shuffle_chunk=run.stream_shuffle_chunk, source=train.source)
-        stream.warn_if_uneven(accelerator.print)
-        return make_train_loader(stream, collate, batch_size, accelerator.num_processes, accelerator.process_index,
-                                 run.seed)
+                             collate, batch_size, accelerator, run.seed, run.stream_shuffle_chunk, train.source)
     return make_train_loader(train if dataset is None else dataset, collate, batch_size, accelerator.num_processes,
                              accelerator.process_index, run.seed, run.dataloader_num_workers, lengths=train.lengths)
 

@@ -34,7 +34,7 @@ from selfsup.export import write_model_card
 from selfsup.modalities.image_text import (CLIP_TEMPLATES, PIPELINE_TEMPLATE, ImageTextSet, collate_pairs, load_pairs,
                                            train_caption_tokenizer, training_pair)
 from selfsup.modalities.shards import PairStream
-from selfsup.streaming import ShardStream, record_index
+from selfsup.streaming import record_index, stream_loader
 from selfsup.modalities.image_views import eval_transform
 from selfsup.recipes.builders.image_text import clip
 from selfsup.objectives.image_text.clip import CLIPObjective
@@ -199,12 +199,8 @@ def pair_loader(pairs: ImageTextSet, tokenizer, run: ClipRun, batch_size: int, a
                 return None
             return training_pair(image, options, pair.label, transform, run.seed, epoch, record_index(shard, position))
 
-        stream = ShardStream(pairs.shards, pairs.read, prepare, collate, batch_size, accelerator.num_processes,
-                             accelerator.process_index, run.seed, shuffle_chunk=run.stream_shuffle_chunk,
-                             source=pairs.source)
-        stream.warn_if_uneven(accelerator.print)
-        return make_train_loader(stream, collate, batch_size, accelerator.num_processes, accelerator.process_index,
-                                 run.seed)
+        return stream_loader(pairs.shards, pairs.read, prepare, collate, batch_size, accelerator, run.seed,
+                             run.stream_shuffle_chunk, pairs.source)
     pairs.tokenize(tokenizer, run.context_length).with_views(train_transform(run), run.seed)
     return make_train_loader(pairs, collate, batch_size, accelerator.num_processes,
                              accelerator.process_index, run.seed, run.dataloader_num_workers)

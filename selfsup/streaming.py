@@ -179,4 +179,16 @@ class ShardStream(IterableDataset):
             (printer or (lambda m: warnings.warn(m, stacklevel=2)))(f"note: {self.source}: {self.note}")
 
 
-__all__ = ["ShardStream", "record_index", "shard_order", "assign", "assignment_note"]
+def stream_loader(shards: Sequence[Any], read: Callable, prepare: Callable, collate: Callable, batch_size: int,
+                  accelerator, seed: int, shuffle_chunk: int, source: str):
+    """The training loader of this process's :class:`ShardStream` over ``shards`` (what every streamed recipe
+    builds), saying once on the main process when the shards do not divide evenly."""
+    from selfsup.data import make_train_loader
+
+    stream = ShardStream(shards, read, prepare, collate, batch_size, accelerator.num_processes,
+                         accelerator.process_index, seed, shuffle_chunk=shuffle_chunk, source=source)
+    stream.warn_if_uneven(accelerator.print)
+    return make_train_loader(stream, collate, batch_size, accelerator.num_processes, accelerator.process_index, seed)
+
+
+__all__ = ["ShardStream", "stream_loader", "record_index", "shard_order", "assign", "assignment_note"]
