@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from selfsup.data import VIEW_STREAM, example_seed
-from selfsup.types import PRETEXT_LABELS
+from selfsup.types import EXAMPLE_INDEX, PRETEXT_LABELS, PRETEXT_TARGETS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -323,13 +323,17 @@ def draw_view(transform: Callable, image: Any, seed: int, epoch: int, index: int
 def stream_views(image: Any, label: int, transforms: Sequence[Callable], seed: int, epoch: int,
                  index: int, shared_draws: bool = False) -> dict[str, Any]:
     """Example ``index``'s views, as :class:`ViewDataset` gives them (a streamed one too): ``{"views", "label",
-    "seed"}``, and ``"pretext_label"`` when one draw makes every view and its label (jigsaw). ``shared_draws``: every
-    view from view 0's draws."""
+    "seed", "index"}``, and what a transform that makes every view in one draw returns beside them
+    (``"pretext_label"``: a jigsaw permutation; ``"pretext_target"``: a tensor the views hide, such as colours).
+    ``shared_draws``: every view from view 0's draws."""
     views = [draw_view(t, image, seed, epoch, index, 0 if shared_draws else v) for v, t in enumerate(transforms)]
-    out = {"label": int(label), "seed": example_seed(seed, epoch, index)}
+    out = {"label": int(label), "seed": example_seed(seed, epoch, index), "index": int(index)}
     if len(views) == 1 and isinstance(views[0], dict):
-        return {**out, "views": list(views[0]["views"]), "pretext_label": int(views[0]["pretext_label"])}
+        return {**out, **{k: v for k, v in views[0].items() if k in EXTRA_FIELDS}, "views": list(views[0]["views"])}
     return {**out, "views": views}
+
+
+EXTRA_FIELDS = {"pretext_label": PRETEXT_LABELS, "pretext_target": PRETEXT_TARGETS}   # example field: batch key
 
 
 @contextmanager
@@ -349,14 +353,16 @@ def single_thread() -> Iterator[None]:
 
 def collate_views(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``{"views": [{"pixel_values": (B, 3, h_v, w_v)} per view], "labels": (B,) long, "example_seeds": (B,)
-    long}``: each view a batch the image adapters read; with ``"pretext_labels"`` (B,) when the views came with
-    one (jigsaw)."""
+    long, "example_index": (B,) long}``: each view a batch the image adapters read; with ``"pretext_labels"`` (B,)
+    and ``"pretext_targets"`` (B, ...) when the views came with them (:data:`EXTRA_FIELDS`)."""
     num_views = len(examples[0]["views"])
     batch = {"views": [{"pixel_values": torch.stack([e["views"][v] for e in examples])} for v in range(num_views)],
              "labels": torch.tensor([int(e["label"]) for e in examples], dtype=torch.long),
-             "example_seeds": torch.tensor([int(e["seed"]) for e in examples], dtype=torch.long)}
-    if "pretext_label" in examples[0]:
-        batch[PRETEXT_LABELS] = torch.tensor([int(e["pretext_label"]) for e in examples], dtype=torch.long)
+             "example_seeds": torch.tensor([int(e["seed"]) for e in examples], dtype=torch.long),
+             EXAMPLE_INDEX: torch.tensor([int(e.get("index", -1)) for e in examples], dtype=torch.long)}
+    for field_name, key in EXTRA_FIELDS.items():
+        if field_name in examples[0]:
+            batch[key] = torch.stack([torch.as_tensor(e[field_name]) for e in examples])
     return batch
 
 
@@ -367,4 +373,5 @@ def collate_images(examples: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
         raise ValueError(f"collate_images takes one view per example, got {len(examples[0]['views'])}; "
                          "use collate_views")
     batch = collate_views(examples)
-    return {"pixel_values": batch["views"][0]["pixel_values"], "labels": batch["labels"], "example_seeds": batch["example_seeds"]}
+    return {"pixel_values": batch["views"][0]["pixel_values"], "labels": batch["labels"],
+            "example_seeds": batch["example_seeds"], EXAMPLE_INDEX: batch[EXAMPLE_INDEX]}

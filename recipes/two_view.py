@@ -28,9 +28,8 @@ from selfsup.backbones.transformer import num_parameters
 from selfsup.config import base_parser, parse_args, settings_from
 from selfsup.errors import SelfsupError, run_cli
 from selfsup.export import write_model_card
-from selfsup.modalities.image_views import (ROTATION_SETS, JigsawTiles, RelativePatches, byol_transforms,
-                                            hamming_permutations, moco_v1_transform, multicrop_transforms,
-                                            rotation_transforms, simclr_transform)
+from selfsup.modalities.image_views import ROTATION_SETS
+from selfsup.modalities.view_pipelines import ViewOptions, ViewPipeline, view_pipeline
 from selfsup.objectives import registry
 from selfsup.recipes.builders.two_view import two_view
 from selfsup.objectives.two_view.build import VIEW_FAMILIES
@@ -132,60 +131,29 @@ def preset_training(settings: TrainingSettings, run: TwoViewRun, num_images: int
                    warmup_steps=warmup_steps)
 
 
-def local_view_size(run: TwoViewRun, patch_size: int | None) -> int:
-    """``--local_size``, else DINO's 96/224 of ``--image_size``; on a ViT (``patch_size``) rounded to a whole
-    number of patches (its positions are interpolated to the smaller grid)."""
-    size = run.local_size or max(1, round(run.image_size * 96 / 224))
-    if patch_size:
-        rounded = max(patch_size, round(size / patch_size) * patch_size)
-        if run.local_size and rounded != size:
-            raise SelfsupError(f"--local_size {size} is not a multiple of the ViT's patch size {patch_size}")
-        size = rounded
-    return size
+def view_options(run: TwoViewRun, patch_size: int | None = None) -> ViewOptions:
+    """The flags every view pipeline reads (``modalities/view_pipelines.py``); ``patch_size``: a ViT's."""
+    return ViewOptions(image_size=run.image_size, mean=run.image_mean, std=run.image_std, patch_size=patch_size,
+                       rotations=run.rotations, jigsaw_permutations=run.jigsaw_permutations,
+                       num_local_views=run.num_local_views, local_size=run.local_size,
+                       global_scale=tuple(run.preset_settings.get("global_scale", (0.4, 1.0))))
 
 
-def transforms_for(run: TwoViewRun, patch_size: int | None = None) -> list:
-    """The views of the method's pipeline (``modalities.image_views``), at ``--image_size`` (multi-crop's local
-    views at :func:`local_view_size`)."""
-    preset = run.preset_settings
-    norm = dict(mean=run.image_mean, std=run.image_std)
-    kind = preset.get("transform", "simclr")
-    if kind == "rotation":
-        return rotation_transforms(run.image_size, ROTATION_SETS[run.rotations], **norm)
-    if kind == "jigsaw":   # tiles normalised each on its own; on a ViT a whole number of patches
-        tile = round((run.image_size // 3) * 64 / 75)
-        if patch_size:
-            tile = max(patch_size, tile // patch_size * patch_size)
-        return [JigsawTiles(run.image_size, hamming_permutations(run.jigsaw_permutations), tile_size=tile)]
-    if kind == "relative_position":   # patches of 2/3 of a cell; on a ViT a whole number of patches
-        patch = round((run.image_size // 3) * 2 / 3)
-        if patch_size:
-            patch = max(patch_size, patch // patch_size * patch_size)
-        return [RelativePatches(run.image_size, patch)]
-    if kind == "byol":
-        return byol_transforms(run.image_size, **norm)
-    if kind == "moco_v1":
-        return [moco_v1_transform(run.image_size, **norm)] * 2
-    if kind == "multicrop":
-        return multicrop_transforms(run.image_size, local_view_size(run, patch_size), num_local=run.num_local_views,
-                                    global_scale=tuple(preset.get("global_scale", (0.4, 1.0))), **norm)
-    small = run.image_size <= 64   # lightly's CIFAR-10 benchmark: colour jitter at half strength, no blur
-    view = simclr_transform(run.image_size, jitter=(0.2, 0.2, 0.2, 0.05) if small else (0.4, 0.4, 0.4, 0.1),
-                            blur_p=0.0 if small else 0.5, **norm)
-    return [view, view]
+def pipeline_for(run: TwoViewRun, patch_size: int | None = None) -> ViewPipeline:
+    """The method's views: the pipeline its preset names (``"transform"``, SimCLR's by default)."""
+    try:
+        return view_pipeline(run.preset_settings.get("transform", "simclr"), view_options(run, patch_size))
+    except ValueError as e:
+        raise SelfsupError(str(e)) from e
 
 
 def method_overrides(run: TwoViewRun) -> dict[str, Any]:
-    """The method's config fields the preset and the flags set (``--temperature``, ``--queue_size``)."""
-    out = dict(run.preset_settings.get("objective", {}))
+    """The method's config fields the preset, its views and the flags set (``--temperature``, ``--queue_size``)."""
+    out = {**run.preset_settings.get("objective", {}), **pipeline_for(run).objective}
     if run.temperature is not None:
         out["temperature"] = run.temperature
     if run.queue_size is not None:
         out["queue_size"] = run.queue_size
-    if run.method == "rotation":
-        out["num_classes"] = len(ROTATION_SETS[run.rotations])
-    if run.method == "jigsaw":
-        out["num_permutations"] = run.jigsaw_permutations
     return out
 
 
@@ -245,9 +213,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     encoder = imported_encoder(run.init_from) if run.init_from else None                   # build
     objective = build_objective(run, settings.max_steps, encoder)
     adapter = objective.encoder().adapter
-    views = transforms_for(run, adapter.config.patch_size if hasattr(adapter, "patch_embed") else None)
+    pipeline = pipeline_for(run, adapter.config.patch_size if hasattr(adapter, "patch_embed") else None)
+    views = pipeline.transforms
     loader = view_loader(images, views, run, settings.per_device_train_batch_size, accelerator,
-                         shared_draws=run.preset_settings.get("transform") == "rotation")
+                         shared_draws=pipeline.shared_draws)
     global_batch = settings.per_device_train_batch_size * accelerator.num_processes
     accelerator.print(f"{run.method} on {run.backbone}: {len(views)} views of {run.image_size}px"
                       f"{f' ({run.num_local_views} local)' if run.num_local_views else ''}, "

@@ -35,7 +35,10 @@ CLUSTER_LABELS = "cluster_labels"  # (B, N) long: HuBERT's k-means targets per t
 NEGATIVES = "sampled_negative_indices"  # (B, N, K) long: wav2vec 2.0's fixed negatives
 VIEWS = "views"                   # a list of batches, augmentations of the same examples (two-view methods)
 PRETEXT_LABELS = "pretext_labels"  # (B,) long: which transformation the data side applied (a jigsaw permutation)
-OBJECTIVE_KEYS = (EXAMPLE_SEEDS, FIXED_MASK, NOISE, LABELS, CLUSTER_LABELS, NEGATIVES, VIEWS, PRETEXT_LABELS)
+PRETEXT_TARGETS = "pretext_targets"  # (B, ...) what the data side hid from the views (colours, a masked region)
+EXAMPLE_INDEX = "example_index"    # (B,) long: each example's index in the training set (memory banks, clusters)
+OBJECTIVE_KEYS = (EXAMPLE_SEEDS, FIXED_MASK, NOISE, LABELS, CLUSTER_LABELS, NEGATIVES, VIEWS, PRETEXT_LABELS,
+                  PRETEXT_TARGETS, EXAMPLE_INDEX)
 
 
 @dataclass

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from selfsup.errors import SelfsupError
+from selfsup.modalities.view_pipelines import ViewOptions, local_view_size
 from selfsup.recipes import mae, two_view
 from tests.conftest import straight_and_resumed
 
@@ -128,7 +129,7 @@ def test_dino_on_a_vit_trains_on_smaller_local_views(tmp_path):
     which get interpolated positions; a --local_size that is not whole patches stops in one line."""
     argv = two_view_argv("dino")(tmp_path / "dino", "--num_local_views", "2", steps=2)
     argv[argv.index("resnet_tiny")] = "vit"
-    assert two_view.local_view_size(two_view.build_parser().parse_args(["--image_size", "16"]), 4) == 8
+    assert local_view_size(ViewOptions(image_size=16, patch_size=4)) == 8
     metrics = two_view.main(argv)
     assert np.isfinite(metrics["train_loss"]) and metrics["export/max_abs_hidden_diff"] < 1e-4
     with pytest.raises(SelfsupError, match="not a multiple of the ViT's patch size 4"):

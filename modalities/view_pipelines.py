@@ -1,0 +1,127 @@
+"""Every image method's data side by name: the views (and the labels or targets they carry) a method trains on.
+
+A preset names its pipeline (``"transform"`` in ``objectives/two_view/presets.py``; ``"simclr"`` when it names none)
+and the image recipe builds it with :func:`view_pipeline` from the flags' :class:`ViewOptions`. A method whose data
+side is new adds one entry to :data:`PIPELINES` (its transform beside the others in ``image_views``); the recipe
+does not change. A pipeline also says what its views imply for the objective's config (``objective``: rotation's
+number of classes is the number of angles) and whether its views share their random draws (``shared_draws``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, JigsawTiles,
+                                            RelativePatches, byol_transforms, hamming_permutations,
+                                            moco_v1_transform, multicrop_transforms, rotation_transforms,
+                                            simclr_transform)
+
+
+@dataclass
+class ViewOptions:
+    """What the recipe's flags give every pipeline. patch_size: a ViT's (tiles, patches and local crops are then
+    a whole number of patches), None on a ResNet; rotations: a key of ``ROTATION_SETS``; jigsaw_permutations: the
+    size of the permutation set; num_local_views / local_size / global_scale: multi-crop's."""
+
+    image_size: int = 32
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    patch_size: int | None = None
+    rotations: str = "4"
+    jigsaw_permutations: int = 100
+    num_local_views: int = 0
+    local_size: int | None = None
+    global_scale: tuple[float, float] = (0.4, 1.0)
+
+    @property
+    def norm(self) -> dict[str, Sequence[float]]:
+        return {"mean": self.mean, "std": self.std}
+
+    def whole_patches(self, size: int) -> int:
+        """``size`` rounded down to a whole number of ViT patches (at least one); unchanged on a ResNet."""
+        return max(self.patch_size, size // self.patch_size * self.patch_size) if self.patch_size else size
+
+
+@dataclass
+class ViewPipeline:
+    """transforms: one per view, or one that makes every view (``makes_views``); shared_draws: every view from
+    view 0's random draws (views that differ by a fixed transformation); objective: the config fields of the
+    objective these views imply."""
+
+    transforms: list[Callable]
+    shared_draws: bool = False
+    objective: dict[str, Any] = field(default_factory=dict)
+
+
+def local_view_size(o: ViewOptions) -> int:
+    """Multi-crop's local size: ``local_size``, else DINO's 96/224 of ``image_size``; on a ViT rounded to a whole
+    number of patches (its positions are interpolated to the smaller grid)."""
+    size = o.local_size or max(1, round(o.image_size * 96 / 224))
+    if o.patch_size:
+        rounded = max(o.patch_size, round(size / o.patch_size) * o.patch_size)
+        if o.local_size and rounded != size:
+            raise ValueError(f"local size {size} is not a multiple of the ViT's patch size {o.patch_size}")
+        size = rounded
+    return size
+
+
+@lru_cache(maxsize=8)
+def _permutations(count: int) -> np.ndarray:
+    return hamming_permutations(count)
+
+
+def simclr(o: ViewOptions) -> ViewPipeline:
+    """SimCLR's pair; at 64 pixels or less lightly's CIFAR-10 setting: colour jitter at half strength, no blur."""
+    small = o.image_size <= 64
+    view = simclr_transform(o.image_size, jitter=(0.2, 0.2, 0.2, 0.05) if small else (0.4, 0.4, 0.4, 0.1),
+                            blur_p=0.0 if small else 0.5, **o.norm)
+    return ViewPipeline([view, view])
+
+
+def multicrop(o: ViewOptions) -> ViewPipeline:
+    return ViewPipeline(multicrop_transforms(o.image_size, local_view_size(o), num_local=o.num_local_views,
+                                             global_scale=tuple(o.global_scale), **o.norm))
+
+
+def rotation(o: ViewOptions) -> ViewPipeline:
+    if o.rotations not in ROTATION_SETS:
+        raise ValueError(f"unknown rotation set {o.rotations!r}; choose from {sorted(ROTATION_SETS)}")
+    angles = ROTATION_SETS[o.rotations]
+    return ViewPipeline(rotation_transforms(o.image_size, angles, **o.norm), shared_draws=True,
+                        objective={"num_classes": len(angles)})
+
+
+def jigsaw(o: ViewOptions) -> ViewPipeline:
+    """Tiles of 64/75 of a cell (each normalised on its own)."""
+    tile = o.whole_patches(round((o.image_size // 3) * 64 / 75))
+    return ViewPipeline([JigsawTiles(o.image_size, _permutations(o.jigsaw_permutations), tile_size=tile)],
+                        objective={"num_permutations": o.jigsaw_permutations})
+
+
+def relative_position(o: ViewOptions) -> ViewPipeline:
+    """Patches of 2/3 of a cell."""
+    return ViewPipeline([RelativePatches(o.image_size, o.whole_patches(round((o.image_size // 3) * 2 / 3)))])
+
+
+PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
+    "simclr": simclr,
+    "byol": lambda o: ViewPipeline(byol_transforms(o.image_size, **o.norm)),
+    "moco_v1": lambda o: ViewPipeline([moco_v1_transform(o.image_size, **o.norm)] * 2),
+    "multicrop": multicrop,
+    "rotation": rotation,
+    "jigsaw": jigsaw,
+    "relative_position": relative_position,
+}
+
+
+def view_pipeline(name: str, options: ViewOptions) -> ViewPipeline:
+    """The pipeline ``name`` (:data:`PIPELINES`) built from ``options``; a clear error naming the choices."""
+    if name not in PIPELINES:
+        raise ValueError(f"unknown view pipeline {name!r}; choose from {sorted(PIPELINES)}")
+    return PIPELINES[name](options)
+
+
+__all__ = ["ViewOptions", "ViewPipeline", "PIPELINES", "view_pipeline", "local_view_size"]
