@@ -16,9 +16,10 @@ FAMILIES = {
     "two_view": "two views of each example, one embedding each (SimCLR, MoCo, BYOL, DINO, GraphCL, ...)",
     "image_text": "contrastive pairs of an image and a text (CLIP, SigLIP)",
     "speech_quantised": "contrastive prediction of quantised latents (wav2vec 2.0)",
-    "clustering": "prediction of cluster ids of the input (HuBERT)",
+    "clustering": "prediction of cluster ids of the input (HuBERT, DeepCluster)",
     "autoregressive": "next-token prediction (GPT)",
-    "pretext": "prediction of the transformation the data side applied (rotations, jigsaw permutations, positions)",
+    "pretext": "prediction of what the data side did or hid (rotations, jigsaw permutations, positions, colours)",
+    "predictive": "contrastive prediction of one part of an example from another (CPC, Deep InfoMax)",
 }
 
 

@@ -16,7 +16,8 @@ from selfsup.objectives.two_view.sizes import BACKBONE_DEFAULTS, SIZES
 from selfsup.types import Encoder, Objective
 
 
-VIEW_FAMILIES = ("two_view", "pretext")   # the families whose objectives read batch["views"] of one encoder
+# the families whose objectives can read batch["views"] of one encoder (the recipes keep those with image presets)
+VIEW_FAMILIES = ("two_view", "pretext", "predictive", "clustering")
 
 
 def backbone_kind(backbone: nn.Module) -> str:
