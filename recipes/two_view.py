@@ -168,9 +168,10 @@ def imported_encoder(path: str) -> Encoder:
     raise SelfsupError(f"{path}: --init_from takes a ViTModel or ResNet export (model_type {kind!r})")
 
 
-def build_objective(run: TwoViewRun, max_steps: int, encoder: Encoder | None = None) -> Objective:
+def build_objective(run: TwoViewRun, max_steps: int, num_examples: int, encoder: Encoder | None = None) -> Objective:
     backbone = encoder if encoder is not None else run.backbone
-    return two_view(run.method, backbone, run.model_size, run.image_size, max_steps=max_steps, **method_overrides(run))
+    return two_view(run.method, backbone, run.model_size, run.image_size, max_steps=max_steps,
+                    num_examples=num_examples, **method_overrides(run))
 
 
 def export(objective: Objective, run: TwoViewRun, settings: TrainingSettings, metrics: dict[str, Any], source: str,
@@ -211,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     labelled = labelled_images(run, images)
     fit, score = (None, None) if labelled is None else (EvalImages(labelled[0], run), EvalImages(labelled[1], run))
     encoder = imported_encoder(run.init_from) if run.init_from else None                   # build
-    objective = build_objective(run, settings.max_steps, encoder)
+    objective = build_objective(run, settings.max_steps, len(images), encoder)
     adapter = objective.encoder().adapter
     pipeline = pipeline_for(run, adapter.config.patch_size if hasattr(adapter, "patch_embed") else None)
     views = pipeline.transforms
@@ -231,8 +232,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     objective, export_dir = trainer.trained_objective(), None
     if accelerator.is_main_process:
         if fit is not None:                                                                # evaluate
-            fresh = random_init_encoders(lambda: build_objective(run, settings.max_steps), run.random_init_seeds,
-                                         run.seed, accelerator.device)
+            fresh = random_init_encoders(lambda: build_objective(run, settings.max_steps, len(images)),
+                                         run.random_init_seeds, run.seed, accelerator.device)
             metrics.update(image_probe({"": objective.encoder(), "random_init_": fresh}, fit, score, run,
                                        accelerator.device))
         sample = (score or fit).pixels[:4] if fit is not None else next(iter(loader))["views"][0]["pixel_values"][:4]

@@ -37,19 +37,20 @@ def method_settings(method: str, size: str, kind: str) -> dict[str, Any]:
             **BACKBONE_DEFAULTS.get(f"{kind}/{size}", {}).get(method, {})}
 
 
-def from_encoder(method: str, encoder: Encoder, size: str = "small", max_steps: int = 0,
+def from_encoder(method: str, encoder: Encoder, size: str = "small", max_steps: int = 0, num_examples: int = 0,
                  **overrides: Any) -> Objective:
-    """A two-view objective (``registry.names("two_view")``), or a pretext one on views (``"pretext"``: rotation),
-    of a named size on ``encoder``, whatever its modality. ``max_steps``: the length of the run, for the momentum
-    schedules of MoCo, BYOL and DINO; ``overrides``: the method's config fields (temperature, queue_size, out_dim,
-    num_classes, ...)."""
+    """A method of the view families (:data:`VIEW_FAMILIES`: two-view, pretext, ...) of a named size on
+    ``encoder``, whatever its modality. ``max_steps``: the length of the run, for the momentum schedules of MoCo,
+    BYOL and DINO; ``num_examples``: the size of the training set, for memory banks and cluster assignments (each
+    sets the config field of its name when the method has one); ``overrides``: the method's config fields
+    (temperature, queue_size, out_dim, num_classes, ...)."""
     entry = registry.get(method)
     if entry.family not in VIEW_FAMILIES:
         raise ValueError(f"{method!r} is not a method on views; choose from {registry.names(*VIEW_FAMILIES)}")
     cls, config_cls = entry.classes()
     settings = method_settings(entry.name, size, backbone_kind(encoder.backbone))
-    if "max_steps" in {f.name for f in fields(config_cls)}:
-        settings["max_steps"] = max_steps
+    run_facts = {"max_steps": max_steps, "num_examples": num_examples}   # what a config may need of the run
+    settings.update({k: v for k, v in run_facts.items() if k in {f.name for f in fields(config_cls)}})
     return cls(encoder, entry.make_config({**settings, **overrides}))
 
 

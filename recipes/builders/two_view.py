@@ -32,8 +32,8 @@ def image_encoder(backbone: str = "resnet18", size: str = "small", image_size: i
     return Encoder(PixelAdapter(cfg.num_channels, cfg.hidden_size), ResNetBackbone(cfg))
 
 def two_view(method: str, backbone: str | Encoder = "resnet18", size: str = "small", image_size: int = 32,
-             max_steps: int = 0, resnet: dict | None = None, vit: dict | None = None, image: dict | None = None,
-             **overrides: Any) -> Objective:
+             max_steps: int = 0, num_examples: int = 0, resnet: dict | None = None, vit: dict | None = None,
+             image: dict | None = None, **overrides: Any) -> Objective:
     """A two-view objective of a named size on a named image backbone (:func:`image_encoder`) or on a given
     :class:`Encoder` (e.g. ``hf_resnet.resnet_from_transformers``; pooled at its class token when its adapter has
     one). See :func:`from_encoder`."""
@@ -43,7 +43,7 @@ def two_view(method: str, backbone: str | Encoder = "resnet18", size: str = "sma
         encoder = backbone
         if encoder.pooling == "mean" and encoder.layers == "last":
             encoder = Encoder(encoder.adapter, encoder.backbone, default_pooling(encoder.adapter))
-    return from_encoder(method, encoder, size, max_steps, **overrides)
+    return from_encoder(method, encoder, size, max_steps, num_examples, **overrides)
 
 
 __all__ = ["image_encoder", "two_view"]
