@@ -156,6 +156,19 @@ def hamming_permutations(count: int, tiles: int = 9, seed: int = 0) -> np.ndarra
     return every[chosen].astype(np.int64)
 
 
+class SingleView:
+    """One view per example batched as views (``{"views": [view]}``, ``makes_views``), not as plain images: for
+    objectives on one view that still read ``batch["views"]`` and the example index (instance discrimination)."""
+
+    makes_views = True
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Any) -> dict[str, Any]:
+        return {"views": [self.transform(image)]}
+
+
 class JigsawTiles:
     """The jigsaw puzzle of one image (context-free network, Noroozi & Favaro, 2016): resize and crop to
     ``image_size``, cut a ``grid`` x ``grid`` grid of cells, take from each cell a random ``tile_size`` tile (the

@@ -16,7 +16,7 @@ import numpy as np
 
 from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, JigsawTiles,
                                             RelativePatches, byol_transforms, hamming_permutations,
-                                            moco_v1_transform, multicrop_transforms, rotation_transforms,
+                                            SingleView, moco_v1_transform, multicrop_transforms, rotation_transforms,
                                             simclr_transform)
 
 
@@ -81,6 +81,13 @@ def simclr(o: ViewOptions) -> ViewPipeline:
     return ViewPipeline([view, view])
 
 
+def one_view(o: ViewOptions) -> ViewPipeline:
+    """One view per example (instance discrimination, Wu et al., 2018): crop (0.2..1, lemniscate's), colour
+    jitter 0.4 (p 0.8 here), grayscale 0.2, flip, no blur."""
+    return ViewPipeline([SingleView(simclr_transform(o.image_size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.4),
+                                                     blur_p=0.0, **o.norm))])
+
+
 def multicrop(o: ViewOptions) -> ViewPipeline:
     return ViewPipeline(multicrop_transforms(o.image_size, local_view_size(o), num_local=o.num_local_views,
                                              global_scale=tuple(o.global_scale), **o.norm))
@@ -111,6 +118,7 @@ PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
     "byol": lambda o: ViewPipeline(byol_transforms(o.image_size, **o.norm)),
     "moco_v1": lambda o: ViewPipeline([moco_v1_transform(o.image_size, **o.norm)] * 2),
     "multicrop": multicrop,
+    "one_view": one_view,
     "rotation": rotation,
     "jigsaw": jigsaw,
     "relative_position": relative_position,

@@ -107,6 +107,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "name the permutation of 3 x 3 shuffled tiles, each encoded alone (Noroozi & Favaro, 2016)"),
     Method("relative_position", "pretext", "pretext.relative_position", "RelativePosition", "RelativePositionConfig",
            "which of 8 neighbours a patch is, beside the centre patch (Doersch, Gupta & Efros, 2015)"),
+    Method("instance_discrimination", "two_view", "two_view.instance_discrimination", "InstanceDiscrimination",
+           "InstanceDiscriminationConfig",
+           "each example its own class: a softmax (or NCE) over a memory bank of features (Wu et al., 2018)"),
 )}
 ALIASES = {"moco": "moco_v2", "barlow": "barlow_twins"}
 

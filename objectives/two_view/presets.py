@@ -38,6 +38,11 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
     # the jigsaw paper trained on ImageNet only: lightly's CIFAR-10 schedule
     "jigsaw": {**_LIGHTLY_CIFAR, "transform": "jigsaw"},
     "relative_position": {**_LIGHTLY_CIFAR, "transform": "relative_position"},   # ImageNet only in the paper too
+    # Wu et al. 2018: SGD 0.03, momentum 0.9, weight decay 5e-4, batch 256, 200 epochs, T 0.07, 4096 NCE
+    # negatives, bank momentum 0.5 (the rate steps down there; cosine here)
+    "instance_discrimination": {**_LIGHTLY_CIFAR, "batch_size": 256, "epochs": 200, "learning_rate": 0.03,
+                                "transform": "one_view", "objective": {"loss": "nce", "num_negatives": 4096,
+                                                                       "temperature": 0.07, "bank_momentum": 0.5}},
 }
 _IMAGENET = dict(backbone="resnet50", model_size="base", image_size=224, batch_size=256, epochs=100, warmup_epochs=10,
                  schedule="cosine")
@@ -66,6 +71,10 @@ IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
     # context prediction: generic SGD settings on a ResNet-50, not the paper's (an AlexNet-style pair network)
     "relative_position": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4,
                           "batch_size": 128, "warmup_epochs": 0, "transform": "relative_position"},
+    "instance_discrimination": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.03, "momentum": 0.9,
+                                "weight_decay": 5e-4, "epochs": 200, "warmup_epochs": 0, "transform": "one_view",
+                                "objective": {"loss": "nce", "num_negatives": 4096, "temperature": 0.07,
+                                              "bank_momentum": 0.5}},
     "moco_v3": {**_IMAGENET, "backbone": "vit", "optimizer": "adamw", "learning_rate": 1.5e-4, "weight_decay": 0.1,
                 "warmup_epochs": 40, "epochs": 300},
 }
@@ -90,6 +99,7 @@ CPU_SETTINGS: dict[str, dict[str, Any]] = {
     "rotation": {**_CPU, "learning_rate": 0.1 * 64 / 128, "transform": "rotation"},
     "jigsaw": {**_CPU, "transform": "jigsaw"},
     "relative_position": {**_CPU, "transform": "relative_position"},
+    "instance_discrimination": {**_CPU, "transform": "one_view"},
 }
 
 

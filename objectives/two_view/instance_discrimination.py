@@ -1,0 +1,118 @@
+"""Instance discrimination with a memory bank (Wu, Xiong, Yu & Lin, CVPR 2018, "Unsupervised Feature Learning via
+Non-Parametric Instance Discrimination"): every training example is its own class.
+
+One view per example (``batch["views"][0]``) and its index in the training set (``batch[EXAMPLE_INDEX]``). The
+feature ``f`` is the encoder's pooled vector through a linear head to ``out_dim``, L2-normalised. The memory bank
+``V`` (num_examples, out_dim), random unit rows at first (seeded), holds one vector per example; the positive of
+example i is its current bank row ``v_i``. ``loss="softmax"``: the non-parametric softmax
+P(i|f) = exp(v_i·f/T) / sum_j exp(v_j·f/T) over the whole bank, cross-entropy. ``loss="nce"``: NCE with
+``num_negatives`` rows drawn uniformly from the bank (noise P_n = 1/N), P(i|f) = exp(v_i·f/T) / Z with Z estimated
+once, on the first batch, as mean(exp(v·f/T)) * N, constant after; h = P / (P + K/N), loss
+-log h(positive) - sum_k log(1 - h(negative k)). Both are summed over the batch with ``num_targets = B``. After
+the loss the rows of the batch move: v_i <- normalise(m v_i + (1 - m) f_i) (no gradient); the features and indices
+of every process are gathered first, so every process's bank receives every update and the banks stay identical.
+The bank, Z and the sampling counter are persistent buffers: checkpoints save them and resume restores them.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.objectives.two_view.common import encode_online, gather_rows, get_views, online_encoder, take_encoder
+from selfsup.types import EXAMPLE_INDEX, Batch, Encoder, Objective, ObjectiveOutput
+
+
+@dataclass
+class InstanceDiscriminationConfig:
+    """num_examples: the training set's size (the builder fills it); out_dim: the feature width; temperature: T;
+    bank_momentum: m of the bank update; loss: "softmax" (over the whole bank) or "nce" (num_negatives sampled
+    uniformly); seed: the bank's initialisation and the negatives' draws."""
+
+    num_examples: int = 0
+    out_dim: int = 128
+    temperature: float = 0.07
+    bank_momentum: float = 0.5
+    loss: str = "softmax"
+    num_negatives: int = 4096
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("softmax", "nce"):
+            raise ValueError(f"unknown instance discrimination loss {self.loss!r}; choose 'softmax' or 'nce'")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class InstanceDiscrimination(Objective):
+    def __init__(self, encoder: Encoder, config: InstanceDiscriminationConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or InstanceDiscriminationConfig()
+        if c.num_examples <= 0:
+            raise ValueError("instance discrimination needs num_examples > 0 (the training set's size, for its "
+                             f"memory bank); got {c.num_examples}")
+        width = take_encoder(self, encoder)
+        self.head = nn.Linear(width, c.out_dim)
+        g = torch.Generator().manual_seed(c.seed)
+        self.register_buffer("bank", F.normalize(torch.randn(c.num_examples, c.out_dim, generator=g), dim=1),
+                             persistent=True)
+        self.register_buffer("z", torch.zeros(()), persistent=True)          # NCE's normaliser, 0 = not yet
+        self.register_buffer("draws", torch.zeros((), dtype=torch.long), persistent=True)
+
+    def features(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, out_dim) unit features of the first view and the (B,) example indices."""
+        if EXAMPLE_INDEX not in batch:
+            raise ValueError(f"instance discrimination needs batch[{EXAMPLE_INDEX!r}], each example's index in the "
+                             "training set (the image views collate gives it)")
+        views = get_views(batch, need=1)
+        index = batch[EXAMPLE_INDEX].long().to(self.bank.device)
+        return F.normalize(self.head(encode_online(self, views[:1])).to(self.bank.dtype), dim=1), index
+
+    def sample_negatives(self, n: int) -> torch.Tensor:
+        """(n, K) bank indices drawn uniformly, from a generator seeded by (seed, draw count): the same on every
+        process and after resume."""
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + int(self.draws))
+        return torch.randint(0, self.config.num_examples, (n, self.config.num_negatives), generator=g).to(
+            self.bank.device)
+
+    def loss(self, f: torch.Tensor, index: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
+        c, bank = self.config, self.bank.detach()
+        if c.loss == "softmax":
+            # a copy: the bank is updated in place before the backward pass
+            return F.cross_entropy(f @ bank.clone().T / c.temperature, index, reduction="sum")
+        if negatives is None:
+            negatives = self.sample_negatives(len(f))
+        pos = torch.exp((bank[index] * f).sum(-1) / c.temperature)                       # (B,)
+        neg = torch.exp(torch.einsum("bkd,bd->bk", bank[negatives], f) / c.temperature)  # (B, K)
+        if float(self.z) == 0:
+            with torch.no_grad():   # the first batch's estimate, from every process's rows (identical banks)
+                every = gather_rows(neg.detach())
+                self.z.fill_(float(every.mean()) * c.num_examples)
+        noise = c.num_negatives / c.num_examples          # K * P_n
+        p_pos, p_neg = pos / self.z, neg / self.z
+        return -(torch.log(p_pos / (p_pos + noise)).sum() + torch.log(noise / (p_neg + noise)).sum())
+
+    @torch.no_grad()
+    def update_bank(self, f: torch.Tensor, index: torch.Tensor) -> None:
+        """v_i <- normalise(m v_i + (1 - m) f_i) for every process's rows (a repeated index: its last row wins)."""
+        f, index = gather_rows(f), gather_rows(index)
+        m = self.config.bank_momentum
+        self.bank.index_copy_(0, index, F.normalize(m * self.bank[index] + (1 - m) * f.to(self.bank.dtype), dim=1))
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        f, index = self.features(batch)
+        loss = self.loss(f, index)
+        with torch.no_grad():
+            accuracy = ((f @ self.bank.T).argmax(-1) == index).float().mean()
+        self.update_bank(f.detach(), index)
+        if self.config.loss == "nce":
+            self.draws += 1
+        return ObjectiveOutput(loss, num_targets=len(index), metrics={"instance_accuracy": accuracy})
+
+    encoder = online_encoder
+
+
+__all__ = ["InstanceDiscrimination", "InstanceDiscriminationConfig"]
