@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -256,17 +256,27 @@ def reconstruction_grid(originals: Tensor, masked: Tensor, reconstructions: Tens
     separated by ``pad`` white pixels, so the PNG is ``3·s·H + 4·pad`` high and ``n·s·W + (n + 1)·pad`` wide.
     Written with PIL when ``path`` is given.
     """
-    rows = [t[:max_images].detach().float().cpu() for t in (originals, masked, reconstructions)]
-    n, c, h, w = rows[0].shape
-    s = scale or max(1, 96 // max(h, w))
     m = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
     d = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-    grid = np.full((3 * s * h + 4 * pad, n * s * w + (n + 1) * pad, 3), 255, dtype=np.uint8)
+    rows = [t.detach().float().cpu() * d + m for t in (originals, masked, reconstructions)]
+    return picture_grid(rows, path, max_images=max_images, scale=scale, pad=pad)
+
+
+def picture_grid(rows: Sequence[Tensor], path: str | Path | None = None, max_images: int = 8,
+                 scale: int | None = None, pad: int = 2) -> ReconstructionGrid:
+    """Rows of images as one picture: each row a (B, C, H, W) tensor in [0, 1] (C = 3, or 1 for grey), the same
+    size in every row, ``max_images`` columns; enlarged ``scale`` times (nearest; default: to about 96 pixels),
+    cells ``pad`` white pixels apart. Written with PIL when ``path`` is given."""
+    rows = [t[:max_images].detach().float().cpu() for t in rows]
+    n, c, h, w = rows[0].shape
+    if any(r.shape[0] != n or r.shape[2:] != (h, w) for r in rows):
+        raise ValueError(f"picture rows differ in shape: {[tuple(r.shape) for r in rows]}")
+    s = scale or max(1, 96 // max(h, w))
+    grid = np.full((len(rows) * (s * h + pad) + pad, n * s * w + (n + 1) * pad, 3), 255, dtype=np.uint8)
     for r, images in enumerate(rows):
-        images = (images * d + m).clamp(0, 1)
-        images = images.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
+        images = images.clamp(0, 1).repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
         images = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        if c == 1:
+        if images.shape[-1] == 1:
             images = images.repeat(3, axis=-1)
         for i in range(n):
             y, x = pad + r * (s * h + pad), pad + i * (s * w + pad)

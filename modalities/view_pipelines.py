@@ -49,11 +49,15 @@ class ViewOptions:
 class ViewPipeline:
     """transforms: one per view, or one that makes every view (``makes_views``); shared_draws: every view from
     view 0's random draws (views that differ by a fixed transformation); objective: the config fields of the
-    objective these views imply."""
+    objective these views imply; render: the picture of a method that predicts what its views hid (colours, a
+    masked region) — ``render(batch, predictions)``, given a collated batch of these views and the objective's
+    ``pretext_predictions(batch)`` (shaped like ``batch["pretext_targets"]``), returns the picture's rows, each a
+    (B, 3, H, W) tensor in [0, 1] (e.g. input / prediction / original); the recipe draws it at every evaluation."""
 
     transforms: list[Callable]
     shared_draws: bool = False
     objective: dict[str, Any] = field(default_factory=dict)
+    render: Callable[[dict[str, Any], Any], list] | None = None
 
 
 def local_view_size(o: ViewOptions) -> int:

@@ -12,9 +12,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from selfsup.config import RecipeSettings
-from selfsup.data import make_train_loader
+from selfsup.data import make_train_loader, to_device
 from selfsup.errors import SelfsupError
 from selfsup.evaluate import probe_encoders
+from selfsup.modalities.image import picture_grid
 from selfsup.modalities.image_data import ImageSet, load_images, split_images
 from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ViewDataset, collate_images,
                                             collate_views, eval_transform, stream_views)
@@ -243,5 +244,25 @@ def picture_pixels(score: EvalImages | None, images: ImageSet, run: ImageRun, n:
     return EvalImages(sample(images, n, run.seed), run).pixels
 
 
+def pretext_picture(render: Callable, transforms: Sequence[Callable], images: ImageSet, run: ImageRun,
+                    device: torch.device, shared_draws: bool = False, n: int = 8,
+                    path: str | Path | None = None) -> Callable[[Any], dict[str, Any]]:
+    """An ``eval_fn`` part for a method that predicts what its views hid: the same ``n`` training images (a seeded
+    sample; a stream's first ones), their views drawn once from the run's seed, the objective's
+    ``pretext_predictions`` on them drawn by the pipeline's ``render`` into rows (:func:`picture_grid`), written
+    to ``path`` and logged as ``images/pretext``."""
+    chosen = images.head(n) if isinstance(images, ImageStream) else sample(images, n, run.seed)
+    data = ViewDataset(chosen, list(transforms), seed=run.seed, shared_draws=shared_draws)
+    batch = views_collate(transforms)([data[i] for i in range(len(data))])
+
+    def eval_fn(objective) -> dict[str, Any]:
+        on_device = to_device(batch, device)
+        rows = render(on_device, objective.pretext_predictions(on_device))
+        return {"images/pretext": picture_grid(rows, path, max_images=n).image}
+
+    return eval_fn
+
+
 __all__ = ["ImageRun", "add_image_args", "load_training_images", "sample", "find_split", "labelled_images",
-           "view_loader", "EvalImages", "image_probe", "knn_monitor", "spread_over_classes", "picture_pixels"]
+           "view_loader", "EvalImages", "image_probe", "knn_monitor", "spread_over_classes", "picture_pixels",
+           "pretext_picture"]

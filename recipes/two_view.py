@@ -36,7 +36,7 @@ from selfsup.objectives.two_view.build import VIEW_FAMILIES
 from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS
 from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS
 from selfsup.recipes._image import (EvalImages, ImageRun, add_image_args, image_probe, knn_monitor, labelled_images,
-                                    load_training_images, view_loader)
+                                    load_training_images, pretext_picture, view_loader)
 from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
 from selfsup.types import Encoder, Objective
@@ -224,8 +224,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       f"{settings.max_steps} steps of {global_batch} images, {settings.optimizer} "
                       f"lr {settings.learning_rate:.3g}")
     accelerator.print(f"model: {num_parameters(objective.encoder()) / 1e6:.1f}M encoder parameters")
-    eval_fn = None if fit is None or not settings.eval_steps else knn_monitor(lambda obj: obj.encoder(), fit, score,
-                                                                              run, accelerator.device)
+    monitors = [] if fit is None or not settings.eval_steps else [
+        knn_monitor(lambda obj: obj.encoder(), fit, score, run, accelerator.device)]
+    if pipeline.render is not None and hasattr(objective, "pretext_predictions"):   # colours, a masked region
+        monitors.append(pretext_picture(pipeline.render, views, images, run, accelerator.device,
+                                        pipeline.shared_draws, path=Path(run.output_dir) / "pretext.png"))
+    eval_fn = None if not monitors else lambda obj: {k: v for m in monitors for k, v in m(obj).items()}
     trainer = Trainer(objective, loader, settings, accelerator, eval_fn,
                       run_config={"recipe": "two_view", "method": run.method, "images": source})
     metrics = trainer.train()                                                              # train
