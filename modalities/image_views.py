@@ -289,6 +289,38 @@ def denormalize(tensor: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     return (tensor * s + m).clamp(0, 1)
 
 
+# -- Lab colour (CIE 1976 L*a*b*, sRGB primaries, D65 white): colorization's and CMC's colour space ---------------
+_RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
+                            [0.212671, 0.715160, 0.072169],
+                            [0.019334, 0.119193, 0.950227]], dtype=torch.float64)
+_D65 = torch.tensor([0.950456, 1.0, 1.088754], dtype=torch.float64)
+_EPS, _KAPPA = (6 / 29) ** 3, 841 / 108   # the CIE constants: f(t) = t^(1/3) above _EPS, t * _KAPPA + 4/29 below
+
+
+def rgb_to_lab(rgb: Tensor) -> Tensor:
+    """(..., 3, H, W) sRGB in [0, 1] -> L*a*b* (L in [0, 100], a and b about [-110, 110]): the sRGB transfer curve
+    undone, XYZ by the sRGB matrix, normalised by the D65 white, the CIE cube root (linear near black)."""
+    x = rgb.clamp(0, 1)
+    linear = torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+    m = _RGB_TO_XYZ.to(x.dtype).to(x.device)
+    xyz = torch.einsum("ij,...jhw->...ihw", m, linear) / _D65.to(x.dtype).to(x.device).view(3, 1, 1)
+    f = torch.where(xyz > _EPS, xyz.clamp_min(_EPS) ** (1 / 3), xyz * _KAPPA + 4 / 29)
+    fx, fy, fz = f.unbind(-3)
+    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=-3)
+
+
+def lab_to_rgb(lab: Tensor, clamp: bool = True) -> Tensor:
+    """The inverse of :func:`rgb_to_lab`: (..., 3, H, W) L*a*b* -> sRGB, clamped to [0, 1] unless ``clamp`` is False
+    (out-of-gamut colours then show as values outside it)."""
+    L, a, b = lab.unbind(-3)
+    fy = (L + 16) / 116
+    f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=-3)
+    xyz = torch.where(f > 6 / 29, f ** 3, (f - 4 / 29) / _KAPPA) * _D65.to(lab.dtype).to(lab.device).view(3, 1, 1)
+    linear = torch.einsum("ij,...jhw->...ihw", torch.linalg.inv(_RGB_TO_XYZ).to(lab.dtype).to(lab.device), xyz)
+    rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp_min(0.0031308) ** (1 / 2.4) - 0.055, linear * 12.92)
+    return rgb.clamp(0, 1) if clamp else rgb
+
+
 class ViewDataset(Dataset):
     """Augmented views of an image data set (anything whose items are ``{"image": PIL, "label": int}``).
 

@@ -209,3 +209,17 @@ def test_collate_views_and_images():
     assert batch["labels"].tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="one view per example"):
         collate_images([data[0]])
+
+
+def test_lab_holds_known_colours_and_round_trips():
+    """sRGB -> L*a*b* (D65) at colours whose values are published (e.g. brucelindbloom.com), and back."""
+    from selfsup.modalities.image_views import lab_to_rgb, rgb_to_lab
+
+    rgb = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [0, 0, 0], [0.5, 0.5, 0.5]]).T.reshape(3, 6, 1)
+    lab = rgb_to_lab(rgb.double()).reshape(3, 6).T
+    expected = torch.tensor([[53.24, 80.09, 67.20], [87.73, -86.18, 83.18], [32.30, 79.19, -107.86],
+                             [100.0, 0.0, 0.0], [0.0, 0.0, 0.0], [53.39, 0.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(lab, expected, atol=0.02), lab
+    pixels = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(lab_to_rgb(rgb_to_lab(pixels)), pixels, atol=1e-5)
+    assert lab_to_rgb(torch.tensor([50.0, 120.0, 0.0]).view(3, 1, 1), clamp=False).max() > 1   # out of gamut
