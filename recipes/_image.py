@@ -69,7 +69,8 @@ def add_image_args(p: ArgumentParser) -> None:
 def load_training_images(run: ImageRun, accelerator) -> tuple[ImageSet | ImageStream, str]:
     """The pretraining images from the data flags (scikit-learn's digits when none is given: the loader says so)
     and their source; with ``--streaming`` an :class:`ImageStream` (listed, not opened: each process opens only its
-    shards)."""
+    shards). ``--max_train_samples N``: a seeded random N of them (:func:`sample`; image data sets are often sorted
+    by class — CIFAR-10's files are — so the first N would be one class)."""
     if run.streaming:
         images = ImageStream(run.train_dir, run.train_file, run.dataset_name, run.image_column, run.label_column,
                              run.bad_images, run.stream_shard_size)
@@ -78,8 +79,9 @@ def load_training_images(run: ImageRun, accelerator) -> tuple[ImageSet | ImageSt
     with accelerator.main_process_first():
         images = load_images(train_dir=run.train_dir, train_file=run.train_file, dataset_name=run.dataset_name,
                              dataset_config=run.dataset_config_name, image_column=run.image_column,
-                             label_column=run.label_column, bad_images=run.bad_images,
-                             max_examples=run.max_train_samples)
+                             label_column=run.label_column, bad_images=run.bad_images)
+    if run.max_train_samples:
+        images = sample(images, run.max_train_samples, run.seed)
     shown = "scikit-learn's built-in digits (8x8, upscaled)" if images.source == "builtin:digits" else images.source
     accelerator.print(f"images: {len(images)} from {shown}" + (f" ({images.summary()})" if images.skipped else ""))
     return images, images.source

@@ -99,6 +99,17 @@ def class_sorted_folder(root, per_class: tuple[int, ...]):
     return root
 
 
+def test_max_train_samples_of_a_class_sorted_image_set_is_a_seeded_sample_of_every_class(tmp_path):
+    """CIFAR-10's files are sorted by class: the first N training images would be one class."""
+    class_sorted_folder(tmp_path / "train", per_class=(30, 30, 30))
+    run = _image.ImageRun(train_dir=str(tmp_path / "train"), image_size=16, max_train_samples=12, seed=1)
+    images, _ = _image.load_training_images(run, QUIET)
+    labels = [images[i]["label"] for i in range(len(images))]
+    assert len(images) == 12 and set(labels) == {0, 1, 2}
+    again, _ = _image.load_training_images(run, QUIET)
+    assert [e.name for e in again.entries] == [e.name for e in images.entries]
+
+
 def test_picture_indices_go_round_the_classes_in_a_seeded_order():
     labels = [0] * 30 + [1] * 30 + [2] * 30           # sorted by class, as CIFAR-10's test set
     picked = _image.spread_over_classes(labels, 8, seed=3)
