@@ -110,3 +110,33 @@ def test_the_image_recipe_trains_exports_and_resume_restores_the_bank(tmp_path, 
     assert keys
     for k in keys:
         assert torch.equal(straight[k], resumed[k]) and not torch.equal(straight[k], early[k])
+
+
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory):
+    from tests import bank_worker
+    from tests.conftest import ROOT
+    from tests.launch import worker_tensors
+
+    out = tmp_path_factory.mktemp("bank") / "two.safetensors"
+    return bank_worker.run_all(), worker_tensors(2, ROOT / "tests" / "bank_worker.py", out, timeout=300)
+
+
+@pytest.mark.parametrize("name", ["instance_discrimination_softmax", "instance_discrimination_nce"])
+def test_two_processes_fill_the_bank_as_one(one_and_two, name):
+    """Unequal halves of each global batch on two processes (world size asserted by the launcher): the losses,
+    the gradients and the bank (every process's rows written into every process's bank) equal one process's."""
+    one, two = one_and_two
+    keys = sorted(k for k in one if k.startswith(f"{name}/"))
+    assert keys == sorted(k for k in two if k.startswith(f"{name}/")) and any(k.endswith("/bank") for k in keys)
+    bank = one[f"{name}/buffer/bank"]
+    start = make().bank[:len(bank)]               # the seeded initial bank (a longer one starts with the same rows)
+    moved = (bank - start).abs().amax(dim=1) > 1e-6
+    from tests.bank_worker import NUM_EXAMPLES, STEPS, global_batch
+
+    visited = torch.zeros(NUM_EXAMPLES, dtype=torch.bool)
+    for step in range(1, STEPS + 1):
+        visited[global_batch(step)[EXAMPLE_INDEX]] = True
+    assert 0 < int(visited.sum()) < NUM_EXAMPLES and torch.equal(moved, visited)   # the batches' rows moved, only
+    for k in keys:
+        assert torch.allclose(one[k], two[k], atol=1e-9, rtol=1e-7), (k, float((one[k] - two[k]).abs().max()))

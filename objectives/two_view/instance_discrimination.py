@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.distributed import global_count, row_offset
 from selfsup.objectives.two_view.common import encode_online, gather_rows, get_views, online_encoder, take_encoder
 from selfsup.types import EXAMPLE_INDEX, Batch, Encoder, Objective, ObjectiveOutput
 
@@ -72,11 +73,13 @@ class InstanceDiscrimination(Objective):
         return F.normalize(self.head(encode_online(self, views[:1])).to(self.bank.dtype), dim=1), index
 
     def sample_negatives(self, n: int) -> torch.Tensor:
-        """(n, K) bank indices drawn uniformly, from a generator seeded by (seed, draw count): the same on every
-        process and after resume."""
+        """(n, K) bank indices drawn uniformly for this process's n rows: the rows of the global batch's draw from
+        a generator seeded by (seed, draw count), so N processes draw what one process draws, and a resumed run
+        what the straight one drew."""
         g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + int(self.draws))
-        return torch.randint(0, self.config.num_examples, (n, self.config.num_negatives), generator=g).to(
-            self.bank.device)
+        offset, total = row_offset(n, self.bank.device), int(global_count(self.bank, n))
+        every = torch.randint(0, self.config.num_examples, (total, self.config.num_negatives), generator=g)
+        return every[offset:offset + n].to(self.bank.device)
 
     def loss(self, f: torch.Tensor, index: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
         c, bank = self.config, self.bank.detach()
