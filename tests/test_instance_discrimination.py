@@ -140,3 +140,19 @@ def test_two_processes_fill_the_bank_as_one(one_and_two, name):
     assert 0 < int(visited.sum()) < NUM_EXAMPLES and torch.equal(moved, visited)   # the batches' rows moved, only
     for k in keys:
         assert torch.allclose(one[k], two[k], atol=1e-9, rtol=1e-7), (k, float((one[k] - two[k]).abs().max()))
+
+
+def test_head_norm_all_centres_the_features_of_the_batch_before_they_are_normalised():
+    torch.manual_seed(0)
+    obj = two_view("instance_discrimination", "resnet_tiny", size="tiny", image_size=16, num_examples=N,
+                   head_norm="all").double().train()
+    h = obj.encoder().features(batch()["views"][0])
+    z = obj.head(h)                                    # the batch norm on the head's output, no affine
+    assert torch.allclose(z.mean(0), torch.zeros_like(z[0]), atol=1e-9)
+    assert torch.allclose(z.var(0, unbiased=False), torch.ones_like(z[0]), atol=1e-2)   # eps 1e-5
+    plain = make()                                     # the paper's linear head: features share a direction
+    zp = plain.head(plain.encoder().features(batch()["views"][0]))
+    assert zp.mean(0).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="head_norm"):
+        two_view("instance_discrimination", "resnet_tiny", size="tiny", image_size=16, num_examples=N,
+                 head_norm="hidden")

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from selfsup.distributed import global_count, row_offset
-from selfsup.objectives.two_view.common import encode_online, gather_rows, get_views, online_encoder, take_encoder
+from selfsup.objectives.two_view.common import (encode_online, gather_rows, get_views, mlp, online_encoder,
+                                                take_encoder)
 from selfsup.types import EXAMPLE_INDEX, Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -30,7 +30,8 @@ from selfsup.types import EXAMPLE_INDEX, Batch, Encoder, Objective, ObjectiveOut
 class InstanceDiscriminationConfig:
     """num_examples: the training set's size (the builder fills it); out_dim: the feature width; temperature: T;
     bank_momentum: m of the bank update; loss: "softmax" (over the whole bank) or "nce" (num_negatives sampled
-    uniformly); seed: the bank's initialisation and the negatives' draws."""
+    uniformly); seed: the bank's initialisation and the negatives' draws; head_norm: "none" (the paper's linear
+    head) or "all" (a batch norm on its output, which centres the features before they are normalised)."""
 
     num_examples: int = 0
     out_dim: int = 128
@@ -39,10 +40,13 @@ class InstanceDiscriminationConfig:
     loss: str = "softmax"
     num_negatives: int = 4096
     seed: int = 0
+    head_norm: str = "none"
 
     def __post_init__(self) -> None:
         if self.loss not in ("softmax", "nce"):
             raise ValueError(f"unknown instance discrimination loss {self.loss!r}; choose 'softmax' or 'nce'")
+        if self.head_norm not in ("none", "all"):
+            raise ValueError(f"unknown instance discrimination head_norm {self.head_norm!r}; choose 'none' or 'all'")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,7 +60,7 @@ class InstanceDiscrimination(Objective):
             raise ValueError("instance discrimination needs num_examples > 0 (the training set's size, for its "
                              f"memory bank); got {c.num_examples}")
         width = take_encoder(self, encoder)
-        self.head = nn.Linear(width, c.out_dim)
+        self.head = mlp([width, c.out_dim], c.head_norm, last_affine=False)
         g = torch.Generator().manual_seed(c.seed)
         self.register_buffer("bank", F.normalize(torch.randn(c.num_examples, c.out_dim, generator=g), dim=1),
                              persistent=True)
