@@ -212,18 +212,26 @@ def split_empty(x: Tensor, ids: Tensor, centroids: Tensor, generator: torch.Gene
     return splits
 
 
-def lloyd(x: Tensor, k: int, iterations: int = 20, seed: int = 0, chunk_size: int = CHUNK) -> tuple[Tensor, Tensor]:
+LLOYD_INITS = ("k-means++", "random")
+
+
+def lloyd(x: Tensor, k: int, iterations: int = 20, seed: int = 0, init: str = "k-means++",
+          chunk_size: int = CHUNK) -> tuple[Tensor, Tensor]:
     """Lloyd's k-means on every row of ``x`` (N, D), as faiss's ``Clustering`` that DeepCluster runs (``niter`` 20
-    there): k distinct rows drawn at random are the first centroids; each of ``iterations`` rounds assigns every row
-    to its nearest centroid, fills the empty clusters (:func:`split_empty`) and moves every centroid to the mean of
-    its rows. Returns the (k, D) float32 centroids and the (N,) long final assignment (its empty clusters split too).
-    Same inputs and seed: same result."""
+    there): the first centroids are a greedy k-means++ seeding (:func:`kmeans_plusplus`, on every row) or, with
+    ``init="random"``, k distinct rows drawn at random (faiss's; cheaper for a large k, more often a poor local
+    optimum); each of ``iterations`` rounds assigns every row to its nearest centroid, fills the empty clusters
+    (:func:`split_empty`) and moves every centroid to the mean of its rows. Returns the (k, D) float32 centroids
+    and the (N,) long final assignment (its empty clusters split too). Same inputs and seed: same result."""
     if not 1 <= k <= len(x) or iterations < 0:
         raise ValueError(f"k-means needs 1 <= k <= rows and iterations >= 0; got k={k}, {len(x)} rows, "
                          f"iterations={iterations}")
+    if init not in LLOYD_INITS:
+        raise ValueError(f"unknown k-means initialisation {init!r}; choose from {list(LLOYD_INITS)}")
     generator = torch.Generator().manual_seed(seed)
     x = x.float()
-    centroids = x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone()
+    centroids = (kmeans_plusplus(x, k, generator, chunk_size) if init == "k-means++" else
+                 x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone())
     for _ in range(iterations):
         ids = assign(x, centroids, chunk_size)[0]
         split_empty(x, ids, centroids, generator, chunk_size=chunk_size)

@@ -9,8 +9,8 @@ its ``compute_features``; none on a ResNet by default), computed in eval mode (n
 statistics); the rows of every process are gathered and put in example order, so every process holds the same
 matrix. PCA to ``pca_dim`` dimensions with whitening (each axis divided by the square root of its eigenvalue:
 faiss's ``PCAMatrix(eigen_power=-0.5)``), then every row L2-normalised (the paper's ``preprocess_features``), then
-Lloyd's k-means with ``num_clusters`` centroids (:func:`selfsup.kmeans.lloyd`: faiss's random initial centroids,
-``kmeans_iterations`` rounds, 20 in the paper; an empty cluster takes a non-empty one's centroid, perturbed, and
+Lloyd's k-means with ``num_clusters`` centroids (:func:`selfsup.kmeans.lloyd`: a k-means++ seeding, or faiss's
+random rows as the paper with ``kmeans_init="random"``, then ``kmeans_iterations`` rounds, 20 in the paper; an empty cluster takes a non-empty one's centroid, perturbed, and
 half its points, sec. 3.3), seeded by (``seed``, epoch). Process 0's assignment is broadcast (one clustering for
 every process, whatever its arithmetic). The ids go into the persistent buffer ``labels`` (num_examples,): a
 checkpoint holds them and a resume in the middle of an epoch trains on them. The classifier (the paper's
@@ -53,7 +53,8 @@ class DeepClusterConfig:
     """num_examples: the training set's size (the builder fills it); num_clusters: k (10,000 on ImageNet in the
     paper); pca_dim: the whitened PCA's dimensions before k-means (256; 0: no PCA, only L2-normalisation);
     hidden_dims: the top layers between the pooled features and the classifier (the paper's AlexNet / VGG: 4096,
-    4096), each after a dropout of ``dropout``; kmeans_iterations: Lloyd's rounds; balanced: weigh each example by
+    4096), each after a dropout of ``dropout``; kmeans_iterations: Lloyd's rounds; kmeans_init: its first centroids,
+    "k-means++" or "random" (faiss's, the paper's: cheaper for a large k, more often a poor optimum); balanced: weigh each example by
     1 / its cluster's size (uniform sampling over the clusters); seed: the k-means and the classifier's
     initialisations."""
 
@@ -63,11 +64,14 @@ class DeepClusterConfig:
     hidden_dims: tuple[int, ...] = ()
     dropout: float = 0.5
     kmeans_iterations: int = 20
+    kmeans_init: str = "k-means++"
     balanced: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
+        if self.kmeans_init not in kmeans.LLOYD_INITS:
+            raise ValueError(f"unknown kmeans_init {self.kmeans_init!r}; choose from {list(kmeans.LLOYD_INITS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -177,7 +181,8 @@ class DeepCluster(Objective):
         """(N,) the k-means ids of (N, F) features: whitened PCA, L2-normalised rows, Lloyd's k-means."""
         c = self.config
         x = pca_whiten(features, c.pca_dim)
-        return kmeans.lloyd(x, c.num_clusters, c.kmeans_iterations, seed=c.seed * 1_000_003 + epoch)[1]
+        return kmeans.lloyd(x, c.num_clusters, c.kmeans_iterations, seed=c.seed * 1_000_003 + epoch,
+                            init=c.kmeans_init)[1]
 
     @torch.no_grad()
     def on_epoch_start(self, epoch: int, data: Any) -> None:

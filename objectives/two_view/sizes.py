@@ -58,8 +58,10 @@ SIZES: dict[str, dict[str, Any]] = {
             vicreg=dict(hidden_dim=8192, out_dim=8192, num_layers=3),
             barlow_twins=dict(hidden_dim=8192, out_dim=8192, num_layers=3), graphcl=GRAPHCL, scarf=SCARF,
             instance_discrimination=dict(out_dim=128),
-            # DeepCluster's ImageNet k 10,000, PCA 256, the top layers 4096 / 4096 with dropout 0.5
-            deepcluster=dict(num_clusters=10000, pca_dim=256, hidden_dims=(4096, 4096), dropout=0.5))),
+            # DeepCluster's ImageNet k 10,000 (faiss's random initial centroids), PCA 256, the top layers 4096 / 4096
+            # with dropout 0.5
+            deepcluster=dict(num_clusters=10000, pca_dim=256, hidden_dims=(4096, 4096), dropout=0.5,
+                             kmeans_init="random"))),
 }
 # ResNet backbones by name (ResNetConfig fields); "vit" takes its numbers from the size
 RESNETS = {"resnet_tiny": dict(depth=18, layers=(1, 1, 1, 1)), "resnet18": dict(depth=18),
