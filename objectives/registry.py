@@ -99,6 +99,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "Wav2Vec2ObjectiveConfig", "contrastive prediction of Gumbel-quantised latents (Baevski et al., 2020)"),
     Method("hubert", "clustering", "clustering.hubert", "HubertObjective", "HubertObjectiveConfig",
            "predict k-means cluster ids at masked frames (Hsu et al., 2021)"),
+    Method("deepcluster", "clustering", "clustering.deepcluster", "DeepCluster", "DeepClusterConfig",
+           "k-means of every image's features each epoch, their ids predicted as pseudo-labels (Caron et al., 2018)"),
     Method("gpt", "autoregressive", "autoregressive.clm", "CausalLanguageModeling", None,
            "next-token prediction with a tied head (Radford et al., 2019)"),
     Method("rotation", "pretext", "pretext.rotation", "RotationPrediction", "RotationConfig",

@@ -1,6 +1,7 @@
 """Helpers the image recipes (MAE, the two-view methods, CLIP) call, each one step of their ``main``, on typed
 settings (:class:`ImageRun`): the image flags, the training images, the labelled images the kNN / linear probe
-run on, the training loader of augmented views, the probes and the images a picture shows. Nothing here calls back
+run on, the training loader of augmented views, the training set without augmentation an objective may read at each
+epoch's start (:func:`epoch_images`), the probes and the images a picture shows. Nothing here calls back
 into a recipe."""
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ViewDat
                                             collate_views, eval_transform, stream_views)
 from selfsup.modalities.shards import ImageStream
 from selfsup.streaming import record_index, stream_loader as shard_loader
-from selfsup.types import Encoder
+from selfsup.types import EXAMPLE_INDEX, Encoder
 
 
 @dataclass
@@ -152,6 +153,27 @@ def view_loader(images: ImageSet, transforms: Sequence[Callable], run: ImageRun,
         raise SelfsupError(f"{images.source}: {len(data)} images are fewer than one global batch of {global_batch}")
     return make_train_loader(data, collate, batch_size, accelerator.num_processes, accelerator.process_index,
                              run.seed, run.dataloader_num_workers)
+
+
+def epoch_images(images: ImageSet | ImageStream, run: ImageRun, batch_size: int, accelerator):
+    """What ``Objective.on_epoch_start`` receives (DeepCluster clusters it): the training images without
+    augmentation (``eval_transform``), this process's share (every ``num_processes``-th image from its index on),
+    in batches of ``batch_size`` ``{"pixel_values", EXAMPLE_INDEX}`` (the index the training batches give); a loader
+    of its own generator (walking it draws nothing from the global RNG). None for a stream (no whole set to
+    walk)."""
+    if isinstance(images, ImageStream):
+        return None
+    from torch.utils.data import DataLoader, Subset
+
+    data = ViewDataset(images, eval_transform(run.image_size, mean=run.image_mean, std=run.image_std), seed=run.seed)
+    share = Subset(data, range(accelerator.process_index, len(data), accelerator.num_processes))
+
+    def collate(examples):
+        batch = collate_images(examples)
+        return {"pixel_values": batch["pixel_values"], EXAMPLE_INDEX: batch[EXAMPLE_INDEX]}
+
+    return DataLoader(share, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                      num_workers=run.dataloader_num_workers, generator=torch.Generator().manual_seed(run.seed))
 
 
 def views_collate(transforms: Sequence[Callable]) -> Callable:

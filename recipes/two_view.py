@@ -1,4 +1,4 @@
-"""Pretrain an image encoder from views: two-view methods (SimCLR, MoCo v1/v2/v3, BYOL, SimSiam, SwAV, DINO, VICReg, Barlow Twins), rotation prediction, jigsaw puzzles and relative patch position.
+"""Pretrain an image encoder from views: two-view methods (SimCLR, MoCo v1/v2/v3, BYOL, SimSiam, SwAV, DINO, VICReg, Barlow Twins), rotation prediction, jigsaw puzzles, relative patch position and DeepCluster.
 
     accelerate launch recipes/two_view.py --method simclr               # built-in digits, a minute on CPU
     accelerate launch recipes/two_view.py --method byol --train_file cifar10/train.parquet --eval_dir cifar10
@@ -35,8 +35,8 @@ from selfsup.recipes.builders.two_view import two_view
 from selfsup.objectives.two_view.build import VIEW_FAMILIES
 from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS
 from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS
-from selfsup.recipes._image import (EvalImages, ImageRun, add_image_args, image_probe, knn_monitor, labelled_images,
-                                    load_training_images, pretext_picture, view_loader)
+from selfsup.recipes._image import (EvalImages, ImageRun, add_image_args, epoch_images, image_probe, knn_monitor,
+                                    labelled_images, load_training_images, pretext_picture, view_loader)
 from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
 from selfsup.types import Encoder, Objective
@@ -231,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                         pipeline.shared_draws, path=Path(run.output_dir) / "pretext.png"))
     eval_fn = None if not monitors else lambda obj: {k: v for m in monitors for k, v in m(obj).items()}
     trainer = Trainer(objective, loader, settings, accelerator, eval_fn,
-                      run_config={"recipe": "two_view", "method": run.method, "images": source})
+                      run_config={"recipe": "two_view", "method": run.method, "images": source},
+                      epoch_data=epoch_images(images, run, run.per_device_eval_batch_size, accelerator))
     metrics = trainer.train()                                                              # train
     objective, export_dir = trainer.trained_objective(), None
     if accelerator.is_main_process:

@@ -14,6 +14,10 @@ about a million frames fit in memory as features and never as a frames x cluster
   absorbed), i.e. every centre is the running mean of the frames assigned to it. Centres that never win keep
   their seeding.
 
+:func:`lloyd` is the full-batch algorithm instead (faiss's ``Clustering``, which DeepCluster runs on the features of
+every training image each epoch): random initial centres, Lloyd's rounds, and empty clusters filled by splitting a
+non-empty one (:func:`split_empty`, Caron et al., 2018, sec. 3.3).
+
 Input is a (N, D) tensor (mini-batches drawn at random with replacement) or an iterable of (n, D) batches
 (streamed in order, cut into ``batch_size`` pieces; re-iterable ones such as lists or data loaders are passed
 over again until ``iterations`` steps are done, one-shot iterators once). Centroids are saved with safetensors.
@@ -175,6 +179,71 @@ def fit(features: Tensor | Iterable[Tensor], k: int, batch_size: int = 10000, it
     return centroids
 
 
+SPLIT_EPS = 1 / 1024   # faiss's relative perturbation of the two halves of a split cluster
+
+
+def split_empty(x: Tensor, ids: Tensor, centroids: Tensor, generator: torch.Generator, eps: float = SPLIT_EPS,
+                chunk_size: int = CHUNK) -> int:
+    """Fill the empty clusters of the assignment ``ids`` (N,) of ``x`` (N, D), in place (``ids`` and ``centroids``
+    (k, D)), as DeepCluster does (Caron et al., 2018, sec. 3.3; faiss's ``split_clusters``): each empty cluster takes
+    the centroid of a non-empty one, drawn with probability proportional to its size minus one (a cluster of one
+    point is never split), times ``1 + eps`` on the even dimensions and ``1 - eps`` on the odd ones, while the other
+    centroid moves the opposite way; the points of the split cluster then go to the nearer of the two (the paper's
+    "reassign the points belonging to the non-empty cluster to the two resulting clusters"). Returns the number of
+    clusters split (fewer than the empty ones only when no cluster has two points)."""
+    k = len(centroids)
+    counts = torch.bincount(ids, minlength=k).cpu()
+    sign = torch.ones(centroids.shape[1], dtype=centroids.dtype, device=centroids.device)
+    sign[1::2] = -1
+    splits = 0
+    for ci in torch.nonzero(counts == 0).flatten().tolist():
+        weights = (counts - 1).clamp_min(0).double()
+        if weights.sum() == 0:
+            break
+        cj = int(torch.multinomial(weights, 1, generator=generator))
+        base = centroids[cj].clone()
+        centroids[ci], centroids[cj] = base * (1 + eps * sign), base * (1 - eps * sign)
+        members = torch.nonzero(ids == cj).flatten()
+        d = torch.cat([squared_distances(x[members[s:s + chunk_size]].float(), centroids[[ci, cj]].float())
+                       for s in range(0, len(members), chunk_size)])
+        ids[members[d[:, 0] < d[:, 1]]] = ci
+        counts = torch.bincount(ids, minlength=k).cpu()
+        splits += 1
+    return splits
+
+
+LLOYD_INITS = ("k-means++", "random")
+
+
+def lloyd(x: Tensor, k: int, iterations: int = 20, seed: int = 0, init: str = "k-means++",
+          chunk_size: int = CHUNK) -> tuple[Tensor, Tensor]:
+    """Lloyd's k-means on every row of ``x`` (N, D), as faiss's ``Clustering`` that DeepCluster runs (``niter`` 20
+    there): the first centroids are a greedy k-means++ seeding (:func:`kmeans_plusplus`, on every row) or, with
+    ``init="random"``, k distinct rows drawn at random (faiss's; cheaper for a large k, more often a poor local
+    optimum); each of ``iterations`` rounds assigns every row to its nearest centroid, fills the empty clusters
+    (:func:`split_empty`) and moves every centroid to the mean of its rows. Returns the (k, D) float32 centroids
+    and the (N,) long final assignment (its empty clusters split too). Same inputs and seed: same result."""
+    if not 1 <= k <= len(x) or iterations < 0:
+        raise ValueError(f"k-means needs 1 <= k <= rows and iterations >= 0; got k={k}, {len(x)} rows, "
+                         f"iterations={iterations}")
+    if init not in LLOYD_INITS:
+        raise ValueError(f"unknown k-means initialisation {init!r}; choose from {list(LLOYD_INITS)}")
+    generator = torch.Generator().manual_seed(seed)
+    x = x.float()
+    centroids = (kmeans_plusplus(x, k, generator, chunk_size) if init == "k-means++" else
+                 x[torch.randperm(len(x), generator=generator)[:k].to(x.device)].clone())
+    for _ in range(iterations):
+        ids = assign(x, centroids, chunk_size)[0]
+        split_empty(x, ids, centroids, generator, chunk_size=chunk_size)
+        counts = torch.bincount(ids, minlength=k)
+        sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, ids, x.double())
+        hit = counts > 0
+        centroids[hit] = (sums[hit] / counts[hit, None]).float()
+    ids = assign(x, centroids, chunk_size)[0]
+    split_empty(x, ids, centroids, generator, chunk_size=chunk_size)
+    return centroids, ids
+
+
 def save_centroids(path: str | Path, centroids: Tensor, metadata: dict[str, str] | None = None) -> None:
     """Write (k, D) centroids to a safetensors file (``metadata``: strings, e.g. the feature source and layer)."""
     from safetensors.torch import save_file
@@ -197,4 +266,4 @@ def load_centroids(path: str | Path) -> Tensor:
     return tensors["centroids"]
 
 
-__all__ = ["fit", "predict", "inertia", "assign", "kmeans_plusplus", "update", "save_centroids", "load_centroids"]
+__all__ = ["fit", "lloyd", "split_empty", "predict", "inertia", "assign", "kmeans_plusplus", "update", "save_centroids", "load_centroids"]

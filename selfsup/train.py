@@ -186,16 +186,19 @@ class Trainer:
     eval_fn(objective) -> dict of figures, called on the main process every ``--eval_steps`` and at the end;
         values that are not numbers are pictures (HWC uint8 arrays) and go to the trackers that take images.
     run_config: JSON-able description of the run, logged to the trackers and kept in checkpoints.
+    epoch_data: what ``objective.on_epoch_start(epoch, epoch_data)`` receives when an epoch begins (the whole
+        training set without augmentation, this process's share, for an objective that reads all of it each
+        epoch: DeepCluster's clustering; see :meth:`Objective.on_epoch_start`); None by default.
     """
 
     def __init__(self, objective: Objective, train_loader: DataLoader, settings: TrainingSettings,
                  accelerator: Accelerator, eval_fn: Callable[[Objective], dict[str, float]] | None = None,
-                 run_config: dict[str, Any] | None = None) -> None:
+                 run_config: dict[str, Any] | None = None, epoch_data: Any = None) -> None:
         if not isinstance(settings, TrainingSettings):
             raise TypeError("Trainer takes TrainingSettings (TrainingSettings.from_args(args)), not the flags")
         self.args = args = settings
         self.accelerator, self.eval_fn = accelerator, eval_fn
-        self.loader = train_loader
+        self.loader, self.epoch_data = train_loader, epoch_data
         self.run_config = run_config or {}
         if args.contrastive_accumulation:
             gradcache.check_supported(objective)
@@ -237,9 +240,12 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------------------
     def batches(self):
-        """Endless local micro-batches, tracking (epoch, global batch in epoch) for resume."""
+        """Endless local micro-batches, tracking (epoch, global batch in epoch) for resume; the objective's
+        ``on_epoch_start`` runs before the first batch of every epoch (not on a resume in the middle of one)."""
         per_epoch = loader_length(self.loader)
         while True:
+            if self.batch_in_epoch == 0:
+                self.objective.on_epoch_start(self.epoch, self.epoch_data)
             set_loader_position(self.loader, self.epoch, self.batch_in_epoch)
             got = False
             for batch in self.loader:

@@ -334,6 +334,15 @@ class Objective(nn.Module):
     def on_step_end(self, step: int) -> None:
         """Called by the engine after every optimizer step (EMA teachers, temperatures, queues)."""
 
+    def on_epoch_start(self, epoch: int, data: Any) -> None:
+        """Called by the engine on every process when epoch ``epoch`` (0, 1, ...) begins, before its first batch;
+        not when a run resumes in the middle of an epoch (what the call computed is in the checkpoint: keep it in
+        buffers). ``data``: what the recipe gave the trainer for it (``Trainer(..., epoch_data=...)``), None when it
+        gave nothing. The image recipes give the whole training set without augmentation: a re-iterable of this
+        process's share of it (the shares of all processes hold every example once), each item a batch the
+        adapter reads with its examples' ``EXAMPLE_INDEX``, on the CPU (the objective moves it). DeepCluster
+        clusters the features of every example there; nothing by default."""
+
     def extra_state(self) -> dict[str, Any]:
         """JSON-able state that is not a tensor, saved in every checkpoint's ``trainer_state.json``."""
         return {}

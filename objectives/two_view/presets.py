@@ -43,6 +43,12 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
     "instance_discrimination": {**_LIGHTLY_CIFAR, "batch_size": 256, "epochs": 200, "learning_rate": 0.03,
                                 "transform": "one_view", "objective": {"loss": "nce", "num_negatives": 4096,
                                                                        "temperature": 0.07, "bank_momentum": 0.5}},
+    # DeepCluster (Caron et al., 2018, sec. 4.1): SGD 0.05, momentum 0.9, weight decay 1e-5, batch 256, 500 epochs
+    # (a constant rate there; cosine here), re-clustered every epoch; k 100 on CIFAR-10 (the size "small"; the
+    # paper's 10,000 is for ImageNet's 1.28M images); one view per image, its colour jitter and random grayscale in
+    # place of the paper's Sobel filter
+    "deepcluster": {**_LIGHTLY_CIFAR, "batch_size": 256, "epochs": 500, "learning_rate": 0.05, "weight_decay": 1e-5,
+                    "transform": "one_view"},
 }
 _IMAGENET = dict(backbone="resnet50", model_size="base", image_size=224, batch_size=256, epochs=100, warmup_epochs=10,
                  schedule="cosine")
@@ -75,6 +81,10 @@ IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
                                 "weight_decay": 5e-4, "epochs": 200, "warmup_epochs": 0, "transform": "one_view",
                                 "objective": {"loss": "nce", "num_negatives": 4096, "temperature": 0.07,
                                               "bank_momentum": 0.5}},
+    # DeepCluster's (sec. 4.1): SGD 0.05, momentum 0.9, weight decay 1e-5, batch 256, 500 epochs; the size "base":
+    # k 10,000, PCA to 256, top layers 4096 / 4096 with dropout 0.5 (no Sobel filter here)
+    "deepcluster": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-5,
+                    "epochs": 500, "warmup_epochs": 0, "transform": "one_view"},
     "moco_v3": {**_IMAGENET, "backbone": "vit", "optimizer": "adamw", "learning_rate": 1.5e-4, "weight_decay": 0.1,
                 "warmup_epochs": 40, "epochs": 300},
 }
@@ -103,6 +113,7 @@ CPU_SETTINGS: dict[str, dict[str, Any]] = {
     # of a random-init ResNet share one direction, cosine 0.95, and 3.8 epochs of a stale bank do not part them);
     # a batch norm on the head's output centres them (31.6 %), T 0.2 then 33.7 % (docs/benchmarks.md)
     "instance_discrimination": {**_CPU, "transform": "one_view", "objective": {"head_norm": "all", "temperature": 0.2}},
+    "deepcluster": {**_CPU, "transform": "one_view"},   # k 100 (the size "small")
 }
 
 
