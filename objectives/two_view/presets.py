@@ -43,6 +43,11 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
     "instance_discrimination": {**_LIGHTLY_CIFAR, "batch_size": 256, "epochs": 200, "learning_rate": 0.03,
                                 "transform": "one_view", "objective": {"loss": "nce", "num_negatives": 4096,
                                                                        "temperature": 0.07, "bank_momentum": 0.5}},
+    # Deep InfoMax (Hjelm et al., 2019): Adam at 1e-4, batch 64, 1000 epochs on CIFAR-10 (the authors' code,
+    # rdevon/DIM cortex_DIM/models/dim.py, LocalDIM defaults; the paper's sec. 4 gives Adam 1e-4 and 1000 epochs),
+    # the JSD estimator; a ResNet-18 here (the paper: a DCGAN-like convnet and a ResNet); one view, padded crop + flip
+    "deep_infomax": {**_LIGHTLY_CIFAR, "batch_size": 64, "epochs": 1000, "optimizer": "adamw", "learning_rate": 1e-4,
+                     "weight_decay": 0.0, "transform": "crop_flip", "objective": {"estimator": "jsd"}},
 }
 _IMAGENET = dict(backbone="resnet50", model_size="base", image_size=224, batch_size=256, epochs=100, warmup_epochs=10,
                  schedule="cosine")
@@ -100,6 +105,9 @@ CPU_SETTINGS: dict[str, dict[str, Any]] = {
     "jigsaw": {**_CPU, "transform": "jigsaw"},
     "relative_position": {**_CPU, "transform": "relative_position"},
     "instance_discrimination": {**_CPU, "transform": "one_view"},
+    # the paper's Adam at 1e-4; 512 units instead of 2048 for the heads (4096 locations a batch at 8 x 8)
+    "deep_infomax": {**_CPU, "optimizer": "adamw", "learning_rate": 1e-4, "weight_decay": 0.0, "transform": "crop_flip",
+                     "objective": {"units": 512}},
 }
 
 
