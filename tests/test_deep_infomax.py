@@ -1,6 +1,7 @@
 """Deep InfoMax, local-global (Hjelm et al., 2019): the local and global ends of the encoder, the JSD and InfoNCE
 estimators against plain references written with loops, the pairing mattering, one process's rows of a split batch
-adding up to the whole, the crop-and-flip views, a recipe run with export, the clear errors."""
+adding up to the whole, two processes training as one, the crop-and-flip views, a recipe run with export, the clear
+errors."""
 from __future__ import annotations
 
 import math
@@ -144,3 +145,18 @@ def test_the_image_recipe_trains_it_and_exports(tmp_path, capsys):
     metrics = recipe.main(two_view_argv("deep_infomax")(tmp_path / "run", steps=2))
     assert metrics["steps"] == 2 and np.isfinite(metrics["train_loss"])
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+
+
+def test_two_processes_train_as_one(tmp_path):
+    """Unequal halves of each global batch on two processes (world size asserted by the launcher): the losses and
+    the gradients equal one process's on the whole batch (the negatives are every process's local features)."""
+    from tests import dim_worker
+    from tests.conftest import ROOT
+    from tests.launch import worker_tensors
+
+    one = dim_worker.run_all()
+    two = worker_tensors(2, ROOT / "tests" / "dim_worker.py", tmp_path / "two.safetensors", timeout=300)
+    keys = sorted(k for k in one)
+    assert keys == sorted(k for k in two if not k.startswith("__")) and any("/grad/" in k for k in keys)
+    for k in keys:
+        assert torch.allclose(one[k], two[k], atol=1e-9, rtol=1e-7), (k, float((one[k] - two[k]).abs().max()))
