@@ -145,6 +145,9 @@ def test_the_image_recipe_trains_it_and_exports(tmp_path, capsys):
     metrics = recipe.main(two_view_argv("deep_infomax")(tmp_path / "run", steps=2))
     assert metrics["steps"] == 2 and np.isfinite(metrics["train_loss"])
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+    run = recipe.TwoViewRun(method="deep_infomax", estimator="infonce")
+    assert recipe.method_overrides(run) == {"units": 512, "estimator": "infonce"}   # the CPU preset's, the flag's
+    assert recipe.method_overrides(recipe.TwoViewRun(method="deep_infomax", preset="gpu")) == {"estimator": "jsd"}
 
 
 def test_two_processes_train_as_one(tmp_path):
