@@ -182,6 +182,11 @@ class ResNetBackbone(nn.Module):
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
+    @property
+    def hidden_state_sizes(self) -> tuple[int, ...]:
+        """The channels of each entry of ``hidden_states``: the stem's, then every stage's."""
+        return (self.conv1.out_channels, *self.config.hidden_sizes)
+
     def stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 

@@ -265,6 +265,15 @@ class RelativePatches:
         return f"RelativePatches(image_size={self.image_size}, patch={self.patch}, jitter={self.jitter})"
 
 
+def crop_flip_transform(image_size: int = 32, mean: Sequence[float] = IMAGENET_MEAN,
+                        std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """The light CIFAR augmentation: resize the shorter side to ``image_size``, a random ``image_size`` crop of it
+    padded by 1/8 of the side (4 pixels at 32), horizontal flip, normalise; no colour changes."""
+    return v2.Compose([v2.Resize(image_size, antialias=True),
+                       v2.RandomCrop(image_size, padding=max(1, image_size // 8), pad_if_needed=True),
+                       v2.RandomHorizontalFlip()] + _to_tensor(mean, std))
+
+
 def mae_transform(image_size: int = 32, scale: tuple[float, float] = (0.2, 1.0),
                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """MAE's pretraining augmentation: bicubic random resized crop (0.2..1), horizontal flip, normalise."""

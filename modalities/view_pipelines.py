@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, JigsawTiles,
-                                            RelativePatches, byol_transforms, hamming_permutations,
+                                            RelativePatches, byol_transforms, crop_flip_transform,
+                                            hamming_permutations,
                                             SingleView, moco_v1_transform, multicrop_transforms, rotation_transforms,
                                             simclr_transform)
 
@@ -92,6 +93,11 @@ def one_view(o: ViewOptions) -> ViewPipeline:
                                                      blur_p=0.0, **o.norm))])
 
 
+def crop_flip(o: ViewOptions) -> ViewPipeline:
+    """One view per example with the light CIFAR augmentation (padded crop, flip; Deep InfoMax)."""
+    return ViewPipeline([SingleView(crop_flip_transform(o.image_size, **o.norm))])
+
+
 def multicrop(o: ViewOptions) -> ViewPipeline:
     return ViewPipeline(multicrop_transforms(o.image_size, local_view_size(o), num_local=o.num_local_views,
                                              global_scale=tuple(o.global_scale), **o.norm))
@@ -123,6 +129,7 @@ PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
     "moco_v1": lambda o: ViewPipeline([moco_v1_transform(o.image_size, **o.norm)] * 2),
     "multicrop": multicrop,
     "one_view": one_view,
+    "crop_flip": crop_flip,
     "rotation": rotation,
     "jigsaw": jigsaw,
     "relative_position": relative_position,

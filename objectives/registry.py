@@ -112,6 +112,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("instance_discrimination", "two_view", "two_view.instance_discrimination", "InstanceDiscrimination",
            "InstanceDiscriminationConfig",
            "each example its own class: a softmax (or NCE) over a memory bank of features (Wu et al., 2018)"),
+    Method("deep_infomax", "predictive", "predictive.deep_infomax", "DeepInfoMax", "DeepInfoMaxConfig",
+           "local-global Deep InfoMax: an image's global code against its local features, JSD or InfoNCE "
+           "(Hjelm et al., 2019)"),
 )}
 ALIASES = {"moco": "moco_v2", "barlow": "barlow_twins"}
 

@@ -43,6 +43,11 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
     "instance_discrimination": {**_LIGHTLY_CIFAR, "batch_size": 256, "epochs": 200, "learning_rate": 0.03,
                                 "transform": "one_view", "objective": {"loss": "nce", "num_negatives": 4096,
                                                                        "temperature": 0.07, "bank_momentum": 0.5}},
+    # Deep InfoMax (Hjelm et al., 2019): Adam at 1e-4, batch 64, 1000 epochs on CIFAR-10 (the authors' code,
+    # rdevon/DIM cortex_DIM/models/dim.py, LocalDIM defaults; the paper's sec. 4 gives Adam 1e-4 and 1000 epochs),
+    # the JSD estimator; a ResNet-18 here (the paper: a DCGAN-like convnet and a ResNet); one view, padded crop + flip
+    "deep_infomax": {**_LIGHTLY_CIFAR, "batch_size": 64, "epochs": 1000, "optimizer": "adamw", "learning_rate": 1e-4,
+                     "weight_decay": 0.0, "transform": "crop_flip", "objective": {"estimator": "jsd"}},
     # DeepCluster (Caron et al., 2018, sec. 4.1): SGD 0.05, momentum 0.9, weight decay 1e-5, batch 256, 500 epochs
     # (a constant rate there; cosine here), re-clustered every epoch; k 100 on CIFAR-10 (the size "small"; the
     # paper's 10,000 is for ImageNet's 1.28M images); one view per image, its colour jitter and random grayscale in
@@ -114,6 +119,9 @@ CPU_SETTINGS: dict[str, dict[str, Any]] = {
     # a batch norm on the head's output centres them (31.6 %), T 0.2 then 33.7 % (docs/benchmarks.md)
     "instance_discrimination": {**_CPU, "transform": "one_view", "objective": {"head_norm": "all", "temperature": 0.2}},
     "deepcluster": {**_CPU, "transform": "one_view"},   # k 100 (the size "small")
+    # the paper's Adam at 1e-4; 512 units instead of 2048 for the heads (4096 locations a batch at 8 x 8)
+    "deep_infomax": {**_CPU, "optimizer": "adamw", "learning_rate": 1e-4, "weight_decay": 0.0, "transform": "crop_flip",
+                     "objective": {"units": 512}},
 }
 
 
