@@ -188,3 +188,26 @@ def test_resume_restores_the_banks(tmp_path):
     assert keys
     for k in keys:
         assert torch.equal(straight[k], resumed[k]) and not torch.equal(straight[k], early[k])
+
+
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory):
+    from tests import cmc_worker
+    from tests.conftest import ROOT
+    from tests.launch import worker_tensors
+
+    out = tmp_path_factory.mktemp("cmc") / "two.safetensors"
+    return cmc_worker.run_all(), worker_tensors(2, ROOT / "tests" / "cmc_worker.py", out, timeout=300)
+
+
+@pytest.mark.parametrize("name", ["cmc_batch", "cmc_bank"])
+def test_two_processes_train_as_one(one_and_two, name):
+    """Unequal halves of each global batch on two processes (world size asserted by the launcher): the losses, the
+    gradients (in-batch negatives gathered with gradient) and the banks (every process's rows written into every
+    process's banks) equal one process's."""
+    one, two = one_and_two
+    keys = sorted(k for k in one if k.startswith(f"{name}/"))
+    assert keys == sorted(k for k in two if k.startswith(f"{name}/")) and any("/grad/" in k for k in keys)
+    assert (f"{name}/buffer/bank" in keys) == (name == "cmc_bank")
+    for k in keys:
+        assert torch.allclose(one[k], two[k], atol=1e-9, rtol=1e-7), (k, float((one[k] - two[k]).abs().max()))
