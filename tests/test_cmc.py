@@ -108,6 +108,17 @@ def test_the_bank_loss_is_a_softmax_over_the_positive_row_and_k_drawn_rows(num_v
     assert int(obj.draws) == 1 and not torch.equal(obj.sample_negatives(5, torch.device("cpu")), negatives)
 
 
+def test_the_bank_scores_by_rows_and_by_columns_agree():
+    from selfsup.objectives.two_view.cmc import bank_scores
+
+    g = torch.Generator().manual_seed(0)
+    z, bank = torch.randn(4, 8, generator=g, dtype=torch.float64), torch.randn(30, 8, generator=g, dtype=torch.float64)
+    candidates = torch.randint(0, 30, (4, 5), generator=g)
+    expected = torch.stack([torch.stack([bank[k] @ z[r] for k in candidates[r]]) for r in range(4)])
+    for by_rows in (True, False, None):
+        assert torch.allclose(bank_scores(z, bank, candidates, by_rows), expected, atol=1e-12)
+
+
 def test_every_views_bank_rows_of_the_batch_move_and_the_rest_stay():
     obj, b = make("bank", 3), batch(3)
     before = obj.bank.clone()

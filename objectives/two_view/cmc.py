@@ -128,6 +128,18 @@ class ViewsEncoder(Encoder):
         return {k: torch.cat([o[k] for o in outs], dim=-1) for k in outs[0]}
 
 
+def bank_scores(z: Tensor, bank: Tensor, candidates: Tensor, by_rows: bool | None = None) -> Tensor:
+    """(B, C) dot products of z (B, D) with the bank rows ``candidates`` (B, C) of ``bank`` (N, D): by gathering the
+    B * C rows (CMC's ``NCEAverage``), or, when the bank has fewer rows than that times D (``by_rows=None``: the
+    cheaper; a small data set), as z @ bank.T and its C columns per row. The bank is updated in place before the
+    backward pass, so what the graph keeps of it is a copy."""
+    if by_rows is None:
+        by_rows = bank.shape[0] > candidates.shape[1] * bank.shape[1]
+    if by_rows:
+        return torch.einsum("bkd,bd->bk", bank[candidates].to(z.dtype), z)       # the gathered rows: a copy
+    return (z @ bank.clone().to(z.dtype).T).gather(1, candidates)
+
+
 class CMC(Objective):
     def __init__(self, encoder: Encoder, config: CMCConfig | None = None) -> None:
         super().__init__()
@@ -169,12 +181,10 @@ class CMC(Objective):
             for i, j in c.pairs():
                 out[i, j] = (z[i] @ every[j].T / c.temperature, target)
             return out
-        bank = self.bank.detach().clone()          # a copy: the banks are updated in place before backward
         candidates = torch.cat([index[:, None], negatives], dim=1)           # (B, 1 + K), the positive first
         target = torch.zeros(len(index), dtype=torch.long, device=index.device)
         for i, j in c.pairs():
-            rows = bank[j][candidates].to(z[i].dtype)                        # (B, 1 + K, D)
-            out[i, j] = (torch.einsum("bkd,bd->bk", rows, z[i]) / c.temperature, target)
+            out[i, j] = (bank_scores(z[i], self.bank[j].detach(), candidates) / c.temperature, target)
         return out
 
     @torch.no_grad()
@@ -208,4 +218,4 @@ class CMC(Objective):
         return ViewsEncoder(list(self.encoders), self.config.view_names or None)
 
 
-__all__ = ["CMC", "CMCConfig", "ViewsEncoder"]
+__all__ = ["CMC", "CMCConfig", "ViewsEncoder", "bank_scores"]
