@@ -330,6 +330,53 @@ def lab_to_rgb(lab: Tensor, clamp: bool = True) -> Tensor:
     return rgb.clamp(0, 1) if clamp else rgb
 
 
+# CMC's normalisation of Lab (Tian, Krishnan & Isola, 2020; CMC's train_CMC.py): each channel's range to [-1, 1],
+# L in [0, 100], a in [-86.183, 98.233], b in [-107.857, 94.478] (the extremes of sRGB's gamut)
+LAB_MEAN = ((0 + 100) / 2, (-86.183 + 98.233) / 2, (-107.857 + 94.478) / 2)
+LAB_STD = ((100 - 0) / 2, (86.183 + 98.233) / 2, (107.857 + 94.478) / 2)
+
+
+def lab_views(rgb: Tensor) -> list[Tensor]:
+    """(..., 3, H, W) sRGB in [0, 1] -> CMC's two views of it, the L view and the ab view: the Lab image
+    normalised by :data:`LAB_MEAN` / :data:`LAB_STD`, each view keeping its own channels and zero elsewhere, so
+    both are 3-channel images that a 3-channel encoder reads — (L, 0, 0) and (0, a, b). A zero channel adds
+    nothing to the first convolution's output and gives its weights no gradient: an encoder on the L view is
+    a 1-channel network, one on the ab view a 2-channel network (the paper's split), in the given encoder's
+    architecture."""
+    lab = rgb_to_lab(rgb)
+    mean = torch.tensor(LAB_MEAN, dtype=lab.dtype, device=lab.device).view(3, 1, 1)
+    std = torch.tensor(LAB_STD, dtype=lab.dtype, device=lab.device).view(3, 1, 1)
+    lab = (lab - mean) / std
+    keep_l = torch.tensor([1.0, 0.0, 0.0], dtype=lab.dtype, device=lab.device).view(3, 1, 1)
+    return [lab * keep_l, lab * (1 - keep_l)]
+
+
+def lab_views_of_normalised(pixels: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                            std: Sequence[float] = IMAGENET_STD) -> list[Tensor]:
+    """:func:`lab_views` of normalised RGB images (what ``eval_transform`` makes): an evaluation image's views."""
+    return lab_views(denormalize(pixels, mean, std))
+
+
+class LabViews:
+    """CMC's L and ab views of one augmented crop (Tian et al., 2020, sec. 4.2; CMC's ImageNet loader): a random
+    resized crop (area ``scale``, 0.2..1 there) and a horizontal flip drawn once, the crop in Lab
+    (:func:`lab_views`). Returns ``{"views": [L view, ab view]}``."""
+
+    makes_views = True
+
+    def __init__(self, image_size: int, scale: tuple[float, float] = (0.2, 1.0)) -> None:
+        self.image_size, self.scale = image_size, tuple(scale)
+        self.base = v2.Compose([v2.RandomResizedCrop(image_size, scale=self.scale, interpolation=BILINEAR,
+                                                     antialias=True),
+                                v2.RandomHorizontalFlip(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+    def __call__(self, image: Any) -> dict[str, Any]:
+        return {"views": lab_views(self.base(image).as_subclass(Tensor))}
+
+    def __repr__(self) -> str:
+        return f"LabViews(image_size={self.image_size}, scale={self.scale})"
+
+
 class ViewDataset(Dataset):
     """Augmented views of an image data set (anything whose items are ``{"image": PIL, "label": int}``).
 

@@ -14,9 +14,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, JigsawTiles,
+from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, JigsawTiles, LabViews,
                                             RelativePatches, byol_transforms, crop_flip_transform,
-                                            hamming_permutations,
+                                            hamming_permutations, lab_views_of_normalised,
                                             SingleView, moco_v1_transform, multicrop_transforms, rotation_transforms,
                                             simclr_transform)
 
@@ -53,12 +53,16 @@ class ViewPipeline:
     objective these views imply; render: the picture of a method that predicts what its views hid (colours, a
     masked region) — ``render(batch, predictions)``, given a collated batch of these views and the objective's
     ``pretext_predictions(batch)`` (shaped like ``batch["pretext_targets"]``), returns the picture's rows, each a
-    (B, 3, H, W) tensor in [0, 1] (e.g. input / prediction / original); the recipe draws it at every evaluation."""
+    (B, 3, H, W) tensor in [0, 1] (e.g. input / prediction / original); the recipe draws it at every evaluation.
+    eval_views: for a method with one encoder per view of its own kind (CMC's L and ab), how a normalised
+    evaluation image (B, 3, H, W) becomes its views (a list of tensors); the recipe then hands the kNN and the
+    probes ``{"views": [{"pixel_values": view}, ...]}`` batches. None: the encoder reads the image itself."""
 
     transforms: list[Callable]
     shared_draws: bool = False
     objective: dict[str, Any] = field(default_factory=dict)
     render: Callable[[dict[str, Any], Any], list] | None = None
+    eval_views: Callable[[Any], list] | None = None
 
 
 def local_view_size(o: ViewOptions) -> int:
@@ -123,6 +127,12 @@ def relative_position(o: ViewOptions) -> ViewPipeline:
     return ViewPipeline([RelativePatches(o.image_size, o.whole_patches(round((o.image_size // 3) * 2 / 3)))])
 
 
+def cmc(o: ViewOptions) -> ViewPipeline:
+    """CMC's L and ab views of one crop (0.2..1) and flip; an evaluation image's views are its L and ab too."""
+    return ViewPipeline([LabViews(o.image_size)], objective={"num_views": 2, "view_names": ("L", "ab")},
+                        eval_views=lambda pixels: lab_views_of_normalised(pixels, o.mean, o.std))
+
+
 PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
     "simclr": simclr,
     "byol": lambda o: ViewPipeline(byol_transforms(o.image_size, **o.norm)),
@@ -133,6 +143,7 @@ PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
     "rotation": rotation,
     "jigsaw": jigsaw,
     "relative_position": relative_position,
+    "cmc": cmc,
 }
 
 

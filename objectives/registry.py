@@ -112,6 +112,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("instance_discrimination", "two_view", "two_view.instance_discrimination", "InstanceDiscrimination",
            "InstanceDiscriminationConfig",
            "each example its own class: a softmax (or NCE) over a memory bank of features (Wu et al., 2018)"),
+    Method("cmc", "two_view", "two_view.cmc", "CMC", "CMCConfig",
+           "one encoder per view (L and ab), InfoNCE between the views, in-batch or memory-bank negatives "
+           "(Tian, Krishnan & Isola, 2020)"),
     Method("deep_infomax", "predictive", "predictive.deep_infomax", "DeepInfoMax", "DeepInfoMaxConfig",
            "local-global Deep InfoMax: an image's global code against its local features, JSD or InfoNCE "
            "(Hjelm et al., 2019)"),

@@ -199,16 +199,23 @@ def stream_loader(images: ImageStream, transforms: Sequence[Callable], run: Imag
 
 
 class EvalImages:
-    """Labelled images turned once into normalised tensors (``eval_transform``: no randomness), then batched."""
+    """Labelled images turned once into normalised tensors (``eval_transform``: no randomness), then batched.
+    ``views``: a view pipeline's ``eval_views`` (an encoder per view of its own kind, CMC's): the batches are then
+    ``{"views": [{"pixel_values": view}, ...]}``, the images' views."""
 
-    def __init__(self, images: ImageSet, run: ImageRun) -> None:
+    def __init__(self, images: ImageSet, run: ImageRun, views: Callable | None = None) -> None:
         transform = eval_transform(run.image_size, mean=run.image_mean, std=run.image_std)
         self.pixels = torch.stack([transform(images[i]["image"]).as_subclass(torch.Tensor) for i in range(len(images))])
         self.labels = images.labels
+        self.views = views
 
     def batches(self, batch_size: int):
         for i in range(0, len(self.pixels), batch_size):
-            yield {"pixel_values": self.pixels[i:i + batch_size]}
+            pixels = self.pixels[i:i + batch_size]
+            if self.views is None:
+                yield {"pixel_values": pixels}
+            else:
+                yield {"views": [{"pixel_values": v} for v in self.views(pixels)]}
 
 
 def image_probe(encoders: dict[str, Encoder | list[Encoder]], fit: EvalImages, score: EvalImages, run: ImageRun,

@@ -180,18 +180,35 @@ def build_objective(run: TwoViewRun, max_steps: int, num_examples: int, encoder:
                     num_examples=num_examples, **method_overrides(run))
 
 
+def export_one(encoder: Encoder, out: Path, processor, sample: torch.Tensor) -> dict[str, float]:
+    """One encoder as ViTModel / ResNetModel / selfsup's ResNet class in ``out``, reloaded and compared."""
+    if hasattr(encoder.adapter, "patch_embed"):
+        return export_vit_encoder(encoder, out, processor, sample)
+    return export_resnet(encoder, out, processor, sample)
+
+
 def export(objective: Objective, run: TwoViewRun, settings: TrainingSettings, metrics: dict[str, Any], source: str,
-           sample: torch.Tensor) -> Path:
-    """OUTPUT_DIR/export: the encoder as ViTModel / ResNetModel / selfsup's ResNet class, reloaded and compared."""
+           sample: torch.Tensor, part_samples: Sequence[torch.Tensor] | None = None) -> Path:
+    """OUTPUT_DIR/export: the encoder as ViTModel / ResNetModel / selfsup's ResNet class, reloaded and compared.
+    An encoder per view of its own kind (CMC's L and ab: ``encoder().parts``) is exported part by part, each in
+    the folder of its name, checked on its view of the sample (``part_samples``); its input is its view, not the RGB
+    image, so no image processor is saved beside it."""
     out = Path(run.output_dir) / "export"
     encoder = objective.encoder()
     processor = vit_image_processor(run.image_size, run.image_mean, run.image_std)
-    is_vit = hasattr(encoder.adapter, "patch_embed")
-    figures = (export_vit_encoder(encoder, out, processor, sample) if is_vit
-               else export_resnet(encoder, out, processor, sample))
+    parts = getattr(encoder, "parts", None)
+    if parts:
+        views = list(part_samples) if part_samples is not None else [sample] * len(parts)
+        figures: dict[str, float] = {}
+        for (name, part), pixels in zip(parts.items(), views):
+            for k, v in export_one(part, out / name, None, pixels).items():
+                figures[k] = max(v, figures.get(k, v))
+    else:
+        figures = export_one(encoder, out, processor, sample)
     metrics.update(figures)
-    own_code = (out / "config.json").is_file() and \
-        json.loads((out / "config.json").read_text(encoding="utf-8")).get("model_type") == "selfsup_resnet"
+    config = out / next(iter(parts)) / "config.json" if parts else out / "config.json"
+    own_code = config.is_file() and \
+        json.loads(config.read_text(encoding="utf-8")).get("model_type") == "selfsup_resnet"
     facts = {"objective": run.method, "images": source, "steps": metrics.get("steps"), "backbone": run.backbone,
              "model_size": run.model_size, "preset": run.preset, "image_size": run.image_size,
              "parameters": num_parameters(encoder), "optimizer": settings.optimizer,
@@ -200,9 +217,19 @@ def export(objective: Objective, run: TwoViewRun, settings: TrainingSettings, me
     usage = f"""from transformers import pipeline
 extract = pipeline("image-feature-extraction", model="{run.hub_model_id or out}"{remote})
 features = extract("image.png")"""
+    if parts:
+        names = list(parts)
+        usage = f"""import torch
+from transformers import AutoModel
+from selfsup.modalities.image_views import lab_views   # CMC's views of (B, 3, H, W) sRGB in [0, 1]
+parts = {{name: AutoModel.from_pretrained(f"{run.hub_model_id or out}/{{name}}"{remote}) for name in {names}}}
+views = lab_views(rgb)                                  # one view per part, in this order
+features = torch.cat([parts[n](pixel_values=v).pooler_output.flatten(1) for n, v in zip({names}, views)], 1)"""
     write_model_card(out, title=run.hub_model_id or f"Image encoder pretrained with {run.method} (selfsup)",
                      pipeline_tag="image-feature-extraction",
                      summary=f"A {run.backbone} image encoder pretrained with {run.method} on {source}."
+                             + (f" One encoder per view ({', '.join(parts)}), each in the folder of its name; an "
+                                "image's feature is their pooled features concatenated." if parts else "")
                              + (" The CIFAR stem (3x3 convolution, no max-pool) has no transformers class, so the "
                                 "export is selfsup's own ResNet class, saved with its code." if own_code else ""),
                      metrics=metrics, run=facts, usage=usage, tags=(run.method, "image-feature-extraction"))
@@ -222,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     adapter = objective.encoder().adapter
     pipeline = pipeline_for(run, adapter.config.patch_size if hasattr(adapter, "patch_embed") else None)
     views = pipeline.transforms
+    if pipeline.eval_views is not None and fit is not None:     # an encoder per view: the probes read views
+        fit.views = score.views = pipeline.eval_views
     loader = view_loader(images, views, run, settings.per_device_train_batch_size, accelerator,
                          shared_draws=pipeline.shared_draws)
     global_batch = settings.per_device_train_batch_size * accelerator.num_processes
@@ -247,8 +276,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                          run.random_init_seeds, run.seed, accelerator.device)
             metrics.update(image_probe({"": objective.encoder(), "random_init_": fresh}, fit, score, run,
                                        accelerator.device))
-        sample = (score or fit).pixels[:4] if fit is not None else next(iter(loader))["views"][0]["pixel_values"][:4]
-        export_dir = export(objective, run, settings, metrics, source, sample)            # export
+        if fit is not None:
+            sample = (score or fit).pixels[:4]
+            part_samples = pipeline.eval_views(sample) if pipeline.eval_views is not None else None
+        else:
+            first = next(iter(loader))["views"]
+            sample, part_samples = first[0]["pixel_values"][:4], [v["pixel_values"][:4] for v in first]
+        export_dir = export(objective, run, settings, metrics, source, sample, part_samples)            # export
     return finish_run(accelerator, metrics, run.output_dir, export_dir, run.hub_model_id,  # finish
                       args.push_to_hub, args.hub_private_repo)
 

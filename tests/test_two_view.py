@@ -24,8 +24,9 @@ from selfsup.objectives.two_view.sizes import SIZES
 from selfsup.types import features as pooled_features
 from tests.graph_checks import racy_gathers
 
-# graphcl, scarf: SimCLR with other settings; instance discrimination: one view and a memory bank, its own tests
-ONE_VIEW = ("instance_discrimination",)
+# graphcl, scarf: SimCLR with other settings; instance discrimination (one view and a memory bank) and CMC (an
+# encoder per view, memory banks): their own tests
+ONE_VIEW = ("instance_discrimination", "cmc")
 METHODS = sorted(m for m in registry.names("two_view") if m not in ("graphcl", "scarf", *ONE_VIEW))
 MULTI_CROP = ("swav", "dino")
 

@@ -1,0 +1,66 @@
+"""Worker for CMC's two-process test: in-batch and memory-bank negatives on a tiny ResNet, two SGD steps on fixed
+global batches of 10 examples (two views each, with their example indices), split unequally over the processes
+(``tests/torchrun_worker.py``); the loss is a sum over rows divided by the global count, as the engine divides it,
+so the gradients summed over the processes are the one-process gradient. Saves every step's loss, the last step's
+gradients and the banks after it. Run as ``torchrun --nproc_per_node N tests/cmc_worker.py OUT`` (or plainly for
+one process)."""
+from __future__ import annotations
+
+import torch
+
+from selfsup.distributed import global_count, world_size
+from selfsup.recipes.builders.two_view import two_view
+from selfsup.types import EXAMPLE_INDEX
+from tests.torchrun_worker import mine, serve
+
+RUNS = {"cmc_batch": {"negatives": "batch"}, "cmc_bank": {"negatives": "bank", "num_negatives": 6}}
+NUM_EXAMPLES, GLOBAL_BATCH, STEPS = 18, 10, 2
+
+
+def global_batch(step: int) -> dict:
+    g = torch.Generator().manual_seed(100 + step)
+    views = [torch.randn(GLOBAL_BATCH, 3, 16, 16, generator=g, dtype=torch.float64) for _ in range(2)]
+    index = torch.randperm(NUM_EXAMPLES, generator=g)[:GLOBAL_BATCH]      # distinct: a row moves once a step
+    return {"views": [{"pixel_values": v} for v in views], EXAMPLE_INDEX: index}
+
+
+def run(name: str) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    obj = two_view("cmc", "resnet_tiny", size="tiny", image_size=16, num_examples=NUM_EXAMPLES,
+                   **RUNS[name]).double().train()
+    opt = torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    out: dict[str, torch.Tensor] = {}
+    for step in range(1, STEPS + 1):
+        b = global_batch(step)
+        local = {"views": [{"pixel_values": mine(v["pixel_values"])} for v in b["views"]],
+                 EXAMPLE_INDEX: mine(b[EXAMPLE_INDEX])}
+        opt.zero_grad(set_to_none=True)
+        result = obj(local)
+        loss = result.loss / global_count(result.loss, result.num_targets)
+        loss.backward()
+        if world_size() > 1:
+            for p in obj.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+            torch.distributed.all_reduce(summed := loss.detach().clone())
+            loss = summed
+        out[f"{name}/loss{step}"] = loss.detach().reshape(1).double()
+        if step == STEPS:
+            out.update({f"{name}/grad/{n}": p.grad.detach().clone() for n, p in obj.named_parameters()
+                        if p.grad is not None})
+        opt.step()
+        obj.on_step_end(step)
+    out.update({f"{name}/buffer/{n}": b.detach().clone().double() for n, b in obj.named_buffers()
+                if n in ("bank", "draws")})
+    return out
+
+
+def run_all() -> dict[str, torch.Tensor]:
+    out = {}
+    for name in RUNS:
+        out.update(run(name))
+    return out
+
+
+if __name__ == "__main__":
+    serve(run_all)
