@@ -43,6 +43,12 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
     "instance_discrimination": {**_LIGHTLY_CIFAR, "batch_size": 256, "epochs": 200, "learning_rate": 0.03,
                                 "transform": "one_view", "objective": {"loss": "nce", "num_negatives": 4096,
                                                                        "temperature": 0.07, "bank_momentum": 0.5}},
+    # colorization (Zhang, Isola & Efros, 2016, sec. 3): Adam, beta1 0.9, beta2 0.99, weight decay 1e-3 (Caffe's,
+    # coupled: AdamW's decoupled decay here), lr 3e-5 (the paper drops it to 1e-5 and 3e-6 at 200k and 375k
+    # iterations; cosine here), batch 40, 450k iterations; on lightly's CIFAR-10 ResNet-18
+    "colorization": {**_LIGHTLY_CIFAR, "optimizer": "adamw", "learning_rate": 3e-5, "adam_beta1": 0.9,
+                     "adam_beta2": 0.99, "weight_decay": 1e-3, "batch_size": 40, "max_steps": 450_000,
+                     "transform": "colorization"},
 }
 _IMAGENET = dict(backbone="resnet50", model_size="base", image_size=224, batch_size=256, epochs=100, warmup_epochs=10,
                  schedule="cosine")
@@ -75,6 +81,10 @@ IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
                                 "weight_decay": 5e-4, "epochs": 200, "warmup_epochs": 0, "transform": "one_view",
                                 "objective": {"loss": "nce", "num_negatives": 4096, "temperature": 0.07,
                                               "bank_momentum": 0.5}},
+    # colorization: the paper's ImageNet run (its settings as in GPU_SETTINGS), on a ResNet-50
+    "colorization": {**_IMAGENET, "optimizer": "adamw", "learning_rate": 3e-5, "adam_beta1": 0.9, "adam_beta2": 0.99,
+                     "weight_decay": 1e-3, "batch_size": 40, "max_steps": 450_000, "warmup_epochs": 0,
+                     "transform": "colorization"},
     "moco_v3": {**_IMAGENET, "backbone": "vit", "optimizer": "adamw", "learning_rate": 1.5e-4, "weight_decay": 0.1,
                 "warmup_epochs": 40, "epochs": 300},
 }
@@ -100,6 +110,7 @@ CPU_SETTINGS: dict[str, dict[str, Any]] = {
     "jigsaw": {**_CPU, "transform": "jigsaw"},
     "relative_position": {**_CPU, "transform": "relative_position"},
     "instance_discrimination": {**_CPU, "transform": "one_view"},
+    "colorization": {**_CPU, "transform": "colorization"},
 }
 
 

@@ -27,7 +27,7 @@ SIZES: dict[str, dict[str, Any]] = {
             dino=dict(hidden_dim=32, bottleneck_dim=8, out_dim=32, head_layers=2, momentum=0.99),
             vicreg=dict(hidden_dim=32, out_dim=32, num_layers=2),
             barlow_twins=dict(hidden_dim=32, out_dim=32, num_layers=2), graphcl=GRAPHCL, scarf=SCARF,
-            instance_discrimination=dict(out_dim=16))),
+            instance_discrimination=dict(out_dim=16), colorization=dict(hidden_dim=32))),
     "small": dict(
         vit=dict(hidden_size=192, num_layers=6, num_heads=3, intermediate_size=768), image=dict(patch_size=4),
         methods=dict(  # lightly's CIFAR-10 benchmark (docs/.../benchmarks/cifar10_benchmark.py), ResNet-18
@@ -41,7 +41,7 @@ SIZES: dict[str, dict[str, Any]] = {
             dino=dict(hidden_dim=2048, bottleneck_dim=256, out_dim=2048, head_layers=2, momentum=0.99),
             vicreg=dict(hidden_dim=2048, out_dim=2048, num_layers=3),  # not in lightly's CIFAR benchmark
             barlow_twins=dict(hidden_dim=2048, out_dim=2048, num_layers=2), graphcl=GRAPHCL, scarf=SCARF,
-            instance_discrimination=dict(out_dim=128))),
+            instance_discrimination=dict(out_dim=128), colorization=dict(hidden_dim=256))),
     "base": dict(
         vit=dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536), image=dict(patch_size=16),
         methods=dict(  # the papers' ImageNet settings
@@ -55,7 +55,8 @@ SIZES: dict[str, dict[str, Any]] = {
             dino=dict(hidden_dim=2048, bottleneck_dim=256, out_dim=65536, head_layers=3, momentum=0.996),
             vicreg=dict(hidden_dim=8192, out_dim=8192, num_layers=3),
             barlow_twins=dict(hidden_dim=8192, out_dim=8192, num_layers=3), graphcl=GRAPHCL, scarf=SCARF,
-            instance_discrimination=dict(out_dim=128))),
+            instance_discrimination=dict(out_dim=128),
+            colorization=dict(hidden_dim=256))),   # the paper's conv8 block: 256 channels
 }
 # ResNet backbones by name (ResNetConfig fields); "vit" takes its numbers from the size
 RESNETS = {"resnet_tiny": dict(depth=18, layers=(1, 1, 1, 1)), "resnet18": dict(depth=18),
