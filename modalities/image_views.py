@@ -330,6 +330,76 @@ def lab_to_rgb(lab: Tensor, clamp: bool = True) -> Tensor:
     return rgb.clamp(0, 1) if clamp else rgb
 
 
+AB_GRID, AB_LIMIT = 10, 110   # colorization's quantisation of the ab plane: a grid of 10 over [-110, 110]
+
+
+def ab_bins(grid: int = AB_GRID, limit: int = AB_LIMIT, lightness_step: float = 0.1) -> Tensor:
+    """(Q, 2) float32 the centres (a, b) of the ab grid (``grid`` apart over [-``limit``, ``limit``]) that are in
+    the sRGB gamut for some lightness: a centre is kept when ``lab_to_rgb`` of (L, a, b) lies in [0, 1] for one L of
+    0, ``lightness_step``, ..., 100. Row-major over (a, b). Zhang et al. (2016) keep Q = 313 bins (those in the
+    convex hull of ImageNet's colours); this criterion keeps 229 (a cell touching the gamut would keep 262)."""
+    centres = torch.arange(-limit, limit + 1e-9, grid, dtype=torch.float64)
+    a, b = torch.meshgrid(centres, centres, indexing="ij")
+    lightness = torch.arange(0, 100 + 1e-9, lightness_step, dtype=torch.float64)
+    n, m = len(centres), len(lightness)
+    lab = torch.stack([lightness.view(-1, 1, 1).expand(m, n, n), a.expand(m, n, n), b.expand(m, n, n)], dim=1)
+    rgb = lab_to_rgb(lab, clamp=False)
+    keep = ((rgb >= -1e-9) & (rgb <= 1 + 1e-9)).all(dim=1).any(dim=0)
+    return torch.stack([a[keep], b[keep]], dim=1).float()
+
+
+def ab_bin_index(ab: Tensor, bins: Tensor) -> Tensor:
+    """(..., 2, H, W) ab values -> (..., H, W) long: the index of the nearest bin centre of ``bins`` (Q, 2)."""
+    flat = ab.movedim(-3, -1).to(bins.dtype)                       # (..., H, W, 2)
+    return torch.cdist(flat.reshape(-1, 2), bins.to(flat.device)).argmin(dim=-1).reshape(flat.shape[:-1])
+
+
+def lightness_view(lightness: Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> Tensor:
+    """(..., 1, H, W) L (0..100) -> (..., 3, H, W) float32: the grey sRGB image of that lightness (a = b = 0, so its
+    three channels are one, a monotone function of L), normalised by ``mean`` / ``std`` as any view is; an image
+    encoder takes it as it takes colour images, whose colourless version it is."""
+    lab = torch.cat([lightness, torch.zeros_like(lightness).expand(*lightness.shape[:-3], 2, *lightness.shape[-2:])],
+                    dim=-3)
+    grey = lab_to_rgb(lab.double())
+    m = torch.tensor(mean, dtype=grey.dtype).view(3, 1, 1)
+    s = torch.tensor(std, dtype=grey.dtype).view(3, 1, 1)
+    return ((grey - m.to(grey.device)) / s.to(grey.device)).float()
+
+
+class LabColours:
+    """Colorization's example (Zhang, Isola & Efros, ECCV 2016): a random crop (area ``scale``) and flip of the image,
+    in Lab; the view is its lightness L alone (:func:`lightness_view`: the grey image, normalised, three equal
+    channels), the target each cell's colour on a ``target_size`` grid (the paper predicts at 1/4 of the input
+    side: 56 of 224; by default ``image_size // 4``): the cell's mean ab, as the index of the nearest in-gamut bin
+    (:func:`ab_bins`).
+
+    Returns ``{"views": [grey view], "pretext_target": (target_size, target_size) long}``."""
+
+    makes_views = True
+
+    def __init__(self, image_size: int, target_size: int | None = None, scale: tuple[float, float] = (0.5, 1.0),
+                 bins: Tensor | None = None, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        self.image_size, self.target_size = image_size, target_size or max(1, image_size // 4)
+        if image_size % self.target_size:
+            raise ValueError(f"a {self.target_size}-cell target grid does not divide a {image_size}-pixel image")
+        self.bins = ab_bins() if bins is None else bins
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.base = v2.Compose([v2.RandomResizedCrop(image_size, scale=scale, antialias=True),
+                                v2.RandomHorizontalFlip(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+    def __call__(self, image: Any) -> dict[str, Any]:
+        lab = rgb_to_lab(self.base(image).as_subclass(Tensor).double())
+        cell = self.image_size // self.target_size
+        ab = torch.nn.functional.avg_pool2d(lab[1:], cell)
+        return {"views": [lightness_view(lab[:1], self.mean, self.std)],
+                "pretext_target": ab_bin_index(ab, self.bins)}
+
+    def __repr__(self) -> str:
+        return f"LabColours(image_size={self.image_size}, target_size={self.target_size}, bins={len(self.bins)})"
+
+
 # CMC's normalisation of Lab (Tian, Krishnan & Isola, 2020; CMC's train_CMC.py): each channel's range to [-1, 1],
 # L in [0, 100], a in [-86.183, 98.233], b in [-107.857, 94.478] (the extremes of sRGB's gamut)
 LAB_MEAN = ((0 + 100) / 2, (-86.183 + 98.233) / 2, (-107.857 + 94.478) / 2)

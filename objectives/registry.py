@@ -112,6 +112,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("instance_discrimination", "two_view", "two_view.instance_discrimination", "InstanceDiscrimination",
            "InstanceDiscriminationConfig",
            "each example its own class: a softmax (or NCE) over a memory bank of features (Wu et al., 2018)"),
+    Method("colorization", "pretext", "pretext.colorization", "Colorization", "ColorizationConfig",
+           "from the lightness, each cell's colour among the in-gamut ab bins, class-rebalanced (Zhang et al., 2016)"),
     Method("cmc", "two_view", "two_view.cmc", "CMC", "CMCConfig",
            "one encoder per view (L and ab), InfoNCE between the views, in-batch or memory-bank negatives "
            "(Tian, Krishnan & Isola, 2020)"),

@@ -1,4 +1,4 @@
-"""Pretrain an image encoder from views: two-view methods (SimCLR, MoCo v1/v2/v3, BYOL, SimSiam, SwAV, DINO, VICReg, Barlow Twins), rotation prediction, jigsaw puzzles, relative patch position and DeepCluster.
+"""Pretrain an image encoder from views: two-view methods (SimCLR, MoCo v1/v2/v3, BYOL, SimSiam, SwAV, DINO, VICReg, Barlow Twins, instance discrimination, CMC), the pretext tasks (rotation prediction, jigsaw puzzles, relative patch position, colorization, inpainting), the predictive methods (CPC, Deep InfoMax) and DeepCluster.
 
     accelerate launch recipes/two_view.py --method simclr               # built-in digits, a minute on CPU
     accelerate launch recipes/two_view.py --method byol --train_file cifar10/train.parquet --eval_dir cifar10
@@ -49,6 +49,8 @@ METHOD_HELP = ("; ".join(f"{m} = {registry.get(m).summary}" for m in METHODS) + 
 PRESETS = {"cpu": CPU_SETTINGS, "gpu": GPU_SETTINGS, "imagenet": IMAGENET_SETTINGS}
 # training flags the preset fills when they are not given (the run's own: TwoViewRun)
 TRAINING_FROM_PRESET = ("learning_rate", "weight_decay", "optimizer", "momentum")
+# and the Adam betas, the engine's defaults when the preset has none (colorization's preset sets beta2 0.99)
+ADAM_FROM_PRESET = {"adam_beta1": TrainingSettings.adam_beta1, "adam_beta2": TrainingSettings.adam_beta2}
 
 
 @dataclass
@@ -110,17 +112,18 @@ def build_parser() -> ArgumentParser:
                    help="jigsaw: the permutations of the 3 x 3 tiles (chosen far apart in Hamming distance)")
     # None = "the preset's"; base_parser's own defaults would hide whether the flag was given
     p.set_defaults(learning_rate=None, weight_decay=None, optimizer=None, momentum=None, model_size=None,
-                   image_size=None, max_steps=None, per_device_train_batch_size=None)
+                   image_size=None, max_steps=None, per_device_train_batch_size=None, adam_beta1=None, adam_beta2=None)
     return p
 
 
 def preset_training(settings: TrainingSettings, run: TwoViewRun, num_images: int,
                     num_processes: int) -> TrainingSettings:
     """``settings`` with what the flags left unset (None) from ``--preset``: optimizer, learning rate, momentum,
-    weight decay, the per-device batch (the preset's global batch over ``num_processes``), and the steps and warmup
+    weight decay, Adam's betas, the per-device batch (the preset's global batch over ``num_processes``), and the steps and warmup
     (the preset's epochs as steps over ``num_images``)."""
     preset = run.preset_settings
     filled = {k: preset[k] for k in TRAINING_FROM_PRESET if getattr(settings, k) is None and k in preset}
+    filled.update({k: preset.get(k, default) for k, default in ADAM_FROM_PRESET.items() if getattr(settings, k) is None})
     batch = settings.per_device_train_batch_size
     if batch is None:
         batch = max(1, preset["batch_size"] // num_processes)

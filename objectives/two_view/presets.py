@@ -43,6 +43,12 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
     "instance_discrimination": {**_LIGHTLY_CIFAR, "batch_size": 256, "epochs": 200, "learning_rate": 0.03,
                                 "transform": "one_view", "objective": {"loss": "nce", "num_negatives": 4096,
                                                                        "temperature": 0.07, "bank_momentum": 0.5}},
+    # colorization (Zhang, Isola & Efros, 2016, sec. 3): Adam, beta1 0.9, beta2 0.99, weight decay 1e-3 (Caffe's,
+    # coupled: AdamW's decoupled decay here), lr 3e-5 (the paper drops it to 1e-5 and 3e-6 at 200k and 375k
+    # iterations; cosine here), batch 40, 450k iterations; on lightly's CIFAR-10 ResNet-18
+    "colorization": {**_LIGHTLY_CIFAR, "optimizer": "adamw", "learning_rate": 3e-5, "adam_beta1": 0.9,
+                     "adam_beta2": 0.99, "weight_decay": 1e-3, "batch_size": 40, "max_steps": 450_000,
+                     "transform": "colorization"},
     # CMC (Tian et al., 2020, sec. 4.2 / appendix, ImageNet): SGD 0.03, momentum 0.9, weight decay 1e-4, batch 256,
     # 240 epochs (the rate steps down at 120 / 160 / 200 there; cosine here), memory banks with K = 16384
     # negatives, T = 0.07, bank momentum 0.5, the L and ab views of one crop; the paper's CIFAR-10 numbers are not
@@ -93,6 +99,10 @@ IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
                                 "weight_decay": 5e-4, "epochs": 200, "warmup_epochs": 0, "transform": "one_view",
                                 "objective": {"loss": "nce", "num_negatives": 4096, "temperature": 0.07,
                                               "bank_momentum": 0.5}},
+    # colorization: the paper's ImageNet run (its settings as in GPU_SETTINGS), on a ResNet-50
+    "colorization": {**_IMAGENET, "optimizer": "adamw", "learning_rate": 3e-5, "adam_beta1": 0.9, "adam_beta2": 0.99,
+                     "weight_decay": 1e-3, "batch_size": 40, "max_steps": 450_000, "warmup_epochs": 0,
+                     "transform": "colorization"},
     "cmc": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.03, "momentum": 0.9, "weight_decay": 1e-4,
             "epochs": 240, "warmup_epochs": 0, "transform": "cmc",
             "objective": {"negatives": "bank", "num_negatives": 16384, "temperature": 0.07, "bank_momentum": 0.5}},
@@ -134,6 +144,7 @@ CPU_SETTINGS: dict[str, dict[str, Any]] = {
                      "objective": {"units": 512}},
     # in-batch negatives (63 per anchor), T 0.07; lr 0.03 is also the paper's
     "cmc": {**_CPU, "transform": "cmc", "objective": {"negatives": "batch", "temperature": 0.07}},
+    "colorization": {**_CPU, "transform": "colorization"},
 }
 
 

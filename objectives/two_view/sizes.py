@@ -29,7 +29,7 @@ SIZES: dict[str, dict[str, Any]] = {
             barlow_twins=dict(hidden_dim=32, out_dim=32, num_layers=2), graphcl=GRAPHCL, scarf=SCARF,
             instance_discrimination=dict(out_dim=16),
             deepcluster=dict(num_clusters=4, pca_dim=8, hidden_dims=(32,)), deep_infomax=dict(units=16),
-            cmc=dict(out_dim=16, num_negatives=32))),
+            cmc=dict(out_dim=16, num_negatives=32), colorization=dict(hidden_dim=32))),
     "small": dict(
         vit=dict(hidden_size=192, num_layers=6, num_heads=3, intermediate_size=768), image=dict(patch_size=4),
         methods=dict(  # lightly's CIFAR-10 benchmark (docs/.../benchmarks/cifar10_benchmark.py), ResNet-18
@@ -45,7 +45,7 @@ SIZES: dict[str, dict[str, Any]] = {
             barlow_twins=dict(hidden_dim=2048, out_dim=2048, num_layers=2), graphcl=GRAPHCL, scarf=SCARF,
             instance_discrimination=dict(out_dim=128),
             deepcluster=dict(num_clusters=100, pca_dim=256),  # k 100 for CIFAR-10's 10 classes
-            deep_infomax=dict(units=2048), cmc=dict(out_dim=128, num_negatives=4096))),
+            deep_infomax=dict(units=2048), cmc=dict(out_dim=128, num_negatives=4096), colorization=dict(hidden_dim=256))),
     "base": dict(
         vit=dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536), image=dict(patch_size=16),
         methods=dict(  # the papers' ImageNet settings
@@ -64,7 +64,8 @@ SIZES: dict[str, dict[str, Any]] = {
             # with dropout 0.5
             deepcluster=dict(num_clusters=10000, pca_dim=256, hidden_dims=(4096, 4096), dropout=0.5,
                              kmeans_init="random"),
-            deep_infomax=dict(units=2048), cmc=dict(out_dim=128, num_negatives=16384))),
+            deep_infomax=dict(units=2048), cmc=dict(out_dim=128, num_negatives=16384),
+            colorization=dict(hidden_dim=256))),   # the paper's conv8 block: 256 channels
 }
 # ResNet backbones by name (ResNetConfig fields); "vit" takes its numbers from the size
 RESNETS = {"resnet_tiny": dict(depth=18, layers=(1, 1, 1, 1)), "resnet18": dict(depth=18),

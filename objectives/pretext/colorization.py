@@ -1,0 +1,142 @@
+"""Colorization (Zhang, Isola & Efros, "Colorful Image Colorization", ECCV 2016): from an image's lightness alone,
+predict the distribution of its colour over Q bins of the ab plane at every cell of a coarse grid.
+
+``batch["views"]`` holds one batch, the lightness of each image (the data side, ``modalities.image_views.LabColours``,
+shows it as the grey image, three equal channels, so any image encoder takes it), and ``batch["pretext_targets"]``
+(B, h, w) each cell's bin (the nearest in-gamut centre of ``config.ab_bins`` to the cell's mean ab, which the data
+side also gives the config). The encoder's last token map (a ResNet's feature map, a ViT's patch tokens without its
+prefix) is upsampled to the target grid and a small decoder (two 3 x 3 convolutions with batch norm and ReLU, the
+paper's conv8 block, then a 1 x 1 convolution: the paper's 313-way classifier, Q-way here) gives the logits.
+
+Loss (the paper's eq. 2-4): per target cell the cross-entropy of its bin, weighted by class rebalancing
+``w ∝ ((1 - λ) p̃ + λ / Q)^-1`` normalised so that ``E_p̃[w] = 1``, ``λ = rebalance`` (0.5), ``p̃`` the empirical
+distribution of the bins smoothed by a Gaussian of ``smoothing`` (σ = 5) over the ab plane. The paper measures
+``p̃`` once on ImageNet; here a histogram of every target seen in training (all processes') is kept as a buffer
+(``bin_counts``, so a resume restores it) and each step's weights come from the counts including its batch.
+Summed over the cells, ``num_targets`` = B · h · w.
+
+``pretext_predictions(batch)``: the annealed mean (B, 2, h, w) of the predicted distribution (temperature
+``temperature`` = 0.38: the mean of ``softmax(logits / T)``'s bin centres), the paper's point estimate.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.backbones.resnet import GlobalBatchNorm
+from selfsup.objectives.two_view.common import gather_rows, get_views, online_encoder, take_encoder
+from selfsup.types import PRETEXT_TARGETS, Batch, Encoder, Objective, ObjectiveOutput
+
+
+@dataclass
+class ColorizationConfig:
+    """ab_bins: the (a, b) centres of the Q bins (the data side's, ``view_pipelines.colorization``); hidden_dim: the
+    decoder's width (the paper's conv8: 256); rebalance: λ of the class weights (0 = weights 1 / p̃, 1 = none);
+    smoothing: σ of the Gaussian that smooths the bin histogram over the ab plane (0: none); temperature: the
+    annealed mean's T."""
+
+    ab_bins: tuple = field(default_factory=tuple)
+    hidden_dim: int = 256
+    rebalance: float = 0.5
+    smoothing: float = 5.0
+    temperature: float = 0.38
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def token_map(tokens: Tensor, prefix: int, size: tuple[int, int]) -> Tensor:
+    """(B, prefix + N, D) tokens -> (B, D, gh, gw) the map of the N tokens after the prefix (row-major), its shape
+    that of the target grid ``size`` (h, w) scaled to N cells."""
+    x = tokens[:, prefix:]
+    b, n, d = x.shape
+    gh = max(1, round(math.sqrt(n * size[0] / size[1])))
+    if n % gh:
+        raise ValueError(f"{n} tokens do not form a map of the target grid's shape {tuple(size)}")
+    return x.transpose(1, 2).reshape(b, d, gh, n // gh)
+
+
+class Colorization(Objective):
+    def __init__(self, encoder: Encoder, config: ColorizationConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or ColorizationConfig()
+        if not c.ab_bins:
+            raise ValueError("colorization needs the ab bins' centres (config.ab_bins, from its view pipeline)")
+        width = take_encoder(self, encoder)
+        centres = torch.tensor(c.ab_bins, dtype=torch.float32).reshape(-1, 2)
+        q, h = len(centres), c.hidden_dim
+        self.register_buffer("ab_centres", centres, persistent=False)
+        self.register_buffer("bin_counts", torch.zeros(q, dtype=torch.long))   # the targets seen, per bin
+        self.decoder = nn.Sequential(
+            nn.Conv2d(width, h, 3, padding=1, bias=False), GlobalBatchNorm(h), nn.ReLU(),
+            nn.Conv2d(h, h, 3, padding=1, bias=False), GlobalBatchNorm(h), nn.ReLU(),
+            nn.Conv2d(h, q, 1))
+
+    @property
+    def num_bins(self) -> int:
+        return len(self.ab_centres)
+
+    def logits(self, view: Batch, size: tuple[int, int]) -> Tensor:
+        """(B, Q, h, w) the bins' logits of every cell of the ``size`` grid from one batch of (grey) images."""
+        tokens = self.adapter(view)
+        out = self.backbone(tokens.x, tokens.padding_mask, structure=tokens.structure)
+        fmap = token_map(out.last_hidden_state, self.adapter.num_prefix_tokens, size)
+        if tuple(fmap.shape[-2:]) != tuple(size):
+            fmap = F.interpolate(fmap, size=tuple(size), mode="bilinear", align_corners=False)
+        return self.decoder(fmap)
+
+    def class_weights(self) -> Tensor:
+        """(Q,) float64 the rebalancing weights from the histogram (uniform p̃ before any target is seen)."""
+        c = self.config
+        counts = self.bin_counts.double()
+        p = counts / counts.sum() if counts.sum() > 0 else torch.full_like(counts, 1.0 / self.num_bins)
+        if c.smoothing > 0:
+            centres = self.ab_centres.double()
+            kernel = torch.exp(-torch.cdist(centres, centres) ** 2 / (2 * c.smoothing ** 2))
+            p = kernel @ p
+            p = p / p.sum()
+        w = 1.0 / ((1 - c.rebalance) * p + c.rebalance / self.num_bins)
+        return w / (p * w).sum()
+
+    @torch.no_grad()
+    def count(self, targets: Tensor) -> None:
+        """Add the bins of ``targets`` (every process's) to the histogram."""
+        seen = torch.bincount(targets.reshape(-1), minlength=self.num_bins)[None]
+        self.bin_counts += gather_rows(seen).sum(dim=0).to(self.bin_counts.device)
+
+    def views_and_targets(self, batch: Batch) -> tuple[Batch, Tensor]:
+        views = get_views(batch, need=1)
+        targets = batch.get(PRETEXT_TARGETS)
+        if len(views) != 1 or targets is None:
+            raise ValueError(f"colorization needs 1 view (the lightness) and {PRETEXT_TARGETS!r} (the ab bins), got "
+                             f"{len(views)} views{'' if targets is not None else ' and no targets'}")
+        return views[0], targets
+
+    def forward(self, batch: Batch) -> ObjectiveOutput:
+        view, targets = self.views_and_targets(batch)
+        logits = self.logits(view, targets.shape[-2:]).float()
+        if self.training:
+            self.count(targets)
+        weights = self.class_weights().to(logits.device, logits.dtype)
+        cross_entropy = F.cross_entropy(logits, targets, reduction="none")
+        loss = (cross_entropy * weights[targets]).sum()
+        accuracy = (logits.detach().argmax(1) == targets).float().mean()
+        return ObjectiveOutput(loss, num_targets=targets.numel(),
+                               metrics={"bin_accuracy": accuracy, "plain_cross_entropy": cross_entropy.detach().mean()})
+
+    @torch.no_grad()
+    def pretext_predictions(self, batch: Batch) -> Tensor:
+        """(B, 2, h, w) the annealed-mean ab of every target cell (the paper's H: softmax(logits / T) · centres)."""
+        view, targets = self.views_and_targets(batch)
+        logits = self.logits(view, targets.shape[-2:]).float()
+        probs = torch.softmax(logits / self.config.temperature, dim=1)
+        return torch.einsum("bqhw,qc->bchw", probs, self.ab_centres.to(probs.dtype))
+
+    encoder = online_encoder
+
+
+__all__ = ["ColorizationConfig", "Colorization", "token_map"]
