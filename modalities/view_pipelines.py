@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, JigsawTiles,
-                                            RelativePatches, byol_transforms, hamming_permutations,
+from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, CentreHole, JigsawTiles,
+                                            RelativePatches, byol_transforms, denormalize, hamming_permutations,
                                             SingleView, moco_v1_transform, multicrop_transforms, rotation_transforms,
                                             simclr_transform)
 
@@ -117,6 +117,25 @@ def relative_position(o: ViewOptions) -> ViewPipeline:
     return ViewPipeline([RelativePatches(o.image_size, o.whole_patches(round((o.image_size // 3) * 2 / 3)))])
 
 
+def paste_centre(images: Any, region: Any) -> Any:
+    """(B, C, H, W) images with their central square replaced by ``region`` (B, C, s, s) (a copy)."""
+    start, side = (images.shape[-1] - region.shape[-1]) // 2, region.shape[-1]
+    out = images.clone()
+    out[..., start:start + side, start:start + side] = region.to(out.dtype)
+    return out
+
+
+def inpainting(o: ViewOptions) -> ViewPipeline:
+    """Context encoders: the image with its central half-side square filled with the mean colour; the target is
+    that square. The picture's rows: the masked input, the prediction pasted in, the original."""
+    def render(batch: dict[str, Any], predictions: Any) -> list:
+        masked = batch["views"][0]["pixel_values"]
+        rows = [masked, paste_centre(masked, predictions), paste_centre(masked, batch["pretext_targets"])]
+        return [denormalize(r.detach().float(), o.mean, o.std) for r in rows]
+
+    return ViewPipeline([CentreHole(o.image_size, **o.norm)], render=render)
+
+
 PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
     "simclr": simclr,
     "byol": lambda o: ViewPipeline(byol_transforms(o.image_size, **o.norm)),
@@ -126,6 +145,7 @@ PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
     "rotation": rotation,
     "jigsaw": jigsaw,
     "relative_position": relative_position,
+    "inpainting": inpainting,
 }
 
 
@@ -136,4 +156,4 @@ def view_pipeline(name: str, options: ViewOptions) -> ViewPipeline:
     return PIPELINES[name](options)
 
 
-__all__ = ["ViewOptions", "ViewPipeline", "PIPELINES", "view_pipeline", "local_view_size"]
+__all__ = ["ViewOptions", "ViewPipeline", "PIPELINES", "view_pipeline", "local_view_size", "paste_centre"]

@@ -48,7 +48,8 @@ METHOD_HELP = ("; ".join(f"{m} = {registry.get(m).summary}" for m in METHODS) + 
     f"{alias} = {name}" for alias, name in sorted(ALIASES.items()))).replace("%", "%%")   # argparse formats help
 PRESETS = {"cpu": CPU_SETTINGS, "gpu": GPU_SETTINGS, "imagenet": IMAGENET_SETTINGS}
 # training flags the preset fills when they are not given (the run's own: TwoViewRun)
-TRAINING_FROM_PRESET = ("learning_rate", "weight_decay", "optimizer", "momentum")
+TRAINING_FROM_PRESET = ("learning_rate", "weight_decay", "optimizer", "momentum", "adam_beta1")
+TRAINING_DEFAULTS = {"adam_beta1": 0.9}   # what a preset that does not set them gets
 
 
 @dataclass
@@ -107,17 +108,19 @@ def build_parser() -> ArgumentParser:
                    help="jigsaw: the permutations of the 3 x 3 tiles (chosen far apart in Hamming distance)")
     # None = "the preset's"; base_parser's own defaults would hide whether the flag was given
     p.set_defaults(learning_rate=None, weight_decay=None, optimizer=None, momentum=None, model_size=None,
-                   image_size=None, max_steps=None, per_device_train_batch_size=None)
+                   image_size=None, max_steps=None, per_device_train_batch_size=None, adam_beta1=None)
     return p
 
 
 def preset_training(settings: TrainingSettings, run: TwoViewRun, num_images: int,
                     num_processes: int) -> TrainingSettings:
     """``settings`` with what the flags left unset (None) from ``--preset``: optimizer, learning rate, momentum,
-    weight decay, the per-device batch (the preset's global batch over ``num_processes``), and the steps and warmup
-    (the preset's epochs as steps over ``num_images``)."""
+    Adam's beta1 (:data:`TRAINING_DEFAULTS` when the preset has none), weight decay, the per-device batch (the
+    preset's global batch over ``num_processes``), and the steps and warmup (the preset's epochs as steps over
+    ``num_images``)."""
     preset = run.preset_settings
-    filled = {k: preset[k] for k in TRAINING_FROM_PRESET if getattr(settings, k) is None and k in preset}
+    filled = {k: preset.get(k, TRAINING_DEFAULTS.get(k)) for k in TRAINING_FROM_PRESET
+              if getattr(settings, k) is None and (k in preset or k in TRAINING_DEFAULTS)}
     batch = settings.per_device_train_batch_size
     if batch is None:
         batch = max(1, preset["batch_size"] // num_processes)

@@ -12,8 +12,8 @@ from typing import Any
 # 10 warmup epochs of 1000). IMAGENET_SETTINGS: lightly's benchmarks/imagenet/resnet50 scripts (and the papers where
 # lightly has none), ResNet-50 at 224, 10 warmup epochs of 100. CPU_SETTINGS: a run of minutes on 2 CPU cores
 # (a 4-block ResNet at 32 x 32, batch 64, lightly's optimizers scaled to the batch). Keys: the run's (optimizer,
-# learning_rate for the whole batch, momentum = the optimizer's, weight_decay, batch_size global, epochs or max_steps,
-# warmup_*, transform = the modalities.image_views pipeline, num_local_views, global_scale); "objective": config
+# learning_rate for the whole batch, momentum = the optimizer's, adam_beta1 (0.9 unless set), weight_decay,
+# batch_size global, epochs or max_steps, warmup_*, transform = the modalities.image_views pipeline, num_local_views, global_scale); "objective": config
 # fields of the method to override; "*_epochs" / "queue_start_epoch": schedule lengths the recipe turns into steps.
 _LIGHTLY_CIFAR = dict(backbone="resnet18", model_size="small", image_size=32, batch_size=512, epochs=800,
                       optimizer="sgd", learning_rate=0.06 * 512 / 128, momentum=0.9, weight_decay=5e-4,
@@ -43,6 +43,11 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
     "instance_discrimination": {**_LIGHTLY_CIFAR, "batch_size": 256, "epochs": 200, "learning_rate": 0.03,
                                 "transform": "one_view", "objective": {"loss": "nce", "num_negatives": 4096,
                                                                        "temperature": 0.07, "bank_momentum": 0.5}},
+    # context encoders (Pathak et al., CVPR 2016, sec. 5 and their train.lua): Adam lr 2e-4, beta1 0.5, batch 64,
+    # lambda_rec 0.999 / lambda_adv 0.001 (the config's defaults); no weight decay. The paper states no schedule
+    # length (its code: 25 epochs of ImageNet / Paris StreetView): 100 epochs of CIFAR-10 here
+    "inpainting": {**_LIGHTLY_CIFAR, "batch_size": 64, "epochs": 100, "optimizer": "adamw", "learning_rate": 2e-4,
+                   "adam_beta1": 0.5, "weight_decay": 0.0, "transform": "inpainting"},
 }
 _IMAGENET = dict(backbone="resnet50", model_size="base", image_size=224, batch_size=256, epochs=100, warmup_epochs=10,
                  schedule="cosine")
@@ -100,6 +105,9 @@ CPU_SETTINGS: dict[str, dict[str, Any]] = {
     "jigsaw": {**_CPU, "transform": "jigsaw"},
     "relative_position": {**_CPU, "transform": "relative_position"},
     "instance_discrimination": {**_CPU, "transform": "one_view"},
+    # the paper's Adam (beta1 0.5, no weight decay) at 5 x its rate: 300 steps are a fraction of an epoch
+    "inpainting": {**_CPU, "optimizer": "adamw", "learning_rate": 1e-3, "adam_beta1": 0.5, "weight_decay": 0.0,
+                   "transform": "inpainting"},
 }
 
 

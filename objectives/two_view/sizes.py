@@ -27,7 +27,8 @@ SIZES: dict[str, dict[str, Any]] = {
             dino=dict(hidden_dim=32, bottleneck_dim=8, out_dim=32, head_layers=2, momentum=0.99),
             vicreg=dict(hidden_dim=32, out_dim=32, num_layers=2),
             barlow_twins=dict(hidden_dim=32, out_dim=32, num_layers=2), graphcl=GRAPHCL, scarf=SCARF,
-            instance_discrimination=dict(out_dim=16))),
+            instance_discrimination=dict(out_dim=16),
+            inpainting=dict(hidden_dim=32, upsamples=2, disc_dim=8, disc_layers=2))),
     "small": dict(
         vit=dict(hidden_size=192, num_layers=6, num_heads=3, intermediate_size=768), image=dict(patch_size=4),
         methods=dict(  # lightly's CIFAR-10 benchmark (docs/.../benchmarks/cifar10_benchmark.py), ResNet-18
@@ -41,7 +42,8 @@ SIZES: dict[str, dict[str, Any]] = {
             dino=dict(hidden_dim=2048, bottleneck_dim=256, out_dim=2048, head_layers=2, momentum=0.99),
             vicreg=dict(hidden_dim=2048, out_dim=2048, num_layers=3),  # not in lightly's CIFAR benchmark
             barlow_twins=dict(hidden_dim=2048, out_dim=2048, num_layers=2), graphcl=GRAPHCL, scarf=SCARF,
-            instance_discrimination=dict(out_dim=128))),
+            instance_discrimination=dict(out_dim=128),
+            inpainting=dict(hidden_dim=256, upsamples=2, disc_dim=64, disc_layers=3))),   # a 4 x 4 map -> 16 x 16
     "base": dict(
         vit=dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536), image=dict(patch_size=16),
         methods=dict(  # the papers' ImageNet settings
@@ -55,7 +57,10 @@ SIZES: dict[str, dict[str, Any]] = {
             dino=dict(hidden_dim=2048, bottleneck_dim=256, out_dim=65536, head_layers=3, momentum=0.996),
             vicreg=dict(hidden_dim=8192, out_dim=8192, num_layers=3),
             barlow_twins=dict(hidden_dim=8192, out_dim=8192, num_layers=3), graphcl=GRAPHCL, scarf=SCARF,
-            instance_discrimination=dict(out_dim=128))),
+            instance_discrimination=dict(out_dim=128),
+            # the paper's decoder: up-convolutions from 512 channels, 4 x 4 map -> 64 x 64; a discriminator of 4
+            # strided layers from 64 channels (DCGAN's); here a ResNet-50's 7 x 7 map at 224 -> 112 in 4 steps
+            inpainting=dict(hidden_dim=512, upsamples=4, disc_dim=64, disc_layers=4))),
 }
 # ResNet backbones by name (ResNetConfig fields); "vit" takes its numbers from the size
 RESNETS = {"resnet_tiny": dict(depth=18, layers=(1, 1, 1, 1)), "resnet18": dict(depth=18),
@@ -65,7 +70,8 @@ RESNETS = {"resnet_tiny": dict(depth=18, layers=(1, 1, 1, 1)), "resnet18": dict(
 # ResNet-50 (solo-learn's CIFAR ResNet-18: 0.2), a frozen random patch projection on ViTs
 BACKBONE_DEFAULTS = {"resnet": {"dino": dict(use_bn=True), "moco_v3": dict(proj_layers=2)},
                               "resnet/base": {"moco_v3": dict(temperature=1.0)},
-                              "vit": {"moco_v3": dict(freeze_embedding=True)}}
+                              "vit": {"moco_v3": dict(freeze_embedding=True), "inpainting": dict(upsamples=1)},
+                              "vit/base": {"inpainting": dict(upsamples=3)}}
 VIT_IMAGE = dict(positions="learned", class_token=True)  # ViT (DINO, MoCo v3): learned positions, class token
 
 
