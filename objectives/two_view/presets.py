@@ -43,9 +43,9 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
     "instance_discrimination": {**_LIGHTLY_CIFAR, "batch_size": 256, "epochs": 200, "learning_rate": 0.03,
                                 "transform": "one_view", "objective": {"loss": "nce", "num_negatives": 4096,
                                                                        "temperature": 0.07, "bank_momentum": 0.5}},
-    # context encoders (Pathak et al., CVPR 2016, sec. 5 and their train.lua): Adam lr 2e-4, beta1 0.5, batch 64,
-    # lambda_rec 0.999 / lambda_adv 0.001 (the config's defaults); no weight decay. The paper states no schedule
-    # length (its code: 25 epochs of ImageNet / Paris StreetView): 100 epochs of CIFAR-10 here
+    # context encoders (Pathak et al., CVPR 2016, sec. 5, and their released train.lua): Adam lr 2e-4, beta1 0.5,
+    # batch 64, lambda_rec 0.999 / lambda_adv 0.001 (the config's defaults); no weight decay. The paper states no
+    # schedule length: 100 epochs here
     "inpainting": {**_LIGHTLY_CIFAR, "batch_size": 64, "epochs": 100, "optimizer": "adamw", "learning_rate": 2e-4,
                    "adam_beta1": 0.5, "weight_decay": 0.0, "transform": "inpainting"},
 }
@@ -80,6 +80,9 @@ IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
                                 "weight_decay": 5e-4, "epochs": 200, "warmup_epochs": 0, "transform": "one_view",
                                 "objective": {"loss": "nce", "num_negatives": 4096, "temperature": 0.07,
                                               "bank_momentum": 0.5}},
+    # context encoders on ImageNet at the paper's 128 x 128 (its settings: see GPU_SETTINGS), a ResNet-50 here
+    "inpainting": {**_IMAGENET, "image_size": 128, "batch_size": 64, "optimizer": "adamw", "learning_rate": 2e-4,
+                   "adam_beta1": 0.5, "weight_decay": 0.0, "warmup_epochs": 0, "transform": "inpainting"},
     "moco_v3": {**_IMAGENET, "backbone": "vit", "optimizer": "adamw", "learning_rate": 1.5e-4, "weight_decay": 0.1,
                 "warmup_epochs": 40, "epochs": 300},
 }

@@ -58,8 +58,8 @@ SIZES: dict[str, dict[str, Any]] = {
             vicreg=dict(hidden_dim=8192, out_dim=8192, num_layers=3),
             barlow_twins=dict(hidden_dim=8192, out_dim=8192, num_layers=3), graphcl=GRAPHCL, scarf=SCARF,
             instance_discrimination=dict(out_dim=128),
-            # the paper's decoder: up-convolutions from 512 channels, 4 x 4 map -> 64 x 64; a discriminator of 4
-            # strided layers from 64 channels (DCGAN's); here a ResNet-50's 7 x 7 map at 224 -> 112 in 4 steps
+            # as the paper's 128-pixel model: 4 up-convolutions from 512 channels (a 4 x 4 map -> the 64 x 64
+            # centre; a ResNet-50's 7 x 7 at 224 -> 112) and a discriminator of 4 strided layers from 64 (DCGAN's)
             inpainting=dict(hidden_dim=512, upsamples=4, disc_dim=64, disc_layers=4))),
 }
 # ResNet backbones by name (ResNetConfig fields); "vit" takes its numbers from the size
