@@ -67,6 +67,7 @@ class TwoViewRun(ImageRun):
     local_size: int | None = None
     temperature: float | None = None
     queue_size: int | None = None
+    adversarial_weight: float | None = None
     rotations: str = "4"
     jigsaw_permutations: int = 100
 
@@ -102,6 +103,8 @@ def build_parser() -> ArgumentParser:
                    help="their size (default: DINO's 96/224 of --image_size, a whole number of patches on a ViT)")
     g.add_argument("--temperature", type=float, default=None, help="the method's loss temperature")
     g.add_argument("--queue_size", type=int, default=None, help="MoCo v2's queue of negatives")
+    g.add_argument("--adversarial_weight", type=float, default=None,
+                   help="inpainting: the adversarial loss's weight (the paper's 0.001; 0: no discriminator, L2 alone)")
     g.add_argument("--rotations", default="4", choices=sorted(ROTATION_SETS),
                    help="rotation: the set of angles, 4 (0/90/180/270), 8 (every 45), 0_180 or 90_270")
     g.add_argument("--jigsaw_permutations", type=int, default=100,
@@ -151,12 +154,15 @@ def pipeline_for(run: TwoViewRun, patch_size: int | None = None) -> ViewPipeline
 
 
 def method_overrides(run: TwoViewRun) -> dict[str, Any]:
-    """The method's config fields the preset, its views and the flags set (``--temperature``, ``--queue_size``)."""
+    """The method's config fields the preset, its views and the flags set (``--temperature``, ``--queue_size``,
+    ``--adversarial_weight``)."""
     out = {**run.preset_settings.get("objective", {}), **pipeline_for(run).objective}
     if run.temperature is not None:
         out["temperature"] = run.temperature
     if run.queue_size is not None:
         out["queue_size"] = run.queue_size
+    if run.adversarial_weight is not None:
+        out["adversarial_weight"] = run.adversarial_weight
     return out
 
 

@@ -165,6 +165,9 @@ def test_the_presets_take_the_papers_adam():
     simclr = recipe.preset_training(TrainingSettings.from_args(recipe.build_parser().parse_args([])),
                                     recipe.TwoViewRun(), 50_000, 1)
     assert simclr.adam_beta1 == 0.9                                          # a preset without one: the default
+    plain = recipe.settings_from(recipe.TwoViewRun, recipe.build_parser().parse_args(
+        ["--method", "inpainting", "--adversarial_weight", "0"]))
+    assert recipe.method_overrides(plain)["adversarial_weight"] == 0.0
     given = recipe.build_parser().parse_args(["--method", "inpainting", "--adam_beta1", "0.7"])
     assert recipe.preset_training(TrainingSettings.from_args(given), recipe.TwoViewRun(method="inpainting"),
                                   50_000, 1).adam_beta1 == 0.7
