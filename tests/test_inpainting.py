@@ -105,6 +105,9 @@ def test_the_loss_is_l2_plus_the_adversarial_terms_against_a_plain_reference():
     with pytest.raises(ValueError, match="pretext_targets"):
         obj({"views": [view]})
     assert obj.pretext_predictions({"views": [view], "pretext_targets": target}).shape == target.shape
+    vit = two_view("inpainting", "vit", size="tiny", image_size=16)      # a ViT: its patch grid, not the class token
+    images = {"views": [{"pixel_values": torch.randn(2, 3, 16, 16)}]}
+    assert vit.pretext_predictions(images).shape == (2, 3, 8, 8) and vit.config.upsamples == 1
 
 
 def test_one_backward_pass_keeps_the_generator_and_the_discriminator_apart():
