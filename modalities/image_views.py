@@ -265,6 +265,44 @@ class RelativePatches:
         return f"RelativePatches(image_size={self.image_size}, patch={self.patch}, jitter={self.jitter})"
 
 
+def centre_square(image_size: int, fraction: float = 0.5) -> tuple[int, int]:
+    """The central square of ``fraction`` of an ``image_size`` side: (start, side); rows and columns
+    ``start:start + side`` (16 of 32 from 8 on)."""
+    side = max(1, int(image_size * fraction))
+    return (image_size - side) // 2, side
+
+
+class CentreHole:
+    """An image with its central square hidden (context encoders, Pathak et al., CVPR 2016): resize, centre crop,
+    random crop with 1/8 padding and flip (light augmentation; the pretext is the hole), normalise, then the central
+    square of ``fraction`` of the side (:func:`centre_square`, half: a quarter of the pixels) filled with 0 — the mean
+    colour once normalised, as the paper fills it with the mean. ``augment=False``: resize and centre crop only.
+
+    Returns ``{"views": [masked image (3, H, H)], "pretext_target": the original centre (3, s, s), normalised}``."""
+
+    makes_views = True
+
+    def __init__(self, image_size: int, fraction: float = 0.5, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, augment: bool = True) -> None:
+        self.image_size, self.fraction = image_size, fraction
+        self.start, self.side = centre_square(image_size, fraction)
+        steps: list[Any] = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+        if augment:
+            steps += [v2.RandomCrop(image_size, padding=max(1, image_size // 8)), v2.RandomHorizontalFlip()]
+        self.base = v2.Compose(steps + _to_tensor(mean, std))
+
+    def __call__(self, image: Any) -> dict[str, Any]:
+        x = self.base(image).as_subclass(Tensor)
+        box = (slice(None), slice(self.start, self.start + self.side), slice(self.start, self.start + self.side))
+        target = x[box].clone()
+        x = x.clone()
+        x[box] = 0.0
+        return {"views": [x], "pretext_target": target}
+
+    def __repr__(self) -> str:
+        return f"CentreHole(image_size={self.image_size}, hole={self.side} from {self.start})"
+
+
 def crop_flip_transform(image_size: int = 32, mean: Sequence[float] = IMAGENET_MEAN,
                         std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """The light CIFAR augmentation: resize the shorter side to ``image_size``, a random ``image_size`` crop of it

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, JigsawTiles, LabColours, LabViews,
-                                            RelativePatches, ab_bins, byol_transforms, crop_flip_transform, denormalize,
-                                            hamming_permutations, lab_to_rgb, lab_views_of_normalised, SingleView,
-                                            moco_v1_transform, multicrop_transforms, rgb_to_lab, rotation_transforms,
+from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, CentreHole, JigsawTiles,
+                                            LabColours, LabViews, RelativePatches, ab_bins, byol_transforms,
+                                            crop_flip_transform, denormalize, hamming_permutations, lab_to_rgb,
+                                            lab_views_of_normalised, SingleView, moco_v1_transform,
+                                            multicrop_transforms, rgb_to_lab, rotation_transforms,
                                             simclr_transform)
 
 
@@ -130,6 +131,25 @@ def relative_position(o: ViewOptions) -> ViewPipeline:
     return ViewPipeline([RelativePatches(o.image_size, o.whole_patches(round((o.image_size // 3) * 2 / 3)))])
 
 
+def paste_centre(images: Any, region: Any) -> Any:
+    """(B, C, H, W) images with their central square replaced by ``region`` (B, C, s, s) (a copy)."""
+    start, side = (images.shape[-1] - region.shape[-1]) // 2, region.shape[-1]
+    out = images.clone()
+    out[..., start:start + side, start:start + side] = region.to(out.dtype)
+    return out
+
+
+def inpainting(o: ViewOptions) -> ViewPipeline:
+    """Context encoders: the image with its central half-side square filled with the mean colour; the target is
+    that square. The picture's rows: the masked input, the prediction pasted in, the original."""
+    def render(batch: dict[str, Any], predictions: Any) -> list:
+        masked = batch["views"][0]["pixel_values"]
+        rows = [masked, paste_centre(masked, predictions), paste_centre(masked, batch["pretext_targets"])]
+        return [denormalize(r.detach().float(), o.mean, o.std) for r in rows]
+
+    return ViewPipeline([CentreHole(o.image_size, **o.norm)], render=render)
+
+
 @lru_cache(maxsize=1)
 def _ab_bins() -> torch.Tensor:
     return ab_bins()
@@ -179,6 +199,7 @@ PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
     "rotation": rotation,
     "jigsaw": jigsaw,
     "relative_position": relative_position,
+    "inpainting": inpainting,
     "colorization": colorization,
     "cmc": cmc,
 }
@@ -191,4 +212,4 @@ def view_pipeline(name: str, options: ViewOptions) -> ViewPipeline:
     return PIPELINES[name](options)
 
 
-__all__ = ["ViewOptions", "ViewPipeline", "PIPELINES", "view_pipeline", "local_view_size"]
+__all__ = ["ViewOptions", "ViewPipeline", "PIPELINES", "view_pipeline", "local_view_size", "paste_centre"]

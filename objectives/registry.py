@@ -18,7 +18,7 @@ FAMILIES = {
     "speech_quantised": "contrastive prediction of quantised latents (wav2vec 2.0)",
     "clustering": "prediction of cluster ids of the input (HuBERT, DeepCluster)",
     "autoregressive": "next-token prediction (GPT)",
-    "pretext": "prediction of what the data side did or hid (rotations, jigsaw permutations, positions, colours)",
+    "pretext": "prediction of what the data side did or hid (rotations, jigsaw permutations, positions, colours, a hidden region)",
     "predictive": "contrastive prediction of one part of an example from another (CPC, Deep InfoMax)",
 }
 
@@ -112,6 +112,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("instance_discrimination", "two_view", "two_view.instance_discrimination", "InstanceDiscrimination",
            "InstanceDiscriminationConfig",
            "each example its own class: a softmax (or NCE) over a memory bank of features (Wu et al., 2018)"),
+    Method("inpainting", "pretext", "pretext.inpainting", "Inpainting", "InpaintingConfig",
+           "context encoder: fill in the hidden centre, L2 + an adversarial loss (Pathak et al., 2016)"),
     Method("colorization", "pretext", "pretext.colorization", "Colorization", "ColorizationConfig",
            "from the lightness, each cell's colour among the in-gamut ab bins, class-rebalanced (Zhang et al., 2016)"),
     Method("cmc", "two_view", "two_view.cmc", "CMC", "CMCConfig",

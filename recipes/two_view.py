@@ -49,7 +49,8 @@ METHOD_HELP = ("; ".join(f"{m} = {registry.get(m).summary}" for m in METHODS) + 
 PRESETS = {"cpu": CPU_SETTINGS, "gpu": GPU_SETTINGS, "imagenet": IMAGENET_SETTINGS}
 # training flags the preset fills when they are not given (the run's own: TwoViewRun)
 TRAINING_FROM_PRESET = ("learning_rate", "weight_decay", "optimizer", "momentum")
-# and the Adam betas, the engine's defaults when the preset has none (colorization's preset sets beta2 0.99)
+# and the Adam betas, the engine's defaults when the preset has none (colorization's preset sets beta2 0.99,
+# inpainting's beta1 0.5)
 ADAM_FROM_PRESET = {"adam_beta1": TrainingSettings.adam_beta1, "adam_beta2": TrainingSettings.adam_beta2}
 
 
@@ -68,6 +69,7 @@ class TwoViewRun(ImageRun):
     local_size: int | None = None
     temperature: float | None = None
     queue_size: int | None = None
+    adversarial_weight: float | None = None
     estimator: str | None = None
     rotations: str = "4"
     jigsaw_permutations: int = 100
@@ -104,6 +106,8 @@ def build_parser() -> ArgumentParser:
                    help="their size (default: DINO's 96/224 of --image_size, a whole number of patches on a ViT)")
     g.add_argument("--temperature", type=float, default=None, help="the method's loss temperature")
     g.add_argument("--queue_size", type=int, default=None, help="MoCo v2's queue of negatives")
+    g.add_argument("--adversarial_weight", type=float, default=None,
+                   help="inpainting: the adversarial loss's weight (the paper's 0.001; 0: no discriminator, L2 alone)")
     g.add_argument("--estimator", default=None, choices=["jsd", "infonce"],
                    help="Deep InfoMax: the mutual-information estimator (default: the preset's, jsd)")
     g.add_argument("--rotations", default="4", choices=sorted(ROTATION_SETS),
@@ -119,8 +123,8 @@ def build_parser() -> ArgumentParser:
 def preset_training(settings: TrainingSettings, run: TwoViewRun, num_images: int,
                     num_processes: int) -> TrainingSettings:
     """``settings`` with what the flags left unset (None) from ``--preset``: optimizer, learning rate, momentum,
-    weight decay, Adam's betas, the per-device batch (the preset's global batch over ``num_processes``), and the steps and warmup
-    (the preset's epochs as steps over ``num_images``)."""
+    weight decay, Adam's betas, the per-device batch (the preset's global batch over ``num_processes``), and the steps
+    and warmup (the preset's epochs as steps over ``num_images``)."""
     preset = run.preset_settings
     filled = {k: preset[k] for k in TRAINING_FROM_PRESET if getattr(settings, k) is None and k in preset}
     filled.update({k: preset.get(k, default) for k, default in ADAM_FROM_PRESET.items() if getattr(settings, k) is None})
@@ -155,12 +159,14 @@ def pipeline_for(run: TwoViewRun, patch_size: int | None = None) -> ViewPipeline
 
 def method_overrides(run: TwoViewRun) -> dict[str, Any]:
     """The method's config fields the preset, its views and the flags set (``--temperature``, ``--queue_size``,
-    ``--estimator``)."""
+    ``--estimator``, ``--adversarial_weight``)."""
     out = {**run.preset_settings.get("objective", {}), **pipeline_for(run).objective}
     if run.temperature is not None:
         out["temperature"] = run.temperature
     if run.queue_size is not None:
         out["queue_size"] = run.queue_size
+    if run.adversarial_weight is not None:
+        out["adversarial_weight"] = run.adversarial_weight
     if run.estimator is not None:
         out["estimator"] = run.estimator
     return out

@@ -402,6 +402,7 @@ def test_same_inputs_same_bits():
 # -- builders ------------------------------------------------------------------------------------------------------
 def test_builder_tables_cover_every_method():
     for size in ("tiny", "small", "base"):
+        # every two-view method, and the view methods of other families that have sizes here
         have = set(SIZES[size]["methods"])
         assert set(registry.names("two_view")) <= have <= set(registry.names(*VIEW_FAMILIES))
     for table in (GPU_SETTINGS, CPU_SETTINGS, IMAGENET_SETTINGS):   # and the pretext methods on image views

@@ -12,9 +12,10 @@ from typing import Any
 # 10 warmup epochs of 1000). IMAGENET_SETTINGS: lightly's benchmarks/imagenet/resnet50 scripts (and the papers where
 # lightly has none), ResNet-50 at 224, 10 warmup epochs of 100. CPU_SETTINGS: a run of minutes on 2 CPU cores
 # (a 4-block ResNet at 32 x 32, batch 64, lightly's optimizers scaled to the batch). Keys: the run's (optimizer,
-# learning_rate for the whole batch, momentum = the optimizer's, weight_decay, batch_size global, epochs or max_steps,
-# warmup_*, transform = the modalities.image_views pipeline, num_local_views, global_scale); "objective": config
-# fields of the method to override; "*_epochs" / "queue_start_epoch": schedule lengths the recipe turns into steps.
+# learning_rate for the whole batch, momentum = the optimizer's, adam_beta1 / adam_beta2 (0.9 / 0.999 unless set),
+# weight_decay, batch_size global, epochs or max_steps, warmup_*, transform = the modalities.view_pipelines pipeline,
+# num_local_views, global_scale); "objective": config fields of the method to override; "*_epochs" /
+# "queue_start_epoch": schedule lengths the recipe turns into steps.
 _LIGHTLY_CIFAR = dict(backbone="resnet18", model_size="small", image_size=32, batch_size=512, epochs=800,
                       optimizer="sgd", learning_rate=0.06 * 512 / 128, momentum=0.9, weight_decay=5e-4,
                       warmup_epochs=0, schedule="cosine", transform="simclr")
@@ -43,6 +44,11 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
     "instance_discrimination": {**_LIGHTLY_CIFAR, "batch_size": 256, "epochs": 200, "learning_rate": 0.03,
                                 "transform": "one_view", "objective": {"loss": "nce", "num_negatives": 4096,
                                                                        "temperature": 0.07, "bank_momentum": 0.5}},
+    # context encoders (Pathak et al., CVPR 2016, sec. 5, and their released train.lua): Adam lr 2e-4, beta1 0.5,
+    # batch 64, lambda_rec 0.999 / lambda_adv 0.001 (the config's defaults); no weight decay. The paper states no
+    # schedule length: 100 epochs here
+    "inpainting": {**_LIGHTLY_CIFAR, "batch_size": 64, "epochs": 100, "optimizer": "adamw", "learning_rate": 2e-4,
+                   "adam_beta1": 0.5, "weight_decay": 0.0, "transform": "inpainting"},
     # colorization (Zhang, Isola & Efros, 2016, sec. 3): Adam, beta1 0.9, beta2 0.99, weight decay 1e-3 (Caffe's,
     # coupled: AdamW's decoupled decay here), lr 3e-5 (the paper drops it to 1e-5 and 3e-6 at 200k and 375k
     # iterations; cosine here), batch 40, 450k iterations; on lightly's CIFAR-10 ResNet-18
@@ -99,6 +105,9 @@ IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
                                 "weight_decay": 5e-4, "epochs": 200, "warmup_epochs": 0, "transform": "one_view",
                                 "objective": {"loss": "nce", "num_negatives": 4096, "temperature": 0.07,
                                               "bank_momentum": 0.5}},
+    # context encoders on ImageNet at the paper's 128 x 128 (its settings: see GPU_SETTINGS), a ResNet-50 here
+    "inpainting": {**_IMAGENET, "image_size": 128, "batch_size": 64, "optimizer": "adamw", "learning_rate": 2e-4,
+                   "adam_beta1": 0.5, "weight_decay": 0.0, "warmup_epochs": 0, "transform": "inpainting"},
     # colorization: the paper's ImageNet run (its settings as in GPU_SETTINGS), on a ResNet-50
     "colorization": {**_IMAGENET, "optimizer": "adamw", "learning_rate": 3e-5, "adam_beta1": 0.9, "adam_beta2": 0.99,
                      "weight_decay": 1e-3, "batch_size": 40, "max_steps": 450_000, "warmup_epochs": 0,
@@ -145,6 +154,9 @@ CPU_SETTINGS: dict[str, dict[str, Any]] = {
     # in-batch negatives (63 per anchor), T 0.07; lr 0.03 is also the paper's
     "cmc": {**_CPU, "transform": "cmc", "objective": {"negatives": "batch", "temperature": 0.07}},
     "colorization": {**_CPU, "transform": "colorization"},
+    # the paper's Adam (beta1 0.5, no weight decay) at 5 x its rate: 300 steps are a fraction of an epoch
+    "inpainting": {**_CPU, "optimizer": "adamw", "learning_rate": 1e-3, "adam_beta1": 0.5, "weight_decay": 0.0,
+                   "transform": "inpainting"},
 }
 
 

@@ -29,7 +29,8 @@ SIZES: dict[str, dict[str, Any]] = {
             barlow_twins=dict(hidden_dim=32, out_dim=32, num_layers=2), graphcl=GRAPHCL, scarf=SCARF,
             instance_discrimination=dict(out_dim=16),
             deepcluster=dict(num_clusters=4, pca_dim=8, hidden_dims=(32,)), deep_infomax=dict(units=16),
-            cmc=dict(out_dim=16, num_negatives=32), colorization=dict(hidden_dim=32))),
+            cmc=dict(out_dim=16, num_negatives=32), colorization=dict(hidden_dim=32),
+            inpainting=dict(hidden_dim=32, upsamples=2, disc_dim=8, disc_layers=2))),
     "small": dict(
         vit=dict(hidden_size=192, num_layers=6, num_heads=3, intermediate_size=768), image=dict(patch_size=4),
         methods=dict(  # lightly's CIFAR-10 benchmark (docs/.../benchmarks/cifar10_benchmark.py), ResNet-18
@@ -45,7 +46,8 @@ SIZES: dict[str, dict[str, Any]] = {
             barlow_twins=dict(hidden_dim=2048, out_dim=2048, num_layers=2), graphcl=GRAPHCL, scarf=SCARF,
             instance_discrimination=dict(out_dim=128),
             deepcluster=dict(num_clusters=100, pca_dim=256),  # k 100 for CIFAR-10's 10 classes
-            deep_infomax=dict(units=2048), cmc=dict(out_dim=128, num_negatives=4096), colorization=dict(hidden_dim=256))),
+            deep_infomax=dict(units=2048), cmc=dict(out_dim=128, num_negatives=4096), colorization=dict(hidden_dim=256),
+            inpainting=dict(hidden_dim=256, upsamples=2, disc_dim=64, disc_layers=3))),   # a 4 x 4 map -> 16 x 16
     "base": dict(
         vit=dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536), image=dict(patch_size=16),
         methods=dict(  # the papers' ImageNet settings
@@ -65,7 +67,10 @@ SIZES: dict[str, dict[str, Any]] = {
             deepcluster=dict(num_clusters=10000, pca_dim=256, hidden_dims=(4096, 4096), dropout=0.5,
                              kmeans_init="random"),
             deep_infomax=dict(units=2048), cmc=dict(out_dim=128, num_negatives=16384),
-            colorization=dict(hidden_dim=256))),   # the paper's conv8 block: 256 channels
+            colorization=dict(hidden_dim=256),   # the paper's conv8 block: 256 channels
+            # as the paper's 128-pixel model: 4 up-convolutions from 512 channels (a 4 x 4 map -> the 64 x 64
+            # centre; a ResNet-50's 7 x 7 at 224 -> 112) and a discriminator of 4 strided layers from 64 (DCGAN's)
+            inpainting=dict(hidden_dim=512, upsamples=4, disc_dim=64, disc_layers=4))),
 }
 # ResNet backbones by name (ResNetConfig fields); "vit" takes its numbers from the size
 RESNETS = {"resnet_tiny": dict(depth=18, layers=(1, 1, 1, 1)), "resnet18": dict(depth=18),
@@ -75,7 +80,8 @@ RESNETS = {"resnet_tiny": dict(depth=18, layers=(1, 1, 1, 1)), "resnet18": dict(
 # ResNet-50 (solo-learn's CIFAR ResNet-18: 0.2), a frozen random patch projection on ViTs
 BACKBONE_DEFAULTS = {"resnet": {"dino": dict(use_bn=True), "moco_v3": dict(proj_layers=2)},
                               "resnet/base": {"moco_v3": dict(temperature=1.0)},
-                              "vit": {"moco_v3": dict(freeze_embedding=True)}}
+                              "vit": {"moco_v3": dict(freeze_embedding=True), "inpainting": dict(upsamples=1)},
+                              "vit/base": {"inpainting": dict(upsamples=3)}}
 VIT_IMAGE = dict(positions="learned", class_token=True)  # ViT (DINO, MoCo v3): learned positions, class token
 
 
