@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, JigsawTiles,
+from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, JigsawTiles, PatchGrid,
                                             RelativePatches, byol_transforms, hamming_permutations,
                                             SingleView, moco_v1_transform, multicrop_transforms, rotation_transforms,
                                             simclr_transform)
@@ -117,6 +117,11 @@ def relative_position(o: ViewOptions) -> ViewPipeline:
     return ViewPipeline([RelativePatches(o.image_size, o.whole_patches(round((o.image_size // 3) * 2 / 3)))])
 
 
+def cpc(o: ViewOptions) -> ViewPipeline:
+    """CPC's grid of overlapping patches (a quarter of the image at half a patch's stride: 7 x 7), greyscale."""
+    return ViewPipeline([PatchGrid(o.image_size, o.whole_patches(max(2, o.image_size // 4)), **o.norm)])
+
+
 PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
     "simclr": simclr,
     "byol": lambda o: ViewPipeline(byol_transforms(o.image_size, **o.norm)),
@@ -126,6 +131,7 @@ PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
     "rotation": rotation,
     "jigsaw": jigsaw,
     "relative_position": relative_position,
+    "cpc": cpc,
 }
 
 

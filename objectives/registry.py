@@ -110,6 +110,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("instance_discrimination", "two_view", "two_view.instance_discrimination", "InstanceDiscrimination",
            "InstanceDiscriminationConfig",
            "each example its own class: a softmax (or NCE) over a memory bank of features (Wu et al., 2018)"),
+    Method("cpc", "predictive", "predictive.cpc", "CPC", "CPCConfig",
+           "contrastive predictive coding: a GRU over the latents predicts the next K by InfoNCE (van den Oord et al., 2018)"),
 )}
 ALIASES = {"moco": "moco_v2", "barlow": "barlow_twins"}
 

@@ -43,6 +43,9 @@ GPU_SETTINGS: dict[str, dict[str, Any]] = {
     "instance_discrimination": {**_LIGHTLY_CIFAR, "batch_size": 256, "epochs": 200, "learning_rate": 0.03,
                                 "transform": "one_view", "objective": {"loss": "nce", "num_negatives": 4096,
                                                                        "temperature": 0.07, "bank_momentum": 0.5}},
+    # CPC (van den Oord et al., 2018, sec. 3.2; ImageNet there, a ResNet-v2-101 to its third block): Adam at 2e-4,
+    # no weight decay stated, batch 16 on each of 32 GPUs (512); the 7 x 7 grid of overlapping patches
+    "cpc": {**_LIGHTLY_CIFAR, "optimizer": "adamw", "learning_rate": 2e-4, "weight_decay": 0.0, "transform": "cpc"},
 }
 _IMAGENET = dict(backbone="resnet50", model_size="base", image_size=224, batch_size=256, epochs=100, warmup_epochs=10,
                  schedule="cosine")
@@ -75,6 +78,10 @@ IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
                                 "weight_decay": 5e-4, "epochs": 200, "warmup_epochs": 0, "transform": "one_view",
                                 "objective": {"loss": "nce", "num_negatives": 4096, "temperature": 0.07,
                                               "bank_momentum": 0.5}},
+    # CPC's ImageNet setting (sec. 3.2): 256-pixel images (from 300) cut into 7 x 7 patches of 64 with 32 overlap,
+    # Adam 2e-4, batch 16 x 32 GPUs; a ResNet-50 here for its ResNet-v2-101 (to the third block, 1024 wide)
+    "cpc": {**_IMAGENET, "image_size": 256, "batch_size": 512, "optimizer": "adamw", "learning_rate": 2e-4,
+            "weight_decay": 0.0, "warmup_epochs": 0, "transform": "cpc"},
     "moco_v3": {**_IMAGENET, "backbone": "vit", "optimizer": "adamw", "learning_rate": 1.5e-4, "weight_decay": 0.1,
                 "warmup_epochs": 40, "epochs": 300},
 }
@@ -100,6 +107,8 @@ CPU_SETTINGS: dict[str, dict[str, Any]] = {
     "jigsaw": {**_CPU, "transform": "jigsaw"},
     "relative_position": {**_CPU, "transform": "relative_position"},
     "instance_discrimination": {**_CPU, "transform": "one_view"},
+    # CPC: the paper's Adam (no weight decay), at 1e-3 for a run of 300 steps
+    "cpc": {**_CPU, "optimizer": "adamw", "learning_rate": 1e-3, "weight_decay": 0.0, "transform": "cpc"},
 }
 
 

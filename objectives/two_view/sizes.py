@@ -13,6 +13,9 @@ GRAPHCL = dict(hidden_dim=None, out_dim=None, num_layers=2, batch_norm=False, te
 # SCARF (Bahri et al., ICLR 2022, sec. 4): InfoNCE at temperature 1 with a pre-training head of two linear layers as
 # wide as the encoder's features, ReLU between, no batch norm, at every size
 SCARF = dict(hidden_dim=None, out_dim=None, num_layers=2, batch_norm=False, temperature=1.0)
+# CPC on a 7 x 7 patch grid (van den Oord et al., 2018, sec. 3.2): predictions up to 5 rows down, from the second
+# (the next row's patches overlap the context's by half); the GRU as wide as the size's latents
+CPC_GRID = dict(num_offsets=5, first_offset=2)
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(
         vit=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), image=dict(patch_size=4),
@@ -27,7 +30,7 @@ SIZES: dict[str, dict[str, Any]] = {
             dino=dict(hidden_dim=32, bottleneck_dim=8, out_dim=32, head_layers=2, momentum=0.99),
             vicreg=dict(hidden_dim=32, out_dim=32, num_layers=2),
             barlow_twins=dict(hidden_dim=32, out_dim=32, num_layers=2), graphcl=GRAPHCL, scarf=SCARF,
-            instance_discrimination=dict(out_dim=16))),
+            instance_discrimination=dict(out_dim=16), cpc=dict(CPC_GRID, context_dim=16))),
     "small": dict(
         vit=dict(hidden_size=192, num_layers=6, num_heads=3, intermediate_size=768), image=dict(patch_size=4),
         methods=dict(  # lightly's CIFAR-10 benchmark (docs/.../benchmarks/cifar10_benchmark.py), ResNet-18
@@ -41,7 +44,7 @@ SIZES: dict[str, dict[str, Any]] = {
             dino=dict(hidden_dim=2048, bottleneck_dim=256, out_dim=2048, head_layers=2, momentum=0.99),
             vicreg=dict(hidden_dim=2048, out_dim=2048, num_layers=3),  # not in lightly's CIFAR benchmark
             barlow_twins=dict(hidden_dim=2048, out_dim=2048, num_layers=2), graphcl=GRAPHCL, scarf=SCARF,
-            instance_discrimination=dict(out_dim=128))),
+            instance_discrimination=dict(out_dim=128), cpc=dict(CPC_GRID, context_dim=512))),
     "base": dict(
         vit=dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536), image=dict(patch_size=16),
         methods=dict(  # the papers' ImageNet settings
@@ -55,7 +58,7 @@ SIZES: dict[str, dict[str, Any]] = {
             dino=dict(hidden_dim=2048, bottleneck_dim=256, out_dim=65536, head_layers=3, momentum=0.996),
             vicreg=dict(hidden_dim=8192, out_dim=8192, num_layers=3),
             barlow_twins=dict(hidden_dim=8192, out_dim=8192, num_layers=3), graphcl=GRAPHCL, scarf=SCARF,
-            instance_discrimination=dict(out_dim=128))),
+            instance_discrimination=dict(out_dim=128), cpc=dict(CPC_GRID, context_dim=1024))),
 }
 # ResNet backbones by name (ResNetConfig fields); "vit" takes its numbers from the size
 RESNETS = {"resnet_tiny": dict(depth=18, layers=(1, 1, 1, 1)), "resnet18": dict(depth=18),
@@ -69,4 +72,4 @@ BACKBONE_DEFAULTS = {"resnet": {"dino": dict(use_bn=True), "moco_v3": dict(proj_
 VIT_IMAGE = dict(positions="learned", class_token=True)  # ViT (DINO, MoCo v3): learned positions, class token
 
 
-__all__ = ["SIZES", "GRAPHCL", "SCARF", "RESNETS", "BACKBONE_DEFAULTS", "VIT_IMAGE"]
+__all__ = ["SIZES", "GRAPHCL", "SCARF", "CPC_GRID", "RESNETS", "BACKBONE_DEFAULTS", "VIT_IMAGE"]
