@@ -124,3 +124,46 @@ def test_the_image_recipe_trains_cpc_and_lists_it(tmp_path, capsys):
     assert metrics["steps"] == 2 and np.isfinite(metrics["train_loss"])
     assert math.isfinite(metrics["train_loss"])
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+
+
+def test_on_audio_the_latents_are_the_conv_frames_and_padding_is_left_out():
+    from selfsup.recipes.builders.predictive import cpc_speech
+
+    torch.manual_seed(0)
+    obj = cpc_speech("tiny").double().eval()
+    assert obj.adapter.pos_conv is None and len(obj.backbone.layers) == 0     # nothing mixes the frames
+    wav = torch.randn(3, 4000, dtype=torch.float64)
+    attention = torch.ones(3, 4000, dtype=torch.long)
+    attention[1, 2500:] = 0
+    wav[attention == 0] = 0.0
+    batch = {"input_values": wav, "attention_mask": attention}
+    z, padding = obj.latents(batch)
+    assert z.shape[:2] == (3, obj.adapter.feature_lengths(4000)) and int((~padding[1]).sum()) == \
+        obj.adapter.feature_lengths(2500)
+    out = obj(batch)
+    ref, count = reference_loss(z, obj.contexts(z), obj.predictors, ~padding, 1)
+    assert out.num_targets == count and torch.allclose(out.loss.double(), ref, rtol=1e-6, atol=1e-6)
+    later = wav.clone()
+    later[:, 2000:] = torch.randn(3, 2000, dtype=torch.float64)   # a latent reads its receptive field alone
+    hop = math.prod(obj.adapter.config.conv_stride)
+    assert hop == 160                                                # the paper's strides: a latent per 10 ms
+    frames = (2000 - obj.adapter.receptive_field) // hop + 1
+    moved, _ = obj.latents({"input_values": later, "attention_mask": attention})
+    assert torch.allclose(moved[:, :frames], z[:, :frames], atol=1e-9)
+    assert not torch.allclose(moved, z, atol=1e-3)
+
+
+def test_the_speech_recipe_trains_cpc(tmp_path, capsys):
+    import importlib
+
+    from tests.conftest import speech_argv
+
+    recipe = importlib.import_module("selfsup.recipes.wav2vec2")
+    with pytest.raises(SystemExit):
+        recipe.main(["--help"])
+    assert "cpc = " in capsys.readouterr().out
+    metrics = recipe.main(speech_argv(tmp_path / "run", "--method", "cpc", steps=2))
+    assert metrics["steps"] == 2 and np.isfinite(metrics["train_loss"])
+    assert "probe/accuracy" in metrics and metrics["export/max_abs_hidden_diff"] <= 1e-4
+    assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+    assert "selfsup_cpc_audio" in (tmp_path / "run" / "export" / "config.json").read_text()
