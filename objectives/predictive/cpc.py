@@ -84,7 +84,8 @@ def info_nce(z: Tensor, context: Tensor, predictors: nn.ModuleList, padding_mask
         if not bool(made.any()):
             continue
         predictions = predictor(context[:, :t - k][made])                   # (P, D)
-        logits = (predictions @ bank.T).float() / temperature              # (P, M)
+        with torch.autocast(z.device.type, enabled=False):                 # unnormalised scores: in float32
+            logits = (predictions.float() @ bank.float().T) / temperature   # (P, M)
         labels = row[:, k:][made]
         total = total + F.cross_entropy(logits, labels, reduction="sum")
         count += int(made.sum())
