@@ -117,9 +117,11 @@ def relative_position(o: ViewOptions) -> ViewPipeline:
     return ViewPipeline([RelativePatches(o.image_size, o.whole_patches(round((o.image_size // 3) * 2 / 3)))])
 
 
-def cpc(o: ViewOptions) -> ViewPipeline:
-    """CPC's grid of overlapping patches (a quarter of the image at half a patch's stride: 7 x 7), greyscale."""
-    return ViewPipeline([PatchGrid(o.image_size, o.whole_patches(max(2, o.image_size // 4)), **o.norm)])
+def cpc(o: ViewOptions, grayscale_p: float = 1.0) -> ViewPipeline:
+    """CPC's grid of overlapping patches (a quarter of the image at half a patch's stride: 7 x 7), greyscale as in
+    the paper (``cpc_colour``: in colour)."""
+    return ViewPipeline([PatchGrid(o.image_size, o.whole_patches(max(2, o.image_size // 4)), grayscale_p=grayscale_p,
+                                   **o.norm)])
 
 
 PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
@@ -132,6 +134,7 @@ PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
     "jigsaw": jigsaw,
     "relative_position": relative_position,
     "cpc": cpc,
+    "cpc_colour": lambda o: cpc(o, grayscale_p=0.0),
 }
 
 
