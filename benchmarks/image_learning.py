@@ -36,7 +36,7 @@ LIGHTLY_200_EPOCHS = {"simclr": 0.847, "moco_v2": 0.838, "byol": 0.869, "dino": 
                       "swav": 0.812, "barlow_twins": 0.842}
 METHODS = ["mae", "simclr", "moco_v1", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "dino", "vicreg", "barlow_twins",
            "rotation", "jigsaw", "relative_position", "instance_discrimination", "deepcluster", "deep_infomax", "cmc",
-           "colorization", "inpainting"]
+           "colorization", "inpainting", "cpc"]
 # steps and learning rate per method (the CPU preset's otherwise): what trains in about 15 minutes on 2 cores
 STEPS = {"mae": 1500}
 EXTRA = {"mae": ["--model_size", "small", "--learning_rate", "1.5e-3", "--warmup_ratio", "0.05"],

@@ -162,7 +162,8 @@ class AudioAdapter(Adapter):
         nn.init.uniform_(self.projection.weight, -k, k)
         nn.init.uniform_(self.projection.bias, -k, k)
         self.pos_conv = ConvPositionalEmbedding(hidden_size, config.num_conv_pos_embeddings,
-                                                config.num_conv_pos_embedding_groups, config.activation)
+                                                config.num_conv_pos_embedding_groups, config.activation) \
+            if config.num_conv_pos_embeddings > 0 else None   # 0: no position conv (CPC: frames stay local)
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if encoder_norm else None
         self.dropout = Dropout(dropout)
 
@@ -229,10 +230,12 @@ class AudioAdapter(Adapter):
         return super().target_size(name)
 
     def add_positions(self, x: Tensor, padding_mask: Tensor | None = None, structure=None) -> Tensor:
-        """(B, F, D) -> (B, F, D): padded frames zeroed, + pos-conv, (LayerNorm for post-LN), dropout."""
+        """(B, F, D) -> (B, F, D): padded frames zeroed, + pos-conv (unless ``num_conv_pos_embeddings`` is 0),
+        (LayerNorm for post-LN), dropout."""
         if padding_mask is not None:
             x = x.masked_fill(padding_mask[:, :, None], 0.0)
-        x = x + self.pos_conv(x)
+        if self.pos_conv is not None:
+            x = x + self.pos_conv(x)
         if self.norm is not None:
             x = self.norm(x)
         return self.dropout(x)

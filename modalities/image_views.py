@@ -265,6 +265,54 @@ class RelativePatches:
         return f"RelativePatches(image_size={self.image_size}, patch={self.patch}, jitter={self.jitter})"
 
 
+class PatchGrid:
+    """A grid of overlapping patches of one image (CPC, van den Oord, Li & Vinyals, 2018, sec. 3.2: a 256-pixel
+    image, randomly cropped from 300 pixels, flipped, in greyscale, cut into a 7 x 7 grid of 64-pixel patches with
+    32 pixels of overlap; each patch a random 60-pixel subcrop padded back to 64). Scaled to ``image_size``: patches
+    of a quarter of the image at a stride of half a patch (32 pixels -> 7 x 7 patches of 8 at stride 4), the image
+    resized to 300/256 of ``image_size`` and randomly cropped, flipped with probability 0.5, greyscale with
+    ``grayscale_p`` (the paper's: 1), normalised; each patch keeps a random ``60/64`` subwindow, zero (the mean)
+    around it.
+
+    Returns ``{"views": [patch of row i, column j at i * grid + j]}`` (row-major)."""
+
+    makes_views = True
+
+    def __init__(self, image_size: int = 32, patch_size: int | None = None, stride: int | None = None,
+                 grayscale_p: float = 1.0, subcrop: float = 60 / 64, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        self.image_size = image_size
+        self.patch = patch_size or max(2, image_size // 4)
+        self.stride = stride or max(1, self.patch // 2)
+        if self.patch > image_size:
+            raise ValueError(f"a {self.patch}-pixel patch does not fit a {image_size}-pixel image")
+        self.grid = (image_size - self.patch) // self.stride + 1
+        self.keep = max(1, min(self.patch, round(self.patch * subcrop)))
+        steps: list[Any] = [v2.Resize(round(image_size * 300 / 256), antialias=True), v2.RandomCrop(image_size),
+                            v2.RandomHorizontalFlip(p=0.5)]
+        if grayscale_p > 0:
+            steps.append(v2.RandomGrayscale(p=grayscale_p))
+        self.base = v2.Compose(steps + _to_tensor(mean, std))
+
+    def cut(self, x: Tensor, row: int, col: int) -> Tensor:
+        y, x0 = row * self.stride, col * self.stride
+        patch = x[:, y:y + self.patch, x0:x0 + self.patch]
+        if self.keep == self.patch:
+            return patch.clone()
+        dy, dx = (int(torch.randint(0, self.patch - self.keep + 1, ())) for _ in range(2))
+        out = torch.zeros_like(patch)
+        out[:, dy:dy + self.keep, dx:dx + self.keep] = patch[:, dy:dy + self.keep, dx:dx + self.keep]
+        return out
+
+    def __call__(self, image: Any) -> dict[str, Any]:
+        x = self.base(image).as_subclass(Tensor)
+        return {"views": [self.cut(x, *divmod(index, self.grid)) for index in range(self.grid * self.grid)]}
+
+    def __repr__(self) -> str:
+        return (f"PatchGrid(image_size={self.image_size}, grid={self.grid}, patch={self.patch}, "
+                f"stride={self.stride}, keep={self.keep})")
+
+
 def centre_square(image_size: int, fraction: float = 0.5) -> tuple[int, int]:
     """The central square of ``fraction`` of an ``image_size`` side: (start, side); rows and columns
     ``start:start + side`` (16 of 32 from 8 on)."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, CentreHole, JigsawTiles,
-                                            LabColours, LabViews, RelativePatches, ab_bins, byol_transforms,
+                                            LabColours, LabViews, PatchGrid, RelativePatches, ab_bins, byol_transforms,
                                             crop_flip_transform, denormalize, hamming_permutations, lab_to_rgb,
                                             lab_views_of_normalised, SingleView, moco_v1_transform,
                                             multicrop_transforms, rgb_to_lab, rotation_transforms,
@@ -131,6 +131,13 @@ def relative_position(o: ViewOptions) -> ViewPipeline:
     return ViewPipeline([RelativePatches(o.image_size, o.whole_patches(round((o.image_size // 3) * 2 / 3)))])
 
 
+def cpc(o: ViewOptions, grayscale_p: float = 1.0) -> ViewPipeline:
+    """CPC's grid of overlapping patches (a quarter of the image at half a patch's stride: 7 x 7), greyscale as in
+    the paper (``cpc_colour``: in colour)."""
+    return ViewPipeline([PatchGrid(o.image_size, o.whole_patches(max(2, o.image_size // 4)), grayscale_p=grayscale_p,
+                                   **o.norm)])
+
+
 def paste_centre(images: Any, region: Any) -> Any:
     """(B, C, H, W) images with their central square replaced by ``region`` (B, C, s, s) (a copy)."""
     start, side = (images.shape[-1] - region.shape[-1]) // 2, region.shape[-1]
@@ -199,6 +206,8 @@ PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
     "rotation": rotation,
     "jigsaw": jigsaw,
     "relative_position": relative_position,
+    "cpc": cpc,
+    "cpc_colour": lambda o: cpc(o, grayscale_p=0.0),
     "inpainting": inpainting,
     "colorization": colorization,
     "cmc": cmc,

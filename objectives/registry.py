@@ -112,6 +112,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("instance_discrimination", "two_view", "two_view.instance_discrimination", "InstanceDiscrimination",
            "InstanceDiscriminationConfig",
            "each example its own class: a softmax (or NCE) over a memory bank of features (Wu et al., 2018)"),
+    Method("cpc", "predictive", "predictive.cpc", "CPC", "CPCConfig",
+           "contrastive predictive coding: a GRU over the latents predicts the next K by InfoNCE (van den Oord et al., 2018)"),
     Method("inpainting", "pretext", "pretext.inpainting", "Inpainting", "InpaintingConfig",
            "context encoder: fill in the hidden centre, L2 + an adversarial loss (Pathak et al., 2016)"),
     Method("colorization", "pretext", "pretext.colorization", "Colorization", "ColorizationConfig",

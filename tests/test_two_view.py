@@ -405,8 +405,8 @@ def test_builder_tables_cover_every_method():
         # every two-view method, and the view methods of other families that have sizes here
         have = set(SIZES[size]["methods"])
         assert set(registry.names("two_view")) <= have <= set(registry.names(*VIEW_FAMILIES))
-    for table in (GPU_SETTINGS, CPU_SETTINGS, IMAGENET_SETTINGS):   # and the pretext methods on image views
-        expected = set(METHODS) | set(ONE_VIEW) | set(registry.names("pretext"))
+    for table in (GPU_SETTINGS, CPU_SETTINGS, IMAGENET_SETTINGS):   # and the other families' methods on image views
+        expected = set(METHODS) | set(ONE_VIEW) | set(registry.names("pretext", "predictive"))
         assert expected <= set(table) <= set(registry.names(*VIEW_FAMILIES))
         for settings in table.values():
             assert {"backbone", "optimizer", "learning_rate", "weight_decay", "batch_size"} <= set(settings)

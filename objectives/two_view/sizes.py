@@ -13,6 +13,9 @@ GRAPHCL = dict(hidden_dim=None, out_dim=None, num_layers=2, batch_norm=False, te
 # SCARF (Bahri et al., ICLR 2022, sec. 4): InfoNCE at temperature 1 with a pre-training head of two linear layers as
 # wide as the encoder's features, ReLU between, no batch norm, at every size
 SCARF = dict(hidden_dim=None, out_dim=None, num_layers=2, batch_norm=False, temperature=1.0)
+# CPC on a 7 x 7 patch grid (van den Oord et al., 2018, sec. 3.2): predictions up to 5 rows down, from the second
+# (the next row's patches overlap the context's by half); the GRU as wide as the size's latents
+CPC_GRID = dict(num_offsets=5, first_offset=2)
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(
         vit=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), image=dict(patch_size=4),
@@ -30,7 +33,7 @@ SIZES: dict[str, dict[str, Any]] = {
             instance_discrimination=dict(out_dim=16),
             deepcluster=dict(num_clusters=4, pca_dim=8, hidden_dims=(32,)), deep_infomax=dict(units=16),
             cmc=dict(out_dim=16, num_negatives=32), colorization=dict(hidden_dim=32),
-            inpainting=dict(hidden_dim=32, upsamples=2, disc_dim=8, disc_layers=2))),
+            inpainting=dict(hidden_dim=32, upsamples=2, disc_dim=8, disc_layers=2), cpc=dict(CPC_GRID, context_dim=16))),
     "small": dict(
         vit=dict(hidden_size=192, num_layers=6, num_heads=3, intermediate_size=768), image=dict(patch_size=4),
         methods=dict(  # lightly's CIFAR-10 benchmark (docs/.../benchmarks/cifar10_benchmark.py), ResNet-18
@@ -47,7 +50,8 @@ SIZES: dict[str, dict[str, Any]] = {
             instance_discrimination=dict(out_dim=128),
             deepcluster=dict(num_clusters=100, pca_dim=256),  # k 100 for CIFAR-10's 10 classes
             deep_infomax=dict(units=2048), cmc=dict(out_dim=128, num_negatives=4096), colorization=dict(hidden_dim=256),
-            inpainting=dict(hidden_dim=256, upsamples=2, disc_dim=64, disc_layers=3))),   # a 4 x 4 map -> 16 x 16
+            inpainting=dict(hidden_dim=256, upsamples=2, disc_dim=64, disc_layers=3),   # a 4 x 4 map -> 16 x 16
+            cpc=dict(CPC_GRID, context_dim=512))),
     "base": dict(
         vit=dict(hidden_size=384, num_layers=12, num_heads=6, intermediate_size=1536), image=dict(patch_size=16),
         methods=dict(  # the papers' ImageNet settings
@@ -70,7 +74,8 @@ SIZES: dict[str, dict[str, Any]] = {
             colorization=dict(hidden_dim=256),   # the paper's conv8 block: 256 channels
             # as the paper's 128-pixel model: 4 up-convolutions from 512 channels (a 4 x 4 map -> the 64 x 64
             # centre; a ResNet-50's 7 x 7 at 224 -> 112) and a discriminator of 4 strided layers from 64 (DCGAN's)
-            inpainting=dict(hidden_dim=512, upsamples=4, disc_dim=64, disc_layers=4))),
+            inpainting=dict(hidden_dim=512, upsamples=4, disc_dim=64, disc_layers=4),
+            cpc=dict(CPC_GRID, context_dim=1024))),
 }
 # ResNet backbones by name (ResNetConfig fields); "vit" takes its numbers from the size
 RESNETS = {"resnet_tiny": dict(depth=18, layers=(1, 1, 1, 1)), "resnet18": dict(depth=18),
@@ -85,4 +90,4 @@ BACKBONE_DEFAULTS = {"resnet": {"dino": dict(use_bn=True), "moco_v3": dict(proj_
 VIT_IMAGE = dict(positions="learned", class_token=True)  # ViT (DINO, MoCo v3): learned positions, class token
 
 
-__all__ = ["SIZES", "GRAPHCL", "SCARF", "RESNETS", "BACKBONE_DEFAULTS", "VIT_IMAGE"]
+__all__ = ["SIZES", "GRAPHCL", "SCARF", "CPC_GRID", "RESNETS", "BACKBONE_DEFAULTS", "VIT_IMAGE"]
