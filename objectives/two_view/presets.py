@@ -126,6 +126,9 @@ IMAGENET_SETTINGS: dict[str, dict[str, Any]] = {
     # k 10,000, PCA to 256, top layers 4096 / 4096 with dropout 0.5 (no Sobel filter here)
     "deepcluster": {**_IMAGENET, "optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-5,
                     "epochs": 500, "warmup_epochs": 0, "transform": "one_view"},
+    # Deep InfoMax reports no ImageNet run (Tiny ImageNet, STL-10 and CIFAR at most): its Adam 1e-4 on a ResNet-50
+    "deep_infomax": {**_IMAGENET, "optimizer": "adamw", "learning_rate": 1e-4, "weight_decay": 0.0, "warmup_epochs": 0,
+                     "transform": "crop_flip", "objective": {"estimator": "jsd"}},
     "moco_v3": {**_IMAGENET, "backbone": "vit", "optimizer": "adamw", "learning_rate": 1.5e-4, "weight_decay": 0.1,
                 "warmup_epochs": 40, "epochs": 300},
 }
