@@ -3,7 +3,8 @@
 Pretrains each method on CIFAR-10's 50,000 training images (labels unused) through its recipe
 (``recipes/mae.py`` / ``recipes/two_view.py``), then scores a kNN (cosine, k = 200, T = 0.1, as lightly's
 benchmarks) fitted on 5,000 training images and scored on 1,000 test images (seeded samples), for the pretrained
-encoder and a randomly initialised one of the same shape. Runs are by steps, so the figures do not depend on the
+encoder and a randomly initialised one of the same shape, and a linear probe (logistic regression on the
+standardised frozen features, the same images; ``--no_linear_probe`` skips it). Runs are by steps, so the figures do not depend on the
 machine's speed; the wall time of each run is reported beside them.
 
     python benchmarks/image_learning.py                          # every method, the CPU preset
@@ -12,7 +13,7 @@ machine's speed; the wall time of each run is reported beside them.
     python benchmarks/image_learning.py --methods rotation --rotations 8   # flags of the recipe pass through
 
 Writes one JSON line per method (``ours`` = kNN accuracy after pretraining, ``reference`` = the random-init
-encoder's) and, with ``--table FILE``, a markdown table beside lightly's 200-epoch ResNet-18 kNN figures.
+encoder's; ``probe`` / ``probe_reference`` the linear probe's) and, with ``--table FILE``, a markdown table beside lightly's 200-epoch ResNet-18 kNN figures.
 """
 from __future__ import annotations
 
@@ -46,10 +47,11 @@ EXTRA = {"mae": ["--model_size", "small", "--learning_rate", "1.5e-3", "--warmup
          "deepcluster": ["--max_train_samples", "5000"]}
 
 
-def run(method: str, data: Path, steps: int | None, out: Path, precision: str, extra: list[str]) -> dict:
+def run(method: str, data: Path, steps: int | None, out: Path, precision: str, extra: list[str],
+        linear_probe: bool = True) -> dict:
     common = ["--train_file", str(data / "train.parquet"), "--eval_dir", str(data), "--output_dir", str(out),
               "--eval_train_samples", "5000", "--eval_test_samples", "1000", "--report_to", "tensorboard",
-              "--no_linear_probe", "--random_init_seeds", "1", "--mixed_precision", precision, "--seed", "0",
+              *([] if linear_probe else ["--no_linear_probe"]), "--random_init_seeds", "1", "--mixed_precision", precision, "--seed", "0",
               *(["--max_steps", str(steps)] if steps else []), *EXTRA.get(method, []), *extra]
     t0 = time.perf_counter()
     if method == "mae":
@@ -59,6 +61,7 @@ def run(method: str, data: Path, steps: int | None, out: Path, precision: str, e
     if "--rotations" in extra:   # the rotation set, e.g. --rotations 8 (recipes/two_view.py)
         method = f"{method} ({extra[extra.index('--rotations') + 1]})"
     return {"method": method, "ours": metrics["knn/accuracy"], "reference": metrics["knn/random_init_accuracy"],
+            "probe": metrics.get("probe/accuracy"), "probe_reference": metrics.get("probe/random_init_accuracy"),
             "steps": metrics["steps"], "global_batch": metrics["global_batch_size"],
             "minutes": (time.perf_counter() - t0) / 60,
             "lightly_200_epochs": LIGHTLY_200_EPOCHS.get(method.split(" ")[0])}
@@ -66,12 +69,14 @@ def run(method: str, data: Path, steps: int | None, out: Path, precision: str, e
 
 def table(rows: list[dict], machine: str) -> str:
     lines = [f"Machine: {machine}.", "",
-             "| method | steps × batch | kNN after pretraining | kNN, random init | minutes | lightly, 200 epochs |",
-             "|---|---|---|---|---|---|"]
+             "| method | steps × batch | kNN after pretraining | kNN, random init | probe after pretraining "
+             "| probe, random init | minutes | lightly, 200 epochs (kNN) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = f"{r['lightly_200_epochs']:.1%}" if r["lightly_200_epochs"] else "–"
+        probe = [f"{r[k]:.1%}" if r.get(k) is not None else "–" for k in ("probe", "probe_reference")]
         lines.append(f"| {r['method']} | {r['steps']} × {r['global_batch']} | {r['ours']:.1%} | {r['reference']:.1%} "
-                     f"| {r['minutes']:.1f} | {ref} |")
+                     f"| {probe[0]} | {probe[1]} | {r['minutes']:.1f} | {ref} |")
     return "\n".join(lines)
 
 
@@ -81,6 +86,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     p.add_argument("--max_steps", type=int, default=None, help="default: the method's CPU budget")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--no_linear_probe", action="store_true", help="the kNN only (the probe adds about a minute)")
     p.add_argument("--mixed_precision", default=None, help="default: bf16 where the CPU runs it natively, else no")
     p.add_argument("--output_dir", default=None)
     p.add_argument("--table", default=None, help="append the markdown table to this file")
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for method in args.methods:
         steps = 5 if args.quick else args.max_steps or STEPS.get(method)
-        row = run(method, data, steps, root / method, precision, extra)
+        row = run(method, data, steps, root / method, precision, extra, linear_probe=not args.no_linear_probe)
         rows.append(row)
         print(json.dumps(row), flush=True)
     text = table(rows, f"{machine()}, {torch.get_num_threads()} threads, {precision}")
