@@ -14,6 +14,7 @@ CIFAR stem, with an image processor and a model card.
 """
 from __future__ import annotations
 
+import ast
 import json
 from argparse import ArgumentParser
 from dataclasses import dataclass, replace
@@ -71,6 +72,7 @@ class TwoViewRun(ImageRun):
     queue_size: int | None = None
     adversarial_weight: float | None = None
     estimator: str | None = None
+    objective: list[str] | None = None
     rotations: str = "4"
     jigsaw_permutations: int = 100
 
@@ -110,6 +112,10 @@ def build_parser() -> ArgumentParser:
                    help="inpainting: the adversarial loss's weight (the paper's 0.001; 0: no discriminator, L2 alone)")
     g.add_argument("--estimator", default=None, choices=["jsd", "infonce"],
                    help="Deep InfoMax: the mutual-information estimator (default: the preset's, jsd)")
+    g.add_argument("--objective", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="any config field of the method, e.g. --objective head_norm=all bank_momentum=0.9 (values "
+                        "read as Python literals: numbers, True/False, None, quoted or bare strings); wins over the "
+                        "preset and the flags above")
     g.add_argument("--rotations", default="4", choices=sorted(ROTATION_SETS),
                    help="rotation: the set of angles, 4 (0/90/180/270), 8 (every 45), 0_180 or 90_270")
     g.add_argument("--jigsaw_permutations", type=int, default=100,
@@ -169,6 +175,22 @@ def method_overrides(run: TwoViewRun) -> dict[str, Any]:
         out["adversarial_weight"] = run.adversarial_weight
     if run.estimator is not None:
         out["estimator"] = run.estimator
+    out.update(objective_settings(run.objective or []))
+    return out
+
+
+def objective_settings(pairs: list[str]) -> dict[str, Any]:
+    """``--objective KEY=VALUE ...`` as config fields: each value a Python literal (``0.2``, ``True``, ``(4, 4)``)
+    or, when it is none, the string itself (``all``); the method's config names unknown keys."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SelfsupError(f"--objective takes KEY=VALUE pairs, got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
     return out
 
 

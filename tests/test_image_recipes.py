@@ -164,3 +164,19 @@ def test_fewer_images_than_one_global_batch_stop_in_one_line(tmp_path):
     with pytest.raises(SelfsupError, match="fewer than one global batch") as err:
         two_view.main(two_view_argv("simclr")(tmp_path / "run", "--max_train_samples", "5", steps=1))
     assert "\n" not in str(err.value)
+
+
+def test_the_objective_flag_sets_any_config_field_of_the_method(tmp_path):
+    from selfsup.recipes import two_view as recipe
+
+    assert recipe.objective_settings(["head_norm=all", "temperature=0.3", "symmetric=True", "grid=(4, 4)"]) == {
+        "head_norm": "all", "temperature": 0.3, "symmetric": True, "grid": (4, 4)}
+    with pytest.raises(Exception, match="KEY=VALUE"):
+        recipe.objective_settings(["head_norm"])
+    argv = two_view_argv("instance_discrimination")
+    with pytest.raises(Exception, match="head_norm 'bogus'"):           # the value reached the method's config
+        recipe.main(argv(tmp_path / "a", "--objective", "head_norm=bogus", steps=1))
+    with pytest.raises(Exception, match="no_such_field"):
+        recipe.main(argv(tmp_path / "b", "--objective", "no_such_field=1", steps=1))
+    metrics = recipe.main(argv(tmp_path / "c", "--objective", "head_norm=all", "temperature=0.3", steps=1))
+    assert metrics["steps"] == 1
