@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from selfsup.distributed import global_count, rank, world_size
+from selfsup.distributed import rank, world_size
 from selfsup.objectives.two_view.common import gather_rows
 from selfsup.recipes.builders.two_view import two_view
 from selfsup.types import EXAMPLE_INDEX
-from tests.torchrun_worker import mine, serve
+from tests.torchrun_worker import local_views, serve, sgd_steps
 
 NUM_EXAMPLES, GLOBAL_BATCH, STEPS = 17, 10, 2
 IMAGES = torch.randn(NUM_EXAMPLES, 3, 16, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
@@ -37,27 +37,10 @@ def run_all() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     obj = two_view("deepcluster", "resnet_tiny", size="tiny", image_size=16, num_examples=NUM_EXAMPLES,
                    dropout=0.0).double().train()
-    opt = torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
     out = {"features0": obj.example_features(share())}
     obj.on_epoch_start(0, share())
     out["labels0"] = obj.labels.clone()
-    for step in range(1, STEPS + 1):
-        b = global_batch(step)
-        local = {"views": [{"pixel_values": mine(b["views"][0]["pixel_values"])}], EXAMPLE_INDEX: mine(b[EXAMPLE_INDEX])}
-        opt.zero_grad(set_to_none=True)
-        result = obj(local)
-        loss = result.loss / global_count(result.loss, result.num_targets)
-        loss.backward()
-        if world_size() > 1:
-            for p in obj.parameters():
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-            torch.distributed.all_reduce(summed := loss.detach().clone())
-            loss = summed
-        out[f"loss{step}"] = loss.detach().reshape(1).double()
-        if step == STEPS:
-            out.update({f"grad/{n}": p.grad.detach().clone() for n, p in obj.named_parameters() if p.grad is not None})
-        opt.step()
+    out.update(sgd_steps(obj, lambda step: local_views(global_batch(step)), STEPS, each_step=False))
     obj.on_epoch_start(1, share())
     every = gather_rows(obj.labels[None])                                 # (world, N): each process's labels
     out.update(labels1=obj.labels.clone(), weights1=obj.weights.clone(), nmi1=obj.nmi.reshape(1).clone(),

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from selfsup.distributed import global_count, world_size
 from selfsup.recipes.builders.two_view import two_view
 from selfsup.types import EXAMPLE_INDEX
-from tests.torchrun_worker import mine, serve
+from tests.torchrun_worker import local_views, serve, sgd_steps
 
 RUNS = {"cmc_batch": {"negatives": "batch"}, "cmc_bank": {"negatives": "bank", "num_negatives": 6}}
 NUM_EXAMPLES, GLOBAL_BATCH, STEPS = 18, 10, 2
@@ -28,28 +27,7 @@ def run(name: str) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     obj = two_view("cmc", "resnet_tiny", size="tiny", image_size=16, num_examples=NUM_EXAMPLES,
                    **RUNS[name]).double().train()
-    opt = torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
-    out: dict[str, torch.Tensor] = {}
-    for step in range(1, STEPS + 1):
-        b = global_batch(step)
-        local = {"views": [{"pixel_values": mine(v["pixel_values"])} for v in b["views"]],
-                 EXAMPLE_INDEX: mine(b[EXAMPLE_INDEX])}
-        opt.zero_grad(set_to_none=True)
-        result = obj(local)
-        loss = result.loss / global_count(result.loss, result.num_targets)
-        loss.backward()
-        if world_size() > 1:
-            for p in obj.parameters():
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-            torch.distributed.all_reduce(summed := loss.detach().clone())
-            loss = summed
-        out[f"{name}/loss{step}"] = loss.detach().reshape(1).double()
-        if step == STEPS:
-            out.update({f"{name}/grad/{n}": p.grad.detach().clone() for n, p in obj.named_parameters()
-                        if p.grad is not None})
-        opt.step()
-        obj.on_step_end(step)
+    out = sgd_steps(obj, lambda step: local_views(global_batch(step)), STEPS, f"{name}/")
     out.update({f"{name}/buffer/{n}": b.detach().clone().double() for n, b in obj.named_buffers()
                 if n in ("bank", "draws")})
     return out

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from selfsup.distributed import global_count, world_size
 from selfsup.recipes.builders.two_view import two_view
-from tests.torchrun_worker import mine, serve
+from tests.torchrun_worker import mine, serve, sgd_steps
 
 ESTIMATORS = ("jsd", "infonce")
 GLOBAL_BATCH, STEPS = 10, 2
@@ -23,24 +22,8 @@ def global_batch(step: int) -> torch.Tensor:
 def run(estimator: str) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     obj = two_view("deep_infomax", "resnet_tiny", size="tiny", image_size=16, estimator=estimator).double().train()
-    opt = torch.optim.SGD(obj.parameters(), lr=0.05, momentum=0.9)
-    out: dict[str, torch.Tensor] = {}
-    for step in range(1, STEPS + 1):
-        opt.zero_grad(set_to_none=True)
-        result = obj({"views": [{"pixel_values": mine(global_batch(step))}]})
-        loss = result.loss / global_count(result.loss, result.num_targets)
-        loss.backward()
-        if world_size() > 1:
-            for p in obj.parameters():
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-            torch.distributed.all_reduce(summed := loss.detach().clone())
-            loss = summed
-        out[f"{estimator}/loss{step}"] = loss.detach().reshape(1).double()
-        if step == STEPS:
-            out.update({f"{estimator}/grad/{n}": p.grad.detach().clone() for n, p in obj.named_parameters()
-                        if p.grad is not None})
-        opt.step()
+    out = sgd_steps(obj, lambda step: {"views": [{"pixel_values": mine(global_batch(step))}]}, STEPS, f"{estimator}/",
+                    each_step=False)
     return out
 
 
