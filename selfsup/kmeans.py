@@ -15,8 +15,9 @@ about a million frames fit in memory as features and never as a frames x cluster
   their seeding.
 
 :func:`lloyd` is the full-batch algorithm instead (faiss's ``Clustering``, which DeepCluster runs on the features of
-every training image each epoch): random initial centres, Lloyd's rounds, and empty clusters filled by splitting a
-non-empty one (:func:`split_empty`, Caron et al., 2018, sec. 3.3).
+every training image each epoch): k-means++ initial centres by default (``init="random"``: faiss's random rows),
+Lloyd's rounds, and empty clusters filled by splitting a non-empty one (:func:`split_empty`, Caron et al., 2018,
+sec. 3.3).
 
 Input is a (N, D) tensor (mini-batches drawn at random with replacement) or an iterable of (n, D) batches
 (streamed in order, cut into ``batch_size`` pieces; re-iterable ones such as lists or data loaders are passed
