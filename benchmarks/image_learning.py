@@ -4,13 +4,15 @@ Pretrains each method on CIFAR-10's 50,000 training images (labels unused) throu
 (``recipes/mae.py`` / ``recipes/two_view.py``), then scores a kNN (cosine, k = 200, T = 0.1, as lightly's
 benchmarks) fitted on 5,000 training images and scored on 1,000 test images (seeded samples), for the pretrained
 encoder and a randomly initialised one of the same shape, and a linear probe (logistic regression on the
-standardised frozen features, the same images; ``--no_linear_probe`` skips it). Runs are by steps, so the figures do not depend on the
+standardised frozen features, the same images, its C chosen for each encoder by a 3-fold cross-validation on the
+5,000: ``--probe_c``; ``--no_linear_probe`` skips it). Runs are by steps, so the figures do not depend on the
 machine's speed; the wall time of each run is reported beside them.
 
     python benchmarks/image_learning.py                          # every method, the CPU preset
     python benchmarks/image_learning.py --methods simclr byol    # some of them
     python benchmarks/image_learning.py --quick                  # 5 steps each: a smoke run, not a result
     python benchmarks/image_learning.py --methods rotation --rotations 8   # flags of the recipe pass through
+    python benchmarks/image_learning.py --output_dir runs --rescore       # the probes again on the kept exports
 
 Writes one JSON line per method (``ours`` = kNN accuracy after pretraining, ``reference`` = the random-init
 encoder's; ``probe`` / ``probe_reference`` the linear probe's) and, with ``--table FILE``, a markdown table beside lightly's 200-epoch ResNet-18 kNN figures.
@@ -47,23 +49,61 @@ EXTRA = {"mae": ["--model_size", "small", "--learning_rate", "1.5e-3", "--warmup
          "deepcluster": ["--max_train_samples", "5000"]}
 
 
-def run(method: str, data: Path, steps: int | None, out: Path, precision: str, extra: list[str],
-        linear_probe: bool = True) -> dict:
-    common = ["--train_file", str(data / "train.parquet"), "--eval_dir", str(data), "--output_dir", str(out),
+def recipe_argv(method: str, data: Path, steps: int | None, out: Path, precision: str, extra: list[str],
+                linear_probe: bool = True) -> list[str]:
+    return ["--train_file", str(data / "train.parquet"), "--eval_dir", str(data), "--output_dir", str(out),
               "--eval_train_samples", "5000", "--eval_test_samples", "1000", "--report_to", "tensorboard",
               *([] if linear_probe else ["--no_linear_probe"]), "--random_init_seeds", "1", "--mixed_precision", precision, "--seed", "0",
               *(["--max_steps", str(steps)] if steps else []), *EXTRA.get(method, []), *extra]
+
+
+def run(method: str, data: Path, steps: int | None, out: Path, precision: str, extra: list[str],
+        linear_probe: bool = True) -> dict:
+    common = recipe_argv(method, data, steps, out, precision, extra, linear_probe)
     t0 = time.perf_counter()
     if method == "mae":
         metrics = mae.main(common)
     else:
         metrics = two_view.main(["--method", method, *common])
+    return row(method, extra, metrics, time.perf_counter() - t0)
+
+
+def rescore(method: str, data: Path, steps: int | None, out: Path, precision: str, extra: list[str]) -> dict:
+    """The probes of a kept run's export (``out/export``, written by this benchmark with the same flags) under the
+    current evaluation: the encoder read back from the export, the random-init reference, the fit / score images
+    and the probes built as ``recipes/two_view.py`` builds them after training. The kNN figures repeat the run's
+    (an export is the trained encoder to the bit), so they check that the export is that run's."""
+    from selfsup.config import parse_args, settings_from
+    from selfsup.recipes._image import EvalImages, image_probe, labelled_images, load_training_images
+    from selfsup.run import random_init_encoders, start_run
+    from selfsup.train import TrainingSettings
+
+    if method == "mae" or not (out / "export" / "config.json").is_file():
+        raise SystemExit(f"error: {out / 'export'}: no single-encoder two-view export to rescore (MAE and CMC's "
+                         "per-view exports are not read back: run them)")
+    t0 = time.perf_counter()
+    args = parse_args(two_view.build_parser(), ["--method", method, *recipe_argv(method, data, steps, out, precision,
+                                                                                 extra)])
+    run_ = settings_from(two_view.TwoViewRun, args)
+    accelerator = start_run(TrainingSettings.from_args(args), run_.seed)
+    images, _ = load_training_images(run_, accelerator)
+    settings = two_view.preset_training(TrainingSettings.from_args(args), run_, len(images), 1)
+    fit, score, _ = labelled_images(run_, images)
+    fresh = random_init_encoders(lambda: two_view.build_objective(run_, settings.max_steps, len(images)),
+                                 run_.random_init_seeds, run_.seed, accelerator.device)
+    metrics = image_probe({"": two_view.imported_encoder(str(out / "export")), "random_init_": fresh},
+                          EvalImages(fit, run_), EvalImages(score, run_), run_, accelerator.device)
+    metrics.update(steps=settings.max_steps, global_batch_size=settings.per_device_train_batch_size)
+    return row(method, extra, metrics, time.perf_counter() - t0)
+
+
+def row(method: str, extra: list[str], metrics: dict, seconds: float) -> dict:
     if "--rotations" in extra:   # the rotation set, e.g. --rotations 8 (recipes/two_view.py)
         method = f"{method} ({extra[extra.index('--rotations') + 1]})"
     return {"method": method, "ours": metrics["knn/accuracy"], "reference": metrics["knn/random_init_accuracy"],
             "probe": metrics.get("probe/accuracy"), "probe_reference": metrics.get("probe/random_init_accuracy"),
             "steps": metrics["steps"], "global_batch": metrics["global_batch_size"],
-            "minutes": (time.perf_counter() - t0) / 60,
+            "minutes": seconds / 60,
             "lightly_200_epochs": LIGHTLY_200_EPOCHS.get(method.split(" ")[0])}
 
 
@@ -90,18 +130,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--mixed_precision", default=None, help="default: bf16 where the CPU runs it natively, else no")
     p.add_argument("--output_dir", default=None)
     p.add_argument("--table", default=None, help="append the markdown table to this file")
+    p.add_argument("--rescore", action="store_true",
+                   help="no training: re-run the probes on the exports a run of this benchmark left in --output_dir "
+                        "(same flags), e.g. after a change to the evaluation; the minutes are the probes' only")
     args, extra = p.parse_known_args(argv)
     data = Path(args.data_dir)
     if not (data / "train.parquet").is_file():
         sys.exit(f"error: {data}: CIFAR-10 not found (expected train.parquet and test.parquet)")
     precision = args.mixed_precision or ("bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "no")
+    if args.rescore and not args.output_dir:
+        sys.exit("error: --rescore reads the runs of --output_dir")
     root = Path(args.output_dir or tempfile.mkdtemp(prefix="image_learning_"))
     rows = []
     for method in args.methods:
         steps = 5 if args.quick else args.max_steps or STEPS.get(method)
-        row = run(method, data, steps, root / method, precision, extra, linear_probe=not args.no_linear_probe)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        if args.rescore:
+            line = rescore(method, data, steps, root / method, precision, extra)
+        else:
+            line = run(method, data, steps, root / method, precision, extra, linear_probe=not args.no_linear_probe)
+        rows.append(line)
+        print(json.dumps(line), flush=True)
     text = table(rows, f"{machine()}, {torch.get_num_threads()} threads, {precision}")
     print(text)
     if args.table:

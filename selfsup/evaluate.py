@@ -34,13 +34,44 @@ def extract_features(encoder: Encoder, batches: Iterable[Batch], device: torch.d
     return extract_views(encoder, batches, device)["last"]
 
 
+# the probe's inverse regularisation strengths searched by ``linear_probe(c=PROBE_C_GRID)``
+PROBE_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def choose_probe_c(train_x: np.ndarray, train_y: Sequence[int], grid: Sequence[float] = PROBE_C_GRID,
+                   folds: int = 3, max_iter: int = 2000, seed: int = 0) -> float:
+    """The ``C`` of ``grid`` whose logistic regression on the standardised features scores best in a stratified
+    ``folds``-fold cross-validation on the training features alone (the smallest ``C`` among equals); ``grid[-1]``
+    when a class has fewer than 2 examples (no fold could hold it out)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(train_y)
+    folds = min(folds, int(np.unique(y, return_counts=True)[1].min()) if len(y) else 0)
+    if folds < 2 or len(grid) == 1:
+        return float(grid[-1])
+    splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(train_x, y))
+    scores = []
+    for c in grid:
+        fits = [make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter)).fit(train_x[a], y[a])
+                for a, _ in splits]
+        scores.append(np.mean([f.score(train_x[b], y[b]) for f, (_, b) in zip(fits, splits)]))
+    return float(grid[int(np.argmax(scores))])
+
+
 def linear_probe(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray, test_y: Sequence[int],
-                 c: float = 1.0, max_iter: int = 2000) -> float:
-    """Test accuracy of a logistic regression on standardised frozen features."""
+                 c: float | Sequence[float] = 1.0, max_iter: int = 2000) -> float:
+    """Test accuracy of a logistic regression on standardised frozen features. ``c``: its inverse regularisation
+    strength, or a grid of them to choose from by cross-validation on the training features
+    (:func:`choose_probe_c`; e.g. :data:`PROBE_C_GRID`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if not isinstance(c, (int, float)):
+        c = choose_probe_c(train_x, train_y, c, max_iter=max_iter)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
     clf.fit(train_x, np.asarray(train_y))
     return float(clf.score(test_x, np.asarray(test_y)))
@@ -66,7 +97,7 @@ def knn_accuracy(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray
 def probe_encoders(encoders: dict[str, Encoder | Sequence[Encoder]], make_batches: Callable[[str], Iterable[Batch]],
                    train_y: Sequence[int], test_y: Sequence[int], device: torch.device | str = "cpu",
                    knn_k: int = 20, all_layers: bool = False, knn_temperature: float = 0.07,
-                   linear: bool = True) -> dict[str, float]:
+                   linear: bool = True, probe_c: float | Sequence[float] = 1.0) -> dict[str, float]:
     """Linear probe and kNN for each encoder; ``make_batches("train"|"test")`` yields the labelled inputs.
 
     encoders: ``{"": pretrained, "random_init_": fresh}`` gives ``probe/accuracy``,
@@ -75,7 +106,8 @@ def probe_encoders(encoders: dict[str, Encoder | Sequence[Encoder]], make_batche
     on every layer's mean-pooled output concatenated, which shows what pretraining put in the lower layers too.
     A list of encoders under one key (random inits from several seeds) gives the mean of their figures.
     ``knn_k`` / ``knn_temperature``: the kNN's neighbours and vote temperature (lightly's image benchmarks use
-    200 and 0.1); ``linear=False`` skips the probe (a kNN monitor during training).
+    200 and 0.1); ``linear=False`` skips the probe (a kNN monitor during training); ``probe_c``: the probe's ``C``,
+    or a grid to choose it from by cross-validation on the fit split, for each encoder alike (:func:`linear_probe`).
     """
     views = ("last", "all_layers") if all_layers else ("last",)
     out: dict[str, float] = {}
@@ -87,10 +119,10 @@ def probe_encoders(encoders: dict[str, Encoder | Sequence[Encoder]], make_batche
             run = {f"knn/{prefix}accuracy": knn_accuracy(tr["last"], train_y, te["last"], test_y, k=knn_k,
                                                          temperature=knn_temperature)}
             if linear:
-                run[f"probe/{prefix}accuracy"] = linear_probe(tr["last"], train_y, te["last"], test_y)
+                run[f"probe/{prefix}accuracy"] = linear_probe(tr["last"], train_y, te["last"], test_y, c=probe_c)
             if all_layers:
                 run[f"probe/all_layers/{prefix}accuracy"] = linear_probe(tr["all_layers"], train_y,
-                                                                         te["all_layers"], test_y)
+                                                                         te["all_layers"], test_y, c=probe_c)
             runs.append(run)
         out.update({k: float(np.mean([r[k] for r in runs])) for k in runs[0]})
     return out

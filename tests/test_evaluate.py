@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from selfsup.evaluate import knn_accuracy, linear_probe, probe_encoders
+from selfsup.evaluate import PROBE_C_GRID, choose_probe_c, knn_accuracy, linear_probe, probe_encoders
 from selfsup.types import Adapter, BackboneOutput, Encoder, Tokens
 
 
@@ -21,6 +21,39 @@ def test_probe_and_knn_separate_blobs_but_not_noise():
     nte, _ = blobs(200, 1, separable=False)
     assert linear_probe(ntr, ytr, nte, yte) < 0.55
     assert knn_accuracy(ntr, ytr, nte, yte) < 0.55
+
+
+def noisy_blobs(n: int, seed: int, noise_dims: int = 200):
+    """Weakly separated blobs in 4 dimensions beside many pure-noise ones: an unregularised probe fits the noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    signal = np.eye(3, 4)[y] * 1.5 + rng.normal(size=(n, 4))
+    return np.concatenate([signal, rng.normal(size=(n, noise_dims))], axis=1).astype(np.float32), y
+
+
+def test_cross_validated_c_is_the_grid_search_choice_and_the_probe_uses_it():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xtr, ytr = noisy_blobs(300, 0)
+    xte, yte = noisy_blobs(2000, 1)
+    search = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+                          {"logisticregression__C": list(PROBE_C_GRID)},
+                          cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(xtr, ytr)
+    c = choose_probe_c(xtr, ytr)
+    assert c == search.best_params_["logisticregression__C"]
+    assert c < 1.0                                 # 200 noise dimensions beside 4 of signal call for a penalty
+    chosen = linear_probe(xtr, ytr, xte, yte, c=PROBE_C_GRID)
+    assert chosen == linear_probe(xtr, ytr, xte, yte, c=c)    # a grid probes with the C the folds chose
+    assert chosen > linear_probe(xtr, ytr, xte, yte, c=1.0)
+
+
+def test_cross_validated_c_falls_back_when_a_class_cannot_be_held_out():
+    x, y = blobs(30, 0)
+    y[0] = 7                                       # a class with one example: no stratified fold can hold it out
+    assert choose_probe_c(x, y, grid=(0.01, 0.5)) == 0.5
 
 
 class Lookup(Adapter):

@@ -180,3 +180,16 @@ def test_the_objective_flag_sets_any_config_field_of_the_method(tmp_path):
         recipe.main(argv(tmp_path / "b", "--objective", "no_such_field=1", steps=1))
     metrics = recipe.main(argv(tmp_path / "c", "--objective", "head_norm=all", "temperature=0.3", steps=1))
     assert metrics["steps"] == 1
+
+
+def test_probe_c_flag_takes_a_number_or_cv_and_stops_at_parse_time_otherwise(capsys):
+    from selfsup.evaluate import PROBE_C_GRID
+    from selfsup.recipes._image import ImageRun
+
+    parser = two_view.build_parser()
+    assert parser.parse_args([]).probe_c == "cv" and ImageRun().probe_regularisation == PROBE_C_GRID
+    assert ImageRun(probe_c=parser.parse_args(["--probe_c", "0.05"]).probe_c).probe_regularisation == 0.05
+    for bad in ("often", "-1", "0"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--probe_c", bad])
+        assert "--probe_c" in capsys.readouterr().err
