@@ -73,3 +73,20 @@ def test_the_added_method_loss_against_a_plain_reference(registered):
                                       if i < j]).mean()) for z in (z1, z2)]
     reference = ((z1 - z2).pow(2).sum(-1).mean() + (uniform[0] + uniform[1]) / 2).item()
     assert obj({"views": views}).loss.item() == pytest.approx(reference, abs=1e-5)
+
+
+def test_help_lists_the_methods_without_importing_their_modules():
+    """``--help`` reads the registry's lines only: no method's module is imported (a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys\nfrom selfsup.objectives import registry\nfrom selfsup.recipes import two_view\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n    try:\n        two_view.main(['--help'])\n"
+            "    except SystemExit:\n        pass\n"
+            "print(sorted(m.name for m in registry.METHODS.values() if m.module_path in sys.modules))\n"
+            "print(all(m in out.getvalue() for m in two_view.methods()))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:2] == ["[]", "True"]
