@@ -1,9 +1,9 @@
 """Every image method's data side by name: the views (and the labels or targets they carry) a method trains on.
 
-A preset names its pipeline (``"transform"`` in ``objectives/two_view/presets.py``; ``"simclr"`` when it names none)
-and the image recipe builds it with :func:`view_pipeline` from the flags' :class:`ViewOptions`. A method whose data
-side is new adds one entry to :data:`PIPELINES` (its transform beside the others in ``image_views``); the recipe
-does not change. A pipeline also says what its views imply for the objective's config (``objective``: rotation's
+A preset names its pipeline (``"transform"`` in a method's ``PRESETS``, beside its objective; ``"simclr"`` when it
+names none) and the image recipe builds it with :func:`view_pipeline` from the flags' :class:`ViewOptions`. A method
+whose data side is new adds one entry to :data:`PIPELINES` (its transform beside the others in ``image_views``); the
+recipe does not change. A pipeline also says what its views imply for the objective's config (``objective``: rotation's
 number of classes is the number of angles) and whether its views share their random draws (``shared_draws``).
 """
 from __future__ import annotations

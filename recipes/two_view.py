@@ -34,7 +34,7 @@ from selfsup.modalities.view_pipelines import ViewOptions, ViewPipeline, view_pi
 from selfsup.objectives import registry
 from selfsup.recipes.builders.two_view import two_view
 from selfsup.objectives.two_view.build import VIEW_FAMILIES
-from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS
+from selfsup.objectives.two_view import presets as image_presets
 from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS
 from selfsup.recipes._image import (EvalImages, ImageRun, add_image_args, epoch_images, image_probe, knn_monitor,
                                     labelled_images, load_training_images, pretext_picture, view_loader)
@@ -42,12 +42,24 @@ from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
 from selfsup.types import Encoder, Objective
 
-METHODS = [m for m in registry.names(*VIEW_FAMILIES) if m in CPU_SETTINGS]   # the registry's with image presets
-ALIASES = {alias: name for alias, name in registry.ALIASES.items() if name in METHODS}
-METHOD_CHOICES = METHODS + sorted(ALIASES)
-METHOD_HELP = ("; ".join(f"{m} = {registry.get(m).summary}" for m in METHODS) + "; aliases: " + ", ".join(
-    f"{alias} = {name}" for alias, name in sorted(ALIASES.items()))).replace("%", "%%")   # argparse formats help
-PRESETS = {"cpu": CPU_SETTINGS, "gpu": GPU_SETTINGS, "imagenet": IMAGENET_SETTINGS}
+
+def methods() -> list[str]:
+    """The registry's view-family methods with image presets (``presets="image"`` on their line), read when asked
+    for, so a method registered at any time is listed."""
+    return [m for m in image_presets.image_methods() if registry.get(m).family in VIEW_FAMILIES]
+
+
+def aliases() -> dict[str, str]:
+    """The registry's aliases of those methods (``moco`` -> ``moco_v2``)."""
+    return {alias: name for alias, name in registry.ALIASES.items() if name in methods()}
+
+
+def method_help() -> str:
+    """``--method``'s help: one line per method, then the aliases; no method's module is imported."""
+    return ("; ".join(f"{m} = {registry.get(m).summary}" for m in methods()) + "; aliases: " + ", ".join(
+        f"{alias} = {name}" for alias, name in sorted(aliases().items()))).replace("%", "%%")   # argparse formats help
+
+
 # training flags the preset fills when they are not given (the run's own: TwoViewRun)
 TRAINING_FROM_PRESET = ("learning_rate", "weight_decay", "optimizer", "momentum")
 # and the Adam betas, the engine's defaults when the preset has none (colorization's preset sets beta2 0.99,
@@ -77,9 +89,10 @@ class TwoViewRun(ImageRun):
     jigsaw_permutations: int = 100
 
     def __post_init__(self) -> None:
-        self.method = ALIASES.get(self.method, self.method)
-        if self.method not in PRESETS[self.preset]:
-            have = sorted(name for name, methods in PRESETS.items() if self.method in methods)
+        self.method = aliases().get(self.method, self.method)
+        table = image_presets.method_presets(self.method) if self.method in methods() else {}
+        if self.preset not in table:
+            have = [name for name in image_presets.NAMES if name in table]
             raise SelfsupError(f"--preset {self.preset} has no settings for {self.method}; choose from {have}")
         preset = self.preset_settings
         for name in ("backbone", "model_size", "image_size"):
@@ -90,8 +103,9 @@ class TwoViewRun(ImageRun):
 
     @property
     def preset_settings(self) -> dict[str, Any]:
-        """The method's settings in ``--preset`` (``objectives/two_view/presets.py``)."""
-        return dict(PRESETS[self.preset][self.method])
+        """The method's settings in ``--preset`` (its module's ``PRESETS``, on the bases of
+        ``objectives/two_view/presets.py``)."""
+        return image_presets.method_presets(self.method)[self.preset]
 
 
 def build_parser() -> ArgumentParser:
@@ -99,10 +113,11 @@ def build_parser() -> ArgumentParser:
                     warmup_ratio=0.0)
     add_image_args(p)
     g = p.add_argument_group("two-view method")
-    g.add_argument("--method", default="simclr", choices=METHOD_CHOICES, help=METHOD_HELP)
+    g.add_argument("--method", default="simclr", choices=methods() + sorted(aliases()), help=method_help())
     g.add_argument("--backbone", default=None, choices=[*TWO_VIEW_RESNETS, "vit"],
                    help="default: the preset's (resnet_tiny on CPU, resnet18 for lightly's CIFAR-10 setting)")
-    g.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="the settings the flags start from")
+    g.add_argument("--preset", default="cpu", choices=list(image_presets.NAMES),
+                   help="the settings the flags start from")
     g.add_argument("--num_local_views", type=int, default=None, help="SwAV / DINO multi-crop: local views")
     g.add_argument("--local_size", type=int, default=None,
                    help="their size (default: DINO's 96/224 of --image_size, a whole number of patches on a ViT)")

@@ -154,13 +154,13 @@ def test_the_image_recipe_trains_inpainting_draws_the_picture_and_resume_restore
 
 
 def test_the_presets_take_the_papers_adam():
-    from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS
+    from selfsup.objectives.two_view.presets import method_presets
     from selfsup.recipes import two_view as recipe
     from selfsup.train import TrainingSettings
 
-    gpu = GPU_SETTINGS["inpainting"]
+    gpu = method_presets("inpainting")["gpu"]
     assert (gpu["optimizer"], gpu["learning_rate"], gpu["adam_beta1"], gpu["batch_size"]) == ("adamw", 2e-4, 0.5, 64)
-    assert CPU_SETTINGS["inpainting"]["transform"] == "inpainting"
+    assert method_presets("inpainting")["cpu"]["transform"] == "inpainting"
     args = recipe.build_parser().parse_args(["--method", "inpainting", "--preset", "gpu"])
     run = recipe.TwoViewRun(method="inpainting", preset="gpu")
     settings = recipe.preset_training(TrainingSettings.from_args(args), run, 50_000, 1)

@@ -19,7 +19,8 @@ from selfsup.objectives.two_view import losses as L
 from selfsup.objectives.two_view.build import VIEW_FAMILIES
 from selfsup.recipes.builders.two_view import image_encoder as two_view_encoder
 from selfsup.recipes.builders.two_view import two_view
-from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS
+from selfsup.objectives.two_view.presets import NAMES as PRESET_NAMES
+from selfsup.objectives.two_view.presets import method_presets, preset_table
 from selfsup.objectives.two_view.sizes import SIZES
 from selfsup.types import features as pooled_features
 from tests.graph_checks import racy_gathers
@@ -401,16 +402,34 @@ def test_same_inputs_same_bits():
 
 # -- builders ------------------------------------------------------------------------------------------------------
 def test_builder_tables_cover_every_method():
-    for size in ("tiny", "small", "base"):
-        # every two-view method, and the view methods of other families that have sizes here
-        have = set(SIZES[size]["methods"])
-        assert set(registry.names("two_view")) <= have <= set(registry.names(*VIEW_FAMILIES))
-    for table in (GPU_SETTINGS, CPU_SETTINGS, IMAGENET_SETTINGS):   # and the other families' methods on image views
+    for size in ("tiny", "small", "base"):   # every two-view method has its heads at every size, in its own module
+        for method in registry.names("two_view"):
+            assert registry.get(method).table("SIZES").get(size), (method, size)
+    for name in PRESET_NAMES:   # and every method on image views, of any family, has each preset
+        table = preset_table(name)
         expected = set(METHODS) | set(ONE_VIEW) | set(registry.names("pretext", "predictive"))
         assert expected <= set(table) <= set(registry.names(*VIEW_FAMILIES))
         for settings in table.values():
             assert {"backbone", "optimizer", "learning_rate", "weight_decay", "batch_size"} <= set(settings)
-    assert GPU_SETTINGS["simclr"]["learning_rate"] == pytest.approx(0.06 * 512 / 128)
+    assert method_presets("simclr")["gpu"]["learning_rate"] == pytest.approx(0.06 * 512 / 128)
+
+
+def test_the_method_tables_are_well_formed():
+    """Every view method's module keys its tables by the methods it serves; their sizes, backbone defaults and
+    presets' ``objective`` settings are fields of the method's config, and ``presets="image"`` on a registry line
+    says that the module holds that method's presets."""
+    for entry in (registry.get(m) for m in registry.names(*VIEW_FAMILIES)):
+        module = entry.load()
+        for table in ("SIZES", "PRESETS", "BACKBONE_DEFAULTS"):
+            for method in getattr(module, table, {}):
+                assert registry.get(method).module_path == entry.module_path, (table, method)
+        sizes, on_kind, presets = (entry.table(t) for t in ("SIZES", "BACKBONE_DEFAULTS", "PRESETS"))
+        assert set(sizes) <= set(SIZES), entry.name
+        assert {key.partition("/")[2] for key in on_kind} <= set(SIZES) | {""}, entry.name
+        for fields in [*sizes.values(), *on_kind.values(), *(p.get("objective", {}) for p in presets.values())]:
+            entry.make_config(fields)                                      # names a field the config lacks: fails
+        assert (entry.presets == "image") == bool(presets), entry.name
+        assert set(presets) <= set(PRESET_NAMES), entry.name
 
 
 def test_builder_wiring_and_errors():
@@ -431,7 +450,7 @@ def test_builder_wiring_and_errors():
     enc = two_view_encoder("resnet_tiny", "tiny", 16)
     given = two_view("simsiam", backbone=enc, size="tiny")
     assert given.backbone is enc.backbone and given.encoder().backbone is enc.backbone
-    assert build("swav").config.num_prototypes == SIZES["tiny"]["methods"]["swav"]["num_prototypes"]
+    assert build("swav").config.num_prototypes == registry.get("swav").table("SIZES")["tiny"]["num_prototypes"]
     with pytest.raises(ValueError, match="views"):
         build("simclr")({"pixel_values": torch.randn(2, 3, 16, 16)})
 

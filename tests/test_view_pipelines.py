@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from selfsup.modalities.view_pipelines import PIPELINES, ViewOptions, view_pipeline
-from selfsup.objectives.two_view.presets import CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS
+from selfsup.objectives.two_view.presets import NAMES, preset_table
 from selfsup.recipes import two_view
 
 IMAGE = Image.fromarray((np.random.default_rng(0).random((32, 32, 3)) * 255).astype("uint8"))
@@ -22,8 +22,8 @@ def test_every_pipeline_makes_image_tensors(name):
 
 
 def test_every_preset_names_a_pipeline():
-    for preset in (CPU_SETTINGS, GPU_SETTINGS, IMAGENET_SETTINGS):
-        for method, settings in preset.items():
+    for name in NAMES:
+        for method, settings in preset_table(name).items():
             assert settings.get("transform", "simclr") in PIPELINES, method
 
 

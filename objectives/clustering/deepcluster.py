@@ -45,6 +45,7 @@ from selfsup import kmeans
 from selfsup.data import to_device
 from selfsup.distributed import rank, world_size
 from selfsup.objectives.two_view.common import encode_online, gather_rows, get_views, online_encoder, take_encoder
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import EXAMPLE_INDEX, Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -229,6 +230,27 @@ class DeepCluster(Objective):
                                metrics={"cluster_accuracy": accuracy, "cluster_nmi": float(self.nmi)})
 
     encoder = online_encoder
+
+
+# image sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {"deepcluster": dict(
+    tiny=dict(num_clusters=4, pca_dim=8, hidden_dims=(32,)),
+    small=dict(num_clusters=100, pca_dim=256),  # k 100 for CIFAR-10's 10 classes
+    # the paper's ImageNet k 10,000 (faiss's random initial centroids), PCA 256, the top layers 4096 / 4096 with
+    # dropout 0.5
+    base=dict(num_clusters=10000, pca_dim=256, hidden_dims=(4096, 4096), dropout=0.5, kmeans_init="random"))}
+PRESETS = {"deepcluster": dict(
+    cpu={**CPU, "transform": "one_view"},   # k 100 (the size "small")
+    # the paper (sec. 4.1): SGD 0.05, momentum 0.9, weight decay 1e-5, batch 256, 500 epochs (a constant rate there;
+    # cosine here), re-clustered every epoch; k 100 on CIFAR-10 (the size "small"; the paper's 10,000 is for
+    # ImageNet's 1.28M images); one view per image, its colour jitter and random grayscale in place of the paper's
+    # Sobel filter
+    gpu={**LIGHTLY_CIFAR, "batch_size": 256, "epochs": 500, "learning_rate": 0.05, "weight_decay": 1e-5,
+         "transform": "one_view"},
+    # the size "base": k 10,000, PCA to 256, top layers 4096 / 4096 with dropout 0.5 (no Sobel filter here)
+    imagenet={**IMAGENET, "optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-5,
+              "epochs": 500, "warmup_epochs": 0, "transform": "one_view"},
+)}
 
 
 __all__ = ["DeepCluster", "DeepClusterConfig", "pca_whiten", "nmi", "top_layers"]

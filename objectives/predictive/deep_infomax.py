@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from selfsup.distributed import gather_with_grad, row_offset
 from selfsup.objectives.two_view.common import get_views, mlp, online_encoder, take_encoder
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput, pool
 
 ESTIMATORS = ("jsd", "infonce")
@@ -163,6 +164,23 @@ class DeepInfoMax(Objective):
         return ObjectiveOutput(loss, num_targets=len(g), metrics={"dim_accuracy": accuracy})
 
     encoder = online_encoder
+
+
+# sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {"deep_infomax": dict(tiny=dict(units=16), small=dict(units=2048), base=dict(units=2048))}
+PRESETS = {"deep_infomax": dict(
+    # the paper's Adam at 1e-4; 512 units instead of 2048 for the heads (4096 locations a batch at 8 x 8)
+    cpu={**CPU, "optimizer": "adamw", "learning_rate": 1e-4, "weight_decay": 0.0, "transform": "crop_flip",
+         "objective": {"units": 512}},
+    # Adam at 1e-4, batch 64, 1000 epochs on CIFAR-10 (the authors' code, rdevon/DIM cortex_DIM/models/dim.py, LocalDIM
+    # defaults; the paper's sec. 4 gives Adam 1e-4 and 1000 epochs), the JSD estimator; a ResNet-18 here (the paper: a
+    # DCGAN-like convnet and a ResNet); one view, padded crop + flip
+    gpu={**LIGHTLY_CIFAR, "batch_size": 64, "epochs": 1000, "optimizer": "adamw", "learning_rate": 1e-4,
+         "weight_decay": 0.0, "transform": "crop_flip", "objective": {"estimator": "jsd"}},
+    # no ImageNet run in the paper (Tiny ImageNet, STL-10 and CIFAR at most): its Adam 1e-4 on a ResNet-50
+    imagenet={**IMAGENET, "optimizer": "adamw", "learning_rate": 1e-4, "weight_decay": 0.0, "warmup_epochs": 0,
+              "transform": "crop_flip", "objective": {"estimator": "jsd"}},
+)}
 
 
 __all__ = ["DeepInfoMax", "DeepInfoMaxConfig", "ScoreHead", "jsd_terms", "infonce_terms", "state_sizes"]

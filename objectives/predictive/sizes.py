@@ -1,5 +1,5 @@
-"""The predictive family's speech sizes (the image sizes are the view families' table,
-``objectives/two_view/sizes.py``): per size the conv encoder, the latents' width and the objective's settings.
+"""The predictive family's speech sizes (the image sizes are each method's own ``SIZES``, in ``cpc.py`` and
+``deep_infomax.py``): per size the conv encoder, the latents' width and the objective's settings.
 
 CPC on raw waveforms (van den Oord, Li & Vinyals, 2018, sec. 3.1): five conv layers of strides (5, 4, 2, 2, 2),
 kernels (10, 8, 4, 4, 4), 512 channels, ReLU (160x: a latent every 10 ms at 16 kHz), a GRU of 256, 12 steps

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from selfsup.backbones.resnet import GlobalBatchNorm
 from selfsup.objectives.two_view.common import gather_rows, get_views, online_encoder, take_encoder
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import PRETEXT_TARGETS, Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -137,6 +138,23 @@ class Colorization(Objective):
         return torch.einsum("bqhw,qc->bchw", probs, self.ab_centres.to(probs.dtype))
 
     encoder = online_encoder
+
+
+# sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {"colorization": dict(tiny=dict(hidden_dim=32), small=dict(hidden_dim=256),
+                              base=dict(hidden_dim=256))}   # base: the paper's conv8 block, 256 channels
+PRESETS = {"colorization": dict(
+    cpu={**CPU, "transform": "colorization"},
+    # the paper (sec. 3): Adam, beta1 0.9, beta2 0.99, weight decay 1e-3 (Caffe's, coupled: AdamW's decoupled decay
+    # here), lr 3e-5 (the paper drops it to 1e-5 and 3e-6 at 200k and 375k iterations; cosine here), batch 40, 450k
+    # iterations; on lightly's CIFAR-10 ResNet-18
+    gpu={**LIGHTLY_CIFAR, "optimizer": "adamw", "learning_rate": 3e-5, "adam_beta1": 0.9, "adam_beta2": 0.99,
+         "weight_decay": 1e-3, "batch_size": 40, "max_steps": 450_000, "transform": "colorization"},
+    # the paper's ImageNet run (its settings as the gpu preset's), on a ResNet-50
+    imagenet={**IMAGENET, "optimizer": "adamw", "learning_rate": 3e-5, "adam_beta1": 0.9, "adam_beta2": 0.99,
+              "weight_decay": 1e-3, "batch_size": 40, "max_steps": 450_000, "warmup_epochs": 0,
+              "transform": "colorization"},
+)}
 
 
 __all__ = ["ColorizationConfig", "Colorization", "token_map"]

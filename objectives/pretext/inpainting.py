@@ -31,6 +31,7 @@ from torch.func import functional_call
 
 from selfsup.backbones.resnet import GlobalBatchNorm
 from selfsup.objectives.two_view.common import get_views, online_encoder, take_encoder
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import PRETEXT_TARGETS, Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -138,6 +139,28 @@ class Inpainting(Objective):
         return ObjectiveOutput(loss, num_targets=len(target), metrics=metrics)
 
     encoder = online_encoder
+
+
+# sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {"inpainting": dict(
+    tiny=dict(hidden_dim=32, upsamples=2, disc_dim=8, disc_layers=2),
+    small=dict(hidden_dim=256, upsamples=2, disc_dim=64, disc_layers=3),   # a 4 x 4 map -> 16 x 16
+    # as the paper's 128-pixel model: 4 up-convolutions from 512 channels (a 4 x 4 map -> the 64 x 64 centre; a
+    # ResNet-50's 7 x 7 at 224 -> 112) and a discriminator of 4 strided layers from 64 (DCGAN's)
+    base=dict(hidden_dim=512, upsamples=4, disc_dim=64, disc_layers=4))}
+BACKBONE_DEFAULTS = {"inpainting": {"vit": dict(upsamples=1), "vit/base": dict(upsamples=3)}}
+PRESETS = {"inpainting": dict(
+    # the paper's Adam (beta1 0.5, no weight decay) at 5 x its rate: 300 steps are a fraction of an epoch
+    cpu={**CPU, "optimizer": "adamw", "learning_rate": 1e-3, "adam_beta1": 0.5, "weight_decay": 0.0,
+         "transform": "inpainting"},
+    # the paper (sec. 5) and its released train.lua: Adam lr 2e-4, beta1 0.5, batch 64, lambda_rec 0.999 /
+    # lambda_adv 0.001 (the config's defaults); no weight decay. It states no schedule length: 100 epochs here
+    gpu={**LIGHTLY_CIFAR, "batch_size": 64, "epochs": 100, "optimizer": "adamw", "learning_rate": 2e-4,
+         "adam_beta1": 0.5, "weight_decay": 0.0, "transform": "inpainting"},
+    # on ImageNet at the paper's 128 x 128 (its settings: the gpu preset's), a ResNet-50 here
+    imagenet={**IMAGENET, "image_size": 128, "batch_size": 64, "optimizer": "adamw", "learning_rate": 2e-4,
+              "adam_beta1": 0.5, "weight_decay": 0.0, "warmup_epochs": 0, "transform": "inpainting"},
+)}
 
 
 __all__ = ["InpaintingConfig", "Inpainting", "decoder", "discriminator"]

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch.nn.functional as F
 
 from selfsup.objectives.two_view.common import encode_online, get_views, mlp, online_encoder, take_encoder
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import PRETEXT_LABELS, Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -61,6 +62,16 @@ class JigsawPrediction(Objective):
         return ObjectiveOutput(loss, num_targets=b, metrics={"jigsaw_accuracy": accuracy})
 
     encoder = online_encoder
+
+
+# presets (the registry hands them to objectives/two_view/presets.py); the head's sizes are the config's defaults
+PRESETS = {"jigsaw": dict(
+    cpu={**CPU, "transform": "jigsaw"},
+    gpu={**LIGHTLY_CIFAR, "transform": "jigsaw"},   # the paper trained on ImageNet only: lightly's CIFAR-10 schedule
+    # the paper's: batch 256, SGD 0.01, 350,000 iterations (about 70 epochs); weight decay AlexNet's (unstated)
+    imagenet={**IMAGENET, "optimizer": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4, "max_steps": 350_000,
+              "warmup_epochs": 0, "transform": "jigsaw"},
+)}
 
 
 __all__ = ["JigsawConfig", "JigsawPrediction"]

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.objectives.two_view.common import encode_online, get_views, mlp, online_encoder, take_encoder
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import PRETEXT_LABELS, Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -50,6 +51,16 @@ class RelativePosition(Objective):
         return ObjectiveOutput(loss, num_targets=len(labels), metrics={"position_accuracy": accuracy})
 
     encoder = online_encoder
+
+
+# presets (the registry hands them to objectives/two_view/presets.py); the head's sizes are the config's defaults
+PRESETS = {"relative_position": dict(
+    cpu={**CPU, "transform": "relative_position"},
+    gpu={**LIGHTLY_CIFAR, "transform": "relative_position"},   # ImageNet only in the paper too
+    # generic SGD settings on a ResNet-50, not the paper's (an AlexNet-style pair network)
+    imagenet={**IMAGENET, "optimizer": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4, "batch_size": 128,
+              "warmup_epochs": 0, "transform": "relative_position"},
+)}
 
 
 __all__ = ["RelativePositionConfig", "RelativePosition"]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.objectives.two_view.common import encode_online, get_views, mlp, online_encoder, take_encoder
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -62,6 +63,19 @@ class RotationPrediction(Objective):
         return ObjectiveOutput(loss, num_targets=len(labels), metrics={"rotation_accuracy": accuracy})
 
     encoder = online_encoder
+
+
+# presets (the registry hands them to objectives/two_view/presets.py); the head's sizes are the config's defaults
+PRESETS = {"rotation": dict(
+    cpu={**CPU, "learning_rate": 0.1 * 64 / 128, "transform": "rotation"},
+    # RotNet's CIFAR-10 setting: SGD 0.1, momentum 0.9, weight decay 5e-4, batch 128 images (x 4 rotations), 100
+    # epochs (the paper steps the rate down at 30 / 60 / 80; cosine here)
+    gpu={**LIGHTLY_CIFAR, "batch_size": 128, "epochs": 100, "learning_rate": 0.1, "transform": "rotation"},
+    # RotNet's ImageNet setting (an AlexNet there): SGD 0.01 (Nesterov momentum 0.9), weight decay 5e-4, batch 192,
+    # 30 epochs, no warmup
+    imagenet={**IMAGENET, "optimizer": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4, "batch_size": 192,
+              "epochs": 30, "warmup_epochs": 0, "transform": "rotation"},
+)}
 
 
 __all__ = ["RotationConfig", "RotationPrediction"]

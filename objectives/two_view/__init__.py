@@ -4,7 +4,8 @@ SimSiam, SwAV, DINO, VICReg, Barlow Twins, each in its own file.
 One class per method, no inheritance between them; they share the pure functions of ``common.py`` (views,
 features, heads, teacher, queue writes) and the losses of ``losses.py``. Each is *given* an :class:`Encoder`
 (adapter, backbone and readout; ``build.py`` composes them for images, the graph recipe for graphs) and owns its
-heads; sizes are in ``sizes.py``, the image training presets in ``presets.py``.
+heads; each method's head sizes and image presets are in its own file (``SIZES``, ``PRESETS``, keyed by method
+name), the shared bases in ``sizes.py`` and ``presets.py``.
 
 **Batch.** ``batch["views"]``: a list of batches the adapter reads (images, graphs, ...), augmentations of the
 same B examples: the two global views first, then (SwAV, DINO multi-crop) the local ones. Methods without

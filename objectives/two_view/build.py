@@ -12,7 +12,7 @@ from torch import nn
 from selfsup.backbones.resnet import ResNetBackbone
 from selfsup.backbones.transformer import TransformerEncoder
 from selfsup.objectives import registry
-from selfsup.objectives.two_view.sizes import BACKBONE_DEFAULTS, SIZES
+from selfsup.objectives.two_view.sizes import SIZES
 from selfsup.types import Encoder, Objective
 
 
@@ -30,11 +30,13 @@ def backbone_kind(backbone: nn.Module) -> str:
 
 
 def method_settings(method: str, size: str, kind: str) -> dict[str, Any]:
-    """The config fields of ``method`` at ``size`` (:data:`SIZES`) with what it sets differently on ``kind``."""
+    """The config fields of ``method`` at ``size`` with what it sets differently on ``kind``: its module's ``SIZES``
+    and ``BACKBONE_DEFAULTS`` (``"kind"``, then ``"kind/size"``), read through the registry."""
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose from {sorted(SIZES)}")
-    return {**SIZES[size]["methods"].get(method, {}), **BACKBONE_DEFAULTS.get(kind, {}).get(method, {}),
-            **BACKBONE_DEFAULTS.get(f"{kind}/{size}", {}).get(method, {})}
+    entry = registry.get(method)
+    on_kind = entry.table("BACKBONE_DEFAULTS")
+    return {**entry.table("SIZES").get(size, {}), **on_kind.get(kind, {}), **on_kind.get(f"{kind}/{size}", {})}
 
 
 def from_encoder(method: str, encoder: Encoder, size: str = "small", max_steps: int = 0, num_examples: int = 0,

@@ -12,6 +12,7 @@ from selfsup.objectives.two_view.common import (Monitored, copy_student_to_teach
                                                 make_teacher, mlp, monitor_state, online_encoder, predict_and_target,
                                                 step_with_teacher, take_encoder)
 from selfsup.objectives.two_view.losses import byol_loss
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -59,6 +60,18 @@ class BYOL(Objective):
     extra_state, load_extra_state = monitor_state, load_monitor_state
 
     encoder = online_encoder
+
+
+# sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {"byol": dict(tiny=dict(hidden_dim=32, out_dim=16, pred_hidden_dim=32, momentum=0.99),
+                      small=dict(hidden_dim=1024, out_dim=256, pred_hidden_dim=1024, momentum=0.99),
+                      base=dict(hidden_dim=4096, out_dim=256, pred_hidden_dim=4096, momentum=0.996))}
+PRESETS = {"byol": dict(
+    cpu=dict(CPU),
+    gpu={**LIGHTLY_CIFAR, "reference_knn": 0.911},
+    imagenet={**IMAGENET, "optimizer": "lars", "learning_rate": 0.45, "weight_decay": 1e-6, "transform": "byol",
+              "objective": {"momentum": 0.99}},  # the 100-epoch reference config
+)}
 
 
 __all__ = ["BYOLConfig", "BYOL"]

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from selfsup.distributed import gather_with_grad, global_count, row_offset
 from selfsup.objectives.two_view.common import gather_rows, get_views
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import EXAMPLE_INDEX, VIEWS, BackboneOutput, Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -216,6 +217,25 @@ class CMC(Objective):
 
     def encoder(self) -> ViewsEncoder:
         return ViewsEncoder(list(self.encoders), self.config.view_names or None)
+
+
+# sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {"cmc": dict(tiny=dict(out_dim=16, num_negatives=32), small=dict(out_dim=128, num_negatives=4096),
+                     base=dict(out_dim=128, num_negatives=16384))}
+PRESETS = {"cmc": dict(
+    cpu={**CPU, "transform": "cmc", "objective": {"negatives": "batch", "temperature": 0.07}},  # in-batch negatives
+    # (63 per anchor), T 0.07; lr 0.03 is also the paper's
+    # the paper (sec. 4.2 / appendix, ImageNet): SGD 0.03, momentum 0.9, weight decay 1e-4, batch 256, 240 epochs (the
+    # rate steps down at 120 / 160 / 200 there; cosine here), memory banks with K = 16384 negatives, T = 0.07, bank
+    # momentum 0.5, the L and ab views of one crop; the paper's CIFAR-10 numbers are not given beside these, so its
+    # ImageNet ones on lightly's CIFAR ResNet-18 (one per view)
+    gpu={**LIGHTLY_CIFAR, "batch_size": 256, "epochs": 240, "learning_rate": 0.03, "weight_decay": 1e-4,
+         "transform": "cmc", "objective": {"negatives": "bank", "num_negatives": 16384, "temperature": 0.07,
+                                           "bank_momentum": 0.5}},
+    imagenet={**IMAGENET, "optimizer": "sgd", "learning_rate": 0.03, "momentum": 0.9, "weight_decay": 1e-4,
+              "epochs": 240, "warmup_epochs": 0, "transform": "cmc",
+              "objective": {"negatives": "bank", "num_negatives": 16384, "temperature": 0.07, "bank_momentum": 0.5}},
+)}
 
 
 __all__ = ["CMC", "CMCConfig", "ViewsEncoder", "bank_scores"]

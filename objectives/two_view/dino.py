@@ -13,6 +13,7 @@ from selfsup.objectives.two_view.common import (Monitored, copy_student_to_teach
                                                 gate_grad, get_views, load_monitor_state, make_teacher, mlp,
                                                 monitor_state, step_with_teacher, take_encoder)
 from selfsup.objectives.two_view.losses import DINOLoss
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -145,6 +146,20 @@ class DINO(Objective):
         if which == "student":
             return Encoder(self.adapter, self.backbone, self.pooling, self.layers)
         raise ValueError(f"which is {which!r}; choose 'teacher' or 'student'")
+
+
+# sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {"dino": dict(tiny=dict(hidden_dim=32, bottleneck_dim=8, out_dim=32, head_layers=2, momentum=0.99),
+                      small=dict(hidden_dim=2048, bottleneck_dim=256, out_dim=2048, head_layers=2, momentum=0.99),
+                      base=dict(hidden_dim=2048, bottleneck_dim=256, out_dim=65536, head_layers=3, momentum=0.996))}
+BACKBONE_DEFAULTS = {"dino": {"resnet": dict(use_bn=True)}}   # the head has BN on ResNets (lightly, DINO's RN50 runs)
+PRESETS = {"dino": dict(
+    cpu={**CPU, "transform": "multicrop", "num_local_views": 0},
+    gpu={**LIGHTLY_CIFAR, "transform": "multicrop", "num_local_views": 0, "reference_knn": 0.884},
+    imagenet={**IMAGENET, "optimizer": "sgd", "learning_rate": 0.03, "weight_decay": 1e-4,  # DINO's RN50 command
+              "transform": "multicrop", "num_local_views": 6, "global_scale": (0.14, 1.0),
+              "freeze_last_layer_epochs": 1},
+)}
 
 
 __all__ = ["WeightNormLinear", "DINOHead", "DINOConfig", "DINO"]

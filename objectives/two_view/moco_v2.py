@@ -15,6 +15,7 @@ from selfsup.objectives.two_view.common import (Monitored, copy_student_to_teach
                                                 monitor_state, online_encoder, ring_write, step_with_teacher,
                                                 take_encoder)
 from selfsup.objectives.two_view.losses import info_nce_queue
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -97,6 +98,31 @@ class MoCoV2(Objective):
     extra_state, load_extra_state = monitor_state, load_monitor_state
 
     encoder = online_encoder
+
+
+# sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {
+    "moco_v2": dict(
+        tiny=dict(hidden_dim=32, out_dim=16, queue_size=64, temperature=0.1, momentum=0.99, symmetric=True),
+        small=dict(hidden_dim=None, out_dim=128, queue_size=4096, temperature=0.1, momentum=0.99, symmetric=True),
+        base=dict(hidden_dim=None, out_dim=128, queue_size=65536, temperature=0.2, momentum=0.999)),
+    "moco_v1": dict(
+        tiny=dict(hidden_dim=0, out_dim=16, queue_size=64, temperature=0.07, momentum=0.99, symmetric=True),
+        small=dict(hidden_dim=0, out_dim=128, queue_size=4096, temperature=0.1, momentum=0.99, symmetric=True),
+        base=dict(hidden_dim=0, out_dim=128, queue_size=65536, temperature=0.07, momentum=0.999)),
+}
+PRESETS = {
+    "moco_v2": dict(
+        cpu=dict(CPU),
+        gpu={**LIGHTLY_CIFAR, "objective": {"queue_size": 8192}, "reference_knn": 0.900},  # for batch 512
+        imagenet={**IMAGENET, "optimizer": "sgd", "learning_rate": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0}),
+    "moco_v1": dict(
+        cpu={**CPU, "transform": "moco_v1"},
+        gpu={**LIGHTLY_CIFAR, "objective": {"queue_size": 8192}, "transform": "moco_v1"},  # v2's, with v1's parts
+        # MoCo v1's: SGD 0.03, weight decay 1e-4, batch 256, 200 epochs (steps at 120 / 160 there; cosine here)
+        imagenet={**IMAGENET, "optimizer": "sgd", "learning_rate": 0.03, "weight_decay": 1e-4, "warmup_epochs": 0,
+                  "epochs": 200, "transform": "moco_v1"}),
+}
 
 
 __all__ = ["MoCoV2Config", "MoCoV2"]

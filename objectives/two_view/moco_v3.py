@@ -12,6 +12,7 @@ from selfsup.objectives.two_view.common import (Monitored, copy_student_to_teach
                                                 make_teacher, mlp, monitor_state, online_encoder, predict_and_target,
                                                 step_with_teacher, take_encoder)
 from selfsup.objectives.two_view.losses import moco_v3_loss
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -73,6 +74,25 @@ class MoCoV3(Objective):
     extra_state, load_extra_state = monitor_state, load_monitor_state
 
     encoder = online_encoder
+
+
+# sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {"moco_v3": dict(tiny=dict(hidden_dim=32, out_dim=16),
+                         small=dict(hidden_dim=4096, out_dim=256),  # not in lightly's: solo-learn's CIFAR mocov3.yaml
+                         base=dict(hidden_dim=4096, out_dim=256))}
+# sec. 4, moco-v3 main_moco.py: a 2-layer projector on ResNets and T = 1 on ImageNet ResNet-50 (solo-learn's CIFAR
+# ResNet-18: 0.2), a frozen random patch projection on ViTs
+BACKBONE_DEFAULTS = {"moco_v3": {"resnet": dict(proj_layers=2), "resnet/base": dict(temperature=1.0),
+                                 "vit": dict(freeze_embedding=True)}}
+PRESETS = {"moco_v3": dict(
+    cpu={**CPU, "optimizer": "lars", "learning_rate": 0.3 * 64 / 256, "weight_decay": 1e-6, "trust_coefficient": 0.02,
+         "warmup_steps": 30},
+    # not in lightly's CIFAR-10 benchmark: solo-learn's CIFAR-10 settings (LARS, lr per 256, 10 warmup epochs of 1000)
+    gpu={**LIGHTLY_CIFAR, "optimizer": "lars", "learning_rate": 0.3 * 512 / 256, "weight_decay": 1e-6,
+         "trust_coefficient": 0.02, "warmup_epochs": 10, "epochs": 1000, "transform": "byol"},
+    imagenet={**IMAGENET, "backbone": "vit", "optimizer": "adamw", "learning_rate": 1.5e-4, "weight_decay": 0.1,
+              "warmup_epochs": 40, "epochs": 300},
+)}
 
 
 __all__ = ["MoCoV3Config", "MoCoV3"]

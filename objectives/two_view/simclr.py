@@ -11,6 +11,8 @@ from torch import Tensor
 from selfsup.objectives.two_view.common import (Monitored, count_step, encode_online, get_views, load_monitor_state,
                                                 mlp, monitor_state, online_encoder, take_encoder)
 from selfsup.objectives.two_view.losses import nt_xent
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
+from selfsup.objectives.two_view.sizes import GRAPHCL, SCARF
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -64,6 +66,20 @@ class SimCLR(Objective):
     extra_state, load_extra_state = monitor_state, load_monitor_state
 
     encoder = online_encoder
+
+
+# sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {
+    "simclr": dict(tiny=dict(hidden_dim=32, out_dim=16), small=dict(hidden_dim=None, out_dim=128, temperature=0.5),
+                   base=dict(hidden_dim=None, out_dim=128, temperature=0.1)),
+    "graphcl": dict(tiny=GRAPHCL, small=GRAPHCL, base=GRAPHCL),
+    "scarf": dict(tiny=SCARF, small=SCARF, base=SCARF),
+}
+PRESETS = {"simclr": dict(
+    cpu=dict(CPU),
+    gpu={**LIGHTLY_CIFAR, "reference_knn": 0.875},
+    imagenet={**IMAGENET, "optimizer": "lars", "learning_rate": 0.075 * 256 ** 0.5, "weight_decay": 1e-6},
+)}
 
 
 __all__ = ["SimCLRConfig", "SimCLR"]

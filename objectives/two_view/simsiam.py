@@ -9,6 +9,7 @@ import torch
 from selfsup.objectives.two_view.common import (Monitored, count_step, encode_online, get_views, load_monitor_state,
                                                 mlp, monitor_state, online_encoder, take_encoder)
 from selfsup.objectives.two_view.losses import negative_cosine
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -48,6 +49,17 @@ class SimSiam(Objective):
     extra_state, load_extra_state = monitor_state, load_monitor_state
 
     encoder = online_encoder
+
+
+# sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {"simsiam": dict(tiny=dict(hidden_dim=32, out_dim=32, proj_layers=2, pred_hidden_dim=8),
+                         small=dict(hidden_dim=2048, out_dim=2048, proj_layers=2, pred_hidden_dim=512),
+                         base=dict(hidden_dim=2048, out_dim=2048, proj_layers=3, pred_hidden_dim=512))}
+PRESETS = {"simsiam": dict(
+    cpu={**CPU, "learning_rate": 0.06},
+    gpu={**LIGHTLY_CIFAR, "learning_rate": 0.06, "reference_knn": 0.906},  # lightly: no lr scaling
+    imagenet={**IMAGENET, "optimizer": "sgd", "learning_rate": 0.05, "weight_decay": 1e-4, "warmup_epochs": 0},
+)}
 
 
 __all__ = ["SimSiamConfig", "SimSiam"]

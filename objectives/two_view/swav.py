@@ -13,6 +13,7 @@ from selfsup.objectives.two_view.common import (Monitored, count_step, encode_on
                                                 get_views, load_monitor_state, mlp, monitor_state, online_encoder,
                                                 take_encoder)
 from selfsup.objectives.two_view.losses import sinkhorn, swav_loss
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -110,6 +111,20 @@ class SwAV(Objective):
     extra_state, load_extra_state = monitor_state, load_monitor_state
 
     encoder = online_encoder
+
+
+# sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {"swav": dict(tiny=dict(hidden_dim=32, out_dim=16, num_prototypes=8, freeze_prototypes_steps=0),
+                      small=dict(hidden_dim=512, out_dim=128, num_prototypes=512, freeze_prototypes_steps=0),
+                      base=dict(hidden_dim=2048, out_dim=128, num_prototypes=3000, freeze_prototypes_steps=313))}
+PRESETS = {"swav": dict(
+    cpu={**CPU, "optimizer": "adamw", "learning_rate": 1e-3 * 64 / 128, "weight_decay": 1e-6, "transform": "multicrop",
+         "num_local_views": 0, "global_scale": (0.14, 1.0)},
+    gpu={**LIGHTLY_CIFAR, "optimizer": "adamw", "learning_rate": 1e-3 * 512 / 128, "weight_decay": 1e-6,
+         "transform": "multicrop", "num_local_views": 0, "global_scale": (0.14, 1.0), "reference_knn": 0.881},
+    imagenet={**IMAGENET, "optimizer": "lars", "learning_rate": 0.6, "weight_decay": 1e-6, "transform": "multicrop",
+              "num_local_views": 6, "objective": {"queue_length": 3840}, "queue_start_epoch": 15},  # batch 256
+)}
 
 
 __all__ = ["SwAVConfig", "SwAV"]

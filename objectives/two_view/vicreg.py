@@ -9,6 +9,7 @@ import torch
 from selfsup.objectives.two_view.common import (Monitored, count_step, encode_online, get_views, load_monitor_state,
                                                 mlp, monitor_state, online_encoder, take_encoder)
 from selfsup.objectives.two_view.losses import vicreg_terms
+from selfsup.objectives.two_view.presets import CPU, IMAGENET, LIGHTLY_CIFAR
 from selfsup.types import Batch, Encoder, Objective, ObjectiveOutput
 
 
@@ -48,6 +49,23 @@ class VICReg(Objective):
     extra_state, load_extra_state = monitor_state, load_monitor_state
 
     encoder = online_encoder
+
+
+# sizes and presets by method (the registry hands them to objectives/two_view/build.py and presets.py)
+SIZES = {"vicreg": dict(tiny=dict(hidden_dim=32, out_dim=32, num_layers=2),
+                        small=dict(hidden_dim=2048, out_dim=2048, num_layers=3),  # not in lightly's CIFAR benchmark
+                        base=dict(hidden_dim=8192, out_dim=8192, num_layers=3))}
+PRESETS = {"vicreg": dict(
+    # the loss (25 / 25 / 1 weighted) is too large for SGD at 0.03: it diverged within 15 steps. LARS, whose step
+    # follows the weights' norm rather than the loss's scale, as solo-learn's CIFAR-10 configs and the paper, scaled
+    # to the batch
+    cpu={**CPU, "optimizer": "lars", "learning_rate": 0.3 * 64 / 256, "weight_decay": 1e-4, "trust_coefficient": 0.02,
+         "warmup_steps": 20},
+    # not in lightly's CIFAR-10 benchmark: solo-learn's CIFAR-10 settings (LARS, lr per 256, 10 warmup epochs of 1000)
+    gpu={**LIGHTLY_CIFAR, "optimizer": "lars", "learning_rate": 0.3 * 512 / 256, "weight_decay": 1e-4,
+         "trust_coefficient": 0.02, "warmup_epochs": 10, "epochs": 1000},
+    imagenet={**IMAGENET, "optimizer": "lars", "learning_rate": 0.2, "weight_decay": 1e-6},
+)}
 
 
 __all__ = ["VICRegConfig", "VICReg"]
