@@ -126,11 +126,9 @@ def jigsaw(o: ViewOptions) -> ViewPipeline:
                         objective={"num_permutations": o.jigsaw_permutations})
 
 
-def relative_position(o: ViewOptions, drop_colour_p: float = 1.0) -> ViewPipeline:
-    """Patches of 2/3 of a cell, colour dropped in every pair as the paper's guard against chromatic aberration
-    (``relative_position_colour``: in colour, as the kNN and probes see the images)."""
-    return ViewPipeline([RelativePatches(o.image_size, o.whole_patches(round((o.image_size // 3) * 2 / 3)),
-                                         drop_colour_p=drop_colour_p)])
+def relative_position(o: ViewOptions) -> ViewPipeline:
+    """Patches of 2/3 of a cell."""
+    return ViewPipeline([RelativePatches(o.image_size, o.whole_patches(round((o.image_size // 3) * 2 / 3)))])
 
 
 def cpc(o: ViewOptions, grayscale_p: float = 1.0) -> ViewPipeline:
@@ -208,7 +206,6 @@ PIPELINES: dict[str, Callable[[ViewOptions], ViewPipeline]] = {
     "rotation": rotation,
     "jigsaw": jigsaw,
     "relative_position": relative_position,
-    "relative_position_colour": lambda o: relative_position(o, drop_colour_p=0.0),
     "cpc": cpc,
     "cpc_colour": lambda o: cpc(o, grayscale_p=0.0),
     "inpainting": inpainting,
