@@ -12,7 +12,8 @@
    first fitted as a logistic regression on the frozen embeddings (``--no_lp``: a random head) --, then
    ``--finetune_steps`` (300) of AdamW at each head rate of ``--finetune_lrs`` (1e-4, 3e-4, 1e-3) times each encoder
    rate of ``--encoder_lr_scales`` (1, 0.1) times it; each model keeps the step (step 0, the linear probe alone,
-   included) and the rates best on its own validation rows (``--select accuracy``: ties to the lower log loss).
+   included) and the rates best on its own validation rows (``--select accuracy``: ties to the lower log loss);
+   ``--anchor A`` adds L2-SP, A / 2 times the squared distance of the encoder's weights from where fine-tuning starts.
    Mean +- std of the test accuracy over the seeds (the pretrained encoder is the same for every seed, so its spread
    is the labels' and the head's), the validation accuracy of the kept models, and the per-seed paired difference.
    The line says whether the pretrained mean beats the scratch mean by more than the larger std.
