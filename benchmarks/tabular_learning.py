@@ -12,7 +12,8 @@
    first fitted as a logistic regression on the frozen embeddings (``--no_lp``: a random head) --, then
    ``--finetune_steps`` (300) of AdamW at each head rate of ``--finetune_lrs`` (1e-4, 3e-4, 1e-3) times each encoder
    rate of ``--encoder_lr_scales`` (1, 0.1) times it; each model keeps the step (step 0, the linear probe alone,
-   included) and the rates best on its own validation rows (``--select accuracy``: ties to the lower log loss).
+   included) and the rates best on its own validation rows (``--select accuracy``: ties to the lower log loss);
+   ``--anchor A`` adds L2-SP, A / 2 times the squared distance of the encoder's weights from where fine-tuning starts.
    Mean +- std of the test accuracy over the seeds (the pretrained encoder is the same for every seed, so its spread
    is the labels' and the head's), the validation accuracy of the kept models, and the per-seed paired difference.
    The line says whether the pretrained mean beats the scratch mean by more than the larger std.
@@ -119,7 +120,9 @@ class Protocol:
     after ``lp`` (the head first fitted as a logistic regression on the frozen embeddings: LP-FT) or not; every
     ``eval_every`` steps (and at step 0) the model is scored on the validation rows (``val_share`` of the labelled
     subset) and the step and rate best on them (``select``: accuracy, ties to the lower log loss; or the log loss)
-    are kept."""
+    are kept. ``anchor`` > 0 adds L2-SP (Li et al., ICML 2018): ``anchor / 2`` times the squared distance of the
+    encoder's weights from those fine-tuning starts from (the pretrained weights, or the scratch model's random
+    initialisation) to the loss."""
 
     steps: int = 300
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
@@ -129,6 +132,13 @@ class Protocol:
     val_share: float = 0.2
     select: str = "accuracy"
     eval_every: int = 25
+    anchor: float = 0.0
+
+
+def anchor_penalty(encoder, start: list[torch.Tensor], weight: float) -> torch.Tensor:
+    """L2-SP: ``weight / 2 * sum ||w - w0||^2`` over the encoder's parameters, ``start`` their values w0 where
+    fine-tuning began."""
+    return 0.5 * weight * sum(((p - p0) ** 2).sum() for p, p0 in zip(encoder.parameters(), start))
 
 
 @torch.no_grad()
@@ -188,6 +198,7 @@ def train_head_and_encoder(encoder, train, val, protocol: Protocol, lr: float, s
     num_classes = int(max(train.labels.max(), val.labels.max())) + 1
     head = (logistic_head(encoder, train, num_classes) if protocol.lp
             else torch.nn.Linear(encoder.feature_size, num_classes))
+    start = [p.detach().clone() for p in encoder.parameters()]
     opt = torch.optim.AdamW([{"params": list(encoder.parameters()), "lr": lr * scale},
                              {"params": list(head.parameters()), "lr": lr}], lr=lr,
                             weight_decay=protocol.weight_decay)
@@ -200,6 +211,8 @@ def train_head_and_encoder(encoder, train, val, protocol: Protocol, lr: float, s
             b = {"numeric": torch.from_numpy(train.numeric[idx]),
                  "categorical": torch.from_numpy(train.categorical[idx])}
             loss = F.cross_entropy(head(encoder.features(b)), torch.from_numpy(train.labels[idx]))
+            if protocol.anchor:
+                loss = loss + anchor_penalty(encoder, start, protocol.anchor)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -216,7 +229,7 @@ def train_head_and_encoder(encoder, train, val, protocol: Protocol, lr: float, s
 def protocol_of(args) -> Protocol:
     return Protocol(steps=args.finetune_steps, lrs=tuple(args.finetune_lrs), encoder_lr_scales=tuple(args.encoder_lr_scales),
                     lp=not args.no_lp, weight_decay=args.finetune_weight_decay, val_share=args.val_share,
-                    select=args.select, eval_every=args.eval_every)
+                    select=args.select, eval_every=args.eval_every, anchor=args.anchor)
 
 
 def labelled_subset(data, fraction: float, seed: int):
@@ -273,6 +286,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="a random head, not one first fitted as a logistic regression on the frozen embeddings "
                         "(LP-FT, whose step 0, the linear probe alone, is a candidate of the selection)")
     p.add_argument("--finetune_weight_decay", type=float, default=1e-5)
+    p.add_argument("--anchor", type=float, default=0.0,
+                   help="L2-SP: this / 2 times the squared distance of the encoder's weights from where fine-tuning "
+                        "starts (pretrained, or the scratch model's random init), added to the loss")
     p.add_argument("--val_share", type=float, default=0.2, help="share of the labelled subset held out to select on")
     p.add_argument("--select", default="accuracy", choices=["accuracy", "loss"],
                    help="what picks the step and rate on the validation rows (accuracy: ties to the lower loss)")

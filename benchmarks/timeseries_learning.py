@@ -7,6 +7,7 @@ scored on the test split.
 
     python benchmarks/timeseries_learning.py                               # the three sets, seeds 0-2
     python benchmarks/timeseries_learning.py --sets GunPoint --seeds 0 --method data2vec
+    python benchmarks/timeseries_learning.py --sets Coffee --seeds 0 1 2 3 4 --probe svm_cv --probe_layers all
     python benchmarks/timeseries_learning.py --quick                       # 2 steps each: a smoke run
 
 Writes one JSON line per set (mean and std over seeds of the pretrained and random-init probes, raw 1-NN,
@@ -25,7 +26,7 @@ import torch
 
 from selfsup.benchmarking import machine
 from selfsup.recipes import timeseries
-from selfsup.recipes._timeseries import METHODS
+from selfsup.recipes._timeseries import METHODS, PROBES
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "timeseries" / "UCR"
@@ -33,13 +34,14 @@ DATA = ROOT.parent / "shared" / "data" / "timeseries" / "UCR"
 PATCHES = {"GunPoint": (16, 8), "Coffee": (16, 16), "PigCVP": (64, 64)}
 
 
-def run(name: str, method: str, seed: int, steps: int, out: Path, pooling: str = "mean", norm: str = "batchnorm"
-        ) -> dict:
+def run(name: str, method: str, seed: int, steps: int, out: Path, pooling: str = "mean", norm: str = "batchnorm",
+        probe: str = "logistic", probe_layers: str = "last", extra: tuple[str, ...] = ()) -> dict:
     patch, stride = PATCHES[name]
     argv = ["--train_dir", str(DATA / name), "--method", method, "--seed", str(seed), "--output_dir", str(out),
             "--report_to", "none", "--max_steps", str(steps), "--patch_length", str(patch), "--stride", str(stride),
             "--hidden_size", "64", "--num_layers", "3", "--heads", "4", "--per_device_train_batch_size", "32",
-            "--learning_rate", "1e-3", "--random_init_seeds", "1", "--pooling", pooling, "--norm", norm]
+            "--learning_rate", "1e-3", "--random_init_seeds", "1", "--pooling", pooling, "--norm", norm,
+            "--probe", probe, "--probe_layers", probe_layers, *extra]
     t0 = time.perf_counter()
     metrics = timeseries.main(argv)
     return {"ours": 100 * metrics["probe/accuracy"], "random_init": 100 * metrics["probe/random_init_accuracy"],
@@ -54,6 +56,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--pooling", default="mean", choices=["mean", "max"], help="over a channel's patches")
     p.add_argument("--norm", default="batchnorm", choices=["batchnorm", "layernorm"], help="the Transformer's norms")
+    p.add_argument("--probe", default="logistic", choices=PROBES,
+                   help="logistic regression at C = 1, with C by cross-validation on the training split, or an RBF SVM "
+                        "with C by cross-validation (TS2Vec's protocol); the same for the pretrained and random encoders")
+    p.add_argument("--probe_layers", default="last", choices=["last", "all"],
+                   help="the last layer, or the input and every layer's output pooled side by side")
+    p.add_argument("--dropout", type=float, default=0.0, help="the Transformer's dropout in pretraining")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--table", default=None)
     args = p.parse_args(argv)
@@ -63,12 +71,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as tmp:
                 runs.append(run(name, args.method, seed, 2 if args.quick else args.steps, Path(tmp), args.pooling,
-                                args.norm))
+                                args.norm, args.probe, args.probe_layers, ("--dropout", str(args.dropout))))
         ours, rand = np.array([r["ours"] for r in runs]), np.array([r["random_init"] for r in runs])
-        row = {"set": name, "method": args.method, "pooling": args.pooling, "norm": args.norm, "seeds": args.seeds,
+        row = {"set": name, "method": args.method, "pooling": args.pooling, "norm": args.norm, "probe": args.probe,
+               "probe_layers": args.probe_layers, "dropout": args.dropout, "seeds": args.seeds,
                "steps": 2 if args.quick else args.steps,
                "ours_mean": float(ours.mean()), "ours_std": float(ours.std()), "random_init_mean": float(rand.mean()),
-               "random_init_std": float(rand.std()), "raw_1nn": runs[0]["raw_1nn"],
+               "random_init_std": float(rand.std()),
+               "per_seed_ours": [round(float(x), 1) for x in ours], "per_seed_random_init": [round(float(x), 1) for x in rand],
+               "raw_1nn": runs[0]["raw_1nn"],
                "minutes": float(sum(r["minutes"] for r in runs)), "machine": machine(),
                "threads": torch.get_num_threads()}
         print(json.dumps(row), flush=True)

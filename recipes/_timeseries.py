@@ -25,6 +25,7 @@ from selfsup.objectives.two_view.build import from_encoder
 from selfsup.plots import new_figure, save_png
 from selfsup.types import NOISE, Encoder, Objective
 
+PROBES = ("logistic", "logistic_cv", "svm_cv")
 METHODS = ("patchtst", "data2vec", *registry.names("two_view"))
 # PatchTST's self-supervised settings (Nie et al., 2023; the repository's patchtst_pretrain.py): patches of 12
 # every 12 steps, 3 layers x 128, 16 heads, MLP 512, batch norm, dropout 0.2, 40 % of the patches masked
@@ -56,12 +57,16 @@ class SeriesRun(RecipeSettings):
     dropout: float = 0.0
     mask_ratio: float = 0.4
     pooling: str = "mean"
+    probe: str = "logistic"
+    probe_layers: str = "last"
     temperature: float | None = None
     num_train_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SelfsupError(f"--method {self.method}: choose from {list(METHODS)}")
+        if self.probe not in PROBES:
+            raise SelfsupError(f"--probe {self.probe}: choose from {list(PROBES)}")
         if self.hidden_size % self.heads:
             raise SelfsupError(f"--hidden_size {self.hidden_size} is not a multiple of --heads {self.heads}")
 
@@ -95,6 +100,12 @@ def add_series_args(p: ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--mask_ratio", type=float, default=0.4, help="share of the patches masked")
     g.add_argument("--pooling", default="mean", choices=["mean", "max"], help="over a channel's patches")
+    g.add_argument("--probe", default="logistic", choices=list(PROBES),
+                   help="the classifier on frozen embeddings: logistic regression at C = 1, or with C chosen by "
+                        "cross-validation on the training split (logistic_cv), or TS2Vec's RBF SVM, C by "
+                        "cross-validation (svm_cv)")
+    g.add_argument("--probe_layers", default="last", choices=["last", "all"],
+                   help="the probe reads the last layer, or the input and every layer's output pooled side by side")
     g.add_argument("--temperature", type=float, default=None, help="two-view methods: the loss temperature")
     g.add_argument("--num_train_epochs", type=int, default=None, help="epochs (then --max_steps is derived)")
 
@@ -181,23 +192,50 @@ def readout(encoder: Encoder, run: SeriesRun) -> Encoder:
 
 # -- evaluation ----------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def series_embeddings(encoder: Encoder, data: SeriesSet, device, batch_size: int = 128) -> np.ndarray:
-    """(n, C·D) frozen pooled embeddings of every series, in order (eval mode)."""
+def series_embeddings(encoder: Encoder, data: SeriesSet, device, batch_size: int = 128, layers: str = "last"
+                      ) -> np.ndarray:
+    """(n, C·D) frozen pooled embeddings of every series, in order (eval mode); ``layers="all"``: (n, C·(L+1)·D),
+    the input to the first layer and every layer's output, each pooled, side by side."""
     was = encoder.training
     encoder.eval()
-    out = [encoder.pooled(to_device(collate_series([data[j] for j in range(i, min(i + batch_size, len(data)))]),
-                                    device)).float().cpu() for i in range(0, len(data), batch_size)]
+    view = "last" if layers == "last" else "all_layers"
+    out = [encoder.pooled_views(to_device(collate_series([data[j] for j in range(i, min(i + batch_size, len(data)))]),
+                                          device), (view,))[view].float().cpu()
+           for i in range(0, len(data), batch_size)]
     encoder.train(was)
     return torch.cat(out).numpy()
 
 
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """Logistic regression on standardised frozen embeddings, fitted on the training split: test accuracy."""
+CS = tuple(10.0 ** k for k in range(-4, 5))     # the regularisation grid of the cross-validated probes
+
+
+def probe_folds(labels: np.ndarray) -> int:
+    """Folds of the stratified cross-validation: 5, or fewer when the rarest class has fewer training series."""
+    return int(max(2, min(5, np.bincount(labels).min())))
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                 kind: str = "logistic") -> float:
+    """Test accuracy of a classifier fitted on frozen embeddings of the training split: ``logistic`` (standardised,
+    logistic regression at C = 1), ``logistic_cv`` (the same, C from :data:`CS` by stratified cross-validation on
+    the training split: :func:`probe_folds`), ``svm_cv`` (TS2Vec's protocol, Yue et al., AAAI 2022: an RBF SVM on
+    the raw embeddings, C from :data:`CS` by the same cross-validation). The test split is never seen before the
+    score."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    if kind not in PROBES:
+        raise SelfsupError(f"probe {kind!r}: choose from {list(PROBES)}")
+    if kind == "svm_cv":
+        model, grid = SVC(kernel="rbf", gamma="scale"), {"C": list(CS)}
+    else:
+        model, grid = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)), {"logisticregression__C": list(CS)}
+    if kind != "logistic":
+        folds = StratifiedKFold(probe_folds(train_y), shuffle=True, random_state=0)
+        model = GridSearchCV(model, grid, cv=folds)
     return float(model.fit(train_x, train_y).score(test_x, test_y))
 
 
@@ -211,15 +249,17 @@ def nearest_neighbour(train: SeriesSet, test: SeriesSet) -> float | None:
     return float((train.labels[nearest] == test.labels).double().mean())
 
 
-def probe_figures(encoders: dict[str, Encoder | list[Encoder]], train: SeriesSet, test: SeriesSet, device
-                  ) -> dict[str, float]:
-    """``probe/{prefix}accuracy`` for each encoder (random inits: their mean) and ``raw_1nn/accuracy``."""
+def probe_figures(encoders: dict[str, Encoder | list[Encoder]], train: SeriesSet, test: SeriesSet, device,
+                  kind: str = "logistic", layers: str = "last") -> dict[str, float]:
+    """``probe/{prefix}accuracy`` for each encoder (random inits: their mean; the same probe, ``kind`` and
+    ``layers``, for every encoder: :func:`linear_probe`, :func:`series_embeddings`) and ``raw_1nn/accuracy``."""
     if train.labels is None or not len(test) or train.num_classes < 2:
         return {}
     out = {}
     y_train, y_test = train.labels.numpy(), test.labels.numpy()
     for prefix, group in encoders.items():
-        runs = [linear_probe(series_embeddings(e, train, device), y_train, series_embeddings(e, test, device), y_test)
+        runs = [linear_probe(series_embeddings(e, train, device, layers=layers), y_train,
+                             series_embeddings(e, test, device, layers=layers), y_test, kind)
                 for e in (group if isinstance(group, list) else [group])]
         out[f"probe/{prefix}accuracy"] = float(np.mean(runs))
     if (nn_acc := nearest_neighbour(train, test)) is not None:
@@ -283,4 +323,5 @@ def reconstruction_picture(objective: Objective, data: SeriesSet, path: str | Pa
 
 __all__ = ["SeriesPicture", "reconstruction_picture", "SeriesRun", "METHODS", "is_two_view", "PRESETS", "add_series_args", "load_series", "series_loader", "steps_for",
            "series_config", "build_objective", "readout", "series_embeddings", "linear_probe", "nearest_neighbour",
+           "PROBES", "CS", "probe_folds",
            "probe_figures"]

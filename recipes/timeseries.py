@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         device = accelerator.device                                                      # evaluate
         fresh = [readout(e, run) for e in random_init_encoders(build_fresh, args.random_init_seeds, run.seed, device)]
         metrics.update(probe_figures({"": readout(objective.encoder(), run), "random_init_": fresh}, train, test,
-                                     device))
+                                     device, run.probe, run.probe_layers))
         held_out = test if len(test) else train
         picture = reconstruction_picture(objective, held_out, Path(args.output_dir) / "reconstruction.png", device,
                                          title=run.method)

@@ -24,3 +24,16 @@ def test_the_benchmark_prints_every_figure():
     assert lines[2]["reference"] > 0.85, "gradient-boosted trees on Adult"
     few = lines[3]
     assert few["labels"] == round(0.01 * 32561) and len(few["per_seed_ours"]) == few["seeds"] == 2
+
+
+def test_l2_sp_penalises_the_distance_from_the_starting_weights():
+    import torch
+
+    from benchmarks.tabular_learning import anchor_penalty
+
+    layer = torch.nn.Linear(3, 2)
+    start = [p.detach().clone() for p in layer.parameters()]
+    assert float(anchor_penalty(layer, start, 0.1)) == 0.0
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert math.isclose(float(anchor_penalty(layer, start, 0.1)), 0.5 * 0.1 * 6, rel_tol=1e-6)

@@ -3,6 +3,7 @@ beside random init and raw 1-NN, the PatchTST export, exact resume, two processe
 series loaders' one-line errors."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -184,3 +185,49 @@ def test_the_reconstruction_picture_is_in_the_series_units(tmp_path, monkeypatch
             torch.testing.assert_close(torch.as_tensor(picture.reconstruction[row, j]),
                                        torch.as_tensor(picture.values[row, start:start + 8]), rtol=1e-5, atol=1e-4)
     assert picture.starts[-1] + 8 == length
+
+
+def test_the_cross_validated_probes_choose_c_on_the_training_split_and_match_scikit_learn():
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from selfsup.recipes._timeseries import CS, linear_probe, probe_folds
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    x = rng.normal(size=(40, 30)) + 0.4 * y[:, None] * (np.arange(30) < 3)        # 3 informative of 30 columns
+    xt, yt = x[::2] + rng.normal(scale=0.5, size=(20, 30)), y[::2]
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    lr = GridSearchCV(make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
+                      {"logisticregression__C": list(CS)}, cv=folds).fit(x, y)
+    svm = GridSearchCV(SVC(kernel="rbf", gamma="scale"), {"C": list(CS)}, cv=folds).fit(x, y)
+    assert linear_probe(x, y, xt, yt, "logistic_cv") == lr.score(xt, yt)
+    assert linear_probe(x, y, xt, yt, "svm_cv") == svm.score(xt, yt)
+    fixed = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x, y).score(xt, yt)
+    assert linear_probe(x, y, xt, yt) == fixed
+    assert lr.best_params_["logisticregression__C"] != 1.0, "the grid chose another C than the fixed probe's"
+    assert probe_folds(np.array([0, 0, 1, 1, 2, 2])) == 2 and probe_folds(y) == 5
+    with pytest.raises(SelfsupError, match="probe 'knn'"):
+        linear_probe(x, y, xt, yt, "knn")
+
+
+def test_the_probe_reads_every_layer_with_probe_layers_all(tmp_path):
+    from selfsup.recipes._timeseries import series_embeddings
+
+    metrics = timeseries.main(argv(tmp_path, "--probe", "svm_cv", "--probe_layers", "all", steps=2))
+    assert 0.0 <= metrics["probe/accuracy"] <= 1.0 and 0.0 <= metrics["probe/random_init_accuracy"] <= 1.0
+    from selfsup.recipes._timeseries import SeriesRun, build_objective, load_series, series_config
+
+    run = SeriesRun(hidden_size=16, num_layers=2, heads=2)
+    train, _ = load_series(run)
+    encoder = build_objective(run, series_config(run, train), 1).encoder()
+    last = series_embeddings(encoder, train, "cpu")
+    every = series_embeddings(encoder, train, "cpu", layers="all")
+    assert every.shape == (len(train), 3 * last.shape[1]), "the input and both layers, side by side"
+    width = last.shape[1] // train.num_channels          # per channel: (input, layer 1, layer 2), channels side by side
+    per_channel = every.reshape(len(train), train.num_channels, 3, width)
+    assert np.allclose(per_channel[:, :, -1].reshape(len(train), -1), last, atol=1e-5)
