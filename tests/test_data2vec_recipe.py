@@ -2,7 +2,6 @@
 import importlib
 import json
 
-import pytest
 import torch
 
 from tests.conftest import speech_argv, straight_and_resumed  # noqa: E402

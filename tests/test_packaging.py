@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 from tests.conftest import ROOT
 

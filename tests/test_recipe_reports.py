@@ -6,7 +6,6 @@ import itertools
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 import torch
 from tests.conftest import speech_argv
 
