@@ -13,6 +13,7 @@ from selfsup.backbones.transformer import TransformerEncoder, transformer_config
 from selfsup.config import RecipeSettings
 from selfsup.data import SeededExamples, make_train_loader, to_device
 from selfsup.errors import SelfsupError
+from selfsup.evaluate import linear_probe as shared_linear_probe
 from selfsup.modalities.timeseries.adapter import PAST_VALUES, SeriesAdapter, SeriesConfig, num_patches
 from selfsup.modalities.timeseries.augment import SeriesAugment, SeriesViewDataset, collate_series_views
 from selfsup.modalities.timeseries.data import (SeriesSet, builtin_series, collate_series, load_ucr, read_series_csv,
@@ -218,24 +219,19 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
                  kind: str = "logistic") -> float:
     """Test accuracy of a classifier fitted on frozen embeddings of the training split: ``logistic`` (standardised,
     logistic regression at C = 1), ``logistic_cv`` (the same, C from :data:`CS` by stratified cross-validation on
-    the training split: :func:`probe_folds`), ``svm_cv`` (TS2Vec's protocol, Yue et al., AAAI 2022: an RBF SVM on
-    the raw embeddings, C from :data:`CS` by the same cross-validation). The test split is never seen before the
-    score."""
-    from sklearn.linear_model import LogisticRegression
+    the training split: :func:`probe_folds`; both :func:`selfsup.evaluate.linear_probe`), ``svm_cv`` (TS2Vec's
+    protocol, Yue et al., AAAI 2022: an RBF SVM on the raw embeddings, C from :data:`CS` by the same
+    cross-validation). The test split is never seen before the score."""
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
     if kind not in PROBES:
         raise SelfsupError(f"probe {kind!r}: choose from {list(PROBES)}")
-    if kind == "svm_cv":
-        model, grid = SVC(kernel="rbf", gamma="scale"), {"C": list(CS)}
-    else:
-        model, grid = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)), {"logisticregression__C": list(CS)}
-    if kind != "logistic":
-        folds = StratifiedKFold(probe_folds(train_y), shuffle=True, random_state=0)
-        model = GridSearchCV(model, grid, cv=folds)
+    if kind != "svm_cv":
+        return shared_linear_probe(train_x, train_y, test_x, test_y, c=1.0 if kind == "logistic" else CS,
+                                   max_iter=5000, folds=probe_folds(train_y))
+    folds = StratifiedKFold(probe_folds(train_y), shuffle=True, random_state=0)
+    model = GridSearchCV(SVC(kernel="rbf", gamma="scale"), {"C": list(CS)}, cv=folds)
     return float(model.fit(train_x, train_y).score(test_x, test_y))
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from selfsup.data import to_device
+from selfsup.errors import SelfsupError
 from selfsup.types import Batch, Encoder
 
 
@@ -41,8 +42,9 @@ PROBE_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 def choose_probe_c(train_x: np.ndarray, train_y: Sequence[int], grid: Sequence[float] = PROBE_C_GRID,
                    folds: int = 3, max_iter: int = 2000, seed: int = 0) -> float:
     """The ``C`` of ``grid`` whose logistic regression on the standardised features scores best in a stratified
-    ``folds``-fold cross-validation on the training features alone (the smallest ``C`` among equals); ``grid[-1]``
-    when a class has fewer than 2 examples (no fold could hold it out)."""
+    ``folds``-fold cross-validation on the training features alone (the smallest ``C`` among equals;
+    ``folds`` lowered to the rarest class's count); 1, the fixed probe's C, when a class has fewer than 2 examples (no
+    fold could hold it out)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
@@ -50,8 +52,10 @@ def choose_probe_c(train_x: np.ndarray, train_y: Sequence[int], grid: Sequence[f
 
     y = np.asarray(train_y)
     folds = min(folds, int(np.unique(y, return_counts=True)[1].min()) if len(y) else 0)
-    if folds < 2 or len(grid) == 1:
-        return float(grid[-1])
+    if len(grid) == 1:
+        return float(grid[0])
+    if folds < 2:
+        return 1.0
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(train_x, y))
     scores = []
     for c in grid:
@@ -62,16 +66,21 @@ def choose_probe_c(train_x: np.ndarray, train_y: Sequence[int], grid: Sequence[f
 
 
 def linear_probe(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray, test_y: Sequence[int],
-                 c: float | Sequence[float] = 1.0, max_iter: int = 2000) -> float:
+                 c: float | Sequence[float] = 1.0, max_iter: int = 2000, folds: int = 3) -> float:
     """Test accuracy of a logistic regression on standardised frozen features. ``c``: its inverse regularisation
-    strength, or a grid of them to choose from by cross-validation on the training features
-    (:func:`choose_probe_c`; e.g. :data:`PROBE_C_GRID`)."""
+    strength, or a grid of them to choose from by a ``folds``-fold cross-validation on the training features
+    (:func:`choose_probe_c`; e.g. :data:`PROBE_C_GRID`). Features that are not finite (an encoder that diverged)
+    stop with a one-line error."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    for name, x in (("training", train_x), ("test", test_x)):
+        if not np.isfinite(x).all():
+            raise SelfsupError(f"the frozen {name} features hold {int((~np.isfinite(x)).sum())} NaN or inf values: "
+                               "the encoder's outputs are not finite (a diverged run?), so no probe can be fitted")
     if not isinstance(c, (int, float)):
-        c = choose_probe_c(train_x, train_y, c, max_iter=max_iter)
+        c = choose_probe_c(train_x, train_y, c, folds=folds, max_iter=max_iter)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
     clf.fit(train_x, np.asarray(train_y))
     return float(clf.score(test_x, np.asarray(test_y)))

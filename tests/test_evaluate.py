@@ -53,7 +53,24 @@ def test_cross_validated_c_is_the_grid_search_choice_and_the_probe_uses_it():
 def test_cross_validated_c_falls_back_when_a_class_cannot_be_held_out():
     x, y = blobs(30, 0)
     y[0] = 7                                       # a class with one example: no stratified fold can hold it out
-    assert choose_probe_c(x, y, grid=(0.01, 0.5)) == 0.5
+    assert choose_probe_c(x, y, grid=(0.01, 0.5)) == 1.0          # the fixed probe's C
+    assert linear_probe(x, y, x, y, c=(0.01, 0.5)) == linear_probe(x, y, x, y, c=1.0)
+
+
+def test_a_probe_on_features_that_are_not_finite_stops_in_one_line():
+    import pytest
+
+    from selfsup.errors import SelfsupError
+
+    x, y = blobs(60, 0)
+    bad = x.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(SelfsupError, match="training features hold 1 NaN") as err:
+        linear_probe(bad, y, x, y)
+    assert "\n" not in str(err.value)
+    bad[3, 2] = np.inf
+    with pytest.raises(SelfsupError, match="test features hold 1 NaN or inf"):
+        linear_probe(x, y, bad, y, c=PROBE_C_GRID)
 
 
 class Lookup(Adapter):
