@@ -193,3 +193,21 @@ def test_probe_c_flag_takes_a_number_or_cv_and_stops_at_parse_time_otherwise(cap
         with pytest.raises(SystemExit):
             parser.parse_args(["--probe_c", bad])
         assert "--probe_c" in capsys.readouterr().err
+
+
+def test_the_probe_of_a_run_uses_the_c_the_flag_names(tmp_path, monkeypatch):
+    from selfsup import evaluate
+    from selfsup.evaluate import PROBE_C_GRID
+
+    seen, probe = [], evaluate.linear_probe
+
+    def recording(*args, c=1.0, **kw):
+        seen.append(c)
+        return probe(*args, c=c, **kw)
+
+    monkeypatch.setattr(evaluate, "linear_probe", recording)
+    two_view.main(two_view_argv("simclr")(tmp_path / "a", "--probe_c", "0.05", steps=1))
+    assert seen == [0.05, 0.05]                     # the trained encoder and the random-init one
+    seen.clear()
+    two_view.main(two_view_argv("simclr")(tmp_path / "b", steps=1))
+    assert seen == [PROBE_C_GRID, PROBE_C_GRID]
