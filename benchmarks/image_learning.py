@@ -60,12 +60,30 @@ def recipe_argv(method: str, data: Path, steps: int | None, out: Path, precision
 def run(method: str, data: Path, steps: int | None, out: Path, precision: str, extra: list[str],
         linear_probe: bool = True) -> dict:
     common = recipe_argv(method, data, steps, out, precision, extra, linear_probe)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / FLAGS_FILE).write_text(json.dumps(training_flags([method, *common])), encoding="utf-8")
     t0 = time.perf_counter()
     if method == "mae":
         metrics = mae.main(common)
     else:
         metrics = two_view.main(["--method", method, *common])
     return row(method, extra, metrics, time.perf_counter() - t0)
+
+
+FLAGS_FILE = "image_learning_flags.json"     # a run's training flags, which --rescore checks against its own
+EVAL_FLAGS = {"--probe_c": 1, "--no_linear_probe": 0, "--knn_k": 1, "--knn_temperature": 1}   # flag -> values
+
+
+def training_flags(argv: list[str]) -> list[str]:
+    """``[method, *recipe flags]`` without the evaluation's flags (:data:`EVAL_FLAGS`), which a rescore may change."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in EVAL_FLAGS:
+            i += 1 + EVAL_FLAGS[argv[i]]
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
 
 
 def rescore(method: str, data: Path, steps: int | None, out: Path, precision: str, extra: list[str]) -> dict:
@@ -82,8 +100,16 @@ def rescore(method: str, data: Path, steps: int | None, out: Path, precision: st
         raise SystemExit(f"error: {out / 'export'}: no single-encoder two-view export to rescore (MAE and CMC's "
                          "per-view exports are not read back: run them)")
     t0 = time.perf_counter()
-    args = parse_args(two_view.build_parser(), ["--method", method, *recipe_argv(method, data, steps, out, precision,
-                                                                                 extra)])
+    argv = ["--method", method, *recipe_argv(method, data, steps, out, precision, extra)]
+    recorded = out / FLAGS_FILE
+    if recorded.is_file():
+        then, now = json.loads(recorded.read_text(encoding="utf-8")), training_flags(argv[1:])
+        if then != now:
+            raise SystemExit(f"error: {out}: trained with other flags than these: {' '.join(then)} (now: "
+                             f"{' '.join(now)}); --rescore takes the run's flags (the probe's may differ)")
+    else:
+        print(f"{out}: no {FLAGS_FILE}; rescoring it as trained with these flags", flush=True)
+    args = parse_args(two_view.build_parser(), argv)
     run_ = settings_from(two_view.TwoViewRun, args)
     accelerator = start_run(TrainingSettings.from_args(args), run_.seed)
     images, _ = load_training_images(run_, accelerator)
@@ -132,7 +158,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--table", default=None, help="append the markdown table to this file")
     p.add_argument("--rescore", action="store_true",
                    help="no training: re-run the probes on the exports a run of this benchmark left in --output_dir "
-                        "(same flags), e.g. after a change to the evaluation; the minutes are the probes' only")
+                        "(the same training flags, checked against the run's image_learning_flags.json; the "
+                        "evaluation's may differ), e.g. after a change to the evaluation; the minutes are the probes'")
     args, extra = p.parse_known_args(argv)
     data = Path(args.data_dir)
     if not (data / "train.parquet").is_file():

@@ -44,6 +44,8 @@ def test_rescore_repeats_the_runs_knn_and_probes_its_export(tmp_path):
     # with a fixed C the probes are scored again under it (the kNN does not depend on it)
     [fixed] = image_learning.main([*argv, "--rescore", "--probe_c", "1e-4"])
     assert fixed["ours"] == trained["ours"] and 0.0 <= fixed["probe"] <= 1.0
+    with pytest.raises(SystemExit, match="trained with other flags"):      # another budget: not that run's export
+        image_learning.main([*argv, "--rescore", "--max_steps", "4"])
     with pytest.raises(SystemExit, match="no single-encoder two-view export"):
         image_learning.main([*argv, "--rescore", "--methods", "byol"])
     with pytest.raises(SystemExit, match="--rescore reads the runs of --output_dir"):
