@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model, a few steps, 2 seeds: a smoke run, not a result")
     args = p.parse_args(argv)
+    if args.anchor < 0:
+        p.error(f"--anchor {args.anchor}: a penalty weight is 0 or more")
     if args.quick:
         args.model_size, args.pretrain_steps, args.finetune_steps, args.seeds, args.eval_every = "tiny", 20, 20, 2, 10
     if not (args.data / "train.csv").is_file():

@@ -37,3 +37,11 @@ def test_l2_sp_penalises_the_distance_from_the_starting_weights():
     with torch.no_grad():
         layer.weight.add_(1.0)
     assert math.isclose(float(anchor_penalty(layer, start, 0.1)), 0.5 * 0.1 * 6, rel_tol=1e-6)
+
+
+def test_a_negative_anchor_stops_at_parse_time(capsys):
+    from benchmarks.tabular_learning import main
+
+    with pytest.raises(SystemExit):
+        main(["--anchor", "-1"])
+    assert "--anchor -1.0: a penalty weight is 0 or more" in capsys.readouterr().err
