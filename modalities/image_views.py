@@ -418,12 +418,27 @@ def lab_to_rgb(lab: Tensor, clamp: bool = True) -> Tensor:
 
 AB_GRID, AB_LIMIT = 10, 110   # colorization's quantisation of the ab plane: a grid of 10 over [-110, 110]
 
+# The Q = 313 bins of Zhang, Isola & Efros (2016): the centres of the grid of 10 inside the convex hull of
+# ImageNet's ab values, as the b range of each a (a -90, -80, ..., 100; both ends kept, b every 10).
+PUBLISHED_AB_HULL = {-90: (50, 90), -80: (20, 90), -70: (0, 90), -60: (-20, 90), -50: (-30, 100), -40: (-40, 100),
+                     -30: (-50, 100), -20: (-50, 100), -10: (-60, 100), 0: (-70, 100), 10: (-80, 90), 20: (-80, 90),
+                     30: (-90, 90), 40: (-100, 90), 50: (-100, 80), 60: (-110, 80), 70: (-110, 80), 80: (-110, 70),
+                     90: (-110, 70), 100: (-90, 0)}
+
+
+def published_ab_bins() -> Tensor:
+    """(313, 2) float32 the paper's bin centres (a, b) (:data:`PUBLISHED_AB_HULL`), row-major over (a, b): the bins
+    colorization classifies over by default."""
+    rows = [(a, b) for a, (lo, hi) in sorted(PUBLISHED_AB_HULL.items()) for b in range(lo, hi + 1, AB_GRID)]
+    return torch.tensor(rows, dtype=torch.float32)
+
 
 def ab_bins(grid: int = AB_GRID, limit: int = AB_LIMIT, lightness_step: float = 0.1) -> Tensor:
     """(Q, 2) float32 the centres (a, b) of the ab grid (``grid`` apart over [-``limit``, ``limit``]) that are in
     the sRGB gamut for some lightness: a centre is kept when ``lab_to_rgb`` of (L, a, b) lies in [0, 1] for one L of
-    0, ``lightness_step``, ..., 100. Row-major over (a, b). Zhang et al. (2016) keep Q = 313 bins (those in the
-    convex hull of ImageNet's colours); this criterion keeps 229 (a cell touching the gamut would keep 262)."""
+    0, ``lightness_step``, ..., 100. Row-major over (a, b). This criterion keeps 229 of the grid's centres, a subset of
+    the paper's 313 (:func:`published_ab_bins`, the hull of ImageNet's colours, which also holds colours no sRGB
+    pixel has)."""
     centres = torch.arange(-limit, limit + 1e-9, grid, dtype=torch.float64)
     a, b = torch.meshgrid(centres, centres, indexing="ij")
     lightness = torch.arange(0, 100 + 1e-9, lightness_step, dtype=torch.float64)
@@ -457,20 +472,17 @@ class LabColours:
     """Colorization's example (Zhang, Isola & Efros, ECCV 2016): a random crop (area ``scale``) and flip of the image,
     in Lab; the view is its lightness L alone (:func:`lightness_view`: the grey image, normalised, three equal
     channels), the target each cell's colour on a ``target_size`` grid (the paper predicts at 1/4 of the input
-    side: 56 of 224; by default ``image_size // 4``): the cell's mean ab, as the index of the nearest in-gamut bin
-    (:func:`ab_bins`).
+    side: 56 of 224; by default ``image_size // 4``): the cell's mean (a, b). The objective encodes it over its bins.
 
-    Returns ``{"views": [grey view], "pretext_target": (target_size, target_size) long}``."""
+    Returns ``{"views": [grey view], "pretext_target": (2, target_size, target_size) float32}``."""
 
     makes_views = True
 
     def __init__(self, image_size: int, target_size: int | None = None, scale: tuple[float, float] = (0.5, 1.0),
-                 bins: Tensor | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         self.image_size, self.target_size = image_size, target_size or max(1, image_size // 4)
         if image_size % self.target_size:
             raise ValueError(f"a {self.target_size}-cell target grid does not divide a {image_size}-pixel image")
-        self.bins = ab_bins() if bins is None else bins
         self.mean, self.std = tuple(mean), tuple(std)
         self.base = v2.Compose([v2.RandomResizedCrop(image_size, scale=scale, antialias=True),
                                 v2.RandomHorizontalFlip(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
@@ -479,11 +491,10 @@ class LabColours:
         lab = rgb_to_lab(self.base(image).as_subclass(Tensor).double())
         cell = self.image_size // self.target_size
         ab = torch.nn.functional.avg_pool2d(lab[1:], cell)
-        return {"views": [lightness_view(lab[:1], self.mean, self.std)],
-                "pretext_target": ab_bin_index(ab, self.bins)}
+        return {"views": [lightness_view(lab[:1], self.mean, self.std)], "pretext_target": ab.float()}
 
     def __repr__(self) -> str:
-        return f"LabColours(image_size={self.image_size}, target_size={self.target_size}, bins={len(self.bins)})"
+        return f"LabColours(image_size={self.image_size}, target_size={self.target_size})"
 
 
 # CMC's normalisation of Lab (Tian, Krishnan & Isola, 2020; CMC's train_CMC.py): each channel's range to [-1, 1],

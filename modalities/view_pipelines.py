@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, CentreHole, JigsawTiles,
-                                            LabColours, LabViews, PatchGrid, RelativePatches, ab_bins, byol_transforms,
+                                            LabColours, LabViews, PatchGrid, RelativePatches, byol_transforms,
                                             crop_flip_transform, denormalize, hamming_permutations, lab_to_rgb,
                                             lab_views_of_normalised, SingleView, moco_v1_transform,
-                                            multicrop_transforms, rgb_to_lab, rotation_transforms,
+                                            multicrop_transforms, published_ab_bins, rgb_to_lab,
+                                            rotation_transforms,
                                             simclr_transform)
 
 
@@ -157,37 +158,31 @@ def inpainting(o: ViewOptions) -> ViewPipeline:
     return ViewPipeline([CentreHole(o.image_size, **o.norm)], render=render)
 
 
-@lru_cache(maxsize=1)
-def _ab_bins() -> torch.Tensor:
-    return ab_bins()
-
-
-def colour_rows(mean: Sequence[float], std: Sequence[float], bins: torch.Tensor) -> Callable:
+def colour_rows(mean: Sequence[float], std: Sequence[float]) -> Callable:
     """Colorization's picture: rows [the grey input, the input coloured by the predicted ab, the input coloured by
-    the target's ab (the bins' centres, the colours the objective is asked for)], each (B, 3, H, W) in [0, 1]; the
-    predictions (B, 2, h, w) and the target (B, h, w) are upsampled (bilinear) to the image."""
+    the target's ab (each cell's mean colour, what the objective is asked for)], each (B, 3, H, W) in [0, 1]; the
+    predictions and the target, both (B, 2, h, w), are upsampled (bilinear) to the image."""
 
     def render(batch: dict[str, Any], predictions: torch.Tensor) -> list[torch.Tensor]:
         grey = denormalize(batch["views"][0]["pixel_values"].float(), mean, std)
         lightness, size = rgb_to_lab(grey)[:, :1], grey.shape[-2:]
-        target = bins.to(grey.device)[batch["pretext_targets"]].permute(0, 3, 1, 2)
 
         def coloured(ab: torch.Tensor) -> torch.Tensor:
             ab = F.interpolate(ab.float(), size=size, mode="bilinear", align_corners=False)
             return lab_to_rgb(torch.cat([lightness, ab], dim=1))
 
-        return [grey, coloured(predictions), coloured(target)]
+        return [grey, coloured(predictions), coloured(batch["pretext_targets"].to(grey.device))]
 
     return render
 
 
 def colorization(o: ViewOptions) -> ViewPipeline:
-    """The lightness as the view, the bin of each cell's colour on a grid of 1/4 of the side as the target; the
+    """The lightness as the view, each cell's mean ab on a grid of 1/4 of the side as the target; the paper's 313
     bins' centres reach the objective's config."""
-    bins = _ab_bins()
-    return ViewPipeline([LabColours(o.image_size, bins=bins, **o.norm)],
+    bins = published_ab_bins()
+    return ViewPipeline([LabColours(o.image_size, **o.norm)],
                         objective={"ab_bins": tuple(tuple(row) for row in bins.tolist())},
-                        render=colour_rows(o.mean, o.std, bins))
+                        render=colour_rows(o.mean, o.std))
 
 
 def cmc(o: ViewOptions) -> ViewPipeline:

@@ -147,7 +147,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "context encoder: fill in the hidden centre, L2 + an adversarial loss (Pathak et al., 2016)",
            presets="image"),
     Method("colorization", "pretext", "pretext.colorization", "Colorization", "ColorizationConfig",
-           "from the lightness, each cell's colour among the in-gamut ab bins, class-rebalanced (Zhang et al., 2016)",
+           "from the lightness, each cell's colour over the 313 ab bins, soft-encoded, class-rebalanced "
+           "(Zhang et al., 2016)",
            presets="image"),
     Method("cmc", "two_view", "two_view.cmc", "CMC", "CMCConfig",
            "one encoder per view (L and ab), InfoNCE between the views, in-batch or memory-bank negatives "

@@ -1,6 +1,6 @@
-"""Colorization: the in-gamut ab bins and a known colour's bin, the grey view and the target grid, the
-class-rebalanced cross-entropy against a plain reference, the running histogram a resume restores, the annealed
-mean, and the image recipe training it and drawing its picture."""
+"""Colorization: the paper's 313 ab bins and a known colour's bin, the grey view and the target grid, the soft
+encoding and the class-rebalanced cross-entropy against plain references, the running histogram a resume restores,
+the annealed mean, and the image recipe training it and drawing its picture."""
 from __future__ import annotations
 
 import math
@@ -10,14 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, LabColours, ViewDataset, ab_bins,
-                                            collate_views, denormalize, lab_to_rgb, rgb_to_lab)
+from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, LabColours, ViewDataset, ab_bin_index,
+                                            ab_bins, collate_views, denormalize, lab_to_rgb, published_ab_bins,
+                                            rgb_to_lab)
 from selfsup.modalities.view_pipelines import ViewOptions, view_pipeline
 from selfsup.recipes.builders.two_view import two_view
 from tests.conftest import straight_and_resumed
 from tests.test_image_recipes import two_view_argv
 
-BINS = ab_bins()
+BINS = published_ab_bins()
 AB_BINS = tuple(tuple(row) for row in BINS.tolist())
 
 
@@ -34,26 +35,32 @@ def bin_of(a: float, b: float) -> int:
     return [tuple(row) for row in BINS.tolist()].index((a, b))
 
 
-def test_the_bins_are_the_in_gamut_grid_centres_and_red_lands_in_its_bin():
-    # 229 of the 23 x 23 centres are in the gamut for some L; the paper keeps 313 (its convex hull of ImageNet's ab)
-    assert len(BINS) == 229 and 200 < len(BINS) <= 313
-    assert ((BINS % 10 == 0).all() and BINS.abs().max() <= 110) and (0.0, 0.0) in AB_BINS
-    assert in_gamut_somewhere(80, 60) and (80.0, 60.0) in AB_BINS
-    assert not in_gamut_somewhere(80, 70) and (80.0, 70.0) not in AB_BINS        # just outside, beyond red
-    assert not in_gamut_somewhere(-110, 110) and (-110.0, 110.0) not in AB_BINS
+def test_the_bins_are_the_papers_313_and_red_and_green_land_in_theirs():
+    # the paper's 313 centres of the grid of 10: every one of them on the grid, (0, 0) among them; the 229 centres in
+    # the sRGB gamut for some L are all inside them (the hull of ImageNet's colours holds more than sRGB's gamut)
+    assert len(BINS) == 313 and len(set(AB_BINS)) == 313
+    assert ((BINS % 10 == 0).all() and BINS[:, 0].min() == -90 and BINS[:, 0].max() == 100
+            and BINS[:, 1].min() == -110 and BINS[:, 1].max() == 100) and (0.0, 0.0) in AB_BINS
+    assert AB_BINS[:5] == ((-90.0, 50.0), (-90.0, 60.0), (-90.0, 70.0), (-90.0, 80.0), (-90.0, 90.0))
+    assert AB_BINS[-1] == (100.0, 0.0) and (100.0, 10.0) not in AB_BINS and (-90.0, 40.0) not in AB_BINS
+    gamut = {tuple(row) for row in ab_bins().tolist()}
+    assert len(gamut) == 229 and gamut < set(AB_BINS)
+    assert in_gamut_somewhere(80, 60) and (80.0, 60.0) in gamut
+    assert not in_gamut_somewhere(80, 70) and (80.0, 70.0) not in gamut and (80.0, 70.0) in AB_BINS
     red = rgb_to_lab(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64).view(3, 1, 1)).flatten()
     assert torch.allclose(red, torch.tensor([53.24, 80.09, 67.20], dtype=torch.float64), atol=0.01)
-    # an image red above, green below: the top half of the 4 x 4 grid in red's nearest in-gamut bin (80, 60),
-    # the bottom in green's (-80, 80: green's ab is (-86.2, 83.2), whose nearest centre (-90, 80) is out of gamut),
-    # whatever the flip; the view is the grey of red's and green's lightness
+    # an image red above, green below: the top half of the 4 x 4 grid has red's ab, the bottom green's
+    # (-86.18, 83.18), whatever the flip; their nearest bins (80, 70) and (-90, 80); the view is the grey of their L
     a = np.zeros((16, 16, 3), dtype=np.uint8)
     a[:8, :, 0] = 255
     a[8:, :, 1] = 255
     out = LabColours(16, scale=(1.0, 1.0))(Image.fromarray(a))
     target, view = out["pretext_target"], out["views"][0]
-    assert target.shape == (4, 4) and target.dtype == torch.long
-    assert (target[:2] == bin_of(80, 60)).all() and (target[2:] == bin_of(-80, 80)).all()
-    assert (-90.0, 80.0) not in AB_BINS
+    assert target.shape == (2, 4, 4) and target.dtype == torch.float32
+    assert torch.allclose(target[:, :2], torch.tensor([80.09, 67.20]).view(2, 1, 1).expand(2, 2, 4), atol=0.01)
+    assert torch.allclose(target[:, 2:], torch.tensor([-86.18, 83.18]).view(2, 1, 1).expand(2, 2, 4), atol=0.01)
+    nearest = ab_bin_index(target, BINS)
+    assert (nearest[:2] == bin_of(80, 70)).all() and (nearest[2:] == bin_of(-90, 80)).all()
     grey = denormalize(view, IMAGENET_MEAN, IMAGENET_STD)
     assert torch.allclose(grey[0], grey[1], atol=1e-5) and torch.allclose(grey[0], grey[2], atol=1e-5)
     lightness = rgb_to_lab(grey.double())[0]
@@ -61,14 +68,42 @@ def test_the_bins_are_the_in_gamut_grid_centres_and_red_lands_in_its_bin():
     assert torch.allclose(lightness[8:], torch.full((8, 16), 87.73, dtype=torch.float64), atol=0.05)
 
 
+def plain_soft_encoding(a: float, b: float, k: int = 5, sigma: float = 5.0) -> list[tuple[int, float]]:
+    """The k nearest centres of (a, b), nearest first, with Gaussian weights exp(-d^2 / 2 sigma^2) summing to 1."""
+    by_distance = sorted(range(len(AB_BINS)), key=lambda q: math.dist((a, b), AB_BINS[q]))[:k]
+    g = [math.exp(-math.dist((a, b), AB_BINS[q]) ** 2 / (2 * sigma ** 2)) for q in by_distance]
+    return [(q, gq / sum(g)) for q, gq in zip(by_distance, g)]
+
+
+def test_the_soft_encoding_spreads_a_colour_over_its_five_nearest_bins():
+    obj = build()
+    ab = torch.tensor([[3.0, 4.0], [80.09, 67.2], [-86.18, 83.18], [1.5, -3.0]]).T.reshape(1, 2, 2, 2)
+    bins, weights = obj.soft_encoding(ab)
+    assert bins.shape == weights.shape == (4, 5)
+    for cell, (a, b) in enumerate(ab.reshape(2, 4).T.tolist()):
+        ref = plain_soft_encoding(a, b)
+        assert bins[cell].tolist() == [q for q, _ in ref], cell
+        assert weights[cell].tolist() == pytest.approx([w for _, w in ref], abs=1e-6)
+    # (3, 4): 5 from (0, 0), sqrt 45 from (0, 10), sqrt 65 from (10, 0): the nearest carries the most
+    assert [AB_BINS[q] for q in bins[0, :3].tolist()] == [(0.0, 0.0), (0.0, 10.0), (10.0, 0.0)]
+    assert weights[0, 0] > weights[0, 1] > weights[0, 2] and float(weights.sum(1).sub(1).abs().max()) < 1e-6
+    one = build(soft_neighbours=1)
+    bins, weights = one.soft_encoding(ab)
+    assert torch.equal(bins[:, 0], ab_bin_index(ab, BINS).flatten()) and (weights == 1).all()
+    with pytest.raises(ValueError, match="soft_neighbours"):
+        build(soft_neighbours=0)
+
+
 def build(**overrides):
     torch.manual_seed(0)
     return two_view("colorization", "resnet_tiny", size="tiny", image_size=16, ab_bins=AB_BINS, **overrides).double()
 
 
-def plain_loss(logits: torch.Tensor, targets: torch.Tensor, counts: list[int], lam: float, sigma: float) -> float:
-    """The rebalanced cross-entropy, summed, written out: p the counts' share, smoothed by a Gaussian over the
-    centres, w = 1 / ((1 - lam) p + lam / Q), normalised so that sum p w = 1."""
+def plain_loss(logits: torch.Tensor, ab: torch.Tensor, counts: list[int], lam: float, sigma: float,
+               k: int = 5) -> float:
+    """The rebalanced cross-entropy of the soft-encoded targets, summed, written out: p the counts' share, smoothed
+    by a Gaussian over the centres, w = 1 / ((1 - lam) p + lam / Q), normalised so that sum p w = 1; each cell's
+    cross-entropy against its soft encoding, weighted by w of its nearest bin."""
     q = len(counts)
     total = sum(counts)
     p = [c / total for c in counts]
@@ -87,42 +122,51 @@ def plain_loss(logits: torch.Tensor, targets: torch.Tensor, counts: list[int], l
                 z = logits[n, :, y, x].tolist()
                 m = max(z)
                 log_sum = m + math.log(sum(math.exp(v - m) for v in z))
-                t = int(targets[n, y, x])
-                loss += (w[t] / norm) * (log_sum - z[t])
+                soft = plain_soft_encoding(float(ab[n, 0, y, x]), float(ab[n, 1, y, x]), k)
+                loss += (w[soft[0][0]] / norm) * sum(zq * (log_sum - z[t]) for t, zq in soft)
     return loss
+
+
+def some_colours(generator: torch.Generator, n: int = 3) -> torch.Tensor:
+    """(n, 2, 4, 4) ab of a skewed palette: near 12 of the bins' centres, each moved by up to 4."""
+    centres = BINS[torch.randint(0, 12, (n, 4, 4), generator=generator) * 20]
+    return (centres.permute(0, 3, 1, 2) + 8 * torch.rand(n, 2, 4, 4, generator=generator) - 4).float()
 
 
 def test_the_loss_is_the_rebalanced_cross_entropy_over_the_target_cells_and_the_histogram_runs():
     obj = build().train()
     g = torch.Generator().manual_seed(1)
     views = torch.randn(3, 3, 16, 16, generator=g, dtype=torch.float64)
-    targets = torch.randint(0, 20, (3, 4, 4), generator=g)   # a skewed histogram: 20 of the 229 bins
+    targets = some_colours(g)
     batch = {"views": [{"pixel_values": views}], "pretext_targets": targets}
     out = obj(batch)
-    counts = torch.bincount(targets.flatten(), minlength=len(BINS))
-    assert torch.equal(obj.bin_counts, counts) and out.num_targets == 48
+    counts = torch.bincount(ab_bin_index(targets, BINS).flatten(), minlength=len(BINS))
+    assert torch.equal(obj.bin_counts, counts) and out.num_targets == 48 and int((counts > 0).sum()) > 6
     logits = obj.logits({"pixel_values": views}, (4, 4))      # train mode: the same batch statistics
     assert logits.shape == (3, len(BINS), 4, 4)
     ref = plain_loss(logits, targets, counts.tolist(), 0.5, 5.0)
-    assert out.loss.item() == pytest.approx(ref, rel=1e-6)
+    assert out.loss.item() == pytest.approx(ref, rel=1e-5)
     again = obj(batch)                                         # the histogram keeps counting
-    assert torch.equal(obj.bin_counts, 2 * counts) and again.loss.item() == pytest.approx(ref, rel=1e-6)
+    assert torch.equal(obj.bin_counts, 2 * counts) and again.loss.item() == pytest.approx(ref, rel=1e-5)
     obj.bin_counts[0] += 100                                   # the weights follow the histogram
     assert obj(batch).loss.item() == pytest.approx(plain_loss(logits, targets, (2 * counts + torch.eye(
-        len(BINS), dtype=torch.long)[0] * 100 + counts).tolist(), 0.5, 5.0), rel=1e-6)
-    plain = build(rebalance=1.0, smoothing=0.0).train()         # lambda 1: every weight 1, the plain cross-entropy
-    out = plain(batch)
-    ref = torch.nn.functional.cross_entropy(plain.logits({"pixel_values": views}, (4, 4)), targets, reduction="sum")
-    assert torch.allclose(out.loss.double(), ref, rtol=1e-6)
+        len(BINS), dtype=torch.long)[0] * 100 + counts).tolist(), 0.5, 5.0), rel=1e-5)
+    hard = build(rebalance=1.0, smoothing=0.0, soft_neighbours=1).train()   # one bin, weights 1: the cross-entropy
+    out = hard(batch)
+    ref = torch.nn.functional.cross_entropy(hard.logits({"pixel_values": views}, (4, 4)),
+                                            ab_bin_index(targets, BINS), reduction="sum")
+    assert torch.allclose(out.loss.double(), ref, rtol=1e-5)
     unsmoothed = build(smoothing=0.0).train()
     out = unsmoothed(batch)
     assert out.loss.item() == pytest.approx(plain_loss(unsmoothed.logits({"pixel_values": views}, (4, 4)), targets,
-                                                       counts.tolist(), 0.5, 0.0), rel=1e-6)
+                                                       counts.tolist(), 0.5, 0.0), rel=1e-5)
     evaluating = build().eval()                                # evaluation counts nothing: uniform weights of 1
     evaluating(batch)
     assert int(evaluating.bin_counts.sum()) == 0
     with pytest.raises(ValueError, match="pretext_targets"):
         obj({"views": [{"pixel_values": views}]})
+    with pytest.raises(ValueError, match=r"\(B, 2, h, w\)"):
+        obj({"views": [{"pixel_values": views}], "pretext_targets": ab_bin_index(targets, BINS)})
     with pytest.raises(ValueError, match="ab bins"):
         two_view("colorization", "resnet_tiny", size="tiny", image_size=16)
 
@@ -142,7 +186,7 @@ def test_the_predictions_are_the_annealed_mean_of_the_bins(backbone):
     torch.manual_seed(0)
     obj = two_view("colorization", backbone, size="tiny", image_size=16, ab_bins=AB_BINS).double().eval()
     views = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    batch = {"views": [{"pixel_values": views}], "pretext_targets": torch.zeros(2, 4, 4, dtype=torch.long)}
+    batch = {"views": [{"pixel_values": views}], "pretext_targets": torch.zeros(2, 2, 4, 4)}
     ab = obj.pretext_predictions(batch)
     logits = obj.logits({"pixel_values": views}, (4, 4))
     probs = torch.softmax(logits / 0.38, dim=1)
@@ -161,12 +205,12 @@ def test_the_pipeline_renders_grey_coloured_and_target_rows():
     a = np.zeros((16, 16, 3), dtype=np.uint8)
     a[..., 0] = 255
     batch = collate_views([ViewDataset([{"image": Image.fromarray(a)}] * 2, pipeline.transforms)[i] for i in (0, 1)])
-    assert batch["views"][0]["pixel_values"].shape == (2, 3, 16, 16) and batch["pretext_targets"].shape == (2, 4, 4)
+    assert batch["views"][0]["pixel_values"].shape == (2, 3, 16, 16) and batch["pretext_targets"].shape == (2, 2, 4, 4)
     predictions = torch.zeros(2, 2, 4, 4)                        # grey predicted: the colourised row is grey
     grey, coloured, target = pipeline.render(batch, predictions)
     assert grey.shape == coloured.shape == target.shape == (2, 3, 16, 16)
     assert torch.allclose(coloured, grey, atol=2e-3)
-    assert (target[:, 0] > 0.8).all() and (target[:, 1:] < 0.35).all()   # red again: the bin (80, 60) at red's L
+    assert (target[:, 0] > 0.95).all() and (target[:, 1:] < 0.05).all()   # red again: red's own ab at red's L
 
 
 def test_the_image_recipe_trains_colorization_and_draws_its_picture(tmp_path, capsys):

@@ -3,17 +3,19 @@ predict the distribution of its colour over Q bins of the ab plane at every cell
 
 ``batch["views"]`` holds one batch, the lightness of each image (the data side, ``modalities.image_views.LabColours``,
 shows it as the grey image, three equal channels, so any image encoder takes it), and ``batch["pretext_targets"]``
-(B, h, w) each cell's bin (the nearest in-gamut centre of ``config.ab_bins`` to the cell's mean ab, which the data
-side also gives the config). The encoder's last token map (a ResNet's feature map, a ViT's patch tokens without its
-prefix) is upsampled to the target grid and a small decoder (two 3 x 3 convolutions with batch norm and ReLU, the
-paper's conv8 block, then a 1 x 1 convolution: the paper's 313-way classifier, Q-way here) gives the logits.
+(B, 2, h, w) each cell's mean (a, b). ``config.ab_bins`` are the bins' centres (the data side gives the paper's
+Q = 313, ``image_views.published_ab_bins``). The encoder's last token map (a ResNet's feature map, a ViT's patch
+tokens without its prefix) is upsampled to the target grid and a small decoder (two 3 x 3 convolutions with batch norm
+and ReLU, the paper's conv8 block, then a 1 x 1 convolution: the Q-way classifier) gives the logits.
 
-Loss (the paper's eq. 2-4): per target cell the cross-entropy of its bin, weighted by class rebalancing
-``w ∝ ((1 - λ) p̃ + λ / Q)^-1`` normalised so that ``E_p̃[w] = 1``, ``λ = rebalance`` (0.5), ``p̃`` the empirical
-distribution of the bins smoothed by a Gaussian of ``smoothing`` (σ = 5) over the ab plane. The paper measures
-``p̃`` once on ImageNet; here a histogram of every target seen in training (all processes') is kept as a buffer
-(``bin_counts``, so a resume restores it) and each step's weights come from the counts including its batch.
-Summed over the cells, ``num_targets`` = B · h · w.
+Target (the paper's soft encoding, sec. 2.1): each cell's ab is spread over its ``soft_neighbours`` (5) nearest
+centres with weights ∝ exp(-d² / 2σ²), σ = ``soft_sigma`` (5); ``soft_neighbours`` = 1 is the one-hot of the
+nearest bin. Loss (eq. 2-4): per target cell the cross-entropy of that distribution, weighted by class rebalancing
+``w ∝ ((1 - λ) p̃ + λ / Q)^-1`` of the cell's nearest bin, normalised so that ``E_p̃[w] = 1``, ``λ = rebalance``
+(0.5), ``p̃`` the empirical distribution of the nearest bins smoothed by a Gaussian of ``smoothing`` (σ = 5) over
+the ab plane. The paper measures ``p̃`` once on ImageNet; here a histogram of every target seen in training (all
+processes') is kept as a buffer (``bin_counts``, so a resume restores it) and each step's weights come from the
+counts including its batch. Summed over the cells, ``num_targets`` = B · h · w.
 
 ``pretext_predictions(batch)``: the annealed mean (B, 2, h, w) of the predicted distribution (temperature
 ``temperature`` = 0.38: the mean of ``softmax(logits / T)``'s bin centres), the paper's point estimate.
@@ -36,12 +38,15 @@ from selfsup.types import PRETEXT_TARGETS, Batch, Encoder, Objective, ObjectiveO
 @dataclass
 class ColorizationConfig:
     """ab_bins: the (a, b) centres of the Q bins (the data side's, ``view_pipelines.colorization``); hidden_dim: the
-    decoder's width (the paper's conv8: 256); rebalance: λ of the class weights (0 = weights 1 / p̃, 1 = none);
+    decoder's width (the paper's conv8: 256); soft_neighbours, soft_sigma: the soft encoding's nearest bins and
+    Gaussian σ (1: the nearest bin alone); rebalance: λ of the class weights (0 = weights 1 / p̃, 1 = none);
     smoothing: σ of the Gaussian that smooths the bin histogram over the ab plane (0: none); temperature: the
     annealed mean's T."""
 
     ab_bins: tuple = field(default_factory=tuple)
     hidden_dim: int = 256
+    soft_neighbours: int = 5
+    soft_sigma: float = 5.0
     rebalance: float = 0.5
     smoothing: float = 5.0
     temperature: float = 0.38
@@ -70,6 +75,9 @@ class Colorization(Objective):
         width = take_encoder(self, encoder)
         centres = torch.tensor(c.ab_bins, dtype=torch.float32).reshape(-1, 2)
         q, h = len(centres), c.hidden_dim
+        if not 1 <= c.soft_neighbours <= q or c.soft_sigma <= 0:
+            raise ValueError(f"colorization's soft encoding needs 1 <= soft_neighbours <= {q} bins and soft_sigma > 0, "
+                             f"got {c.soft_neighbours} and {c.soft_sigma}")
         self.register_buffer("ab_centres", centres, persistent=False)
         self.register_buffer("bin_counts", torch.zeros(q, dtype=torch.long))   # the targets seen, per bin
         self.decoder = nn.Sequential(
@@ -104,6 +112,16 @@ class Colorization(Objective):
         return w / (p * w).sum()
 
     @torch.no_grad()
+    def soft_encoding(self, ab: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 2, h, w) ab -> (B·h·w, k) the k = ``soft_neighbours`` nearest bins of each cell (nearest first) and
+        their weights (a Gaussian of the distance, σ = ``soft_sigma``, summing to 1), cells row-major."""
+        flat = ab.movedim(1, -1).reshape(-1, 2).float()
+        centres = self.ab_centres.to(flat.device, flat.dtype)
+        distance, bins = torch.cdist(flat, centres, compute_mode="donot_use_mm_for_euclid_dist").topk(
+            self.config.soft_neighbours, dim=1, largest=False)
+        return bins, torch.softmax(-distance ** 2 / (2 * self.config.soft_sigma ** 2), dim=1)
+
+    @torch.no_grad()
     def count(self, targets: Tensor) -> None:
         """Add the bins of ``targets`` (every process's) to the histogram."""
         seen = torch.bincount(targets.reshape(-1), minlength=self.num_bins)[None]
@@ -112,21 +130,25 @@ class Colorization(Objective):
     def views_and_targets(self, batch: Batch) -> tuple[Batch, Tensor]:
         views = get_views(batch, need=1)
         targets = batch.get(PRETEXT_TARGETS)
-        if len(views) != 1 or targets is None:
-            raise ValueError(f"colorization needs 1 view (the lightness) and {PRETEXT_TARGETS!r} (the ab bins), got "
-                             f"{len(views)} views{'' if targets is not None else ' and no targets'}")
+        if len(views) != 1 or targets is None or targets.dim() != 4 or targets.shape[1] != 2:
+            got = "no targets" if targets is None else f"targets of shape {tuple(targets.shape)}"
+            raise ValueError(f"colorization needs 1 view (the lightness) and {PRETEXT_TARGETS!r} (B, 2, h, w), each "
+                             f"cell's ab, got {len(views)} views and {got}")
         return views[0], targets
 
     def forward(self, batch: Batch) -> ObjectiveOutput:
         view, targets = self.views_and_targets(batch)
         logits = self.logits(view, targets.shape[-2:]).float()
+        bins, soft = self.soft_encoding(targets)
+        nearest = bins[:, 0]
         if self.training:
-            self.count(targets)
+            self.count(nearest)
         weights = self.class_weights().to(logits.device, logits.dtype)
-        cross_entropy = F.cross_entropy(logits, targets, reduction="none")
-        loss = (cross_entropy * weights[targets]).sum()
-        accuracy = (logits.detach().argmax(1) == targets).float().mean()
-        return ObjectiveOutput(loss, num_targets=targets.numel(),
+        log_probs = F.log_softmax(logits, dim=1).movedim(1, -1).reshape(-1, self.num_bins)
+        cross_entropy = -(soft.to(log_probs.dtype) * log_probs.gather(1, bins)).sum(dim=1)
+        loss = (cross_entropy * weights[nearest]).sum()
+        accuracy = (log_probs.detach().argmax(1) == nearest).float().mean()
+        return ObjectiveOutput(loss, num_targets=nearest.numel(),
                                metrics={"bin_accuracy": accuracy, "plain_cross_entropy": cross_entropy.detach().mean()})
 
     @torch.no_grad()
