@@ -68,6 +68,10 @@ def summary(metrics: dict[str, Any], export_dir: Path | None, output_dir: str | 
     shown = [f"{k} {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float))]
     if shown:
         lines.append("  " + ", ".join(shown))
+    own = [f"{k[len('train/'):]} {metrics[k]:.4g}" for k in sorted(metrics) if k.startswith("train/")
+           and isinstance(metrics[k], (int, float))]
+    if own:                                  # the objective's figures over the last logging window
+        lines.append("  last steps: " + ", ".join(own))
     for key in sorted(k for k in metrics if k.endswith("/accuracy") and not k.startswith("eval/")):
         ref = metrics.get(key[: -len("accuracy")] + "random_init_accuracy")
         against = f"   (random init {ref:.1%})" if isinstance(ref, (int, float)) else ""

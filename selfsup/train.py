@@ -16,10 +16,11 @@ import json
 import math
 import os
 import time
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -386,6 +387,7 @@ class Trainer:
                    dynamic_ncols=True)
         self.model.train()
         samples, train_time, nonfinite, evals = 0, 0.0, 0, {}
+        recent: deque[dict[str, float]] = deque(maxlen=max(1, args.logging_steps))   # the objective's own figures
         gb = args.per_device_train_batch_size * acc.num_processes * args.gradient_accumulation_steps
         while self.step < args.max_steps:
             t0 = time.perf_counter()
@@ -400,6 +402,7 @@ class Trainer:
                                        "--learning_rate or use --mixed_precision bf16 instead of fp16")
                 continue
             nonfinite = 0
+            recent.append(metrics)
             grad_norm = self.optimizer_step()
             self.step += 1
             self.objective.on_step_end(self.step)
@@ -426,11 +429,18 @@ class Trainer:
         result = {"num_processes": acc.num_processes, "steps": self.step,
                   "train_loss": sum(window) / len(window) if window else float("nan"),
                   "samples_per_second": samples / train_time if train_time else 0.0,
-                  "global_batch_size": gb, **evals}
+                  "global_batch_size": gb, **window_means(recent), **evals}
         if acc.is_main_process:
             result["training_curves"] = write_training_curves(
                 args.output_dir, curves(self.history, self.evaluations), self.run_config.get("recipe", ""))
         return result
+
+
+def window_means(window: Sequence[dict[str, float]]) -> dict[str, float]:
+    """``{"train/<name>": mean}`` of the objective's figures (``ObjectiveOutput.metrics``: a pretext task's accuracy,
+    the collapse monitors) over the steps of ``window`` that report each, on this process."""
+    names = sorted({k for step in window for k in step})
+    return {f"train/{k}": sum(v) / len(v) for k in names if (v := [step[k] for step in window if k in step])}
 
 
 def log_images(accelerator: Accelerator, images: dict[str, Any], step: int) -> None:

@@ -156,6 +156,32 @@ def test_every_run_draws_its_training_curves(tmp_path):
     assert f"curves:  {png}" in summary(metrics, None, tmp_path)
 
 
+class Counting(Toy):
+    """Toy reporting figures of its own: its call number, and on even calls only a second one."""
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        out.metrics = {"call": torch.tensor(float(self.calls))} | ({"even": 1.0} if self.calls % 2 == 0 else {})
+        return out
+
+
+def test_the_objective_s_own_figures_end_in_the_metrics_and_the_summary(tmp_path):
+    """The objective's metrics (a pretext task's accuracy, say), averaged over the last logging window of steps,
+    are in the run's figures as train/<name> and on a line of the summary."""
+    from selfsup.run import summary
+
+    a = args(tmp_path, 6)
+    a.logging_steps = 4
+    data = [{"x": torch.randn(3)} for _ in range(8)]
+    loader = make_train_loader(data, lambda ex: {"x": torch.stack([e["x"] for e in ex])}, 2, 1, 0, seed=0)
+    metrics = Trainer(Counting(0), loader, a, make_accelerator(a)).train()
+    assert metrics["train/call"] == (3 + 4 + 5 + 6) / 4 and metrics["train/even"] == 1.0   # steps 3-6 of 6
+    assert "  last steps: call 4.5, even 1" in summary(metrics, None, tmp_path).splitlines()
+    plain = Trainer(Toy(0), loader, args(tmp_path / "plain", 2), make_accelerator(a)).train()
+    assert not any(k.startswith("train/") for k in plain)
+    assert "last steps" not in summary(plain, None, tmp_path)
+
+
 def test_a_resumed_run_draws_the_whole_run(tmp_path):
     import json
 
