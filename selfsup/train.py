@@ -167,14 +167,25 @@ def schedule_floor(args: "TrainingSettings") -> float:
 def make_optimizer(objective: torch.nn.Module, args: TrainingSettings, device: torch.device) -> torch.optim.Optimizer:
     """``args.optimizer``: AdamW (fused on CPU and CUDA), SGD with momentum, or LARS (``selfsup.optim``); no
     weight decay on biases and norms (parameters with fewer than 2 dimensions), which LARS also leaves out of
-    its trust-ratio adaptation."""
-    params = [p for p in objective.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay},
-        {"params": [p for p in params if p.ndim == 1], "weight_decay": 0.0},
-    ]
-    if scalars := [p for p in params if p.ndim == 0]:   # a group of their own: FSDP keeps them whole (selfsup.sharding)
-        groups.append({"params": scalars, "weight_decay": 0.0})
+    its trust-ratio adaptation. The parameters an objective's ``learning_rate_scales()`` names (by prefix; the
+    longest prefix wins) form groups of their own at that multiple of the rate; the schedule scales every group."""
+    scales = getattr(objective, "learning_rate_scales", dict)()
+    named = [(n, p) for n, p in objective.named_parameters() if p.requires_grad]
+
+    def scale_of(name: str) -> float:
+        prefixes = [k for k in scales if name.startswith(k)]
+        return float(scales[max(prefixes, key=len)]) if prefixes else 1.0
+
+    groups = []
+    for scale in [1.0, *sorted({float(v) for v in scales.values()} - {1.0})]:
+        params = [p for n, p in named if scale_of(n) == scale]
+        rate = {} if scale == 1.0 else {"lr": args.learning_rate * scale}
+        if scale != 1.0 and not params:
+            continue
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": args.weight_decay, **rate},
+                   {"params": [p for p in params if p.ndim == 1], "weight_decay": 0.0, **rate}]
+        if scalars := [p for p in params if p.ndim == 0]:   # their own group: FSDP keeps them whole (selfsup.sharding)
+            groups.append({"params": scalars, "weight_decay": 0.0, **rate})
     fused = device.type in ("cuda", "cpu") if args.optimizer == "adamw" else None
     eps = {"eps": args.adam_epsilon} if args.optimizer == "adamw" else {}
     return build_optimizer(groups, args.optimizer, args.learning_rate, args.weight_decay,

@@ -347,6 +347,12 @@ class Objective(nn.Module):
         """JSON-able state that is not a tensor, saved in every checkpoint's ``trainer_state.json``."""
         return {}
 
+    def learning_rate_scales(self) -> dict[str, float]:
+        """Multiples of the run's learning rate by parameter-name prefix (``{"discriminator.": 0.1}``: a GAN's
+        discriminator at a tenth of the rate); the engine gives those parameters optimizer groups of their own.
+        None by default: one rate for every parameter."""
+        return {}
+
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned (on resume)."""
 

@@ -157,7 +157,7 @@ def test_every_run_draws_its_training_curves(tmp_path):
 
 
 class Counting(Toy):
-    """Toy reporting figures of its own: its call number, and on even calls only a second one."""
+    """Toy reporting figures of its own: its call number, and on even calls a second one."""
 
     def forward(self, batch):
         out = super().forward(batch)

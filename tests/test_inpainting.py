@@ -132,6 +132,34 @@ def test_one_backward_pass_keeps_the_generator_and_the_discriminator_apart():
     assert not torch.allclose(last.grad, only_rec, rtol=1e-9, atol=0)
 
 
+def test_the_discriminator_learns_at_a_tenth_of_the_rate_through_the_schedule(tmp_path):
+    """The paper's discriminator learns ten times slower: its parameters are the optimizer's groups at 0.1 x the
+    rate, the generator's at the rate, and the schedule (warmup, cosine) keeps the ratio at every step."""
+    from selfsup.train import TrainingSettings, lr_lambda, make_optimizer
+
+    obj = two_view("inpainting", "resnet_tiny", size="tiny", image_size=16)
+    settings = TrainingSettings(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.05, optimizer="adamw")
+    optimizer = make_optimizer(obj, settings, torch.device("cpu"))
+    d = {id(p) for p in obj.discriminator.parameters()}
+    rates = {id(p): round(group["lr"], 12) for group in optimizer.param_groups for p in group["params"]}
+    assert len(rates) == len([p for p in obj.parameters() if p.requires_grad])
+    assert {rates[i] for i in d} == {1e-4}
+    assert {r for i, r in rates.items() if i not in d} == {1e-3}
+    decays = {(round(group["lr"], 12), group["weight_decay"]) for group in optimizer.param_groups if group["params"]}
+    assert decays == {(1e-3, 0.05), (1e-3, 0.0), (1e-4, 0.05), (1e-4, 0.0)}
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("cosine", 2, 10, 0.0))
+    for _ in range(5):
+        optimizer.step()
+        schedule.step()
+        by_group = [group["lr"] for group in optimizer.param_groups if group["params"]]
+        assert max(by_group) == pytest.approx(10 * min(by_group)) and max(by_group) > 0
+    plain = two_view("inpainting", "resnet_tiny", size="tiny", image_size=16, adversarial_weight=0.0)
+    assert plain.learning_rate_scales() == {}
+    assert len(make_optimizer(plain, settings, torch.device("cpu")).param_groups) == 2
+    same = two_view("inpainting", "resnet_tiny", size="tiny", image_size=16, discriminator_lr_scale=1.0)
+    assert {g["lr"] for g in make_optimizer(same, settings, torch.device("cpu")).param_groups} == {1e-3}
+
+
 def test_the_image_recipe_trains_inpainting_draws_the_picture_and_resume_restores_the_discriminator(tmp_path,
                                                                                                        capsys):
     from selfsup.recipes import two_view as recipe

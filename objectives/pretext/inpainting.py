@@ -17,7 +17,9 @@ context encoder).
 
 Both players learn from ONE backward pass of the summed loss: D's loss sees the prediction detached (it does not
 reach the generator), and the generator's adversarial term runs D through ``torch.func.functional_call`` with D's
-parameters detached (it does not move D). D's parameters are the objective's, so checkpoints hold them.
+parameters detached (it does not move D). D's parameters are the objective's, so checkpoints hold them; they learn
+at ``discriminator_lr_scale`` (0.1) of the run's rate, the paper's ten times slower discriminator
+(``learning_rate_scales``: the engine's optimizer gives them groups of their own).
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ class InpaintingConfig:
     """hidden_dim: the decoder's width after its 1 x 1 convolution (halved by every up-convolution, at least 16);
     upsamples: its stride-2 up-convolutions (a 4 x 4 map to a 16 x 16 square: 2); reconstruction_weight /
     adversarial_weight: the paper's lambda_rec / lambda_adv (0 builds no discriminator); disc_dim / disc_layers:
-    the discriminator's first width (doubled every layer) and its strided convolutions; num_channels: the pixels'."""
+    the discriminator's first width (doubled every layer) and its strided convolutions; num_channels: the pixels';
+    discriminator_lr_scale: the discriminator's learning rate as a multiple of the run's (the paper's: a tenth)."""
 
     hidden_dim: int = 256
     upsamples: int = 2
@@ -49,6 +52,7 @@ class InpaintingConfig:
     disc_dim: int = 64
     disc_layers: int = 3
     num_channels: int = 3
+    discriminator_lr_scale: float = 0.1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +92,10 @@ class Inpainting(Objective):
         take_encoder(self, encoder)
         self.decoder = decoder(int(self.backbone.hidden_size), c)
         self.discriminator = discriminator(c) if c.adversarial_weight > 0 else None
+
+    def learning_rate_scales(self) -> dict[str, float]:
+        """The discriminator learns at ``discriminator_lr_scale`` of the rate (the engine's optimizer groups)."""
+        return {"discriminator.": self.config.discriminator_lr_scale} if self.discriminator is not None else {}
 
     def feature_map(self, view: Batch) -> Tensor:
         """(B, D, g, g) the encoder's last tokens (without a class token) as a square map."""
