@@ -247,7 +247,7 @@ def few_labels(args, run, data, encoder, fraction: float) -> dict:
     t0 = time.perf_counter()
     protocol = protocol_of(args)
     ours, scratch, ours_val, scratch_val = [], [], [], []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         subset = labelled_subset(data, fraction, seed)
         for model, val, test in ((encoder, ours_val, ours), (fresh_encoder(run, data, seed), scratch_val, scratch)):
             v, t = fine_tune(model, subset, data.test, protocol, seed)
@@ -263,7 +263,7 @@ def few_labels(args, run, data, encoder, fraction: float) -> dict:
             "labels": int(round(fraction * len(data.train))),
             "per_seed_ours": [round(float(x), 4) for x in o], "per_seed_scratch": [round(float(x), 4) for x in s],
             "validation_ours": float(np.mean(ours_val)), "validation_scratch": float(np.mean(scratch_val)),
-            "seeds": args.seeds, "protocol": asdict(protocol), "method": args.method,
+            "seeds": args.seeds, "first_seed": args.first_seed, "protocol": asdict(protocol), "method": args.method,
             "machine": machine(), "minutes": (time.perf_counter() - t0) / 60}
 
 
@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="what picks the step and rate on the validation rows (accuracy: ties to the lower loss)")
     p.add_argument("--eval_every", type=int, default=25)
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first_seed", type=int, default=0,
+                   help="the few-label seeds are first_seed, ..., first_seed + seeds - 1 (fresh ones: 5)")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny model, a few steps, 2 seeds: a smoke run, not a result")
