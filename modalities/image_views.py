@@ -324,16 +324,22 @@ class CentreHole:
     """An image with its central square hidden (context encoders, Pathak et al., CVPR 2016): resize, centre crop,
     random crop with 1/8 padding and flip (light augmentation; the pretext is the hole), normalise, then the central
     square of ``fraction`` of the side (:func:`centre_square`, half: a quarter of the pixels) filled with 0 — the mean
-    colour once normalised, as the paper fills it with the mean. ``augment=False``: resize and centre crop only.
+    colour once normalised, as the paper fills it with the mean. ``overlap``: the hole is that many pixels smaller
+    on every side than the square the target is (the paper's released code: 4 of a 64-pixel square, its
+    ``overlapPred``; :func:`paper_overlap`), so the encoder sees the target's border, which the objective weighs
+    more. ``augment=False``: resize and centre crop only.
 
     Returns ``{"views": [masked image (3, H, H)], "pretext_target": the original centre (3, s, s), normalised}``."""
 
     makes_views = True
 
     def __init__(self, image_size: int, fraction: float = 0.5, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, augment: bool = True) -> None:
+                 std: Sequence[float] = IMAGENET_STD, augment: bool = True, overlap: int = 0) -> None:
         self.image_size, self.fraction = image_size, fraction
         self.start, self.side = centre_square(image_size, fraction)
+        if not 0 <= overlap < (self.side + 1) // 2:
+            raise ValueError(f"overlap {overlap} leaves no hole in a {self.side}-pixel square")
+        self.overlap = overlap
         steps: list[Any] = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
         if augment:
             steps += [v2.RandomCrop(image_size, padding=max(1, image_size // 8)), v2.RandomHorizontalFlip()]
@@ -341,14 +347,21 @@ class CentreHole:
 
     def __call__(self, image: Any) -> dict[str, Any]:
         x = self.base(image).as_subclass(Tensor)
-        box = (slice(None), slice(self.start, self.start + self.side), slice(self.start, self.start + self.side))
-        target = x[box].clone()
+        square = slice(self.start, self.start + self.side)
+        hole = slice(self.start + self.overlap, self.start + self.side - self.overlap)
+        target = x[:, square, square].clone()
         x = x.clone()
-        x[box] = 0.0
+        x[:, hole, hole] = 0.0
         return {"views": [x], "pretext_target": target}
 
     def __repr__(self) -> str:
-        return f"CentreHole(image_size={self.image_size}, hole={self.side} from {self.start})"
+        return f"CentreHole(image_size={self.image_size}, square={self.side} from {self.start}, overlap={self.overlap})"
+
+
+def paper_overlap(side: int) -> int:
+    """The border of the target square the context encoder's input keeps: the paper's 4 pixels of a 64-pixel square,
+    scaled (1 of CIFAR's 16, 0 below 16)."""
+    return side // 16
 
 
 def crop_flip_transform(image_size: int = 32, mean: Sequence[float] = IMAGENET_MEAN,

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, CentreHole, JigsawTiles,
                                             LabColours, LabViews, PatchGrid, RelativePatches, byol_transforms,
-                                            crop_flip_transform, denormalize, hamming_permutations, lab_to_rgb,
-                                            lab_views_of_normalised, SingleView, moco_v1_transform,
-                                            multicrop_transforms, published_ab_bins, rgb_to_lab,
+                                            centre_square, crop_flip_transform, denormalize, hamming_permutations,
+                                            lab_to_rgb, lab_views_of_normalised, SingleView, moco_v1_transform,
+                                            multicrop_transforms, paper_overlap, published_ab_bins, rgb_to_lab,
                                             rotation_transforms,
                                             simclr_transform)
 
@@ -148,14 +148,18 @@ def paste_centre(images: Any, region: Any) -> Any:
 
 
 def inpainting(o: ViewOptions) -> ViewPipeline:
-    """Context encoders: the image with its central half-side square filled with the mean colour; the target is
-    that square. The picture's rows: the masked input, the prediction pasted in, the original."""
+    """Context encoders: the image with its central half-side square filled with the mean colour but for a border
+    of :func:`paper_overlap` pixels; the target is the whole square, its border weighed more (the objective's
+    ``overlap``, which these views set). The picture's rows: the masked input, the prediction pasted in, the
+    original."""
     def render(batch: dict[str, Any], predictions: Any) -> list:
         masked = batch["views"][0]["pixel_values"]
         rows = [masked, paste_centre(masked, predictions), paste_centre(masked, batch["pretext_targets"])]
         return [denormalize(r.detach().float(), o.mean, o.std) for r in rows]
 
-    return ViewPipeline([CentreHole(o.image_size, **o.norm)], render=render)
+    overlap = paper_overlap(centre_square(o.image_size)[1])
+    hole = CentreHole(o.image_size, **o.norm, overlap=overlap)
+    return ViewPipeline([hole], render=render, objective={"overlap": hole.overlap})
 
 
 def colour_rows(mean: Sequence[float], std: Sequence[float]) -> Callable:

@@ -48,6 +48,55 @@ def test_the_view_hides_exactly_the_central_half_side_square_and_the_target_is_t
     assert batch["pretext_targets"].shape == (2, 3, side, side)
 
 
+def test_the_overlap_keeps_the_target_squares_border_visible_and_the_pipeline_sets_the_papers():
+    """The paper's code: the hole is ``overlapPred`` (4 of a 64-pixel square) smaller on every side than the
+    predicted square, so the input shows the target's border."""
+    from selfsup.modalities.image_views import paper_overlap
+
+    assert (paper_overlap(64), paper_overlap(16), paper_overlap(8)) == (4, 1, 0)
+    size, k = 32, 2
+    start, side = centre_square(size)
+    image = noise_image(size, 3)
+    original = eval_transform(size)(image)
+    out = ViewDataset([{"image": image}], CentreHole(size, augment=False, overlap=k), seed=0)[0]
+    (view,), target = out["views"], out["pretext_target"]
+    hidden = (view == 0).all(dim=0)
+    assert torch.equal(hidden, centre_mask(size, start + k, side - 2 * k))     # the hole: the square less its border
+    assert torch.equal(target, original[:, start:start + side, start:start + side])   # the target: the whole square
+    border = ~centre_mask(side, k, side - 2 * k)
+    assert torch.equal(view[:, start:start + side, start:start + side][:, border], target[:, border])
+    with pytest.raises(ValueError, match="no hole"):
+        CentreHole(size, overlap=side // 2)
+    pipeline = view_pipeline("inpainting", ViewOptions(image_size=32))        # CIFAR: 1 pixel of a 16-pixel square
+    assert pipeline.objective == {"overlap": 1} and pipeline.transforms[0].overlap == 1
+    assert view_pipeline("inpainting", ViewOptions(image_size=128)).objective == {"overlap": 4}   # the paper's
+
+
+def test_the_overlap_border_weighs_ten_times_in_the_squared_error_against_a_plain_reference():
+    """The paper's ``wtl2Matrix``: 10 x the weight on the border of ``overlap`` pixels, 1 inside, then the mean."""
+    torch.manual_seed(0)
+    obj = two_view("inpainting", "resnet_tiny", size="tiny", image_size=16, overlap=2, adversarial_weight=0.0).double()
+    g = torch.Generator().manual_seed(4)
+    view = {"pixel_values": torch.randn(3, 3, 16, 16, generator=g, dtype=torch.float64)}
+    target = torch.randn(3, 3, 8, 8, generator=g, dtype=torch.float64)
+    out = obj({"views": [view], "pretext_targets": target})
+    prediction = obj.pretext_predictions({"views": [view], "pretext_targets": target})
+    weights = torch.ones(8, 8, dtype=torch.float64)
+    for i in range(8):
+        for j in range(8):
+            if min(i, j) < 2 or max(i, j) >= 6:
+                weights[i, j] = 10.0
+    assert int((weights == 10).sum()) == 64 - 16
+    want = 0.999 * sum(((prediction[b] - target[b]) ** 2 * weights).mean() for b in range(3))
+    assert torch.allclose(out.loss, want, rtol=1e-9)
+    plain = 0.999 * ((prediction - target) ** 2).flatten(1).mean(1).sum()
+    assert not torch.allclose(out.loss, plain, rtol=1e-3)                          # the weights do something
+    assert torch.allclose(out.metrics["reconstruction_mse"] * 3 * 0.999, plain)     # the metric: unweighted
+    with pytest.raises(ValueError, match="no hidden centre"):
+        two_view("inpainting", "resnet_tiny", size="tiny", image_size=16, overlap=4)(
+            {"views": [view], "pretext_targets": target})
+
+
 def test_the_picture_rows_are_masked_inpainted_original_in_0_1():
     pipeline = view_pipeline("inpainting", ViewOptions(image_size=16))
     data = ViewDataset([{"image": noise_image(16, s)} for s in range(3)], pipeline.transforms, seed=0)

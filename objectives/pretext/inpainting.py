@@ -1,8 +1,9 @@
 """Context encoders (Pathak, Krähenbühl, Donahue, Darrell & Efros, CVPR 2016): fill in the hidden centre of an image.
 
-``batch["views"]`` holds one batch, the images with their central half-side square filled with the mean colour (the
-data side, ``modalities.image_views.CentreHole``), and ``batch["pretext_targets"]`` (B, 3, s, s) that square's
-original (normalised) pixels. The encoder runs on the masked image; a small decoder turns its last feature map (a
+``batch["views"]`` holds one batch, the images with their central half-side square filled with the mean colour but
+for a border of ``overlap`` pixels (the data side, ``modalities.image_views.CentreHole``, whose pipeline sets
+``overlap``), and ``batch["pretext_targets"]`` (B, 3, s, s) that square's original (normalised) pixels, border
+included. The encoder runs on the masked image; a small decoder turns its last feature map (a
 ResNet's map, a ViT's patch tokens as a grid) into the square: a 1 x 1 convolution, ``upsamples`` stride-2
 up-convolutions (4 x 4 kernels, batch norm, ReLU; the paper's decoder), a 3 x 3 convolution to the pixels, resized to
 the square when the up-convolutions do not land on its side exactly.
@@ -11,7 +12,9 @@ the square when the up-convolutions do not land on its side exactly.
 ``adversarial_weight`` (0.001) x the generator's adversarial term ``-log D(prediction)``, where D is a small
 convolutional discriminator of squares (strided 4 x 4 convolutions, leaky ReLU, no batch norm, a linear logit) trained
 beside it on ``-log D(real) - log(1 - D(prediction))``. Per image, the squared error is the mean over its 3·s² values
-(the paper's code: ``nn.MSECriterion``, so the weights mean what they meant there); ``loss`` sums every image's terms
+(the paper's code: ``nn.MSECriterion``, so the weights mean what they meant there), the ``overlap``-pixel border's
+values weighed ``overlap_weight`` (10) times, the centre's once (its ``wtl2Matrix``: the border the encoder sees is
+predicted too, and weighed more, so that the filled square meets its surroundings); ``loss`` sums every image's terms
 and ``num_targets`` is the number of images, B. ``adversarial_weight=0`` builds no discriminator (the L2-only
 context encoder).
 
@@ -43,7 +46,9 @@ class InpaintingConfig:
     upsamples: its stride-2 up-convolutions (a 4 x 4 map to a 16 x 16 square: 2); reconstruction_weight /
     adversarial_weight: the paper's lambda_rec / lambda_adv (0 builds no discriminator); disc_dim / disc_layers:
     the discriminator's first width (doubled every layer) and its strided convolutions; num_channels: the pixels';
-    discriminator_lr_scale: the discriminator's learning rate as a multiple of the run's (the paper's: a tenth)."""
+    discriminator_lr_scale: the discriminator's learning rate as a multiple of the run's (the paper's: a tenth);
+    overlap: the target square's border, in pixels, that the input kept (the views set it; 0: the whole square was
+    hidden); overlap_weight: that border's weight in the squared error (the paper's 10)."""
 
     hidden_dim: int = 256
     upsamples: int = 2
@@ -53,6 +58,8 @@ class InpaintingConfig:
     disc_layers: int = 3
     num_channels: int = 3
     discriminator_lr_scale: float = 0.1
+    overlap: int = 0
+    overlap_weight: float = 10.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +104,16 @@ class Inpainting(Objective):
         """The discriminator learns at ``discriminator_lr_scale`` of the rate (the engine's optimizer groups)."""
         return {"discriminator.": self.config.discriminator_lr_scale} if self.discriminator is not None else {}
 
+    def error_weights(self, side: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """(side, side) the squared error's weights: ``overlap_weight`` on the border of ``overlap`` pixels, 1
+        inside."""
+        k = self.config.overlap
+        if not 0 <= k < (side + 1) // 2:
+            raise ValueError(f"inpainting overlap {k} leaves no hidden centre in a {side}-pixel target")
+        weights = torch.full((side, side), float(self.config.overlap_weight), device=device, dtype=dtype)
+        weights[k:side - k, k:side - k] = 1.0
+        return weights
+
     def feature_map(self, view: Batch) -> Tensor:
         """(B, D, g, g) the encoder's last tokens (without a class token) as a square map."""
         out, _ = self.encoder()(view)
@@ -130,8 +147,13 @@ class Inpainting(Objective):
         prediction = self.predict(views[0], target.shape[-1])
         dtype = torch.promote_types(prediction.dtype, torch.float32)             # the loss in float32 at least
         prediction, target = prediction.to(dtype), target.to(dtype)
-        reconstruction = (prediction - target).pow(2).flatten(1).mean(1)       # (B,) per-image mean squared error
-        loss = c.reconstruction_weight * reconstruction.sum()
+        squared = (prediction - target).pow(2)
+        reconstruction = squared.flatten(1).mean(1)                            # (B,) per-image mean squared error
+        if c.overlap:
+            weighted = (squared * self.error_weights(target.shape[-1], target.device, dtype)).flatten(1).mean(1)
+        else:
+            weighted = reconstruction
+        loss = c.reconstruction_weight * weighted.sum()
         metrics: dict[str, Tensor] = {"reconstruction_mse": reconstruction.detach().mean()}
         if self.discriminator is not None:
             real, fake = self.discriminator(target), self.discriminator(prediction.detach())
