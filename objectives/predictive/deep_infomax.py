@@ -25,7 +25,10 @@ Positives: the local features of the image itself; negatives: the local features
 The loss is the sum over the examples, ``num_targets`` = B (the engine divides by the global count: the paper's
 means). With N processes the local features are gathered with gradient, so the negatives are the global batch's.
 Not implemented: the prior-matching term (the paper's gamma, an adversarial discriminator on the global code)
-and global DIM (alpha); this is local DIM (beta = 1), the paper's best representations for classification.
+and global DIM (alpha); this is local DIM (beta = 1), the paper's best representations for classification. The
+prior term matches sigmoid(global code) to a uniform prior on [0, 1]^d; the paper's code is the output of a linear
+layer, while the global vector here is the pooled features a probe reads, which on a ResNet come after a ReLU
+(non-negative, so their sigmoid cannot leave [0.5, 1) and the term could not be met).
 """
 from __future__ import annotations
 
