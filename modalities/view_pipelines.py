@@ -30,7 +30,8 @@ from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATIO
 class ViewOptions:
     """What the recipe's flags give every pipeline. patch_size: a ViT's (tiles, patches and local crops are then
     a whole number of patches), None on a ResNet; rotations: a key of ``ROTATION_SETS``; jigsaw_permutations: the
-    size of the permutation set; num_local_views / local_size / global_scale: multi-crop's."""
+    size of the permutation set; num_local_views / local_size / global_scale: multi-crop's; relative_patch: relative
+    position's patch side as a fraction of a cell (the paper's 2/3: a gap of half a patch)."""
 
     image_size: int = 32
     mean: Sequence[float] = IMAGENET_MEAN
@@ -41,6 +42,7 @@ class ViewOptions:
     num_local_views: int = 0
     local_size: int | None = None
     global_scale: tuple[float, float] = (0.4, 1.0)
+    relative_patch: float = 2 / 3
 
     @property
     def norm(self) -> dict[str, Sequence[float]]:
@@ -128,8 +130,11 @@ def jigsaw(o: ViewOptions) -> ViewPipeline:
 
 
 def relative_position(o: ViewOptions) -> ViewPipeline:
-    """Patches of 2/3 of a cell."""
-    return ViewPipeline([RelativePatches(o.image_size, o.whole_patches(round((o.image_size // 3) * 2 / 3)))])
+    """Patches of ``relative_patch`` of a cell (the paper's 2/3: a gap of half a patch), at least one pixel."""
+    if not 0 < o.relative_patch <= 1:
+        raise ValueError(f"relative_patch is a fraction of a cell in (0, 1], got {o.relative_patch}")
+    patch = max(1, round((o.image_size // 3) * o.relative_patch))
+    return ViewPipeline([RelativePatches(o.image_size, o.whole_patches(patch))])
 
 
 def cpc(o: ViewOptions, grayscale_p: float = 1.0) -> ViewPipeline:

@@ -87,6 +87,7 @@ class TwoViewRun(ImageRun):
     objective: list[str] | None = None
     rotations: str = "4"
     jigsaw_permutations: int = 100
+    relative_patch: float | None = None
 
     def __post_init__(self) -> None:
         self.method = aliases().get(self.method, self.method)
@@ -135,6 +136,9 @@ def build_parser() -> ArgumentParser:
                    help="rotation: the set of angles, 4 (0/90/180/270), 8 (every 45), 0_180 or 90_270")
     g.add_argument("--jigsaw_permutations", type=int, default=100,
                    help="jigsaw: the permutations of the 3 x 3 tiles (chosen far apart in Hamming distance)")
+    g.add_argument("--relative_patch", type=float, default=None,
+                   help="relative_position: the patch side as a fraction of a grid cell (default: the preset's, the "
+                        "CPU preset's 0.9; the paper's 2/3 without one)")
     # None = "the preset's"; base_parser's own defaults would hide whether the flag was given
     p.set_defaults(learning_rate=None, weight_decay=None, optimizer=None, momentum=None, model_size=None,
                    image_size=None, max_steps=None, per_device_train_batch_size=None, adam_beta1=None, adam_beta2=None)
@@ -167,7 +171,8 @@ def view_options(run: TwoViewRun, patch_size: int | None = None) -> ViewOptions:
     return ViewOptions(image_size=run.image_size, mean=run.image_mean, std=run.image_std, patch_size=patch_size,
                        rotations=run.rotations, jigsaw_permutations=run.jigsaw_permutations,
                        num_local_views=run.num_local_views, local_size=run.local_size,
-                       global_scale=tuple(run.preset_settings.get("global_scale", (0.4, 1.0))))
+                       global_scale=tuple(run.preset_settings.get("global_scale", (0.4, 1.0))),
+                       relative_patch=run.relative_patch or run.preset_settings.get("relative_patch", 2 / 3))
 
 
 def pipeline_for(run: TwoViewRun, patch_size: int | None = None) -> ViewPipeline:

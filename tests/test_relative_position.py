@@ -70,3 +70,24 @@ def test_the_image_recipe_trains_relative_position_and_lists_it(tmp_path, capsys
     metrics = recipe.main(argv)
     assert metrics["steps"] == 2 and np.isfinite(metrics["train_loss"])
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+
+
+def test_the_patch_is_a_fraction_of_a_cell_the_cpu_preset_takes_nine_tenths_and_the_flag_wins():
+    from selfsup.modalities.view_pipelines import ViewOptions, view_pipeline
+    from selfsup.recipes import two_view as recipe
+
+    (paper,) = view_pipeline("relative_position", ViewOptions(image_size=32)).transforms
+    assert (paper.patch, paper.jitter) == (7, 1)                      # 2/3 of a 10-pixel cell: the paper's
+    (wide,) = view_pipeline("relative_position", ViewOptions(image_size=32, relative_patch=0.9)).transforms
+    assert (wide.patch, wide.jitter) == (9, 0)
+    with pytest.raises(ValueError, match="fraction of a cell"):
+        view_pipeline("relative_position", ViewOptions(image_size=32, relative_patch=1.5))
+
+    def options(*flags):
+        args = recipe.build_parser().parse_args(["--method", "relative_position", *flags])
+        return recipe.view_options(recipe.settings_from(recipe.TwoViewRun, args))
+
+    assert options().relative_patch == 0.9                             # the CPU preset's
+    assert recipe.TwoViewRun(method="relative_position").preset_settings["max_steps"] == 900
+    assert options("--relative_patch", "0.5").relative_patch == 0.5
+    assert options("--preset", "gpu").relative_patch == pytest.approx(2 / 3)   # a preset without one: the paper's
