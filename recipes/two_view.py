@@ -95,6 +95,8 @@ class TwoViewRun(ImageRun):
         if self.preset not in table:
             have = [name for name in image_presets.NAMES if name in table]
             raise SelfsupError(f"--preset {self.preset} has no settings for {self.method}; choose from {have}")
+        if self.relative_patch is not None and not 0 < self.relative_patch <= 1:
+            raise SelfsupError(f"--relative_patch is a fraction of a grid cell in (0, 1], got {self.relative_patch}")
         preset = self.preset_settings
         for name in ("backbone", "model_size", "image_size"):
             if getattr(self, name) is None:
@@ -172,7 +174,8 @@ def view_options(run: TwoViewRun, patch_size: int | None = None) -> ViewOptions:
                        rotations=run.rotations, jigsaw_permutations=run.jigsaw_permutations,
                        num_local_views=run.num_local_views, local_size=run.local_size,
                        global_scale=tuple(run.preset_settings.get("global_scale", (0.4, 1.0))),
-                       relative_patch=run.relative_patch or run.preset_settings.get("relative_patch", 2 / 3))
+                       relative_patch=(run.relative_patch if run.relative_patch is not None
+                                       else run.preset_settings.get("relative_patch", 2 / 3)))
 
 
 def pipeline_for(run: TwoViewRun, patch_size: int | None = None) -> ViewPipeline:
@@ -195,7 +198,13 @@ def method_overrides(run: TwoViewRun) -> dict[str, Any]:
         out["adversarial_weight"] = run.adversarial_weight
     if run.estimator is not None:
         out["estimator"] = run.estimator
-    out.update(objective_settings(run.objective or []))
+    views = pipeline_for(run).objective
+    given = objective_settings(run.objective or [])
+    for key, value in given.items():
+        if key in views and value != views[key]:
+            raise SelfsupError(f"--objective {key}={value!r}: the {run.method} views set {key} to {views[key]!r} (it "
+                               "describes the data, so changing it here would not change the views)")
+    out.update(given)
     return out
 
 

@@ -72,6 +72,20 @@ def test_the_overlap_keeps_the_target_squares_border_visible_and_the_pipeline_se
     assert view_pipeline("inpainting", ViewOptions(image_size=128)).objective == {"overlap": 4}   # the paper's
 
 
+def test_an_objective_flag_cannot_contradict_the_overlap_the_views_set():
+    from selfsup.errors import SelfsupError
+    from selfsup.recipes import two_view as recipe
+
+    def overrides(*flags):
+        args = recipe.build_parser().parse_args(["--method", "inpainting", *flags])
+        return recipe.method_overrides(recipe.settings_from(recipe.TwoViewRun, args))
+
+    assert overrides()["overlap"] == 1
+    assert overrides("--objective", "overlap=1", "overlap_weight=5.0")["overlap_weight"] == 5.0   # agreeing: fine
+    with pytest.raises(SelfsupError, match="views set overlap to 1"):
+        overrides("--objective", "overlap=3")
+
+
 def test_the_overlap_border_weighs_ten_times_in_the_squared_error_against_a_plain_reference():
     """The paper's ``wtl2Matrix``: 10 x the weight on the border of ``overlap`` pixels, 1 inside, then the mean."""
     torch.manual_seed(0)

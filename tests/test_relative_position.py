@@ -91,3 +91,7 @@ def test_the_patch_is_a_fraction_of_a_cell_the_cpu_preset_takes_nine_tenths_and_
     assert recipe.TwoViewRun(method="relative_position").preset_settings["max_steps"] == 900
     assert options("--relative_patch", "0.5").relative_patch == 0.5
     assert options("--preset", "gpu").relative_patch == pytest.approx(2 / 3)   # a preset without one: the paper's
+    from selfsup.errors import SelfsupError
+    for bad in ("0", "1.5"):                                            # 0 is not "unset"
+        with pytest.raises(SelfsupError, match="fraction of a grid cell"):
+            options("--relative_patch", bad)
