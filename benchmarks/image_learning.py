@@ -15,7 +15,10 @@ machine's speed; the wall time of each run is reported beside them.
     python benchmarks/image_learning.py --output_dir runs --rescore       # the probes again on the kept exports
 
 Writes one JSON line per method (``ours`` = kNN accuracy after pretraining, ``reference`` = the random-init
-encoder's; ``probe`` / ``probe_reference`` the linear probe's) and, with ``--table FILE``, a markdown table beside lightly's 200-epoch ResNet-18 kNN figures.
+encoder's; ``probe`` / ``probe_reference`` the linear probe's) and, with ``--table FILE``, a markdown table beside
+lightly's 200-epoch ResNet-18 kNN figures; ``knn_gain_ci95`` / ``probe_gain_ci95``: the 95 % half-width of the
+gain over random init, paired over the same test images (``--eval_test_samples 10000``: CIFAR-10's whole test
+split, a third of the default's interval).
 """
 from __future__ import annotations
 
@@ -37,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # lightly's CIFAR-10 benchmark, ResNet-18, 200 epochs, batch 512 (its docs): kNN accuracy
 LIGHTLY_200_EPOCHS = {"simclr": 0.847, "moco_v2": 0.838, "byol": 0.869, "dino": 0.840, "simsiam": 0.819,
                       "swav": 0.812, "barlow_twins": 0.842}
-METHODS = ["mae", "simclr", "moco_v1", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "dino", "vicreg", "barlow_twins",
-           "rotation", "jigsaw", "relative_position", "instance_discrimination", "deepcluster", "deep_infomax", "cmc",
-           "colorization", "inpainting", "cpc"]
+METHODS = ["mae", "simclr", "moco_v1", "moco_v2", "moco_v3", "byol", "simsiam", "swav", "dino", "vicreg",
+           "barlow_twins", "rotation", "jigsaw", "relative_position", "instance_discrimination", "deepcluster",
+           "deep_infomax", "cmc", "colorization", "inpainting", "cpc"]
 # steps and learning rate per method (the CPU preset's otherwise): what trains in about 15 minutes on 2 cores
 STEPS = {"mae": 1500}
 EXTRA = {"mae": ["--model_size", "small", "--learning_rate", "1.5e-3", "--warmup_ratio", "0.05"],
@@ -53,7 +56,8 @@ def recipe_argv(method: str, data: Path, steps: int | None, out: Path, precision
                 linear_probe: bool = True) -> list[str]:
     return ["--train_file", str(data / "train.parquet"), "--eval_dir", str(data), "--output_dir", str(out),
               "--eval_train_samples", "5000", "--eval_test_samples", "1000", "--report_to", "tensorboard",
-              *([] if linear_probe else ["--no_linear_probe"]), "--random_init_seeds", "1", "--mixed_precision", precision, "--seed", "0",
+              *([] if linear_probe else ["--no_linear_probe"]), "--random_init_seeds", "1",
+              "--mixed_precision", precision, "--seed", "0",
               *(["--max_steps", str(steps)] if steps else []), *EXTRA.get(method, []), *extra]
 
 
@@ -71,7 +75,8 @@ def run(method: str, data: Path, steps: int | None, out: Path, precision: str, e
 
 
 FLAGS_FILE = "image_learning_flags.json"     # a run's training flags, which --rescore checks against its own
-EVAL_FLAGS = {"--probe_c": 1, "--no_linear_probe": 0, "--knn_k": 1, "--knn_temperature": 1}   # flag -> values
+EVAL_FLAGS = {"--probe_c": 1, "--no_linear_probe": 0, "--knn_k": 1, "--knn_temperature": 1,   # flag -> values
+              "--eval_train_samples": 1, "--eval_test_samples": 1}
 
 
 def training_flags(argv: list[str]) -> list[str]:
@@ -103,7 +108,7 @@ def rescore(method: str, data: Path, steps: int | None, out: Path, precision: st
     argv = ["--method", method, *recipe_argv(method, data, steps, out, precision, extra)]
     recorded = out / FLAGS_FILE
     if recorded.is_file():
-        then, now = json.loads(recorded.read_text(encoding="utf-8")), training_flags(argv[1:])
+        then, now = training_flags(json.loads(recorded.read_text(encoding="utf-8"))), training_flags(argv[1:])
         if then != now:
             raise SystemExit(f"error: {out}: trained with other flags than these: {' '.join(then)} (now: "
                              f"{' '.join(now)}); --rescore takes the run's flags (the probe's may differ)")
@@ -128,21 +133,32 @@ def row(method: str, extra: list[str], metrics: dict, seconds: float) -> dict:
         method = f"{method} ({extra[extra.index('--rotations') + 1]})"
     return {"method": method, "ours": metrics["knn/accuracy"], "reference": metrics["knn/random_init_accuracy"],
             "probe": metrics.get("probe/accuracy"), "probe_reference": metrics.get("probe/random_init_accuracy"),
+            "knn_gain_ci95": metrics.get("knn/gain_ci95"), "probe_gain_ci95": metrics.get("probe/gain_ci95"),
             "steps": metrics["steps"], "global_batch": metrics["global_batch_size"],
             "minutes": seconds / 60,
             "lightly_200_epochs": LIGHTLY_200_EPOCHS.get(method.split(" ")[0])}
 
 
+def gain(r: dict, ours: str, reference: str, ci: str) -> str:
+    """``+0.7 ± 0.9`` (points): the paired gain over random init and its 95 % interval, ``–`` without a probe."""
+    if r.get(ours) is None or r.get(reference) is None:
+        return "–"
+    half = f" ± {r[ci] * 100:.1f}" if r.get(ci) is not None else ""
+    return f"{(r[ours] - r[reference]) * 100:+.1f}{half}"
+
+
 def table(rows: list[dict], machine: str) -> str:
     lines = [f"Machine: {machine}.", "",
-             "| method | steps × batch | kNN after pretraining | kNN, random init | probe after pretraining "
-             "| probe, random init | minutes | lightly, 200 epochs (kNN) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | steps × batch | kNN after pretraining | kNN, random init | kNN gain (95 %) "
+             "| probe after pretraining | probe, random init | probe gain (95 %) | minutes "
+             "| lightly, 200 epochs (kNN) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = f"{r['lightly_200_epochs']:.1%}" if r["lightly_200_epochs"] else "–"
         probe = [f"{r[k]:.1%}" if r.get(k) is not None else "–" for k in ("probe", "probe_reference")]
         lines.append(f"| {r['method']} | {r['steps']} × {r['global_batch']} | {r['ours']:.1%} | {r['reference']:.1%} "
-                     f"| {probe[0]} | {probe[1]} | {r['minutes']:.1f} | {ref} |")
+                     f"| {gain(r, 'ours', 'reference', 'knn_gain_ci95')} | {probe[0]} | {probe[1]} "
+                     f"| {gain(r, 'probe', 'probe_reference', 'probe_gain_ci95')} | {r['minutes']:.1f} | {ref} |")
     return "\n".join(lines)
 
 

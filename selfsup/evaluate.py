@@ -65,12 +65,12 @@ def choose_probe_c(train_x: np.ndarray, train_y: Sequence[int], grid: Sequence[f
     return float(grid[int(np.argmax(scores))])
 
 
-def linear_probe(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray, test_y: Sequence[int],
-                 c: float | Sequence[float] = 1.0, max_iter: int = 2000, folds: int = 3) -> float:
-    """Test accuracy of a logistic regression on standardised frozen features. ``c``: its inverse regularisation
-    strength, or a grid of them to choose from by a ``folds``-fold cross-validation on the training features
-    (:func:`choose_probe_c`; e.g. :data:`PROBE_C_GRID`). Features that are not finite (an encoder that diverged)
-    stop with a one-line error."""
+def probe_predictions(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray,
+                      c: float | Sequence[float] = 1.0, max_iter: int = 2000, folds: int = 3) -> np.ndarray:
+    """The test predictions of a logistic regression on standardised frozen features. ``c``: its inverse
+    regularisation strength, or a grid of them to choose from by a ``folds``-fold cross-validation on the training
+    features (:func:`choose_probe_c`; e.g. :data:`PROBE_C_GRID`). Features that are not finite (an encoder that
+    diverged) stop with a one-line error."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -83,24 +83,48 @@ def linear_probe(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray
         c = choose_probe_c(train_x, train_y, c, folds=folds, max_iter=max_iter)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
     clf.fit(train_x, np.asarray(train_y))
-    return float(clf.score(test_x, np.asarray(test_y)))
+    return clf.predict(test_x)
 
 
-def knn_accuracy(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray, test_y: Sequence[int],
-                 k: int = 20, temperature: float = 0.07) -> float:
-    """Test accuracy of a cosine-similarity kNN with exp(sim / T) weighted votes (Wu et al., 2018)."""
+def linear_probe(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray, test_y: Sequence[int],
+                 c: float | Sequence[float] = 1.0, max_iter: int = 2000, folds: int = 3) -> float:
+    """Test accuracy of a logistic regression on standardised frozen features (:func:`probe_predictions`)."""
+    return float(np.mean(probe_predictions(train_x, train_y, test_x, c, max_iter, folds) == np.asarray(test_y)))
+
+
+def knn_predictions(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray, k: int = 20,
+                    temperature: float = 0.07) -> np.ndarray:
+    """The test predictions of a cosine-similarity kNN with exp(sim / T) weighted votes (Wu et al., 2018)."""
     train = torch.nn.functional.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
     test = torch.nn.functional.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
     labels = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
     num_classes = int(labels.max()) + 1
     k = min(k, len(train))
-    correct = 0
+    out = []
     with torch.autocast("cpu", enabled=False):   # an evaluation under bf16 autocast still ranks in float32
-        for chunk, truth in zip(test.split(1024), torch.as_tensor(np.asarray(test_y)).split(1024)):
+        for chunk in test.split(1024):
             sim, idx = (chunk @ train.T).topk(k, dim=1)
             votes = torch.zeros(len(chunk), num_classes).scatter_add_(1, labels[idx], (sim / temperature).exp())
-            correct += int((votes.argmax(1) == truth).sum())
-    return correct / len(test)
+            out.append(votes.argmax(1))
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+
+def knn_accuracy(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray, test_y: Sequence[int],
+                 k: int = 20, temperature: float = 0.07) -> float:
+    """Test accuracy of a cosine-similarity kNN with exp(sim / T) weighted votes (:func:`knn_predictions`)."""
+    return float(np.mean(knn_predictions(train_x, train_y, test_x, k, temperature) == np.asarray(test_y)))
+
+
+def paired_gain(correct: np.ndarray, reference: np.ndarray, z: float = 1.96) -> tuple[float, float]:
+    """How much one classifier's accuracy exceeds another's on the same test examples, and the half-width of its
+    normal-approximation confidence interval (``z`` 1.96: 95 %) from the per-example differences: ``correct`` and
+    ``reference`` are (N,) per-example scores in [0, 1] (1 right, 0 wrong; a mean over several reference runs may
+    lie between). Pairing removes the examples both get right or both get wrong, so the interval is narrower than
+    either accuracy's own; it covers the choice of test examples only, not the seed of the runs."""
+    d = np.asarray(correct, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    if len(d) < 2:
+        return float(d.mean()) if len(d) else 0.0, float("nan")
+    return float(d.mean()), float(z * d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def probe_encoders(encoders: dict[str, Encoder | Sequence[Encoder]], make_batches: Callable[[str], Iterable[Batch]],
@@ -113,27 +137,33 @@ def probe_encoders(encoders: dict[str, Encoder | Sequence[Encoder]], make_batche
     ``probe/random_init_accuracy``, ``knn/accuracy`` and ``knn/random_init_accuracy`` on the mean-pooled last
     hidden state; ``all_layers`` adds ``probe/all_layers/accuracy`` (and ``.../random_init_accuracy``): the probe
     on every layer's mean-pooled output concatenated, which shows what pretraining put in the lower layers too.
-    A list of encoders under one key (random inits from several seeds) gives the mean of their figures.
+    A list of encoders under one key (random inits from several seeds) gives the mean of their figures. With both
+    keys, ``knn/gain`` and ``probe/gain`` (and ``.../gain_ci95``) are the pretrained encoder's accuracy less random
+    init's on the same test examples and the half-width of its 95 % interval (:func:`paired_gain`).
     ``knn_k`` / ``knn_temperature``: the kNN's neighbours and vote temperature (lightly's image benchmarks use
     200 and 0.1); ``linear=False`` skips the probe (a kNN monitor during training); ``probe_c``: the probe's ``C``,
     or a grid to choose it from by cross-validation on the fit split, for each encoder alike (:func:`linear_probe`).
     """
     views = ("last", "all_layers") if all_layers else ("last",)
+    truth = np.asarray(test_y)
     out: dict[str, float] = {}
+    correct: dict[str, dict[str, np.ndarray]] = {}        # prefix -> figure -> per-example score (mean over runs)
     for prefix, group in encoders.items():
         runs = []
         for enc in ([group] if isinstance(group, nn.Module) else group):
             tr = extract_views(enc, make_batches("train"), device, views)
             te = extract_views(enc, make_batches("test"), device, views)
-            run = {f"knn/{prefix}accuracy": knn_accuracy(tr["last"], train_y, te["last"], test_y, k=knn_k,
-                                                         temperature=knn_temperature)}
+            run = {"knn/": knn_predictions(tr["last"], train_y, te["last"], k=knn_k, temperature=knn_temperature)}
             if linear:
-                run[f"probe/{prefix}accuracy"] = linear_probe(tr["last"], train_y, te["last"], test_y, c=probe_c)
+                run["probe/"] = probe_predictions(tr["last"], train_y, te["last"], c=probe_c)
             if all_layers:
-                run[f"probe/all_layers/{prefix}accuracy"] = linear_probe(tr["all_layers"], train_y,
-                                                                         te["all_layers"], test_y, c=probe_c)
-            runs.append(run)
-        out.update({k: float(np.mean([r[k] for r in runs])) for k in runs[0]})
+                run["probe/all_layers/"] = probe_predictions(tr["all_layers"], train_y, te["all_layers"], c=probe_c)
+            runs.append({k: (v == truth).astype(np.float64) for k, v in run.items()})
+        correct[prefix] = {k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}
+        out.update({f"{k}{prefix}accuracy": float(v.mean()) for k, v in correct[prefix].items()})
+    if "" in correct and "random_init_" in correct:     # the pretrained encoder against random init, paired
+        for k, v in correct[""].items():
+            out[f"{k}gain"], out[f"{k}gain_ci95"] = paired_gain(v, correct["random_init_"][k])
     return out
 
 

@@ -62,7 +62,8 @@ def held_out_eval(examples: Sequence[Any], collate: Callable[[list[Any]], dict],
 
 def summary(metrics: dict[str, Any], export_dir: Path | None, output_dir: str | Path) -> str:
     """A few lines a person reads at the end of a run: steps, held-out figures, every probe / kNN figure beside
-    its random-init reference, and where the metrics, the training curves and the export are."""
+    its random-init reference (and the paired gain with its 95 % interval where the probe gave one), and where the
+    metrics, the training curves and the export are."""
     lines = [f"done: {metrics.get('steps')} steps on {metrics.get('num_processes')} process(es)"]
     keys = ["train_loss", "samples_per_second", *sorted(k for k in metrics if k.startswith("eval/"))]
     shown = [f"{k} {metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), (int, float))]
@@ -73,8 +74,11 @@ def summary(metrics: dict[str, Any], export_dir: Path | None, output_dir: str | 
     if own:                                  # the objective's figures over the last logging window
         lines.append("  last steps: " + ", ".join(own))
     for key in sorted(k for k in metrics if k.endswith("/accuracy") and not k.startswith("eval/")):
-        ref = metrics.get(key[: -len("accuracy")] + "random_init_accuracy")
-        against = f"   (random init {ref:.1%})" if isinstance(ref, (int, float)) else ""
+        stem = key[: -len("accuracy")]
+        ref, gain, ci = (metrics.get(stem + k) for k in ("random_init_accuracy", "gain", "gain_ci95"))
+        paired = (f"; {gain * 100:+.1f} ± {ci * 100:.1f} points, 95 % over the test examples"
+                  if isinstance(gain, (int, float)) and isinstance(ci, (int, float)) and ci == ci else "")
+        against = f"   (random init {ref:.1%}{paired})" if isinstance(ref, (int, float)) else ""
         lines.append(f"  {key:<34} {metrics[key]:.1%}{against}")
     lines.append(f"  metrics: {Path(output_dir) / 'metrics.json'}")
     if metrics.get("training_curves"):

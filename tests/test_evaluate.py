@@ -106,8 +106,44 @@ def test_probe_encoders_reports_both_encoders():
 
     out = probe_encoders({"": Encoder(Lookup(), Identity()), "random_init_": Encoder(Lookup(), Noise())},
                          lambda split: [{"x": torch.as_tensor(data[split])}], ytr, yte)
-    assert set(out) == {"probe/accuracy", "probe/random_init_accuracy", "knn/accuracy", "knn/random_init_accuracy"}
+    assert set(out) == {"probe/accuracy", "probe/random_init_accuracy", "knn/accuracy", "knn/random_init_accuracy",
+                        "probe/gain", "probe/gain_ci95", "knn/gain", "knn/gain_ci95"}
     assert out["probe/accuracy"] > 0.9 > 0.6 > out["probe/random_init_accuracy"]
+    for kind in ("probe", "knn"):    # the gain is the difference of the two accuracies, its interval clear of zero
+        assert abs(out[f"{kind}/gain"] - (out[f"{kind}/accuracy"] - out[f"{kind}/random_init_accuracy"])) < 1e-12
+        assert out[f"{kind}/gain"] - out[f"{kind}/gain_ci95"] > 0
+
+
+def test_paired_gain_equals_a_plain_reference():
+    """The gain's interval from the per-example differences, written out; it is narrower than the unpaired one
+    when the two classifiers agree on most examples, and zero for one classifier against itself."""
+    import math
+
+    from selfsup.evaluate import paired_gain
+
+    rng = np.random.default_rng(0)
+    reference = (rng.random(1000) < 0.3).astype(float)
+    flip = rng.random(1000) < 0.1                        # 10 % of the answers changed, more often to right
+    correct = np.where(flip, rng.random(1000) < 0.8, reference).astype(float)
+    diffs = [a - b for a, b in zip(correct, reference)]
+    mean = sum(diffs) / len(diffs)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    gain, half = paired_gain(correct, reference)
+    assert abs(gain - mean) < 1e-12 and abs(half - 1.96 * sd / math.sqrt(1000)) < 1e-12
+    p, q = correct.mean(), reference.mean()
+    unpaired = 1.96 * math.sqrt(p * (1 - p) / 1000 + q * (1 - q) / 1000)
+    assert half < 0.6 * unpaired
+    assert paired_gain(correct, correct) == (0.0, 0.0)
+
+
+def test_the_summary_shows_the_paired_gain(tmp_path):
+    from selfsup.run import summary
+
+    metrics = {"steps": 3, "knn/accuracy": 0.311, "knn/random_init_accuracy": 0.304, "knn/gain": 0.007,
+               "knn/gain_ci95": 0.009, "probe/accuracy": 0.5, "probe/random_init_accuracy": 0.4}
+    lines = summary(metrics, None, tmp_path).splitlines()
+    assert any("31.1%   (random init 30.4%; +0.7 ± 0.9 points, 95 % over the test examples)" in ln for ln in lines)
+    assert any(ln.endswith("50.0%   (random init 40.0%)") for ln in lines)     # no interval, no claim
 
 
 def test_all_layers_probe_sees_what_the_last_layer_lost():

@@ -44,6 +44,11 @@ def test_rescore_repeats_the_runs_knn_and_probes_its_export(tmp_path):
     # with a fixed C the probes are scored again under it (the kNN does not depend on it)
     [fixed] = image_learning.main([*argv, "--rescore", "--probe_c", "1e-4"])
     assert fixed["ours"] == trained["ours"] and 0.0 <= fixed["probe"] <= 1.0
+    assert trained["knn_gain_ci95"] is not None and trained["probe_gain_ci95"] is not None
+    assert again["knn_gain_ci95"] == trained["knn_gain_ci95"]
+    # the scoring images are the evaluation's: fewer of them is a rescore of the same run, with a wider interval
+    [fewer] = image_learning.main([*argv, "--rescore", "--eval_test_samples", "20"])
+    assert fewer["steps"] == 3 and fewer["knn_gain_ci95"] != trained["knn_gain_ci95"]
     with pytest.raises(SystemExit, match="trained with other flags"):      # another budget: not that run's export
         image_learning.main([*argv, "--rescore", "--max_steps", "4"])
     with pytest.raises(SystemExit, match="no single-encoder two-view export"):
