@@ -30,8 +30,9 @@ from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATIO
 class ViewOptions:
     """What the recipe's flags give every pipeline. patch_size: a ViT's (tiles, patches and local crops are then
     a whole number of patches), None on a ResNet; rotations: a key of ``ROTATION_SETS``; jigsaw_permutations: the
-    size of the permutation set; num_local_views / local_size / global_scale: multi-crop's; relative_patch: relative
-    position's patch side as a fraction of a cell (the paper's 2/3: a gap of half a patch)."""
+    size of the permutation set; num_local_views / local_size / global_scale: multi-crop's; cell_fraction: the side of
+    jigsaw's tiles and relative position's patches as a fraction of their grid cell (None: each paper's, 64/75 and
+    2/3)."""
 
     image_size: int = 32
     mean: Sequence[float] = IMAGENET_MEAN
@@ -42,7 +43,7 @@ class ViewOptions:
     num_local_views: int = 0
     local_size: int | None = None
     global_scale: tuple[float, float] = (0.4, 1.0)
-    relative_patch: float = 2 / 3
+    cell_fraction: float | None = None
 
     @property
     def norm(self) -> dict[str, Sequence[float]]:
@@ -122,19 +123,25 @@ def rotation(o: ViewOptions) -> ViewPipeline:
                         objective={"num_classes": len(angles)})
 
 
+def cell_part(o: ViewOptions, paper: float) -> int:
+    """The side of a tile / patch cut from a third of the image: ``cell_fraction`` of it (``paper``'s when None), at
+    least one pixel, a whole number of a ViT's patches."""
+    fraction = paper if o.cell_fraction is None else o.cell_fraction
+    if not 0 < fraction <= 1:
+        raise ValueError(f"cell_fraction is a fraction of a cell in (0, 1], got {fraction}")
+    return o.whole_patches(max(1, round((o.image_size // 3) * fraction)))
+
+
 def jigsaw(o: ViewOptions) -> ViewPipeline:
-    """Tiles of 64/75 of a cell (each normalised on its own)."""
-    tile = o.whole_patches(round((o.image_size // 3) * 64 / 75))
-    return ViewPipeline([JigsawTiles(o.image_size, _permutations(o.jigsaw_permutations), tile_size=tile)],
+    """Tiles of 64/75 of a cell, the paper's (or ``cell_fraction``), each normalised on its own."""
+    return ViewPipeline([JigsawTiles(o.image_size, _permutations(o.jigsaw_permutations),
+                                     tile_size=cell_part(o, 64 / 75))],
                         objective={"num_permutations": o.jigsaw_permutations})
 
 
 def relative_position(o: ViewOptions) -> ViewPipeline:
-    """Patches of ``relative_patch`` of a cell (the paper's 2/3: a gap of half a patch), at least one pixel."""
-    if not 0 < o.relative_patch <= 1:
-        raise ValueError(f"relative_patch is a fraction of a cell in (0, 1], got {o.relative_patch}")
-    patch = max(1, round((o.image_size // 3) * o.relative_patch))
-    return ViewPipeline([RelativePatches(o.image_size, o.whole_patches(patch))])
+    """Patches of 2/3 of a cell, the paper's: a gap of half a patch (or ``cell_fraction``)."""
+    return ViewPipeline([RelativePatches(o.image_size, cell_part(o, 2 / 3))])
 
 
 def cpc(o: ViewOptions, grayscale_p: float = 1.0) -> ViewPipeline:

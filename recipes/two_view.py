@@ -87,7 +87,7 @@ class TwoViewRun(ImageRun):
     objective: list[str] | None = None
     rotations: str = "4"
     jigsaw_permutations: int = 100
-    relative_patch: float | None = None
+    cell_fraction: float | None = None
 
     def __post_init__(self) -> None:
         self.method = aliases().get(self.method, self.method)
@@ -95,8 +95,8 @@ class TwoViewRun(ImageRun):
         if self.preset not in table:
             have = [name for name in image_presets.NAMES if name in table]
             raise SelfsupError(f"--preset {self.preset} has no settings for {self.method}; choose from {have}")
-        if self.relative_patch is not None and not 0 < self.relative_patch <= 1:
-            raise SelfsupError(f"--relative_patch is a fraction of a grid cell in (0, 1], got {self.relative_patch}")
+        if self.cell_fraction is not None and not 0 < self.cell_fraction <= 1:
+            raise SelfsupError(f"--cell_fraction is a fraction of a grid cell in (0, 1], got {self.cell_fraction}")
         preset = self.preset_settings
         for name in ("backbone", "model_size", "image_size"):
             if getattr(self, name) is None:
@@ -138,9 +138,10 @@ def build_parser() -> ArgumentParser:
                    help="rotation: the set of angles, 4 (0/90/180/270), 8 (every 45), 0_180 or 90_270")
     g.add_argument("--jigsaw_permutations", type=int, default=100,
                    help="jigsaw: the permutations of the 3 x 3 tiles (chosen far apart in Hamming distance)")
-    g.add_argument("--relative_patch", type=float, default=None,
-                   help="relative_position: the patch side as a fraction of a grid cell (default: the preset's, the "
-                        "CPU preset's 0.9; the paper's 2/3 without one)")
+    g.add_argument("--cell_fraction", "--relative_patch", dest="cell_fraction", type=float, default=None,
+                   help="jigsaw and relative_position: the side of a tile / patch as a fraction of its grid cell, the "
+                        "rest the gap and jitter (default: the preset's, relative position's CPU preset 0.9; else the "
+                        "paper's: 64/75 jigsaw, 2/3 relative position)")
     # None = "the preset's"; base_parser's own defaults would hide whether the flag was given
     p.set_defaults(learning_rate=None, weight_decay=None, optimizer=None, momentum=None, model_size=None,
                    image_size=None, max_steps=None, per_device_train_batch_size=None, adam_beta1=None, adam_beta2=None)
@@ -174,8 +175,8 @@ def view_options(run: TwoViewRun, patch_size: int | None = None) -> ViewOptions:
                        rotations=run.rotations, jigsaw_permutations=run.jigsaw_permutations,
                        num_local_views=run.num_local_views, local_size=run.local_size,
                        global_scale=tuple(run.preset_settings.get("global_scale", (0.4, 1.0))),
-                       relative_patch=(run.relative_patch if run.relative_patch is not None
-                                       else run.preset_settings.get("relative_patch", 2 / 3)))
+                       cell_fraction=(run.cell_fraction if run.cell_fraction is not None
+                                      else run.preset_settings.get("cell_fraction")))
 
 
 def pipeline_for(run: TwoViewRun, patch_size: int | None = None) -> ViewPipeline:

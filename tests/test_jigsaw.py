@@ -92,3 +92,21 @@ def test_the_image_recipe_trains_jigsaw_and_lists_it(tmp_path, capsys):
     metrics = recipe.main(argv)
     assert metrics["steps"] == 2 and np.isfinite(metrics["train_loss"])
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+
+
+def test_the_tile_is_a_fraction_of_a_cell_the_papers_without_one_and_the_flag_wins():
+    """64/75 of a cell by default (the paper's 64 of 75 pixels); ``--cell_fraction`` narrows the tiles and widens
+    the gaps between them; the recipe's flag reaches the pipeline."""
+    from selfsup.modalities.view_pipelines import ViewOptions, view_pipeline
+    from selfsup.recipes import two_view as recipe
+
+    (paper,) = view_pipeline("jigsaw", ViewOptions(image_size=32)).transforms
+    assert (paper.cell, paper.tile) == (10, 9)
+    (narrow,) = view_pipeline("jigsaw", ViewOptions(image_size=32, cell_fraction=0.7)).transforms
+    assert narrow.tile == 7
+    views = narrow(torch.rand(3, 32, 32))
+    assert [v.shape for v in views["views"]] == [(3, 7, 7)] * 9
+    args = recipe.build_parser().parse_args(["--method", "jigsaw", "--cell_fraction", "0.7"])
+    assert recipe.view_options(recipe.settings_from(recipe.TwoViewRun, args)).cell_fraction == 0.7
+    args = recipe.build_parser().parse_args(["--method", "jigsaw"])
+    assert recipe.view_options(recipe.settings_from(recipe.TwoViewRun, args)).cell_fraction is None

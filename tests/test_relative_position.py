@@ -78,20 +78,21 @@ def test_the_patch_is_a_fraction_of_a_cell_the_cpu_preset_takes_nine_tenths_and_
 
     (paper,) = view_pipeline("relative_position", ViewOptions(image_size=32)).transforms
     assert (paper.patch, paper.jitter) == (7, 1)                      # 2/3 of a 10-pixel cell: the paper's
-    (wide,) = view_pipeline("relative_position", ViewOptions(image_size=32, relative_patch=0.9)).transforms
+    (wide,) = view_pipeline("relative_position", ViewOptions(image_size=32, cell_fraction=0.9)).transforms
     assert (wide.patch, wide.jitter) == (9, 0)
     with pytest.raises(ValueError, match="fraction of a cell"):
-        view_pipeline("relative_position", ViewOptions(image_size=32, relative_patch=1.5))
+        view_pipeline("relative_position", ViewOptions(image_size=32, cell_fraction=1.5))
 
     def options(*flags):
         args = recipe.build_parser().parse_args(["--method", "relative_position", *flags])
         return recipe.view_options(recipe.settings_from(recipe.TwoViewRun, args))
 
-    assert options().relative_patch == 0.9                             # the CPU preset's
+    assert options().cell_fraction == 0.9                              # the CPU preset's
     assert recipe.TwoViewRun(method="relative_position").preset_settings["max_steps"] == 900
-    assert options("--relative_patch", "0.5").relative_patch == 0.5
-    assert options("--preset", "gpu").relative_patch == pytest.approx(2 / 3)   # a preset without one: the paper's
+    assert options("--cell_fraction", "0.5").cell_fraction == 0.5
+    assert options("--relative_patch", "0.5").cell_fraction == 0.5    # the flag's earlier name
+    assert options("--preset", "gpu").cell_fraction is None            # a preset without one: the paper's 2/3
     from selfsup.errors import SelfsupError
     for bad in ("0", "1.5"):                                            # 0 is not "unset"
         with pytest.raises(SelfsupError, match="fraction of a grid cell"):
-            options("--relative_patch", bad)
+            options("--cell_fraction", bad)

@@ -59,7 +59,7 @@ PRESETS = {"relative_position": dict(
     # of half a patch (7-pixel patches) the pretext was barely learned (20 % after 300 steps, chance 12.5 %) and the
     # features stayed below random init; a step on two small patches costs about a third of a two-view step on whole
     # images (docs/benchmarks.md, "relative position")
-    cpu={**CPU, "max_steps": 900, "transform": "relative_position", "relative_patch": 0.9},
+    cpu={**CPU, "max_steps": 900, "transform": "relative_position", "cell_fraction": 0.9},
     gpu={**LIGHTLY_CIFAR, "transform": "relative_position"},   # ImageNet only in the paper too
     # generic SGD settings on a ResNet-50, not the paper's (an AlexNet-style pair network)
     imagenet={**IMAGENET, "optimizer": "sgd", "learning_rate": 0.01, "weight_decay": 5e-4, "batch_size": 128,

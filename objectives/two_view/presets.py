@@ -22,7 +22,7 @@ NAMES = ("cpu", "gpu", "imagenet")   # the presets, as --preset takes them
 # 4-block ResNet at 32 x 32, batch 64, lightly's optimizers scaled to the batch). Keys: the run's (optimizer,
 # learning_rate for the whole batch, momentum = the optimizer's, adam_beta1 / adam_beta2 (0.9 / 0.999 unless set),
 # weight_decay, batch_size global, epochs or max_steps, warmup_*, transform = the modalities.view_pipelines pipeline,
-# num_local_views, global_scale, relative_patch); "objective": config fields of the method to override; "*_epochs" /
+# num_local_views, global_scale, cell_fraction); "objective": config fields of the method to override; "*_epochs" /
 # "queue_start_epoch": schedule lengths the recipe turns into steps.
 LIGHTLY_CIFAR = dict(backbone="resnet18", model_size="small", image_size=32, batch_size=512, epochs=800,
                      optimizer="sgd", learning_rate=0.06 * 512 / 128, momentum=0.9, weight_decay=5e-4,
