@@ -94,9 +94,9 @@ def test_the_image_recipe_trains_jigsaw_and_lists_it(tmp_path, capsys):
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
 
 
-def test_the_tile_is_a_fraction_of_a_cell_the_papers_without_one_and_the_flag_wins():
-    """64/75 of a cell by default (the paper's 64 of 75 pixels); ``--cell_fraction`` narrows the tiles and widens
-    the gaps between them; the recipe's flag reaches the pipeline."""
+def test_the_tile_is_a_fraction_of_a_cell_the_cpu_preset_takes_seven_tenths_and_the_flag_wins():
+    """64/75 of a cell without a fraction (the paper's 64 of 75 pixels), 0.7 in the CPU preset; ``--cell_fraction``
+    narrows the tiles and widens the gaps between them; the recipe's flag reaches the pipeline."""
     from selfsup.modalities.view_pipelines import ViewOptions, view_pipeline
     from selfsup.recipes import two_view as recipe
 
@@ -108,5 +108,9 @@ def test_the_tile_is_a_fraction_of_a_cell_the_papers_without_one_and_the_flag_wi
     assert [v.shape for v in views["views"]] == [(3, 7, 7)] * 9
     args = recipe.build_parser().parse_args(["--method", "jigsaw", "--cell_fraction", "0.7"])
     assert recipe.view_options(recipe.settings_from(recipe.TwoViewRun, args)).cell_fraction == 0.7
-    args = recipe.build_parser().parse_args(["--method", "jigsaw"])
-    assert recipe.view_options(recipe.settings_from(recipe.TwoViewRun, args)).cell_fraction is None
+    def fraction(*flags):
+        args = recipe.build_parser().parse_args(["--method", "jigsaw", *flags])
+        return recipe.view_options(recipe.settings_from(recipe.TwoViewRun, args)).cell_fraction
+
+    assert fraction() == 0.7                               # the CPU preset's: wider gaps at 32 pixels
+    assert fraction("--preset", "gpu") is None             # the paper's 64/75
