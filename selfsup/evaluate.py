@@ -119,8 +119,9 @@ def paired_gain(correct: np.ndarray, reference: np.ndarray, z: float = 1.96) -> 
     """How much one classifier's accuracy exceeds another's on the same test examples, and the half-width of its
     normal-approximation confidence interval (``z`` 1.96: 95 %) from the per-example differences: ``correct`` and
     ``reference`` are (N,) per-example scores in [0, 1] (1 right, 0 wrong; a mean over several reference runs may
-    lie between). Pairing removes the examples both get right or both get wrong, so the interval is narrower than
-    either accuracy's own; it covers the choice of test examples only, not the seed of the runs."""
+    lie between). The examples both get right or both get wrong add nothing to its variance, so the interval is
+    narrower than that of two independent accuracies' difference, the more so the more the two agree; it covers the
+    choice of test examples only, not the seed of the runs."""
     d = np.asarray(correct, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
     if len(d) < 2:
         return float(d.mean()) if len(d) else 0.0, float("nan")
