@@ -199,13 +199,13 @@ def test_the_probe_of_a_run_uses_the_c_the_flag_names(tmp_path, monkeypatch):
     from selfsup import evaluate
     from selfsup.evaluate import PROBE_C_GRID
 
-    seen, probe = [], evaluate.linear_probe
+    seen, probe = [], evaluate.probe_predictions
 
     def recording(*args, c=1.0, **kw):
         seen.append(c)
         return probe(*args, c=c, **kw)
 
-    monkeypatch.setattr(evaluate, "linear_probe", recording)
+    monkeypatch.setattr(evaluate, "probe_predictions", recording)
     two_view.main(two_view_argv("simclr")(tmp_path / "a", "--probe_c", "0.05", steps=1))
     assert seen == [0.05, 0.05]                     # the trained encoder and the random-init one
     seen.clear()
