@@ -140,8 +140,8 @@ def build_parser() -> ArgumentParser:
                    help="jigsaw: the permutations of the 3 x 3 tiles (chosen far apart in Hamming distance)")
     g.add_argument("--cell_fraction", "--relative_patch", dest="cell_fraction", type=float, default=None,
                    help="jigsaw and relative_position: the side of a tile / patch as a fraction of its grid cell, the "
-                        "rest the gap and jitter (default: the preset's, relative position's CPU preset 0.9; else the "
-                        "paper's: 64/75 jigsaw, 2/3 relative position)")
+                        "rest the gap and jitter (default: the preset's, the CPU presets' 0.7 jigsaw and 0.9 relative "
+                        "position; else the paper's: 64/75 jigsaw, 2/3 relative position)")
     # None = "the preset's"; base_parser's own defaults would hide whether the flag was given
     p.set_defaults(learning_rate=None, weight_decay=None, optimizer=None, momentum=None, model_size=None,
                    image_size=None, max_steps=None, per_device_train_batch_size=None, adam_beta1=None, adam_beta2=None)

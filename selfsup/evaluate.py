@@ -122,7 +122,11 @@ def paired_gain(correct: np.ndarray, reference: np.ndarray, z: float = 1.96) -> 
     lie between). The examples both get right or both get wrong add nothing to its variance, so the interval is
     narrower than that of two independent accuracies' difference, the more so the more the two agree; it covers the
     choice of test examples only, not the seed of the runs."""
-    d = np.asarray(correct, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    correct, reference = np.asarray(correct, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if correct.ndim != 1 or correct.shape != reference.shape:
+        raise ValueError(f"a paired gain needs one score per test example on both sides, got shapes "
+                         f"{correct.shape} and {reference.shape}")
+    d = correct - reference
     if len(d) < 2:
         return float(d.mean()) if len(d) else 0.0, float("nan")
     return float(d.mean()), float(z * d.std(ddof=1) / np.sqrt(len(d)))

@@ -134,6 +134,9 @@ def test_paired_gain_equals_a_plain_reference():
     unpaired = 1.96 * math.sqrt(p * (1 - p) / 1000 + q * (1 - q) / 1000)
     assert half < 0.6 * unpaired
     assert paired_gain(correct, correct) == (0.0, 0.0)
+    import pytest
+    with pytest.raises(ValueError, match="one score per test example"):     # not broadcast into a wrong figure
+        paired_gain(correct, reference[:1])
 
 
 def test_the_summary_shows_the_paired_gain(tmp_path):

@@ -106,11 +106,11 @@ def test_the_tile_is_a_fraction_of_a_cell_the_cpu_preset_takes_seven_tenths_and_
     assert narrow.tile == 7
     views = narrow(torch.rand(3, 32, 32))
     assert [v.shape for v in views["views"]] == [(3, 7, 7)] * 9
-    args = recipe.build_parser().parse_args(["--method", "jigsaw", "--cell_fraction", "0.7"])
-    assert recipe.view_options(recipe.settings_from(recipe.TwoViewRun, args)).cell_fraction == 0.7
+
     def fraction(*flags):
         args = recipe.build_parser().parse_args(["--method", "jigsaw", *flags])
         return recipe.view_options(recipe.settings_from(recipe.TwoViewRun, args)).cell_fraction
 
     assert fraction() == 0.7                               # the CPU preset's: wider gaps at 32 pixels
     assert fraction("--preset", "gpu") is None             # the paper's 64/75
+    assert fraction("--cell_fraction", "0.5") == 0.5       # the flag over the preset
