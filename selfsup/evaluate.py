@@ -86,9 +86,16 @@ def probe_predictions(train_x: np.ndarray, train_y: Sequence[int], test_x: np.nd
     return clf.predict(test_x)
 
 
+def no_examples(test_y: Sequence[int], what: str) -> None:
+    """Stop with a clear error when there is no test example to score (an accuracy over none is undefined)."""
+    if len(np.asarray(test_y)) == 0:
+        raise SelfsupError(f"the {what} has no test examples to score: give a non-empty test set")
+
+
 def linear_probe(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray, test_y: Sequence[int],
                  c: float | Sequence[float] = 1.0, max_iter: int = 2000, folds: int = 3) -> float:
     """Test accuracy of a logistic regression on standardised frozen features (:func:`probe_predictions`)."""
+    no_examples(test_y, "linear probe")
     return float(np.mean(probe_predictions(train_x, train_y, test_x, c, max_iter, folds) == np.asarray(test_y)))
 
 
@@ -112,6 +119,7 @@ def knn_predictions(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndar
 def knn_accuracy(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray, test_y: Sequence[int],
                  k: int = 20, temperature: float = 0.07) -> float:
     """Test accuracy of a cosine-similarity kNN with exp(sim / T) weighted votes (:func:`knn_predictions`)."""
+    no_examples(test_y, "kNN")
     return float(np.mean(knn_predictions(train_x, train_y, test_x, k, temperature) == np.asarray(test_y)))
 
 

@@ -99,6 +99,18 @@ class Noise(torch.nn.Module):
         return BackboneOutput(torch.randn_like(x))
 
 
+def test_an_empty_test_set_stops_the_knn_and_the_probe_in_one_line():
+    import pytest
+
+    from selfsup.errors import SelfsupError
+
+    x, y = blobs(60, 0)
+    for score, what in ((knn_accuracy, "kNN"), (linear_probe, "linear probe")):
+        with pytest.raises(SelfsupError, match=f"the {what} has no test examples") as err:
+            score(x, y, x[:0], y[:0])
+        assert "\n" not in str(err.value)
+
+
 def test_probe_encoders_reports_both_encoders():
     xtr, ytr = blobs(120, 0)
     xte, yte = blobs(60, 1)
