@@ -207,6 +207,7 @@ def test_the_image_recipe_trains_exports_and_resume_keeps_the_labels(tmp_path, c
     with pytest.raises(SystemExit):
         recipe.main(["--help"])
     assert "deepcluster" in capsys.readouterr().out
+    assert recipe.TwoViewRun(method="deepcluster").preset_settings["max_steps"] == 900    # the CPU preset's budget
     base = two_view_argv("deepcluster")
     metrics = recipe.main(base(tmp_path / "run", "--max_train_samples", "64", steps=2))
     assert metrics["steps"] == 2 and np.isfinite(metrics["train_loss"])

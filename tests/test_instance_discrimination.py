@@ -101,6 +101,7 @@ def test_the_image_recipe_trains_exports_and_resume_restores_the_bank(tmp_path, 
     with pytest.raises(SystemExit):
         recipe.main(["--help"])
     assert "instance_discrimination" in capsys.readouterr().out
+    assert recipe.TwoViewRun(method="instance_discrimination").preset_settings["max_steps"] == 900   # the CPU preset
     argv = two_view_argv("instance_discrimination")
     metrics = recipe.main(argv(tmp_path / "run", steps=2))
     assert metrics["steps"] == 2 and np.isfinite(metrics["train_loss"])
