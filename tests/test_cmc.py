@@ -174,7 +174,9 @@ def test_the_image_recipe_trains_probes_and_exports_an_encoder_per_view(tmp_path
     with pytest.raises(SystemExit):
         recipe.main(["--help"])
     assert "cmc" in capsys.readouterr().out
-    metrics = recipe.main(two_view_argv("cmc")(tmp_path / "run", steps=2))
+    # one C for the probe (its cross-validated search over 1,024 features of two encoders is most of this test's
+    # time; tests/test_image_recipes.py covers the search)
+    metrics = recipe.main(two_view_argv("cmc")(tmp_path / "run", "--probe_c", "0.1", steps=2))
     assert metrics["steps"] == 2 and np.isfinite(metrics["train_loss"])
     assert {"knn/accuracy", "knn/random_init_accuracy"} <= set(metrics)
     assert metrics["export/max_abs_hidden_diff"] < 1e-4
