@@ -9,6 +9,10 @@ scored on the test split.
     python benchmarks/timeseries_learning.py --sets GunPoint --seeds 0 --method data2vec
     python benchmarks/timeseries_learning.py --sets Coffee --seeds 0 1 2 3 4 --probe svm_cv --probe_layers all
     python benchmarks/timeseries_learning.py --quick                       # 2 steps each: a smoke run
+    python benchmarks/timeseries_learning.py --sets Coffee --seeds 0 1 2 3 4 --scaling none   # recipe flags pass on
+
+Any flag this script does not know goes on to ``recipes/timeseries.py`` after its own (``--scaling none``,
+``--learning_rate 1e-4``, ``--hidden_size 128``, ...), the same for every set and seed; the rows record them.
 
 Writes one JSON line per set (mean and std over seeds of the pretrained and random-init probes, raw 1-NN,
 minutes) and, with ``--table FILE``, a markdown table.
@@ -64,17 +68,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--dropout", type=float, default=0.0, help="the Transformer's dropout in pretraining")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--table", default=None)
-    args = p.parse_args(argv)
+    args, recipe_flags = p.parse_known_args(argv)
     rows = []
     for name in args.sets:
         runs = []
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as tmp:
+                extra = ("--dropout", str(args.dropout), *recipe_flags)
                 runs.append(run(name, args.method, seed, 2 if args.quick else args.steps, Path(tmp), args.pooling,
-                                args.norm, args.probe, args.probe_layers, ("--dropout", str(args.dropout))))
+                                args.norm, args.probe, args.probe_layers, extra))
         ours, rand = np.array([r["ours"] for r in runs]), np.array([r["random_init"] for r in runs])
         row = {"set": name, "method": args.method, "pooling": args.pooling, "norm": args.norm, "probe": args.probe,
-               "probe_layers": args.probe_layers, "dropout": args.dropout, "seeds": args.seeds,
+               "probe_layers": args.probe_layers, "dropout": args.dropout, "recipe_flags": recipe_flags,
+               "seeds": args.seeds,
                "steps": 2 if args.quick else args.steps,
                "ours_mean": float(ours.mean()), "ours_std": float(ours.std()), "random_init_mean": float(rand.mean()),
                "random_init_std": float(rand.std()),
