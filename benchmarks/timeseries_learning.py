@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "timeseries" / "UCR"
 # patches per set: about 16-32 patches over the series
 PATCHES = {"GunPoint": (16, 8), "Coffee": (16, 16), "PigCVP": (64, 64)}
+# recipe flags each run is given from this benchmark's own (a passed-on copy would override them unrecorded)
+OWN_FLAGS = {"--train_dir", "--method", "--seed", "--output_dir", "--max_steps", "--random_init_seeds", "--pooling",
+             "--norm", "--probe", "--probe_layers", "--dropout", "--report_to"}
 
 
 def run(name: str, method: str, seed: int, steps: int, out: Path, pooling: str = "mean", norm: str = "batchnorm",
@@ -69,6 +72,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--table", default=None)
     args, recipe_flags = p.parse_known_args(argv)
+    if clash := sorted({f.split("=")[0] for f in recipe_flags} & OWN_FLAGS):
+        p.error(f"{', '.join(clash)}: set by this benchmark for every run (its rows would not say what ran); "
+                f"use its own flags (--steps, --seeds, --sets, ...)")
     rows = []
     for name in args.sets:
         runs = []
