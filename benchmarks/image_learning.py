@@ -18,7 +18,9 @@ Writes one JSON line per method (``ours`` = kNN accuracy after pretraining, ``re
 encoder's; ``probe`` / ``probe_reference`` the linear probe's) and, with ``--table FILE``, a markdown table beside
 lightly's 200-epoch ResNet-18 kNN figures; ``knn_gain_ci95`` / ``probe_gain_ci95``: the 95 % half-width of the
 gain over random init, paired over the same test images (``--eval_test_samples 10000``: CIFAR-10's whole test
-split, a third of the default's interval).
+split, a third of the default's interval). ``--probe_layers all`` (a recipe flag) adds ``knn_all_layers`` /
+``probe_all_layers`` (and ``..._reference``, ``..._gain_ci95``): both on the stem's and every stage's output
+mean-pooled and concatenated.
 """
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ def run(method: str, data: Path, steps: int | None, out: Path, precision: str, e
 
 FLAGS_FILE = "image_learning_flags.json"     # a run's training flags, which --rescore checks against its own
 EVAL_FLAGS = {"--probe_c": 1, "--no_linear_probe": 0, "--knn_k": 1, "--knn_temperature": 1,   # flag -> values
-              "--eval_train_samples": 1, "--eval_test_samples": 1}
+              "--eval_train_samples": 1, "--eval_test_samples": 1, "--probe_layers": 1}
 
 
 def training_flags(argv: list[str]) -> list[str]:
@@ -134,6 +136,9 @@ def row(method: str, extra: list[str], metrics: dict, seconds: float) -> dict:
     return {"method": method, "ours": metrics["knn/accuracy"], "reference": metrics["knn/random_init_accuracy"],
             "probe": metrics.get("probe/accuracy"), "probe_reference": metrics.get("probe/random_init_accuracy"),
             "knn_gain_ci95": metrics.get("knn/gain_ci95"), "probe_gain_ci95": metrics.get("probe/gain_ci95"),
+            **{f"{kind}_all_layers{what}": metrics.get(f"{kind}/all_layers/{key}")      # with --probe_layers all
+               for kind in ("knn", "probe") for what, key in (("", "accuracy"), ("_reference", "random_init_accuracy"),
+                                                             ("_gain_ci95", "gain_ci95"))},
             "steps": metrics["steps"], "global_batch": metrics["global_batch_size"],
             "minutes": seconds / 60,
             "lightly_200_epochs": LIGHTLY_200_EPOCHS.get(method.split(" ")[0])}

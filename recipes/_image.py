@@ -45,6 +45,7 @@ class ImageRun(RecipeSettings):
     knn_temperature: float = 0.1
     no_linear_probe: bool = False
     probe_c: str = "cv"
+    probe_layers: str = "last"
 
     @property
     def probe_regularisation(self) -> float | tuple[float, ...]:
@@ -89,6 +90,10 @@ def add_image_args(p: ArgumentParser) -> None:
     e.add_argument("--probe_c", default="cv", type=probe_c_flag,
                    help="the linear probe's inverse L2 strength C, or 'cv': the C of 1e-4, 1e-3, ..., 1 that scores best in a "
                         "3-fold cross-validation on the fit images, chosen for each encoder alike")
+    e.add_argument("--probe_layers", default="last", choices=["last", "all"],
+                   help="'all': the kNN and the probe also on the stem's and every stage's (a ViT: every layer's) "
+                        "output, mean-pooled and concatenated (knn/all_layers/..., probe/all_layers/...), where a "
+                        "pretext task's features may sit below the last stage")
 
 
 def load_training_images(run: ImageRun, accelerator) -> tuple[ImageSet | ImageStream, str]:
@@ -251,7 +256,7 @@ def image_probe(encoders: dict[str, Encoder | list[Encoder]], fit: EvalImages, s
     return probe_encoders(encoders, lambda split: sets[split].batches(run.per_device_eval_batch_size),
                           fit.labels, score.labels, device, knn_k=run.knn_k, knn_temperature=run.knn_temperature,
                           linear=not run.no_linear_probe if linear is None else linear,
-                          probe_c=run.probe_regularisation)
+                          probe_c=run.probe_regularisation, all_layers=run.probe_layers == "all")
 
 
 def knn_monitor(encoder_of: Callable[[Any], Encoder], fit: EvalImages, score: EvalImages, run: ImageRun,

@@ -148,8 +148,9 @@ def probe_encoders(encoders: dict[str, Encoder | Sequence[Encoder]], make_batche
 
     encoders: ``{"": pretrained, "random_init_": fresh}`` gives ``probe/accuracy``,
     ``probe/random_init_accuracy``, ``knn/accuracy`` and ``knn/random_init_accuracy`` on the mean-pooled last
-    hidden state; ``all_layers`` adds ``probe/all_layers/accuracy`` (and ``.../random_init_accuracy``): the probe
-    on every layer's mean-pooled output concatenated, which shows what pretraining put in the lower layers too.
+    hidden state; ``all_layers`` adds ``probe/all_layers/accuracy`` and ``knn/all_layers/accuracy`` (and
+    ``.../random_init_accuracy``, ``.../gain``): the probe and the kNN on every layer's mean-pooled output
+    concatenated, which shows what pretraining put in the lower layers too.
     A list of encoders under one key (random inits from several seeds) gives the mean of their figures. With both
     keys, ``knn/gain`` and ``probe/gain`` (and ``.../gain_ci95``) are the pretrained encoder's accuracy less random
     init's on the same test examples and the half-width of its 95 % interval (:func:`paired_gain`).
@@ -170,7 +171,10 @@ def probe_encoders(encoders: dict[str, Encoder | Sequence[Encoder]], make_batche
             if linear:
                 run["probe/"] = probe_predictions(tr["last"], train_y, te["last"], c=probe_c)
             if all_layers:
-                run["probe/all_layers/"] = probe_predictions(tr["all_layers"], train_y, te["all_layers"], c=probe_c)
+                run["knn/all_layers/"] = knn_predictions(tr["all_layers"], train_y, te["all_layers"], k=knn_k,
+                                                         temperature=knn_temperature)
+                if linear:
+                    run["probe/all_layers/"] = probe_predictions(tr["all_layers"], train_y, te["all_layers"], c=probe_c)
             runs.append({k: (v == truth).astype(np.float64) for k, v in run.items()})
         correct[prefix] = {k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}
         out.update({f"{k}{prefix}accuracy": float(v.mean()) for k, v in correct[prefix].items()})

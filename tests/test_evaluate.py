@@ -162,8 +162,8 @@ def test_the_summary_shows_the_paired_gain(tmp_path):
 
 
 def test_all_layers_probe_sees_what_the_last_layer_lost():
-    """An encoder whose last layer is noise but whose input layer holds the classes: only the all-layers probe
-    (every hidden state mean-pooled and concatenated) finds them."""
+    """An encoder whose last layer is noise but whose input layer holds the classes: only the all-layers probe and
+    kNN (every hidden state mean-pooled and concatenated) find them."""
     from selfsup.types import BackboneOutput
 
     xtr, ytr = blobs(120, 0)
@@ -178,6 +178,7 @@ def test_all_layers_probe_sees_what_the_last_layer_lost():
     out = probe_encoders({"": Encoder(Lookup(), LastLayerNoise())},
                          lambda split: [{"x": torch.as_tensor(data[split])}], ytr, yte, all_layers=True)
     assert out["probe/accuracy"] < 0.6 and out["probe/all_layers/accuracy"] > 0.9
+    assert out["knn/accuracy"] < 0.6 and out["knn/all_layers/accuracy"] > 0.9
 
 
 def test_a_list_of_encoders_reports_their_mean():

@@ -49,6 +49,11 @@ def test_rescore_repeats_the_runs_knn_and_probes_its_export(tmp_path):
     # the scoring images are the evaluation's: fewer of them is a rescore of the same run, with a wider interval
     [fewer] = image_learning.main([*argv, "--rescore", "--eval_test_samples", "20"])
     assert fewer["steps"] == 3 and fewer["knn_gain_ci95"] != trained["knn_gain_ci95"]
+    # --probe_layers all: the same run's last-layer figures, and the kNN / probe on every stage's output besides
+    [deep] = image_learning.main([*argv, "--rescore", "--probe_layers", "all"])
+    assert deep["ours"] == trained["ours"] and trained["knn_all_layers"] is None
+    assert all(0.0 <= deep[f"{k}_all_layers{w}"] <= 1.0 for k in ("knn", "probe") for w in ("", "_reference"))
+    assert deep["knn_all_layers"] != deep["ours"] and deep["knn_all_layers_gain_ci95"] is not None
     with pytest.raises(SystemExit, match="trained with other flags"):      # another budget: not that run's export
         image_learning.main([*argv, "--rescore", "--max_steps", "4"])
     with pytest.raises(SystemExit, match="no single-encoder two-view export"):
