@@ -22,6 +22,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+# the default run stays a few minutes: its tests that take this long belong in the long tier (-m long)
+LONG_SECONDS = 8.0
+_unmarked_long: list[tuple[float, str]] = []
+
+
+def pytest_runtest_logreport(report) -> None:
+    if report.when == "call" and report.duration >= LONG_SECONDS and not {"long", "slow"} & set(report.keywords):
+        _unmarked_long.append((report.duration, report.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _unmarked_long:
+        terminalreporter.write_sep("-", f"tests outside the long tier that took {LONG_SECONDS:.0f} s or more: mark them "
+                                        "@pytest.mark.long")
+        for seconds, nodeid in sorted(_unmarked_long, reverse=True):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -31,6 +31,7 @@ def test_no_file_of_the_package_names_the_added_method():
     assert named == []
 
 
+@pytest.mark.long
 def test_the_added_method_trains_through_the_image_recipe_and_is_listed(registered, monkeypatch, tmp_path, capsys):
     from selfsup.recipes import two_view as recipe
 
@@ -75,6 +76,7 @@ def test_the_added_method_loss_against_a_plain_reference(registered):
     assert obj({"views": views}).loss.item() == pytest.approx(reference, abs=1e-5)
 
 
+@pytest.mark.long
 def test_help_lists_the_methods_without_importing_their_modules():
     """``--help`` reads the registry's lines only: no method's module is imported (a fresh interpreter)."""
     import os

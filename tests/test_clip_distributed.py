@@ -21,6 +21,7 @@ def grads(result, case):
     return {k[len(case) + 1:]: v for k, v in result.items() if k.startswith(f"{case}/") and not k.endswith("/loss")}
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("case", [c for c in worker.CASES if not c.startswith("control_")])
 def test_two_processes_match_one_process(one_and_two, case):
     one, two = one_and_two

@@ -70,6 +70,7 @@ def test_cifar10_pairs_from_class_names_and_zero_shot_on_the_test_set(tmp_path, 
     assert metrics["zero_shot/num_images"] == 24 and metrics["export/pipeline_agreement"] == 1.0
 
 
+@pytest.mark.long
 def test_two_fresh_runs_train_the_same_model_and_tokenizer(tmp_path):
     """Fresh processes with other hash seeds, sharing the cores: bitwise the same weights and tokenizer (fp32)."""
     from tests.test_reproducible import digest, finish, start

@@ -166,6 +166,7 @@ def test_the_clear_errors():
         obj(b)
 
 
+@pytest.mark.long
 def test_the_image_recipe_trains_probes_and_exports_an_encoder_per_view(tmp_path, capsys):
     from transformers import AutoModel
 
@@ -188,6 +189,7 @@ def test_the_image_recipe_trains_probes_and_exports_an_encoder_per_view(tmp_path
     assert model(pixel_values=torch.zeros(1, 3, 16, 16)).pooler_output.numel() == 512
 
 
+@pytest.mark.long
 def test_resume_restores_the_banks(tmp_path):
     from selfsup.recipes import two_view as recipe
 
@@ -213,6 +215,7 @@ def one_and_two(tmp_path_factory):
     return cmc_worker.run_all(), worker_tensors(2, ROOT / "tests" / "cmc_worker.py", out, timeout=300)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", ["cmc_batch", "cmc_bank"])
 def test_two_processes_train_as_one(one_and_two, name):
     """Unequal halves of each global batch on two processes (world size asserted by the launcher): the losses, the

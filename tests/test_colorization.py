@@ -171,6 +171,7 @@ def test_the_loss_is_the_rebalanced_cross_entropy_over_the_target_cells_and_the_
         two_view("colorization", "resnet_tiny", size="tiny", image_size=16)
 
 
+@pytest.mark.long
 def test_the_histogram_is_a_buffer_a_resume_restores(tmp_path):
     argv = two_view_argv("colorization")
     from selfsup.recipes import two_view as recipe
@@ -213,6 +214,7 @@ def test_the_pipeline_renders_grey_coloured_and_target_rows():
     assert (target[:, 0] > 0.95).all() and (target[:, 1:] < 0.05).all()   # red again: red's own ab at red's L
 
 
+@pytest.mark.long
 def test_the_image_recipe_trains_colorization_and_draws_its_picture(tmp_path, capsys):
     from selfsup.recipes import two_view as recipe
 

@@ -60,6 +60,7 @@ def test_the_flag_is_shared_and_reaches_the_trainer_settings():
     assert tuple(choices) == BACKENDS
 
 
+@pytest.mark.long
 def test_a_recipe_run_with_the_compiled_backbone_trains_the_same_model(tmp_path, capsys):
     from torch._dynamo.utils import counters
 

@@ -114,6 +114,7 @@ def test_a_context_reads_only_the_past():
     assert not torch.allclose(before[:, 2:], after[:, 2:], atol=1e-4)
 
 
+@pytest.mark.long
 def test_the_image_recipe_trains_cpc_and_lists_it(tmp_path, capsys):
     from selfsup.recipes import two_view as recipe
 

@@ -2,6 +2,7 @@
 import importlib
 import json
 
+import pytest
 import torch
 
 from tests.conftest import speech_argv, straight_and_resumed  # noqa: E402
@@ -24,6 +25,7 @@ def test_default_run_exports_a_data2vec_audio_model(tmp_path):
     assert isinstance(AutoModel.from_pretrained(tmp_path / "export"), Data2VecAudioModel)
 
 
+@pytest.mark.long
 def test_resume_restores_the_teacher(tmp_path):
     a, b, mid = straight_and_resumed(d2v.main, argv, tmp_path)
     teacher = [k for k in a if k.startswith("teacher")]

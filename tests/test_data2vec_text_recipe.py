@@ -1,6 +1,7 @@
 """recipes/data2vec.py --modality text: the data2vec objective on the text adapter, end to end."""
 import json
 
+import pytest
 import torch
 
 from selfsup.recipes import data2vec
@@ -11,6 +12,7 @@ def text_argv(out, *extra, steps: int = 3):
     return ["--modality", "text", *tiny_argv(out, *extra, steps=steps)]
 
 
+@pytest.mark.long
 def test_text_run_trains_probes_and_exports_a_data2vec_text_model(tmp_path):
     sst2 = ROOT.parent / "shared" / "data" / "text" / "sst2"
     probe = ["--eval_train_file", str(sst2 / "train.txt"), "--eval_test_file", str(sst2 / "test.txt")] \
@@ -30,6 +32,7 @@ def test_text_defaults_are_fairseqs():
     assert data2vec.modality_of(["--modality", "text"]) == "text" and data2vec.modality_of([]) == "audio"
 
 
+@pytest.mark.long
 def test_resume_restores_the_teacher(tmp_path):
     final, resumed, middle = straight_and_resumed(data2vec.main, text_argv, tmp_path)
     teacher = [k for k in final if k.startswith("teacher.")]

@@ -136,6 +136,7 @@ def test_the_clear_errors():
         make()(batch(b=1))
 
 
+@pytest.mark.long
 def test_the_image_recipe_trains_it_and_exports(tmp_path, capsys):
     from selfsup.recipes import two_view as recipe
 
@@ -150,6 +151,7 @@ def test_the_image_recipe_trains_it_and_exports(tmp_path, capsys):
     assert recipe.method_overrides(recipe.TwoViewRun(method="deep_infomax", preset="gpu")) == {"estimator": "jsd"}
 
 
+@pytest.mark.long
 def test_two_processes_train_as_one(tmp_path):
     """Unequal halves of each global batch on two processes (world size asserted by the launcher): the losses and
     the gradients equal one process's on the whole batch (the negatives are every process's local features)."""

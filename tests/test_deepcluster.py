@@ -199,6 +199,7 @@ def test_the_clear_errors():
         obj(b)
 
 
+@pytest.mark.long
 def test_the_image_recipe_trains_exports_and_resume_keeps_the_labels(tmp_path, capsys):
     """2 steps and an export; then 32 images in batches of 8 (4 steps an epoch): a run resumed at step 2 (in epoch
     0: no new clustering, the checkpoint's labels) equals the straight one at step 6, past epoch 1's clustering."""
@@ -233,6 +234,7 @@ def one_and_two(tmp_path_factory):
     return cluster_worker.run_all(), worker_tensors(2, ROOT / "tests" / "cluster_worker.py", out, timeout=300)
 
 
+@pytest.mark.long
 def test_two_processes_cluster_as_one(one_and_two):
     """Unequal shares of the training set on two processes (world size asserted by the launcher): the gathered
     features, the labels of two clusterings, the weights, the classifier, the losses and the gradients between

@@ -29,6 +29,7 @@ def one(tmp_path_factory):
     return grads_of(tmp_path_factory.mktemp("one"), 1, 8, 1)
 
 
+@pytest.mark.long
 def test_two_processes_match_one_on_the_same_global_batch(tmp_path, one):
     two = grads_of(tmp_path, 2, 8, 1)
     assert int(one["__num_targets"]) == int(two["__num_targets"]) == 7 + 16
@@ -39,6 +40,7 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path, one):
         assert torch.allclose(one[name], two[name], atol=1e-6, rtol=1e-4), name
 
 
+@pytest.mark.long
 def test_two_processes_with_accumulation_match_one(tmp_path, one):
     two_acc = grads_of(tmp_path, 2, 8, 2)
     assert torch.allclose(one["__loss"], two_acc["__loss"], atol=1e-6)
@@ -46,6 +48,7 @@ def test_two_processes_with_accumulation_match_one(tmp_path, one):
         assert torch.allclose(one[name], two_acc[name], atol=1e-6, rtol=1e-4), name
 
 
+@pytest.mark.long
 def test_recipe_runs_in_two_processes(tmp_path):
     import json
 
@@ -83,6 +86,7 @@ def assert_same_weights(a: dict, b: dict, atol: float = 2e-6) -> None:
 SPEECH = ("--synthetic_utterances", "40", "--max_duration", "1.0", "--dropout", "0", "--stable_layer_norm")
 
 
+@pytest.mark.long
 def test_wav2vec2_recipe_in_two_processes_matches_one(tmp_path):
     """Masks, negatives and Gumbel noise are drawn per clip and the diversity loss averages the codebook usage
     over both processes, so 2 x 4 clips train exactly as 1 x 8 (dropout off; layer-norm conv encoder, whose
@@ -91,6 +95,7 @@ def test_wav2vec2_recipe_in_two_processes_matches_one(tmp_path):
                                                     "0.9"))
 
 
+@pytest.mark.long
 def test_hubert_labels_made_by_two_processes_equal_one_process_labels(tmp_path):
     """k-means is fitted once; each process labels every second clip; the merged cache is the one-process one."""
     import json
@@ -118,6 +123,7 @@ def test_hubert_labels_made_by_two_processes_equal_one_process_labels(tmp_path):
         assert sum(int((x >= 0).sum()) for x in a) > 0
 
 
+@pytest.mark.long
 def test_layerdrop_trains_in_two_processes(tmp_path):
     """Skipped layers leave parameters without a gradient; the recipe tells DDP so, and training goes on."""
     import json
@@ -130,6 +136,7 @@ def test_layerdrop_trains_in_two_processes(tmp_path):
     assert metrics["num_processes"] == 2 and metrics["steps"] == 4
 
 
+@pytest.mark.long
 def test_frozen_feature_encoder_trains_in_two_processes(tmp_path):
     """--feature_grad_mult 0: the encoder's parameters are marked frozen, so DDP does not wait for their gradient."""
     import json
@@ -142,6 +149,7 @@ def test_frozen_feature_encoder_trains_in_two_processes(tmp_path):
     assert metrics["num_processes"] == 2 and metrics["steps"] == 3
 
 
+@pytest.mark.long
 def test_hubert_with_feature_penalty_in_two_processes_matches_one(tmp_path):
     """The feature penalty is the mean over the real frames of *every* process, so 2 x 4 clips train as 1 x 8."""
     assert_same_weights(*checkpoints_of_one_and_two(tmp_path, "hubert", *SPEECH, "--num_clusters", "8",
@@ -151,6 +159,7 @@ def test_hubert_with_feature_penalty_in_two_processes_matches_one(tmp_path):
 TEXT = ("--max_seq_length", "32", "--vocab_size", "600", "--max_eval_blocks", "8", "--dropout", "0")
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("recipe,flags,atol", [("data2vec", ("--modality", "text", *TEXT), 1e-6),
                                                ("bert_mlm", TEXT, 1e-6), ("gpt", TEXT, 1e-5)])
 def test_text_recipes_in_two_processes_match_one(tmp_path, recipe, flags, atol):

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from selfsup.evaluate import PROBE_C_GRID, choose_probe_c, knn_accuracy, linear_probe, probe_encoders
@@ -31,6 +32,7 @@ def noisy_blobs(n: int, seed: int, noise_dims: int = 200):
     return np.concatenate([signal, rng.normal(size=(n, noise_dims))], axis=1).astype(np.float32), y
 
 
+@pytest.mark.long
 def test_cross_validated_c_is_the_grid_search_choice_and_the_probe_uses_it():
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold

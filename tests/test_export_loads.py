@@ -169,6 +169,7 @@ def exports(tmp_path_factory):
     return get
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", [*LIBRARY, *RECIPES])
 def test_the_export_loads_with_its_auto_class_and_no_report(exports, name):
     folder = exports(name)

@@ -30,6 +30,7 @@ def one(tmp_path_factory):
     return run(tmp_path_factory.mktemp("gather"), 1)
 
 
+@pytest.mark.long
 def test_two_processes_match_one_process(tmp_path, one):
     two = run(tmp_path, 2)
     assert torch.allclose(one["__loss"], two["__loss"], atol=1e-6)
@@ -40,6 +41,7 @@ def test_two_processes_match_one_process(tmp_path, one):
         assert torch.allclose(one[k], two[k], atol=1e-6, rtol=0), (k, diff)
 
 
+@pytest.mark.long
 def test_plain_all_gather_gives_wrong_gradients(tmp_path, one):
     naive = run(tmp_path, 2, "--naive")
     assert torch.allclose(one["__loss"], naive["__loss"], atol=1e-6)   # same loss ...

@@ -36,6 +36,7 @@ def test_a_row_is_the_medians_their_ratio_and_mfu_over_the_peak():
     assert row["ours_compiled"] is None and row["error"] is None
 
 
+@pytest.mark.long
 def test_tiny_cpu_run_gives_the_table_the_mfu_of_the_counted_flops_and_its_json(tmp_path, capsys):
     out = tmp_path / "check.json"
     result = gpu_check.main(["--device", "cpu", "--tiny", "--precision", "fp32", "--families", "mae",

@@ -218,6 +218,7 @@ def test_trainer_with_accumulation_2_and_the_flag_equals_the_double_batch(tmp_pa
     assert max(float((one[n] - plain[n]).abs().max()) for n in one) > 1e-4
 
 
+@pytest.mark.long
 def test_two_processes_with_micro_batches_equal_one_process_on_the_window(tmp_path):
     """2 processes x 2 micro-batches x 2 pairs through the Trainer (DDP, no_sync) = one plain forward of all 8."""
     two = worker_tensors(2, ROOT / "tests" / "gradcache_worker.py", tmp_path / "two.safetensors")

@@ -88,6 +88,7 @@ def test_export_reloads_with_automodel_and_matches(tmp_path, data, kind, pooling
         torch.testing.assert_close(single, theirs.last_hidden_state[first:first + len(single)], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.long
 def test_the_export_loads_where_selfsup_is_not_importable(tmp_path, data):
     graphs, batch = data
     encoder = trained(Encoder(GraphAdapter(GraphConfig(num_features=graphs.num_features, node_encoder="none")),
@@ -116,6 +117,7 @@ save_file({"nodes": out.last_hidden_state, "pooled": out.pooler_output}, "output
     assert (encoder.pooled(batch) - theirs["pooled"]).abs().max() <= 1e-4
 
 
+@pytest.mark.long
 def test_the_model_cards_plain_pyg_lines_give_our_embeddings(tmp_path, data):
     graphs, batch = data
     encoder = trained(Encoder(GraphAdapter(GraphConfig(num_features=graphs.num_features), hidden_size=12),

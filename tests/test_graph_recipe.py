@@ -18,6 +18,7 @@ def argv(out, *extra, steps=3):
             "--per_device_train_batch_size", "8", *extra]
 
 
+@pytest.mark.long
 def test_default_run_scores_the_published_protocol_and_exports(tmp_path, capsys):
     metrics = graph.main(argv(tmp_path / "run"))
     assert metrics["steps"] == 3 and metrics["train_loss"] > 0
@@ -30,6 +31,7 @@ def test_default_run_scores_the_published_protocol_and_exports(tmp_path, capsys)
     assert "svm/accuracy" in out and "random init" in out
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("method, backbone", [("graphcl", "gin"), ("data2vec", "transformer"), ("graphmae", "gat"),
                                               ("graphmae", "transformer"), ("byol", "gin")])
 def test_every_method_on_every_backbone(tmp_path, method, backbone):
@@ -57,6 +59,7 @@ def test_bad_settings_stop_with_one_line(tmp_path):
         graph.main(argv(tmp_path, "--train_dir", str(tmp_path)))
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("method", ["graphmae", "graphcl"])
 def test_a_resumed_run_ends_where_a_straight_one_does(tmp_path, method):
     extra = ("--method", method, "--dropout", "0", "--per_device_train_batch_size", "8")
@@ -71,6 +74,7 @@ def test_a_resumed_run_ends_where_a_straight_one_does(tmp_path, method):
     assert any(not torch.equal(straight[k], midway[k]) for k in straight), "the steps after the checkpoint train"
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("method", ["graphmae", "graphcl"])
 def test_two_processes_train_as_one(tmp_path, method):
     # SGD: a bias just before a batch norm has a true gradient of zero, and Adam would scale the float noise of

@@ -31,6 +31,7 @@ def iterations(tmp_path_factory):
     return root, first, second
 
 
+@pytest.mark.long
 def test_iteration_1_clusters_mfccs_and_exports_a_hubert_model(iterations):
     from transformers import AutoModel, HubertModel
 
@@ -75,6 +76,7 @@ def test_init_from_export_restores_the_head(iterations):
     assert hubert.build_objective(args).label_embeddings.shape[0] == 30
 
 
+@pytest.mark.long
 def test_resume_reuses_the_cached_labels(tmp_path):
     straight = tmp_path / "a"
     hubert.main(argv(straight, "--checkpointing_steps", "3", "--checkpoints_total_limit", "0", steps=6))
@@ -162,6 +164,7 @@ def test_iteration_2_without_a_previous_model_is_one_line(tmp_path):
         hubert.main(argv(tmp_path / "iteration{iteration}", "--iteration", "2"))
 
 
+@pytest.mark.long
 def test_new_weights_of_the_previous_iteration_redo_the_labels(iterations, tmp_path):
     """Retrained weights of iteration 1 (same file size) must not leave iteration 2 on its old cached labels."""
     from safetensors.torch import save_file
@@ -212,6 +215,7 @@ def test_each_process_labels_every_nth_clip(tmp_path, monkeypatch):
         assert torch.equal(row[pos], kmeans.predict(f, centroids))
 
 
+@pytest.mark.long
 def test_a_failure_on_the_main_process_stops_both(tmp_path):
     from tests.launch import torchrun
 

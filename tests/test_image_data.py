@@ -305,6 +305,7 @@ def test_saved_dataset_with_guessed_columns(tmp_path):
         load_images(dataset_name=str(tmp_path / "saved"), image_column="picture")
 
 
+@pytest.mark.long
 def test_real_cifar10_parquet(shared_data):
     folder = shared_data / "images" / "cifar10"
     if not (folder / "train.parquet").exists():

@@ -26,6 +26,7 @@ def write_images(path, n: int, seed: int) -> None:
     pq.write_table(pa.table({"image": pa.array(rows), "label": pa.array(labels.tolist())}), path)
 
 
+@pytest.mark.long
 def test_rescore_repeats_the_runs_knn_and_probes_its_export(tmp_path):
     from benchmarks import image_learning
 

@@ -35,6 +35,7 @@ def features_by_pipeline(export_dir, image, **kw):
     return torch.tensor(np.asarray(extract(image, return_tensors=False)), dtype=torch.float32).reshape(-1)
 
 
+@pytest.mark.long
 def test_mae_run_writes_pictures_probes_and_an_export_the_pipeline_runs(tmp_path):
     from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -83,6 +84,7 @@ STATE = {"moco_v2": ("queue", "teacher."), "byol": ("teacher.",), "dino": ("cent
          "swav": ("prototypes",)}
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("method", sorted(STATE))
 def test_two_view_resume_restores_the_methods_state(tmp_path, method):
     base = two_view_argv(method)
@@ -99,6 +101,7 @@ def test_two_view_resume_restores_the_methods_state(tmp_path, method):
         assert any(not torch.equal(final[k], middle[k]) for k in names), f"{part} did not change after step 2"
 
 
+@pytest.mark.long
 def test_two_view_exports_the_cifar_stem_resnet_with_its_code(tmp_path):
     from PIL import Image
 
@@ -171,6 +174,7 @@ def test_fewer_images_than_one_global_batch_stop_in_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.long
 def test_the_objective_flag_sets_any_config_field_of_the_method(tmp_path):
     from selfsup.recipes import two_view as recipe
 
@@ -200,6 +204,7 @@ def test_probe_c_flag_takes_a_number_or_cv_and_stops_at_parse_time_otherwise(cap
         assert "--probe_c" in capsys.readouterr().err
 
 
+@pytest.mark.long
 def test_the_probe_of_a_run_uses_the_c_the_flag_names(tmp_path, monkeypatch):
     from selfsup import evaluate
     from selfsup.evaluate import PROBE_C_GRID

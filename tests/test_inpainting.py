@@ -223,6 +223,7 @@ def test_the_discriminator_learns_at_a_tenth_of_the_rate_through_the_schedule(tm
     assert {g["lr"] for g in make_optimizer(same, settings, torch.device("cpu")).param_groups} == {1e-3}
 
 
+@pytest.mark.long
 def test_the_image_recipe_trains_inpainting_draws_the_picture_and_resume_restores_the_discriminator(tmp_path,
                                                                                                        capsys):
     from selfsup.recipes import two_view as recipe

@@ -95,6 +95,7 @@ def test_the_clear_errors():
         obj(b)
 
 
+@pytest.mark.long
 def test_the_image_recipe_trains_exports_and_resume_restores_the_bank(tmp_path, capsys):
     from selfsup.recipes import two_view as recipe
 
@@ -123,6 +124,7 @@ def one_and_two(tmp_path_factory):
     return bank_worker.run_all(), worker_tensors(2, ROOT / "tests" / "bank_worker.py", out, timeout=300)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", ["instance_discrimination_softmax", "instance_discrimination_nce"])
 def test_two_processes_fill_the_bank_as_one(one_and_two, name):
     """Unequal halves of each global batch on two processes (world size asserted by the launcher): the losses,

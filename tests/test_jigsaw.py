@@ -45,6 +45,7 @@ def puzzle(permutations: np.ndarray, seed: int = 7) -> dict:
     return ViewDataset([{"image": image}], JigsawTiles(30, permutations), seed=seed)[0]
 
 
+@pytest.mark.long
 def test_a_puzzles_tiles_are_its_permutation_of_the_cells_and_the_inverse_puts_them_back():
     p = np.array([[2, 0, 1, 5, 3, 4, 8, 6, 7]])
     natural = puzzle(np.arange(9)[None])["views"]          # the same draws, left in cell order
@@ -81,6 +82,7 @@ def test_the_loss_is_the_cross_entropy_of_the_permutation_on_the_tiles_in_positi
         obj({"views": tiles})
 
 
+@pytest.mark.long
 def test_the_image_recipe_trains_jigsaw_and_lists_it(tmp_path, capsys):
     from selfsup.recipes import two_view as recipe
 

@@ -4,6 +4,8 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.launch import torchrun_command, worker_tensors
 
@@ -14,6 +16,7 @@ def test_the_command_starts_with_this_interpreter():
     assert cmd[3:] == ["--standalone", "--nproc_per_node=2", "worker.py", "OUT"]
 
 
+@pytest.mark.long
 def test_two_workers_start_with_an_empty_path(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
     result = worker_tensors(2, ROOT / "tests" / "gather_worker.py", tmp_path / "out.safetensors")

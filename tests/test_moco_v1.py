@@ -4,6 +4,7 @@ and the image recipe trains it."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +56,7 @@ def test_the_loss_is_algorithm_1s_infonce_against_the_queue():
     assert torch.allclose(out.loss.double(), ref, atol=1e-6)
 
 
+@pytest.mark.long
 def test_the_image_recipe_trains_moco_v1(tmp_path):
     from selfsup.recipes import two_view as recipe
 

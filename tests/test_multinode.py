@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -54,6 +55,7 @@ def assert_same(a: dict, b: dict, atol: float = 2e-6) -> None:
         assert torch.allclose(a[k], b[k], atol=atol, rtol=0), (k, float((a[k] - b[k]).abs().max()))
 
 
+@pytest.mark.long
 def test_two_machines_with_their_own_disks_train_resume_and_export_as_one_process(tmp_path):
     one = tmp_path / "one"
     torchrun(1, ROOT / "recipes" / "bert_mlm.py", *tiny_argv(one, *FLAGS, steps=4))

@@ -59,6 +59,7 @@ def test_the_loss_is_the_cross_entropy_of_the_neighbour_index_on_centre_then_nei
         obj({"views": [{"pixel_values": centre}, {"pixel_values": neighbour}]})
 
 
+@pytest.mark.long
 def test_the_image_recipe_trains_relative_position_and_lists_it(tmp_path, capsys):
     from selfsup.recipes import two_view as recipe
 

@@ -55,6 +55,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_two_fresh_runs_train_the_same_model(tmp_path, name):
     recipe, flags = RUNS[name]

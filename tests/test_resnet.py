@@ -152,6 +152,7 @@ def launch(tmp_path: Path, nproc: int) -> dict[str, torch.Tensor]:
     return worker_tensors(nproc, Path(__file__), tmp_path / f"bn_{nproc}.safetensors")
 
 
+@pytest.mark.long
 def test_global_batchnorm_two_processes_train_as_one(tmp_path):
     one, two = launch(tmp_path, 1), launch(tmp_path, 2)
     assert torch.allclose(one["__loss"], two["__loss"], rtol=1e-5)
@@ -219,6 +220,7 @@ def test_plain_transformers_resnet_imports():
         resnet_from_transformers(ResNetForImageClassification(narrow))
 
 
+@pytest.mark.long
 def test_cifar_stem_exports_with_its_code(tmp_path):
     from transformers import AutoModel
 

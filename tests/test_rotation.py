@@ -58,6 +58,7 @@ def test_the_loss_is_the_cross_entropy_of_each_views_rotation_index():
         obj({"views": views[:2]})
 
 
+@pytest.mark.long
 def test_the_image_recipe_trains_rotation_and_lists_it(tmp_path, capsys):
     from selfsup.recipes import two_view as recipe
 

@@ -106,6 +106,7 @@ def launch(out: Path, data: Path, *argv: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+@pytest.mark.long
 def test_two_processes_killed_and_resumed_see_every_example_of_the_epoch_once(tmp_path):
     """5 shards of 8 records on 2 processes (4 shards dealt whole, 1 left over and split), batch 4 a process:
     an epoch is 5 steps. The run is SIGKILLed once checkpoint-3 exists and resumed from the latest checkpoint;
@@ -152,6 +153,7 @@ def test_two_processes_killed_and_resumed_see_every_example_of_the_epoch_once(tm
     assert len(epoch1) == len(set(epoch1)) == 24
 
 
+@pytest.mark.long
 def test_resume_after_a_clean_stop_replays_the_straight_run(tmp_path):
     """Two processes, 3 shards (one left over; an epoch is 3 steps), one run straight to 7 steps and one resumed
     from its checkpoint at step 4, in the middle of epoch 1:

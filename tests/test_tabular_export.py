@@ -67,6 +67,7 @@ def test_export_reloads_with_the_auto_classes_and_matches(tmp_path, scaling, poo
         processor([{"age": 1, "job": "cook"}])
 
 
+@pytest.mark.long
 def test_the_export_embeds_new_rows_where_selfsup_is_not_importable(tmp_path):
     encoder, schema = encoder_and_schema("quantile")
     export_tabular(encoder, schema, tmp_path / "export", FRAME.to_dict("records"))

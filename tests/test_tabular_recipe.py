@@ -82,12 +82,14 @@ def test_a_resumed_run_ends_where_a_straight_one_does(tmp_path, method):
     assert any(not torch.equal(straight[k], midway[k]) for k in straight), "the steps after the checkpoint train"
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("method", ["masked_features", "scarf"])
 def test_two_processes_train_as_one(tmp_path, method):
     one, two = checkpoints_of_one_and_two(tmp_path, "tabular", "--method", method, "--random_init_seeds", "1")
     assert_same_weights(one, two, atol=5e-6)
 
 
+@pytest.mark.long
 def test_two_fresh_runs_train_the_same_model(tmp_path):
     flags = ["--model_size", "tiny", "--report_to", "none", "--per_device_train_batch_size", "16", "--method", "scarf",
              "--dropout", "0.1"]

@@ -58,6 +58,7 @@ def test_a_resumed_run_ends_where_a_straight_one_does(tmp_path):
     assert any(not torch.equal(straight[k], midway[k]) for k in straight)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("method", ["patchtst", "simclr"])
 def test_two_processes_train_as_one(tmp_path, method):
     """Masks drawn per channel row from the example's seed, views from the example's generators, batch norm over
@@ -215,6 +216,7 @@ def test_the_cross_validated_probes_choose_c_on_the_training_split_and_match_sci
         linear_probe(x, y, xt, yt, "knn")
 
 
+@pytest.mark.long
 def test_the_probe_reads_every_layer_with_probe_layers_all(tmp_path):
     from selfsup.recipes._timeseries import series_embeddings
 

@@ -133,6 +133,7 @@ print(json.dumps([hashlib.sha256(wp.encode()).hexdigest(), hashlib.sha256(bl.enc
 """
 
 
+@pytest.mark.long
 def test_same_result_in_fresh_processes_with_different_hash_seeds(corpus, wordpiece):
     digests = []
     for seed in ("1", "2"):

@@ -16,6 +16,7 @@ def one_and_two(tmp_path_factory):
     return worker.run_all(), two
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("method", worker.METHODS)
 def test_two_processes_train_as_one(one_and_two, method):
     one, two = one_and_two

@@ -294,6 +294,7 @@ def one_and_two(tmp_path_factory):
     return worker.run_all(), two
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("case", [c for c in worker.CASES if not c.startswith("control_")])
 def test_two_processes_match_one_process(one_and_two, case):
     one, two = one_and_two

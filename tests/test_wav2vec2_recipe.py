@@ -87,6 +87,7 @@ def test_bad_audio_stops_or_is_skipped_and_counted(tmp_path):
     assert metrics["audio/skipped"] == 2 and metrics["steps"] == 1
 
 
+@pytest.mark.long
 def test_training_flags_reach_the_model_and_are_checked(tmp_path, monkeypatch):
     seen = []
     real = w2v.build_objective
