@@ -28,8 +28,10 @@ _unmarked_long: list[tuple[float, str]] = []
 
 
 def pytest_runtest_logreport(report) -> None:
-    if report.when == "call" and report.duration >= LONG_SECONDS and not {"long", "slow"} & set(report.keywords):
-        _unmarked_long.append((report.duration, report.nodeid))
+    """A test's set-up (where a module's fixture may start processes) or its call taking ``LONG_SECONDS``."""
+    if report.when in ("setup", "call") and report.duration >= LONG_SECONDS \
+            and not {"long", "slow"} & set(report.keywords):
+        _unmarked_long.append((report.duration, f"{report.nodeid} ({report.when})"))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

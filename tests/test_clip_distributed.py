@@ -39,6 +39,7 @@ def test_two_processes_match_one_process(one_and_two, case):
         assert torch.allclose(g1[name], g2[name], **TOL), (name, float((g1[name] - g2[name]).abs().max()))
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
 def test_full_gather_and_local_loss_give_the_same_gradients(one_and_two, loss):
     _, two = one_and_two

@@ -55,6 +55,7 @@ def test_two_fsdp_processes_train_as_one_plain_process(runs, family):
     assert moved > 10
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("family", FAMILIES)
 def test_resume_from_a_sharded_checkpoint_equals_the_straight_run(runs, family):
     _, sharded = runs

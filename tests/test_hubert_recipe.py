@@ -53,6 +53,7 @@ def test_iteration_1_clusters_mfccs_and_exports_a_hubert_model(iterations):
     assert load_file(out / "export" / "kmeans.safetensors")["centroids"].shape == (12, 39)
 
 
+@pytest.mark.long
 def test_iteration_2_clusters_a_layer_of_iteration_1(iterations):
     root, _, second = iterations
     assert second["kmeans/features"] == "layer 1", "tiny has 2 layers: the default is the middle one"

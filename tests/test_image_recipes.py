@@ -61,6 +61,7 @@ def test_mae_run_writes_pictures_probes_and_an_export_the_pipeline_runs(tmp_path
     torch.testing.assert_close(features_by_pipeline(export, image), ours, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.long
 def test_mae_resume_is_the_straight_run(tmp_path):
     final, resumed, middle = straight_and_resumed(mae.main, mae_argv, tmp_path, steps=4, at=2)
     for k in final:
@@ -68,6 +69,7 @@ def test_mae_resume_is_the_straight_run(tmp_path):
     assert any(not torch.equal(final[k], middle[k]) for k in final)
 
 
+@pytest.mark.long
 def test_mae_init_from_the_export(tmp_path):
     first = tmp_path / "first"
     mae.main(mae_argv(first, steps=2))

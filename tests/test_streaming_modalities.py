@@ -153,6 +153,7 @@ def test_text_each_process_reads_only_its_files_and_holds_out_validation(tmp_pat
     assert len(seen[0]) + len(seen[1]) > sum(map(len, every.values())) - 2 * 4   # only incomplete batches dropped
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("recipe", ["mae", "clip", "wav2vec2"])
 def test_recipes_train_streamed_and_resume(tmp_path, recipe):
     """Each recipe trains with --streaming, checkpoints its stream position and resumes from it."""

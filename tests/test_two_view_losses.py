@@ -308,6 +308,7 @@ def test_two_processes_match_one_process(one_and_two, case):
         assert torch.allclose(one[k], two[k], **TOL), (k, diff)
 
 
+@pytest.mark.long
 def test_negative_controls_differ_from_one_process(one_and_two):
     """Barlow Twins' c averaged per process (per-process batch norm too) gives other losses and gradients; c
     summed without gradient gives the global loss but half the gradient (lightly #1977); NT-Xent with gathered

@@ -54,6 +54,7 @@ def test_init_from_export_reproduces_hidden_states(run):
     assert (ref - got.last_hidden_state)[~padding].abs().max() < 1e-4
 
 
+@pytest.mark.long
 def test_resume_restores_temperature_and_everything(tmp_path):
     a, b, mid = straight_and_resumed(w2v.main, argv, tmp_path)
     # CPU convolution backward (oneDNN) is not bit-reproducible run to run: two identical straight runs
