@@ -7,6 +7,8 @@ from tests import clip_worker as worker
 from tests.conftest import ROOT
 from tests.launch import worker_tensors
 
+pytestmark = pytest.mark.long      # every test here starts several processes (a module fixture for most)
+
 TOL = dict(atol=1e-10, rtol=1e-8)
 
 
@@ -21,7 +23,6 @@ def grads(result, case):
     return {k[len(case) + 1:]: v for k, v in result.items() if k.startswith(f"{case}/") and not k.endswith("/loss")}
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("case", [c for c in worker.CASES if not c.startswith("control_")])
 def test_two_processes_match_one_process(one_and_two, case):
     one, two = one_and_two
@@ -39,7 +40,6 @@ def test_two_processes_match_one_process(one_and_two, case):
         assert torch.allclose(g1[name], g2[name], **TOL), (name, float((g1[name] - g2[name]).abs().max()))
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
 def test_full_gather_and_local_loss_give_the_same_gradients(one_and_two, loss):
     _, two = one_and_two

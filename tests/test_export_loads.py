@@ -197,6 +197,7 @@ def test_the_vit_pooled_output_is_the_class_token_not_a_random_layer(exports, na
     assert torch.allclose(out.pooler_output, out.last_hidden_state[:, 0], atol=1e-6)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", RECIPES)
 def test_the_class_the_model_card_names_loads_quietly(exports, name):
     folder = exports(name)

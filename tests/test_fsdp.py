@@ -15,6 +15,8 @@ from tests import fsdp_worker as worker
 from tests.conftest import ROOT, tiny_argv
 from tests.launch import torchrun, worker_tensors
 
+pytestmark = pytest.mark.long      # every test here starts several processes (a module fixture for most)
+
 WORKER = ROOT / "tests" / "fsdp_worker.py"
 FAMILIES = list(worker.families())
 # Losses computed in float32 whatever the model's dtype (a cross-entropy or MSE on .float() logits / predictions,
@@ -36,7 +38,6 @@ def weights(result: dict, family: str, run: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in result.items() if k.startswith(prefix) and not k.endswith("__losses")}
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_fsdp_processes_train_as_one_plain_process(runs, family):
     plain, sharded = runs
@@ -55,7 +56,6 @@ def test_two_fsdp_processes_train_as_one_plain_process(runs, family):
     assert moved > 10
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("family", FAMILIES)
 def test_resume_from_a_sharded_checkpoint_equals_the_straight_run(runs, family):
     _, sharded = runs
@@ -74,7 +74,6 @@ def test_ema_teachers_are_kept_and_updated_as_shards(runs, family):
     assert teacher
 
 
-@pytest.mark.long
 def test_gathered_checkpoints_resume_as_a_straight_run(tmp_path):
     """The ``full`` layout: weights and optimizer state gathered into the files a plain run writes."""
     two = worker_tensors(2, WORKER, tmp_path / "full.safetensors", "full", "clip", "byol", "mlm", timeout=600)
@@ -98,7 +97,6 @@ def bert_run(tmp_path, name: str, nproc: int, *extra: str) -> dict:
     return metrics
 
 
-@pytest.mark.long
 def test_a_sharded_recipe_run_exports_the_plain_runs_model_and_its_gathered_checkpoint_resumes_unsharded(tmp_path):
     """bert_mlm with --fsdp on two processes: the export (BertForMaskedLM, reloaded by the recipe's own check) equals
     a plain one-process run's; its step-2 checkpoint resumes in one plain process to the same model, gathered
@@ -126,7 +124,6 @@ def test_a_sharded_recipe_run_exports_the_plain_runs_model_and_its_gathered_chec
         assert torch.allclose(plain[k], joined[k], atol=2e-6, rtol=0), k
 
 
-@pytest.mark.long
 def test_the_accelerate_fsdp_config_shards_a_recipe_on_cpu(tmp_path):
     """``accelerate launch --config_file configs/accelerate/fsdp.yaml`` (no --fsdp flag): two processes, sharded
     checkpoint pieces, on a machine with no GPU (where Accelerate alone would have built DDP)."""

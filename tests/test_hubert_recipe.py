@@ -65,6 +65,7 @@ def test_iteration_2_clusters_a_layer_of_iteration_1(iterations):
     assert hidden.shape == (12, 64), "centroids live in the previous model's hidden space"
 
 
+@pytest.mark.long
 def test_init_from_export_restores_the_head(iterations):
     root, _, _ = iterations
     export = root / "iteration1" / "export"

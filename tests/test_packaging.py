@@ -5,6 +5,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from tests.conftest import ROOT
 
 FOLDERS = {"selfsup": "selfsup", "modalities": "selfsup/modalities", "objectives": "selfsup/objectives",
@@ -28,6 +30,7 @@ def test_every_package_folder_has_an_init():
                 assert (sub / "__init__.py").is_file(), f"{sub} has modules but no __init__.py: it would not install"
 
 
+@pytest.mark.long
 def test_wheel_holds_every_module(tmp_path):
     import shutil
 

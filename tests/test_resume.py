@@ -58,6 +58,7 @@ def test_latest_picks_the_newest_complete_checkpoint(tmp_path):
         resolve_checkpoint(str(tmp_path / "checkpoint-5"), tmp_path)
 
 
+@pytest.mark.long
 def test_keep_last_k_and_resume_latest_continues(tmp_path):
     out = tmp_path / "run"
     bert_mlm.main(tiny_argv(out, "--checkpointing_steps", "2", "--checkpoints_total_limit", "2", steps=6))

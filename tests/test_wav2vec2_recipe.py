@@ -24,6 +24,7 @@ def run(tmp_path_factory):
     return out, w2v.main(argv(out))
 
 
+@pytest.mark.long
 def test_default_run_reports_and_exports(run):
     from transformers import AutoFeatureExtractor, AutoModelForPreTraining, Wav2Vec2ForPreTraining
 
@@ -38,6 +39,7 @@ def test_default_run_reports_and_exports(run):
     assert "wav2vec 2.0" in (out / "export" / "README.md").read_text()
 
 
+@pytest.mark.long
 def test_init_from_export_reproduces_hidden_states(run):
     from selfsup.objectives.speech_quantised.hf_wav2vec2 import from_transformers
     from transformers import AutoModelForPreTraining
