@@ -20,7 +20,7 @@ lightly's 200-epoch ResNet-18 kNN figures; ``knn_gain_ci95`` / ``probe_gain_ci95
 gain over random init, paired over the same test images (``--eval_test_samples 10000``: CIFAR-10's whole test
 split, a third of the default's interval). ``--probe_layers all`` (a recipe flag) adds ``knn_all_layers`` /
 ``probe_all_layers`` (and ``..._reference``, ``..._gain_ci95``): both on the stem's and every stage's output
-mean-pooled and concatenated.
+(a ViT: every layer's), each pooled as the last is and concatenated.
 """
 from __future__ import annotations
 

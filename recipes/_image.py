@@ -92,8 +92,8 @@ def add_image_args(p: ArgumentParser) -> None:
                         "3-fold cross-validation on the fit images, chosen for each encoder alike")
     e.add_argument("--probe_layers", default="last", choices=["last", "all"],
                    help="'all': the kNN and the probe also on the stem's and every stage's (a ViT: every layer's) "
-                        "output, pooled as the last and concatenated (knn/all_layers/..., probe/all_layers/...), where a "
-                        "pretext task's features may sit below the last stage")
+                        "output, pooled as the last and concatenated (knn/all_layers/..., probe/all_layers/...), "
+                        "where a pretext task's features may sit below the last stage")
 
 
 def load_training_images(run: ImageRun, accelerator) -> tuple[ImageSet | ImageStream, str]:

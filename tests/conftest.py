@@ -36,8 +36,8 @@ def pytest_runtest_logreport(report) -> None:
 
 def pytest_terminal_summary(terminalreporter) -> None:
     if _unmarked_long:
-        terminalreporter.write_sep("-", f"tests outside the long tier that took {LONG_SECONDS:.0f} s or more: mark them "
-                                        "@pytest.mark.long")
+        terminalreporter.write_sep("-", f"tests outside the long tier that took {LONG_SECONDS:.0f} s or more: "
+                                        "mark them @pytest.mark.long")
         for seconds, nodeid in sorted(_unmarked_long, reverse=True):
             terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
 
