@@ -1,5 +1,5 @@
-"""Export of a table encoder (``TabularAdapter`` + the shared ``TransformerEncoder``) as selfsup's own
-``transformers`` model, with its processor.
+"""Export of a table encoder (``TabularAdapter`` + the shared ``TransformerEncoder``, or the ``MLPBackbone`` of
+``--backbone mlp``) as selfsup's own ``transformers`` model, with its processor.
 
 ``SelfsupTabularModel`` / ``SelfsupTabularConfig`` (``model_type="selfsup_tabular"``) and
 ``SelfsupTabularFeatureExtractor``, whose code is the real module
@@ -8,7 +8,7 @@ beside the weights as ``modeling_selfsup_tabular.py`` and named in ``auto_map`` 
 preprocessor_config.json): ``AutoModel`` / ``AutoFeatureExtractor.from_pretrained(DIR, trust_remote_code=True)``
 load them where selfsup is not installed. The schema (columns, kinds, categories, scalers fitted on the training
 split) is in both configs, so new rows -- a DataFrame or dicts -- are embedded from the export alone.
-Weight names: ours ``adapter.*`` -> ``embeddings.*``, ``backbone.*`` -> as they are.
+Weight names: ours ``adapter.*`` -> ``embeddings.*``, ``backbone.*`` -> as they are (an MLP's: ``mlp.*``).
 
 :func:`export_tabular` writes it and checks it: reloaded with the Auto classes, the processor's inputs equal our
 encoding of the same rows and the embeddings equal ours to 1e-4 (:func:`check_tabular_export`).
@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from selfsup.backbones.mlp import MLPBackbone
 from selfsup.backbones.remote import modeling_selfsup_tabular as remote
 from selfsup.backbones.transformer import TransformerEncoder
 from selfsup.convert import check_close, fill_model, max_abs_diff
@@ -44,10 +45,24 @@ def export_schema(schema: Schema) -> dict[str, Any]:
     return schema.to_dict()
 
 
+def mlp_tabular_config(encoder: Encoder, schema: Schema) -> remote.SelfsupTabularConfig:
+    """The config of a feature tokenizer + :class:`MLPBackbone` (one output token: either pooling is that token)."""
+    g, a = encoder.backbone.config, encoder.adapter.config
+    if a.cls_token or g.num_tokens != a.num_columns or g.token_size != encoder.adapter.hidden_size:
+        raise SelfsupError("an MLP table encoder reads the column tokens alone (no [CLS]), as wide as its input")
+    return remote.SelfsupTabularConfig(
+        num_numeric=a.num_numeric, vocab_sizes=list(a.vocab_sizes), cls_token=False, hidden_size=g.hidden_size,
+        num_layers=g.num_layers, backbone="mlp", token_size=g.token_size, activation=g.activation, pooling="first",
+        schema=export_schema(schema), auto_map=dict(AUTO_MAP))
+
+
 def tabular_config(encoder: Encoder, schema: Schema) -> remote.SelfsupTabularConfig:
     adapter, backbone = encoder.adapter, encoder.backbone
+    if isinstance(adapter, TabularAdapter) and isinstance(backbone, MLPBackbone):
+        return mlp_tabular_config(encoder, schema)
     if not isinstance(adapter, TabularAdapter) or not isinstance(backbone, TransformerEncoder):
-        raise SelfsupError("only a TabularAdapter + TransformerEncoder encoder exports as a selfsup table model")
+        raise SelfsupError("only a TabularAdapter + TransformerEncoder or MLPBackbone encoder exports as a selfsup "
+                           "table model")
     g, a = backbone.config, adapter.config
     if g.causal:
         raise SelfsupError("a causal Transformer does not export as a table encoder")
@@ -63,11 +78,12 @@ def tabular_config(encoder: Encoder, schema: Schema) -> remote.SelfsupTabularCon
 
 def to_hf_state_dict(encoder: Encoder) -> dict[str, torch.Tensor]:
     out = {}
+    backbone = "mlp." if isinstance(encoder.backbone, MLPBackbone) else ""
     for key, value in encoder.state_dict().items():
         if key.startswith("adapter."):
             out["embeddings." + key[len("adapter."):]] = value
         elif key.startswith("backbone."):
-            out[key[len("backbone."):]] = value
+            out[backbone + key[len("backbone."):]] = value
         else:
             raise RuntimeError(f"table export: no name for {key}")
     return out
@@ -120,7 +136,7 @@ model = AutoModel.from_pretrained("{path}", trust_remote_code=True).eval()
 rows = [{example}]   # or a pandas DataFrame with these columns
 out = model(**processor(rows))
 out.pooler_output       # (B, {width}) row embeddings ({pooling})
-out.last_hidden_state   # (B, {tokens}, {width}) [CLS] + one token per column"""
+out.last_hidden_state   # (B, {tokens}, {width}) {states}"""
 
 
 def export_tabular(encoder: Encoder, schema: Schema, out_dir: str | Path, rows: Sequence[Mapping[str, Any]],
@@ -139,16 +155,20 @@ def export_tabular(encoder: Encoder, schema: Schema, out_dir: str | Path, rows: 
     example = {n: rows[0].get(n) if rows else None for n in names[:4]}
     example = "{" + ", ".join(f"{k!r}: {_plain(v)!r}" for k, v in example.items()) + (", ...}" if len(names) > 4 else "}")
     g = encoder.backbone.config
+    mlp = isinstance(encoder.backbone, MLPBackbone)
+    shape = (f"An MLP over a table's flattened column tokens ({g.num_layers} layers of {g.hidden_size}; " if mlp else
+             f"A Transformer over a table's column tokens ({g.num_layers} layers, width {g.hidden_size}; ")
     write_model_card(
         out, title="selfsup table encoder", pipeline_tag="feature-extraction",
-        summary=f"A Transformer over a table's column tokens ({g.num_layers} layers, width {g.hidden_size}; "
-                f"{len(schema.numeric)} numeric and {len(schema.categorical)} categorical columns) with its feature "
-                "tokenizer and its fitted schema, as selfsup's own transformers model; its code is "
+        summary=shape + f"{len(schema.numeric)} numeric and {len(schema.categorical)} categorical columns) with its "
+                "feature tokenizer and its fitted schema, as selfsup's own transformers model; its code is "
                 "modeling_selfsup_tabular.py beside the weights.",
         metrics={**(metrics or {}), **figures}, run=run or {},
-        usage=USAGE.format(path=out, example=example, width=g.hidden_size, tokens=len(names) + 1,
-                           pooling="the [CLS] token" if encoder.pooling == "first" else "the mean over the tokens"),
-        tags=("tabular", "ft-transformer"))
+        usage=USAGE.format(path=out, example=example, width=g.hidden_size, tokens=1 if mlp else len(names) + 1,
+                           pooling="the MLP's output" if mlp else "the [CLS] token" if encoder.pooling == "first"
+                           else "the mean over the tokens",
+                           states="the MLP's output, one token" if mlp else "[CLS] + one token per column"),
+        tags=("tabular", "mlp" if mlp else "ft-transformer"))
     return figures
 
 

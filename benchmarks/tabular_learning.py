@@ -20,6 +20,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/tabular_learning.py                       # masked features, then few labels
     OMP_NUM_THREADS=1 python benchmarks/tabular_learning.py --method scarf --pretrain_dir runs/scarf5000
+    OMP_NUM_THREADS=1 python benchmarks/tabular_learning.py --method scarf --backbone mlp    # SCARF's MLP encoder
     python benchmarks/tabular_learning.py --quick                                 # under a minute: a smoke run
 
 ``--pretrain_dir`` keeps the pretraining run and reuses it when it holds one made with the same recipe flags (the
@@ -63,7 +64,8 @@ def emit(line: dict, lines: list[dict]) -> None:
 def recipe_argv(args, out: Path) -> list[str]:
     return ["--train_file", str(args.data / "train.csv"), "--validation_file", str(args.data / "test.csv"),
             "--column_names", *COLUMNS, "--label_column", "income", "--strip_label_suffix", ".",
-            "--method", args.method, "--model_size", args.model_size, "--max_steps", str(args.pretrain_steps),
+            "--method", args.method, *(["--backbone", args.backbone] if args.backbone != "transformer" else []),
+            "--model_size", args.model_size, "--max_steps", str(args.pretrain_steps),
             "--per_device_train_batch_size", "256", "--learning_rate", "1e-3", "--report_to", "none",
             "--checkpointing_steps", str(args.pretrain_steps), "--probe_max_train", "0", "--seed", str(args.seed),
             "--output_dir", str(out), "--random_init_seeds", "1", "--mask_ratio", str(args.mask_ratio)]
@@ -272,6 +274,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--data", type=Path, default=ADULT)
     p.add_argument("--method", default="masked_features", choices=["masked_features", "scarf", "data2vec"])
     p.add_argument("--model_size", default="small")
+    p.add_argument("--backbone", default="transformer", choices=["transformer", "mlp"],
+                   help="the recipe's --backbone (mlp: SCARF's encoder, with --method scarf)")
     p.add_argument("--pretrain_steps", type=int, default=5000)
     p.add_argument("--pretrain_dir", type=Path, default=None,
                    help="keep the pretraining run here, and reuse it when it holds one with the same recipe flags")
@@ -312,7 +316,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         out = args.pretrain_dir or Path(tmp) / "run"
         argv = recipe_argv(args, out)
         metrics, minutes = pretrain(argv, out, keep=args.pretrain_dir is not None)
-        base = {"method": args.method, "model_size": args.model_size, "pretrain_steps": args.pretrain_steps,
+        base = {"method": args.method, "backbone": args.backbone,
+                "model_size": args.model_size, "pretrain_steps": args.pretrain_steps,
                 "seed": args.seed, "machine": machine(), "pretrain_reused": "reused" in metrics}
         emit({"name": "adult/frozen_probe_vs_random_init", "ours": metrics["probe/accuracy"],
               "reference": metrics["probe/random_init_accuracy"], "unit": "test accuracy",
@@ -331,7 +336,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         encoder = pretrained(run, data.schema, out, metrics["steps"])
         for fraction in args.fractions:
             emit({**few_labels(args, run, data, encoder, fraction), "pretrain_steps": args.pretrain_steps,
-                  "model_size": args.model_size}, lines)
+                  "model_size": args.model_size, "backbone": args.backbone}, lines)
     return lines
 
 

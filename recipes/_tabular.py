@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selfsup.backbones.mlp import MLPBackbone, MLPConfig
 from selfsup.backbones.transformer import TransformerEncoder, transformer_config
 from selfsup.config import RecipeSettings
 from selfsup.data import make_train_loader, to_device
@@ -33,6 +34,12 @@ METHODS = ("masked_features", "scarf", "data2vec", *[m for m in registry.names("
 SIZES = {"tiny": dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
          "small": dict(hidden_size=64, num_layers=3, num_heads=4, intermediate_size=128),
          "base": dict(hidden_size=192, num_layers=3, num_heads=8, intermediate_size=256)}
+# ``--backbone mlp``: the column tokens (token_size wide) flattened into an MLP; small is SCARF's encoder (Bahri et
+# al., ICLR 2022, sec. 4: four ReLU layers of 256)
+MLP_SIZES = {"tiny": dict(token_size=8, hidden_size=32, num_layers=2),
+             "small": dict(token_size=16, hidden_size=256, num_layers=4),
+             "base": dict(token_size=32, hidden_size=512, num_layers=4)}
+BACKBONES = ("transformer", "mlp")
 
 
 @dataclass
@@ -40,6 +47,7 @@ class TabularRun(RecipeSettings):
     """The tabular recipe's own settings (the engine's are ``TrainingSettings``); the flags of the same names."""
 
     method: str = "masked_features"
+    backbone: str = "transformer"
     validation_file: list[str] | None = None
     csv_header: str = "auto"
     column_names: list[str] | None = None
@@ -53,6 +61,7 @@ class TabularRun(RecipeSettings):
     hidden_size: int | None = None
     num_layers: int | None = None
     num_heads: int | None = None
+    token_size: int | None = None
     dropout: float = 0.0
     attention_dropout: float = 0.0
     mask_ratio: float = 0.3
@@ -67,6 +76,11 @@ class TabularRun(RecipeSettings):
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SelfsupError(f"--method {self.method}: choose from {list(METHODS)}")
+        if self.backbone not in BACKBONES:
+            raise SelfsupError(f"--backbone {self.backbone}: choose from {list(BACKBONES)}")
+        if self.backbone == "mlp" and self.method in ("masked_features", "data2vec"):
+            raise SelfsupError(f"--backbone mlp gives one output per row; --method {self.method} needs one per column "
+                               f"(use the Transformer, or a two-view method such as scarf)")
         if self.dataset_name and self.train_file:
             raise SelfsupError("give --train_file or --dataset_name, not both")
         if not 0.0 < self.validation_split_percentage < 100.0:
@@ -77,6 +91,9 @@ def add_tabular_args(p: ArgumentParser) -> None:
     g = p.add_argument_group("tables")
     g.add_argument("--method", default="masked_features", choices=METHODS,
                    help=registry.describe("masked", "two_view").replace("%", "%%"))
+    g.add_argument("--backbone", default="transformer", choices=BACKBONES,
+                   help="transformer: over the column tokens (FT-Transformer); mlp: the column tokens flattened into "
+                        "an MLP (SCARF's encoder; two-view methods only)")
     g.add_argument("--csv_header", default="auto", choices=["auto", "yes", "no"],
                    help="auto: a first row of text over columns of numbers is a header")
     g.add_argument("--column_names", nargs="+", default=None, help="names of a headerless CSV's columns")
@@ -91,6 +108,7 @@ def add_tabular_args(p: ArgumentParser) -> None:
                    help="cut this from the end of every label (UCI Adult's test labels end with '.')")
     g.add_argument("--hidden_size", type=int, default=None, help="override the --model_size width")
     g.add_argument("--num_layers", type=int, default=None, help="override the --model_size depth")
+    g.add_argument("--token_size", type=int, default=None, help="--backbone mlp: override the column tokens' width")
     g.add_argument("--num_heads", type=int, default=None, help="override the --model_size heads")
     g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--attention_dropout", type=float, default=0.0)
@@ -218,16 +236,33 @@ def backbone_config(run: TabularRun, layers: int | None = None):
     return transformer_config(size, "vit", dropout=run.dropout, attention_dropout=run.attention_dropout)
 
 
+def mlp_config(run: TabularRun, schema: Schema) -> MLPConfig:
+    size = {**MLP_SIZES[run.model_size]}
+    for key in ("token_size", "hidden_size", "num_layers"):
+        if getattr(run, key):
+            size[key] = getattr(run, key)
+    return MLPConfig(num_tokens=len(schema.numeric) + len(schema.vocab_sizes), dropout=run.dropout, **size)
+
+
 def make_adapter(run: TabularRun, schema: Schema) -> TabularAdapter:
+    """The feature tokenizer: as wide as the Transformer, with its [CLS] token; for the MLP, the MLP's token size
+    and no [CLS] (every token is read at once)."""
+    if run.backbone == "mlp":
+        return TabularAdapter(TabularConfig(len(schema.numeric), schema.vocab_sizes, cls_token=False),
+                              mlp_config(run, schema).token_size)
     return TabularAdapter(TabularConfig(len(schema.numeric), schema.vocab_sizes), backbone_config(run).hidden_size)
+
+
+def make_backbone(run: TabularRun, schema: Schema) -> TransformerEncoder | MLPBackbone:
+    return MLPBackbone(mlp_config(run, schema)) if run.backbone == "mlp" else TransformerEncoder(backbone_config(run))
 
 
 def build_objective(run: TabularRun, schema: Schema, max_steps: int) -> Objective:
     """The registered method ``run.method`` on the table's parts: the MAE class with loss 'mixed' (masked feature
     modelling), the data2vec class, or a two-view class (SCARF = SimCLR on a row and its corruption) on the
-    encoder's [CLS] output."""
+    encoder's [CLS] output (the MLP's one output token)."""
     adapter = make_adapter(run, schema)
-    backbone = TransformerEncoder(backbone_config(run))
+    backbone = make_backbone(run, schema)
     if run.method in ("masked_features", "data2vec") and int(run.mask_ratio * adapter.config.num_columns) == 0:
         raise SelfsupError(f"--mask_ratio {run.mask_ratio} masks no column of a table of "
                            f"{adapter.config.num_columns}; raise it")
@@ -315,5 +350,6 @@ def probe_figures(encoders: dict[str, Encoder | list[Encoder]], data: TabularDat
 
 
 __all__ = ["TabularRun", "TabularData", "METHODS", "SIZES", "add_tabular_args", "load_tables", "describe", "steps_for",
-           "build_objective", "make_adapter", "backbone_config", "pooled_encoder", "table_loader", "embeddings",
+           "build_objective", "make_adapter", "make_backbone", "backbone_config", "mlp_config", "MLP_SIZES",
+           "BACKBONES", "pooled_encoder", "table_loader", "embeddings",
            "one_hot_features", "probe_figures", "is_two_view", "split_rows", "batches"]

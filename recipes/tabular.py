@@ -1,8 +1,9 @@
 """Pretrain a table encoder: masked feature modelling, SCARF (or any two-view method) or data2vec, on a Transformer
-over the column tokens (FT-Transformer style).
+over the column tokens (FT-Transformer style), or SCARF's MLP on them (``--backbone mlp``, two-view methods).
 
     accelerate launch recipes/tabular.py                                  # masked features, scikit-learn's breast cancer
     accelerate launch recipes/tabular.py --method scarf --dataset_name wine
+    accelerate launch recipes/tabular.py --method scarf --backbone mlp    # SCARF's encoder: 4 ReLU layers of 256
     accelerate launch recipes/tabular.py --train_file ../shared/data/tabular/adult/train.csv \\
         --validation_file ../shared/data/tabular/adult/test.csv --label_column 14 --strip_label_suffix .
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from selfsup.backbones.hf_tabular import MODELING_FILE, export_tabular, rows_to_batch
+from selfsup.backbones.mlp import MLPBackbone, MLPConfig
 from selfsup.backbones.remote import modeling_selfsup_tabular
 from selfsup.backbones.transformer import TransformerEncoder, transformer_config
 from selfsup.modalities.tabular import TabularAdapter, TabularConfig, from_frame, infer_schema
@@ -22,29 +23,38 @@ NEW_ROWS = [{"age": 31, "job": "pilot", "hours": 50}, {"age": None, "job": "cler
             {"age": 70, "job": None, "hours": 99.0, "label": "a"}]
 
 
-def encoder_and_schema(scaling: str, pooling: str = "first"):
+def encoder_and_schema(scaling: str, pooling: str = "first", backbone: str = "transformer"):
     schema = infer_schema([from_frame(FRAME, "frame")], label="label", scaling=scaling)
     torch.manual_seed(0)
-    adapter = TabularAdapter(TabularConfig(len(schema.numeric), schema.vocab_sizes), 16)
-    backbone = TransformerEncoder(transformer_config(dict(hidden_size=16, num_layers=2, num_heads=2,
-                                                          intermediate_size=32), "vit", dropout=0.1))
+    mlp = backbone == "mlp"
+    adapter = TabularAdapter(TabularConfig(len(schema.numeric), schema.vocab_sizes, cls_token=not mlp),
+                             8 if mlp else 16)
+    if mlp:
+        backbone = MLPBackbone(MLPConfig(num_tokens=adapter.config.num_columns, token_size=8, hidden_size=24,
+                                         num_layers=3, activation="gelu", dropout=0.1))
+    else:
+        backbone = TransformerEncoder(transformer_config(dict(hidden_size=16, num_layers=2, num_heads=2,
+                                                              intermediate_size=32), "vit", dropout=0.1))
     with torch.no_grad():   # weights that are not the initial ones
         for p in adapter.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     return Encoder(adapter, backbone, pooling).eval(), schema
 
 
-@pytest.mark.parametrize("scaling, pooling", [("quantile", "first"), ("standard", "mean")])
-def test_export_reloads_with_the_auto_classes_and_matches(tmp_path, scaling, pooling):
+@pytest.mark.parametrize("scaling, pooling, backbone", [("quantile", "first", "transformer"),
+                                                        ("standard", "mean", "transformer"),
+                                                        ("quantile", "first", "mlp")])
+def test_export_reloads_with_the_auto_classes_and_matches(tmp_path, scaling, pooling, backbone):
     from transformers import AutoFeatureExtractor, AutoModel
 
-    encoder, schema = encoder_and_schema(scaling, pooling)
+    encoder, schema = encoder_and_schema(scaling, pooling, backbone)
     rows = FRAME.to_dict("records")
     figures = export_tabular(encoder, schema, tmp_path / "export", rows)
     assert figures["export/max_abs_hidden_diff"] <= 1e-4 and figures["export/max_abs_pooled_diff"] <= 1e-4
     export = tmp_path / "export"
     config = json.loads((export / "config.json").read_text())
     assert config["model_type"] == "selfsup_tabular" and config["schema"]["columns"][0]["scaling"] == scaling
+    assert config["backbone"] == backbone
     shipped = (export / MODELING_FILE).read_bytes()
     assert shipped == Path(modeling_selfsup_tabular.__file__).read_bytes(), "the repo's module, file for file"
     processor = AutoFeatureExtractor.from_pretrained(export, trust_remote_code=True)
@@ -57,6 +67,7 @@ def test_export_reloads_with_the_auto_classes_and_matches(tmp_path, scaling, poo
         with torch.no_grad():
             theirs = model(**inputs)
             mine, _ = encoder(ours)
+        assert theirs.last_hidden_state.shape == (3, 1 if backbone == "mlp" else 4, mine.last_hidden_state.shape[-1])
         assert (theirs.last_hidden_state - mine.last_hidden_state).abs().max() <= 1e-4
         assert (theirs.pooler_output - encoder.pooled(ours)).abs().max() <= 1e-4
     assert inputs["categorical"][0, 0] == 1 and inputs["categorical"][2, 0] == 0, "unseen 'pilot', missing job"

@@ -34,7 +34,7 @@ def test_default_run_probes_beside_random_init_and_exports(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method, extra", [("scarf", ()), ("data2vec", ()), ("masked_features", ("--mask_mode", "drop")),
-                                           ("vicreg", ())])
+                                           ("vicreg", ()), ("scarf", ("--backbone", "mlp"))])
 def test_every_method_trains_and_exports(tmp_path, method, extra):
     metrics = tabular.main(argv(tmp_path, "--method", method, "--dataset_name", "wine", *extra, steps=2))
     assert metrics["steps"] == 2 and torch.isfinite(torch.tensor(metrics["train_loss"]))
@@ -65,6 +65,8 @@ def test_bad_settings_and_input_stop_with_one_line(tmp_path):
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n3\n")
     with pytest.raises(SelfsupError, match=r"bad\.csv line 3: 1 fields, expected 2"):
         tabular.main(argv(tmp_path, "--train_file", str(tmp_path / "bad.csv")))
+    with pytest.raises(SelfsupError, match="--backbone mlp gives one output per row; --method masked_features"):
+        tabular.main(argv(tmp_path, "--backbone", "mlp"))
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(SelfsupError, match=r"empty\.csv: empty file"):
         tabular.main(argv(tmp_path, "--train_file", str(tmp_path / "empty.csv")))

@@ -43,12 +43,16 @@ class SelfsupTabularConfig(PretrainedConfig):
 
     def __init__(self, num_numeric=0, vocab_sizes=(), cls_token=True, hidden_size=64, num_layers=2, num_heads=2,
                  intermediate_size=128, hidden_act="gelu", norm_first=True, final_norm=True, layer_norm_eps=1e-12,
-                 bias=True, pooling="first", schema=None, **kwargs):
+                 bias=True, pooling="first", schema=None, backbone="transformer", token_size=None,
+                 activation="relu", **kwargs):
         self.num_numeric, self.vocab_sizes, self.cls_token = num_numeric, list(vocab_sizes), cls_token
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
         self.intermediate_size, self.hidden_act = intermediate_size, hidden_act
         self.norm_first, self.final_norm, self.layer_norm_eps, self.bias = norm_first, final_norm, layer_norm_eps, bias
         self.pooling, self.schema = pooling, schema or {}
+        # backbone "mlp": the column tokens (token_size wide, no [CLS]) flattened into num_layers linear layers of
+        # hidden_size, the activation between them; one output token per row
+        self.backbone, self.token_size, self.activation = backbone, token_size or hidden_size, activation
         super().__init__(**kwargs)
 
 
@@ -159,7 +163,7 @@ class TabularEmbeddings(nn.Module):
 
     def __init__(self, c):
         super().__init__()
-        d, sizes = c.hidden_size, list(c.vocab_sizes)
+        d, sizes = (c.token_size if c.backbone == "mlp" else c.hidden_size), list(c.vocab_sizes)
         self.numeric_weight = nn.Parameter(torch.zeros(c.num_numeric, d))
         self.numeric_missing = nn.Parameter(torch.zeros(c.num_numeric, d))
         self.category_embeddings = nn.Embedding(max(sum(sizes), 1), d)
@@ -214,6 +218,25 @@ class TransformerLayer(nn.Module):
         return self.norm2(x + mlp(x))
 
 
+class RowMLP(nn.Module):
+    """The column tokens of a row flattened, then linear layers with the activation between them: (B, 1, H)."""
+
+    def __init__(self, c):
+        super().__init__()
+        widths = [(c.num_numeric + len(c.vocab_sizes)) * c.token_size] + [c.hidden_size] * c.num_layers
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.act = ACT2FN[c.activation]
+
+    def forward(self, x):
+        states, h = [x], x.flatten(1)
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < len(self.layers) - 1:
+                h = self.act(h)
+            states.append(h[:, None])
+        return h[:, None], states
+
+
 class SelfsupTabularPreTrainedModel(PreTrainedModel):
     config_class = SelfsupTabularConfig
     base_model_prefix = "tabular"
@@ -231,8 +254,11 @@ class SelfsupTabularModel(SelfsupTabularPreTrainedModel):
         super().__init__(config)
         c = config
         self.embeddings = TabularEmbeddings(c)
-        self.layers = nn.ModuleList(TransformerLayer(c) for _ in range(c.num_layers))
-        self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps) if c.final_norm else nn.Identity()
+        if c.backbone == "mlp":
+            self.mlp = RowMLP(c)
+        else:
+            self.layers = nn.ModuleList(TransformerLayer(c) for _ in range(c.num_layers))
+            self.norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps) if c.final_norm else nn.Identity()
         self.post_init()
 
     def forward(self, numeric=None, categorical=None, output_hidden_states=None, return_dict=None, **kwargs):
@@ -243,11 +269,14 @@ class SelfsupTabularModel(SelfsupTabularPreTrainedModel):
         if categorical is None:
             categorical = torch.zeros(b, 0, dtype=torch.long)
         x = self.embeddings(numeric, categorical)
-        states = [x]
-        for layer in self.layers:
-            x = layer(x)
-            states.append(x)
-        h = self.norm(x)
+        if self.config.backbone == "mlp":
+            h, states = self.mlp(x)
+        else:
+            states = [x]
+            for layer in self.layers:
+                x = layer(x)
+                states.append(x)
+            h = self.norm(x)
         pooled = h[:, 0] if self.config.pooling == "first" else h.mean(dim=1)
         hidden = tuple(states) if output_hidden_states else None
         if return_dict is False:
