@@ -78,7 +78,7 @@ def run(method: str, data: Path, steps: int | None, out: Path, precision: str, e
 
 FLAGS_FILE = "image_learning_flags.json"     # a run's training flags, which --rescore checks against its own
 EVAL_FLAGS = {"--probe_c": 1, "--no_linear_probe": 0, "--knn_k": 1, "--knn_temperature": 1,   # flag -> values
-              "--eval_train_samples": 1, "--eval_test_samples": 1, "--probe_layers": 1}
+              "--eval_train_samples": 1, "--eval_test_samples": 1, "--probe_layers": 1, "--probe_readout": 1}
 
 
 def training_flags(argv: list[str]) -> list[str]:
@@ -99,7 +99,7 @@ def rescore(method: str, data: Path, steps: int | None, out: Path, precision: st
     and the probes built as ``recipes/two_view.py`` builds them after training. The kNN figures repeat the run's
     (an export is the trained encoder to the bit), so they check that the export is that run's."""
     from selfsup.config import parse_args, settings_from
-    from selfsup.recipes._image import EvalImages, image_probe, labelled_images, load_training_images
+    from selfsup.recipes._image import EvalImages, image_probe, labelled_images, load_training_images, patch_readout
     from selfsup.run import random_init_encoders, start_run
     from selfsup.train import TrainingSettings
 
@@ -124,8 +124,9 @@ def rescore(method: str, data: Path, steps: int | None, out: Path, precision: st
     fit, score, _ = labelled_images(run_, images)
     fresh = random_init_encoders(lambda: two_view.build_objective(run_, settings.max_steps, len(images)),
                                  run_.random_init_seeds, run_.seed, accelerator.device)
+    readout = patch_readout(run_, two_view.pipeline_for(run_, None)) if run_.probe_readout != "image" else None
     metrics = image_probe({"": two_view.imported_encoder(str(out / "export")), "random_init_": fresh},
-                          EvalImages(fit, run_), EvalImages(score, run_), run_, accelerator.device)
+                          EvalImages(fit, run_), EvalImages(score, run_), run_, accelerator.device, readout=readout)
     metrics.update(steps=settings.max_steps, global_batch_size=settings.per_device_train_batch_size)
     return row(method, extra, metrics, time.perf_counter() - t0)
 

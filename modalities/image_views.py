@@ -203,8 +203,7 @@ class JigsawTiles:
             dy, dx = (int(torch.randint(0, self.cell - self.tile + 1, ())) for _ in range(2))
             y, x0 = row * self.cell + dy, col * self.cell + dx
             tile = x[:, y:y + self.tile, x0:x0 + self.tile]
-            mean, std = tile.mean(dim=(1, 2), keepdim=True), tile.std(dim=(1, 2), keepdim=True)
-            tiles.append((tile - mean) / (std + 1e-5))
+            tiles.append(normalise_each(tile))
         label = int(torch.randint(0, len(self.permutations), ()))
         return {"views": [tiles[int(i)] for i in self.permutations[label]], "pretext_label": label}
 
@@ -245,7 +244,7 @@ class RelativePatches:
         y, x0 = row * self.cell + start + dy, col * self.cell + start + dx
         patch = x[:, y:y + self.patch, x0:x0 + self.patch]
         if self.normalize:
-            patch = (patch - patch.mean(dim=(1, 2), keepdim=True)) / (patch.std(dim=(1, 2), keepdim=True) + 1e-5)
+            patch = normalise_each(patch)
         return patch
 
     def drop_colour(self, patch: Tensor) -> Tensor:
@@ -263,6 +262,32 @@ class RelativePatches:
 
     def __repr__(self) -> str:
         return f"RelativePatches(image_size={self.image_size}, patch={self.patch}, jitter={self.jitter})"
+
+
+def normalise_each(patches: Tensor) -> Tensor:
+    """Patches (..., C, p, p), each channel of each patch to zero mean and unit standard deviation (+1e-5): what
+    the jigsaw tiles and relative-position patches are trained on."""
+    mean, std = patches.mean(dim=(-2, -1), keepdim=True), patches.std(dim=(-2, -1), keepdim=True)
+    return (patches - mean) / (std + 1e-5)
+
+
+def grid_readout(image_size: int, patch: int, grid: int = 3) -> Callable[[Tensor], Tensor]:
+    """For evaluating a method trained on patches of a ``grid`` x ``grid`` grid of cells: images (B, C, H, W) ->
+    (B, grid * grid, C, patch, patch), the patch at the centre of every cell (row-major, no jitter), each normalised
+    on its own (:func:`normalise_each`), as the training patches were; the colour is kept."""
+    cell = image_size // grid
+    if patch > cell:
+        raise ValueError(f"a {patch}-pixel patch does not fit a {cell}-pixel cell")
+    start = (cell - patch) // 2
+
+    def cut(images: Tensor) -> Tensor:
+        if images.shape[-1] != image_size or images.shape[-2] != image_size:
+            raise ValueError(f"grid readout of {image_size}-pixel images, got {tuple(images.shape[-2:])}")
+        rows = [images[..., r * cell + start:r * cell + start + patch, c * cell + start:c * cell + start + patch]
+                for r in range(grid) for c in range(grid)]
+        return normalise_each(torch.stack(rows, dim=1))
+
+    return cut
 
 
 class PatchGrid:

@@ -19,11 +19,10 @@ import torch.nn.functional as F
 
 from selfsup.modalities.image_views import (IMAGENET_MEAN, IMAGENET_STD, ROTATION_SETS, CentreHole, JigsawTiles,
                                             LabColours, LabViews, PatchGrid, RelativePatches, byol_transforms,
-                                            centre_square, crop_flip_transform, denormalize, hamming_permutations,
-                                            lab_to_rgb, lab_views_of_normalised, SingleView, moco_v1_transform,
-                                            multicrop_transforms, paper_overlap, published_ab_bins, rgb_to_lab,
-                                            rotation_transforms,
-                                            simclr_transform)
+                                            centre_square, crop_flip_transform, denormalize, grid_readout,
+                                            hamming_permutations, lab_to_rgb, lab_views_of_normalised, SingleView,
+                                            moco_v1_transform, multicrop_transforms, paper_overlap, published_ab_bins,
+                                            rgb_to_lab, rotation_transforms, simclr_transform)
 
 
 @dataclass
@@ -64,13 +63,17 @@ class ViewPipeline:
     (B, 3, H, W) tensor in [0, 1] (e.g. input / prediction / original); the recipe draws it at every evaluation.
     eval_views: for a method with one encoder per view of its own kind (CMC's L and ab), how a normalised
     evaluation image (B, 3, H, W) becomes its views (a list of tensors); the recipe then hands the kNN and the
-    probes ``{"views": [{"pixel_values": view}, ...]}`` batches. None: the encoder reads the image itself."""
+    probes ``{"views": [{"pixel_values": view}, ...]}`` batches. None: the encoder reads the image itself.
+    patch_readout: for a method trained on patches of the image (jigsaw, relative position), how a normalised
+    evaluation image (B, 3, H, W) becomes the patches it is read through under ``--probe_readout patches``
+    ((B, K, 3, p, p): :func:`modalities.image_views.grid_readout`, the features of the K patches averaged)."""
 
     transforms: list[Callable]
     shared_draws: bool = False
     objective: dict[str, Any] = field(default_factory=dict)
     render: Callable[[dict[str, Any], Any], list] | None = None
     eval_views: Callable[[Any], list] | None = None
+    patch_readout: Callable[[Any], Any] | None = None
 
 
 def local_view_size(o: ViewOptions) -> int:
@@ -134,14 +137,16 @@ def cell_part(o: ViewOptions, paper: float) -> int:
 
 def jigsaw(o: ViewOptions) -> ViewPipeline:
     """Tiles of 64/75 of a cell, the paper's (or ``cell_fraction``), each normalised on its own."""
-    return ViewPipeline([JigsawTiles(o.image_size, _permutations(o.jigsaw_permutations),
-                                     tile_size=cell_part(o, 64 / 75))],
-                        objective={"num_permutations": o.jigsaw_permutations})
+    tile = cell_part(o, 64 / 75)
+    return ViewPipeline([JigsawTiles(o.image_size, _permutations(o.jigsaw_permutations), tile_size=tile)],
+                        objective={"num_permutations": o.jigsaw_permutations},
+                        patch_readout=grid_readout(o.image_size, tile))
 
 
 def relative_position(o: ViewOptions) -> ViewPipeline:
     """Patches of 2/3 of a cell, the paper's: a gap of half a patch (or ``cell_fraction``)."""
-    return ViewPipeline([RelativePatches(o.image_size, cell_part(o, 2 / 3))])
+    patch = cell_part(o, 2 / 3)
+    return ViewPipeline([RelativePatches(o.image_size, patch)], patch_readout=grid_readout(o.image_size, patch))
 
 
 def cpc(o: ViewOptions, grayscale_p: float = 1.0) -> ViewPipeline:

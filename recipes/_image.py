@@ -46,6 +46,7 @@ class ImageRun(RecipeSettings):
     no_linear_probe: bool = False
     probe_c: str = "cv"
     probe_layers: str = "last"
+    probe_readout: str = "image"
 
     @property
     def probe_regularisation(self) -> float | tuple[float, ...]:
@@ -94,6 +95,10 @@ def add_image_args(p: ArgumentParser) -> None:
                    help="'all': the kNN and the probe also on the stem's and every stage's (a ViT: every layer's) "
                         "output, pooled as the last and concatenated (knn/all_layers/..., probe/all_layers/...), "
                         "where a pretext task's features may sit below the last stage")
+    e.add_argument("--probe_readout", default="image", choices=["image", "patches"],
+                   help="'patches' (methods trained on patches: jigsaw, relative_position): the kNN and the probe read "
+                        "an image as the mean of its 3 x 3 grid of patches' features, each patch of the training "
+                        "size and normalised on its own, as the method saw them; random init alike")
 
 
 def load_training_images(run: ImageRun, accelerator) -> tuple[ImageSet | ImageStream, str]:
@@ -247,11 +252,52 @@ class EvalImages:
                 yield {"views": [{"pixel_values": v} for v in self.views(pixels)]}
 
 
+class PatchAverage(torch.nn.Module):
+    """An encoder read through patches (``--probe_readout patches``): ``cut`` turns the (B, C, H, W) images of a
+    batch into (B, K, C, p, p) patches (a view pipeline's ``patch_readout``), the encoder pools each, and an image's
+    features are the mean over its K patches (every view of :meth:`Encoder.pooled_views` alike)."""
+
+    def __init__(self, encoder: Encoder, cut: Callable) -> None:
+        super().__init__()
+        self.encoder, self.cut = encoder, cut
+
+    @torch.no_grad()
+    def pooled_views(self, batch, views=("last",)) -> dict[str, torch.Tensor]:
+        patches = self.cut(batch["pixel_values"])
+        b, k = patches.shape[:2]
+        pooled = self.encoder.pooled_views({"pixel_values": patches.flatten(0, 1)}, views)
+        return {name: f.view(b, k, -1).mean(dim=1) for name, f in pooled.items()}
+
+
+def read_through(encoders: dict[str, Encoder | list[Encoder]], cut: Callable | None):
+    """``encoders`` as they are (``cut`` None), or each wrapped in :class:`PatchAverage`."""
+    if cut is None:
+        return encoders
+    return {k: [PatchAverage(e, cut) for e in v] if isinstance(v, list) else PatchAverage(v, cut)
+            for k, v in encoders.items()}
+
+
+def patch_readout(run: ImageRun, pipeline) -> Callable | None:
+    """The readout of ``--probe_readout``: None for whole images, else the view pipeline's ``patch_readout``
+    (an error for a method trained on whole images)."""
+    if run.probe_readout == "image":
+        return None
+    if getattr(pipeline, "patch_readout", None) is None:
+        raise SelfsupError(f"--probe_readout patches: {getattr(run, 'method', 'this method')} is trained on whole "
+                           "images, not on patches (the methods on patches: jigsaw, relative_position)")
+    return pipeline.patch_readout
+
+
 def image_probe(encoders: dict[str, Encoder | list[Encoder]], fit: EvalImages, score: EvalImages, run: ImageRun,
-                device: torch.device, linear: bool | None = None) -> dict[str, float]:
+                device: torch.device, linear: bool | None = None, readout: Callable | None = None
+                ) -> dict[str, float]:
     """kNN (cosine, ``--knn_k`` neighbours, exp(sim / ``--knn_temperature``) votes) and, unless
     ``--no_linear_probe``, a linear probe on frozen pooled features, for each encoder
-    (``{"": trained, "random_init_": [fresh, ...]}``)."""
+    (``{"": trained, "random_init_": [fresh, ...]}``); ``readout``: a :func:`patch_readout` to read every encoder
+    through patches."""
+    if readout is None and run.probe_readout != "image":
+        patch_readout(run, None)            # the one-line error: no patches to read through
+    encoders = read_through(encoders, readout)
     sets = {"train": fit, "test": score}
     return probe_encoders(encoders, lambda split: sets[split].batches(run.per_device_eval_batch_size),
                           fit.labels, score.labels, device, knn_k=run.knn_k, knn_temperature=run.knn_temperature,
@@ -326,4 +372,4 @@ def pretext_picture(render: Callable, transforms: Sequence[Callable], images: Im
 
 __all__ = ["ImageRun", "add_image_args", "load_training_images", "sample", "find_split", "labelled_images",
            "view_loader", "EvalImages", "image_probe", "knn_monitor", "spread_over_classes", "picture_pixels",
-           "pretext_picture"]
+           "pretext_picture", "PatchAverage", "patch_readout", "read_through"]

@@ -40,7 +40,7 @@ from selfsup.recipes.builders.image_text import clip
 from selfsup.objectives.image_text.clip import CLIPObjective
 from selfsup.objectives.image_text.hf_clip import clip_from_transformers, export_clip
 from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS
-from selfsup.recipes._image import ImageRun, add_image_args, find_split
+from selfsup.recipes._image import ImageRun, add_image_args, find_split, patch_readout
 from selfsup.run import finish_run, start_run
 from selfsup.train import Trainer, TrainingSettings
 
@@ -344,6 +344,7 @@ classify("image.png", candidate_labels=["cat", "dog", "ship"])"""
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(build_parser(), argv)                                                 # parse
     run = settings_from(ClipRun, args)
+    patch_readout(run, None)                    # CLIP reads whole images: --probe_readout patches stops here
     settings = TrainingSettings.from_args(args)
     accelerator = start_run(settings, run.seed)
     pairs = load_training_pairs(run, accelerator)                                          # data

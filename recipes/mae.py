@@ -29,7 +29,7 @@ from selfsup.objectives.masked.hf_mae import export_mae, mae_from_transformers
 from selfsup.objectives.masked.mae import MAEObjective
 from selfsup.objectives.masked.sizes import MAE_TRAINING, mae_learning_rate
 from selfsup.recipes._image import (EvalImages, ImageRun, add_image_args, image_probe, labelled_images,
-                                    load_training_images, picture_pixels, view_loader)
+                                    load_training_images, patch_readout, picture_pixels, view_loader)
 from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
 
@@ -120,6 +120,7 @@ mae = AutoModelForPreTraining.from_pretrained("{run.hub_model_id or out}", subfo
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(build_parser(), argv)                                                 # parse
     run = settings_from(MAERun, args)
+    patch_readout(run, None)                    # MAE reads whole images: --probe_readout patches stops here
     accelerator = start_run(TrainingSettings.from_args(args), run.seed)
     global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
     learning_rate = args.learning_rate if args.learning_rate is not None else \

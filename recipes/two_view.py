@@ -37,7 +37,8 @@ from selfsup.objectives.two_view.build import VIEW_FAMILIES
 from selfsup.objectives.two_view import presets as image_presets
 from selfsup.objectives.two_view.sizes import RESNETS as TWO_VIEW_RESNETS
 from selfsup.recipes._image import (EvalImages, ImageRun, add_image_args, epoch_images, image_probe, knn_monitor,
-                                    labelled_images, load_training_images, pretext_picture, view_loader)
+                                    labelled_images, load_training_images, patch_readout, pretext_picture,
+                                    view_loader)
 from selfsup.run import finish_run, random_init_encoders, start_run
 from selfsup.train import Trainer, TrainingSettings
 from selfsup.types import Encoder, Objective
@@ -309,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     objective = build_objective(run, settings.max_steps, len(images), encoder)
     adapter = objective.encoder().adapter
     pipeline = pipeline_for(run, adapter.config.patch_size if hasattr(adapter, "patch_embed") else None)
-    views = pipeline.transforms
+    views, readout = pipeline.transforms, patch_readout(run, pipeline)
     if pipeline.eval_views is not None and fit is not None:     # an encoder per view: the probes read views
         fit.views = score.views = pipeline.eval_views
     loader = view_loader(images, views, run, settings.per_device_train_batch_size, accelerator,
@@ -336,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             fresh = random_init_encoders(lambda: build_objective(run, settings.max_steps, len(images)),
                                          run.random_init_seeds, run.seed, accelerator.device)
             metrics.update(image_probe({"": objective.encoder(), "random_init_": fresh}, fit, score, run,
-                                       accelerator.device))
+                                       accelerator.device, readout=readout))
         if fit is not None:
             sample = (score or fit).pixels[:4]
             part_samples = pipeline.eval_views(sample) if pipeline.eval_views is not None else None
