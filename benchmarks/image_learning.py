@@ -124,8 +124,11 @@ def rescore(method: str, data: Path, steps: int | None, out: Path, precision: st
     fit, score, _ = labelled_images(run_, images)
     fresh = random_init_encoders(lambda: two_view.build_objective(run_, settings.max_steps, len(images)),
                                  run_.random_init_seeds, run_.seed, accelerator.device)
-    readout = patch_readout(run_, two_view.pipeline_for(run_, None)) if run_.probe_readout != "image" else None
-    metrics = image_probe({"": two_view.imported_encoder(str(out / "export")), "random_init_": fresh},
+    encoder = two_view.imported_encoder(str(out / "export"))
+    adapter = encoder.adapter          # a ViT's patches: the readout's patch is a whole number of them, as in training
+    vit_patch = adapter.config.patch_size if hasattr(adapter, "patch_embed") else None
+    readout = patch_readout(run_, two_view.pipeline_for(run_, vit_patch)) if run_.probe_readout != "image" else None
+    metrics = image_probe({"": encoder, "random_init_": fresh},
                           EvalImages(fit, run_), EvalImages(score, run_), run_, accelerator.device, readout=readout)
     metrics.update(steps=settings.max_steps, global_batch_size=settings.per_device_train_batch_size)
     return row(method, extra, metrics, time.perf_counter() - t0)
@@ -134,6 +137,8 @@ def rescore(method: str, data: Path, steps: int | None, out: Path, precision: st
 def row(method: str, extra: list[str], metrics: dict, seconds: float) -> dict:
     if "--rotations" in extra:   # the rotation set, e.g. --rotations 8 (recipes/two_view.py)
         method = f"{method} ({extra[extra.index('--rotations') + 1]})"
+    if "--probe_readout" in extra and extra[extra.index("--probe_readout") + 1] != "image":
+        method = f"{method} (read through patches)"
     return {"method": method, "ours": metrics["knn/accuracy"], "reference": metrics["knn/random_init_accuracy"],
             "probe": metrics.get("probe/accuracy"), "probe_reference": metrics.get("probe/random_init_accuracy"),
             "knn_gain_ci95": metrics.get("knn/gain_ci95"), "probe_gain_ci95": metrics.get("probe/gain_ci95"),

@@ -306,13 +306,13 @@ def image_probe(encoders: dict[str, Encoder | list[Encoder]], fit: EvalImages, s
 
 
 def knn_monitor(encoder_of: Callable[[Any], Encoder], fit: EvalImages, score: EvalImages, run: ImageRun,
-                device: torch.device) -> Callable[[Any], dict[str, float]]:
+                device: torch.device, readout: Callable | None = None) -> Callable[[Any], dict[str, float]]:
     """An ``eval_fn`` for the trainer: the kNN accuracy of the objective's encoder (``encoder_of(objective)``)
-    on the labelled images, at every ``--eval_steps``."""
+    on the labelled images, at every ``--eval_steps``, read as the final probes read it (``readout``)."""
 
     def eval_fn(objective) -> dict[str, float]:
         return {f"eval/{k}": v for k, v in image_probe({"": encoder_of(objective)}, fit, score, run, device,
-                                                      linear=False).items()}
+                                                      linear=False, readout=readout).items()}
 
     return eval_fn
 

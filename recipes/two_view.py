@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                       f"lr {settings.learning_rate:.3g}")
     accelerator.print(f"model: {num_parameters(objective.encoder()) / 1e6:.1f}M encoder parameters")
     monitors = [] if fit is None or not settings.eval_steps else [
-        knn_monitor(lambda obj: obj.encoder(), fit, score, run, accelerator.device)]
+        knn_monitor(lambda obj: obj.encoder(), fit, score, run, accelerator.device, readout)]
     if pipeline.render is not None and hasattr(objective, "pretext_predictions"):   # colours, a masked region
         monitors.append(pretext_picture(pipeline.render, views, images, run, accelerator.device,
                                         pipeline.shared_draws, path=Path(run.output_dir) / "pretext.png"))

@@ -84,7 +84,7 @@ def test_whole_image_methods_stop_before_training(tmp_path):
 
 
 @pytest.mark.long
-def test_a_jigsaw_run_scores_both_encoders_through_the_grid(tmp_path):
+def test_a_jigsaw_run_scores_both_encoders_and_its_monitor_through_the_grid(tmp_path):
     from selfsup.recipes import two_view as recipe
 
     def argv(out, *extra):
@@ -92,9 +92,12 @@ def test_a_jigsaw_run_scores_both_encoders_through_the_grid(tmp_path):
         a[a.index("--image_size") + 1] = "30"
         return a
 
-    image = recipe.main(argv(tmp_path / "image"))
-    patches = recipe.main(argv(tmp_path / "patches", "--probe_readout", "patches"))
+    image = recipe.main(argv(tmp_path / "image", "--eval_steps", "1"))
+    patches = recipe.main(argv(tmp_path / "patches", "--probe_readout", "patches", "--eval_steps", "1"))
     assert patches["train_loss"] == image["train_loss"]                    # the same training
+    # the kNN monitor during training reads the encoder as the final kNN does: at the last step they agree
+    assert patches["eval/knn/accuracy"] == patches["knn/accuracy"]
+    assert image["eval/knn/accuracy"] == image["knn/accuracy"]
     for key in ("knn/accuracy", "knn/random_init_accuracy"):
         assert 0.0 <= patches[key] <= 1.0
     assert (patches["knn/accuracy"], patches["knn/random_init_accuracy"]) != (image["knn/accuracy"],
