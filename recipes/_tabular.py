@@ -81,6 +81,11 @@ class TabularRun(RecipeSettings):
         if self.backbone == "mlp" and self.method in ("masked_features", "data2vec"):
             raise SelfsupError(f"--backbone mlp gives one output per row; --method {self.method} needs one per column "
                                f"(use the Transformer, or a two-view method such as scarf)")
+        if self.backbone == "mlp" and (self.num_heads or self.attention_dropout):
+            raise SelfsupError("--num_heads and --attention_dropout are the Transformer's; --backbone mlp has no "
+                               "attention (its flags: --token_size, --hidden_size, --num_layers, --dropout)")
+        if self.backbone != "mlp" and self.token_size:
+            raise SelfsupError("--token_size is --backbone mlp's (the Transformer's tokens are --hidden_size wide)")
         if self.dataset_name and self.train_file:
             raise SelfsupError("give --train_file or --dataset_name, not both")
         if not 0.0 < self.validation_split_percentage < 100.0:

@@ -45,3 +45,18 @@ def test_a_negative_anchor_stops_at_parse_time(capsys):
     with pytest.raises(SystemExit):
         main(["--anchor", "-1"])
     assert "--anchor -1.0: a penalty weight is 0 or more" in capsys.readouterr().err
+
+
+def test_the_backbone_flag_reaches_the_recipe_and_leaves_kept_transformer_runs_alone(tmp_path):
+    import argparse
+
+    from benchmarks.tabular_learning import recipe_argv
+
+    def argv(backbone):
+        return recipe_argv(argparse.Namespace(data=tmp_path, method="scarf", backbone=backbone, model_size="small",
+                                              pretrain_steps=10, seed=0, mask_ratio=0.3), tmp_path / "run")
+
+    mlp = argv("mlp")
+    assert mlp[mlp.index("--backbone") + 1] == "mlp"
+    assert "--backbone" not in argv("transformer")     # the flags kept runs were made with, unchanged
+

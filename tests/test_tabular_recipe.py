@@ -67,6 +67,10 @@ def test_bad_settings_and_input_stop_with_one_line(tmp_path):
         tabular.main(argv(tmp_path, "--train_file", str(tmp_path / "bad.csv")))
     with pytest.raises(SelfsupError, match="--backbone mlp gives one output per row; --method masked_features"):
         tabular.main(argv(tmp_path, "--backbone", "mlp"))
+    with pytest.raises(SelfsupError, match="--num_heads and --attention_dropout are the Transformer's"):
+        tabular.main(argv(tmp_path, "--backbone", "mlp", "--method", "scarf", "--num_heads", "2"))
+    with pytest.raises(SelfsupError, match="--token_size is --backbone mlp's"):
+        tabular.main(argv(tmp_path, "--token_size", "8"))
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(SelfsupError, match=r"empty\.csv: empty file"):
         tabular.main(argv(tmp_path, "--train_file", str(tmp_path / "empty.csv")))
