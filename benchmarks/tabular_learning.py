@@ -13,14 +13,20 @@
    ``--finetune_steps`` (300) of AdamW at each head rate of ``--finetune_lrs`` (1e-4, 3e-4, 1e-3) times each encoder
    rate of ``--encoder_lr_scales`` (1, 0.1) times it; each model keeps the step (step 0, the linear probe alone,
    included) and the rates best on its own validation rows (``--select accuracy``: ties to the lower log loss);
-   ``--anchor A`` adds L2-SP, A / 2 times the squared distance of the encoder's weights from where fine-tuning starts.
+   ``--anchor A`` adds L2-SP, A / 2 times the squared distance of the encoder's weights from where fine-tuning starts;
+   ``--folds K`` chooses the rates and the step by K-fold cross-validation over every labelled row instead of one
+   held-out share, then trains on all of them.
    Mean +- std of the test accuracy over the seeds (the pretrained encoder is the same for every seed, so its spread
    is the labels' and the head's), the validation accuracy of the kept models, and the per-seed paired difference.
-   The line says whether the pretrained mean beats the scratch mean by more than the larger std.
+   The line says whether the pretrained mean beats the scratch mean by more than the larger std. Before it, for the
+   same labelled rows, the frozen encoders: a logistic regression (C by 5-fold cross-validation on those rows) on the
+   pretrained encoder, on the scratch model's random init and on the one-hot raw features.
 
     OMP_NUM_THREADS=1 python benchmarks/tabular_learning.py                       # masked features, then few labels
     OMP_NUM_THREADS=1 python benchmarks/tabular_learning.py --method scarf --pretrain_dir runs/scarf5000
     OMP_NUM_THREADS=1 python benchmarks/tabular_learning.py --method scarf --backbone mlp    # SCARF's MLP encoder
+    OMP_NUM_THREADS=1 python benchmarks/tabular_learning.py --method scarf --backbone mlp --pretrain_steps 1000 \
+        --temperature 0.2 --folds 5 --fractions 0.01      # cross-validated fine-tuning (docs/recipes/tabular.md)
     python benchmarks/tabular_learning.py --quick                                 # under a minute: a smoke run
 
 ``--pretrain_dir`` keeps the pretraining run and reuses it when it holds one made with the same recipe flags (the
@@ -46,7 +52,9 @@ from safetensors.torch import load_file
 from selfsup.benchmarking import machine
 from selfsup.config import settings_from
 from selfsup.recipes import tabular
-from selfsup.recipes._tabular import TabularRun, batches, build_objective, load_tables, pooled_encoder
+from selfsup.evaluate import PROBE_C_GRID, linear_probe
+from selfsup.recipes._tabular import (TabularRun, batches, build_objective, embeddings, load_tables, one_hot_features,
+                                      pooled_encoder)
 
 ROOT = Path(__file__).resolve().parents[1]
 ADULT = ROOT.parent / "shared" / "data" / "tabular" / "adult"
@@ -68,7 +76,8 @@ def recipe_argv(args, out: Path) -> list[str]:
             "--model_size", args.model_size, "--max_steps", str(args.pretrain_steps),
             "--per_device_train_batch_size", "256", "--learning_rate", "1e-3", "--report_to", "none",
             "--checkpointing_steps", str(args.pretrain_steps), "--probe_max_train", "0", "--seed", str(args.seed),
-            "--output_dir", str(out), "--random_init_seeds", "1", "--mask_ratio", str(args.mask_ratio)]
+            "--output_dir", str(out), "--random_init_seeds", "1", "--mask_ratio", str(args.mask_ratio),
+            *(["--temperature", str(args.temperature)] if args.temperature is not None else [])]
 
 
 def kept_run(out: Path, argv: list[str]):
@@ -122,9 +131,10 @@ class Protocol:
     after ``lp`` (the head first fitted as a logistic regression on the frozen embeddings: LP-FT) or not; every
     ``eval_every`` steps (and at step 0) the model is scored on the validation rows (``val_share`` of the labelled
     subset) and the step and rate best on them (``select``: accuracy, ties to the lower log loss; or the log loss)
-    are kept. ``anchor`` > 0 adds L2-SP (Li et al., ICML 2018): ``anchor / 2`` times the squared distance of the
-    encoder's weights from those fine-tuning starts from (the pretrained weights, or the scratch model's random
-    initialisation) to the loss."""
+    are kept; with ``folds`` K > 0, K-fold cross-validation over every labelled row chooses them instead and the
+    model is then trained on all the rows (:func:`cross_validated_fine_tune`). ``anchor`` > 0 adds L2-SP (Li et al.,
+    ICML 2018): ``anchor / 2`` times the squared distance of the encoder's weights from those fine-tuning starts
+    from (the pretrained weights, or the scratch model's random initialisation) to the loss."""
 
     steps: int = 300
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
@@ -135,6 +145,7 @@ class Protocol:
     select: str = "accuracy"
     eval_every: int = 25
     anchor: float = 0.0
+    folds: int = 0
 
 
 def anchor_penalty(encoder, start: list[torch.Tensor], weight: float) -> torch.Tensor:
@@ -161,9 +172,13 @@ def accuracy(encoder, head, arrays) -> float:
 
 
 def fine_tune(encoder, arrays, test, protocol: Protocol, seed: int) -> tuple[float, float]:
-    """Encoder + a linear head trained on ``arrays`` minus its validation share at each pair of rates of the
-    protocol; the step and the rates best on the validation rows are kept; returns (that model's validation accuracy, its test
-    accuracy)."""
+    """Encoder + a linear head fine-tuned on the labelled rows ``arrays`` at each pair of rates of the protocol, the
+    step and the rates chosen on rows the model was not trained on; returns (the chosen model's validation accuracy,
+    its test accuracy). ``protocol.folds`` 0: the rows minus a held-out ``val_share``, the model kept at the step
+    best on the held-out rows; ``folds`` K: K-fold cross-validation over every labelled row picks the rates and the
+    step (by the pooled out-of-fold scores), then the model is trained on all the rows for that many steps."""
+    if protocol.folds:
+        return cross_validated_fine_tune(encoder, arrays, test, protocol, seed)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(arrays))
     cut = max(1, int(round(len(arrays) * protocol.val_share)))
@@ -172,6 +187,39 @@ def fine_tune(encoder, arrays, test, protocol: Protocol, seed: int) -> tuple[flo
             for scale in protocol.encoder_lr_scales for lr in protocol.lrs]
     best = max(range(len(runs)), key=lambda k: runs[k][0])    # the first pair on a tie
     return runs[best][1], accuracy(*runs[best][2], test)
+
+
+def selection_key(acc: float, nll: float, select: str) -> tuple[float, ...]:
+    return (acc, -nll) if select == "accuracy" else (-nll,)
+
+
+def cross_validated_fine_tune(encoder, arrays, test, protocol: Protocol, seed: int) -> tuple[float, float]:
+    """:func:`fine_tune` with ``protocol.folds`` folds: for each pair of rates and each fold, the model trains on the
+    other folds and is scored on the fold every ``eval_every`` steps; the out-of-fold correct counts and log losses
+    are summed over the folds, and the (rates, step) best on them is trained again on every labelled row."""
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(protocol.folds, shuffle=True, random_state=seed).split(arrays.labels, arrays.labels)
+    folds = [(arrays.subset(np.sort(a)), arrays.subset(np.sort(b))) for a, b in folds]
+    classes = int(arrays.labels.max()) + 1
+    best = None
+    for scale in protocol.encoder_lr_scales:
+        for lr in protocol.lrs:
+            pooled: dict[int, list[float]] = {}
+            for train, val in folds:
+                def record(step, enc, head, val=val):
+                    acc, nll = scores(enc, head, val)
+                    total = pooled.setdefault(step, [0.0, 0.0])
+                    total[0] += acc * len(val)
+                    total[1] += nll * len(val)
+                train_steps(encoder, train, protocol, lr, scale, seed, on_eval=record, num_classes=classes)
+            for step, (correct, nll) in sorted(pooled.items()):
+                key = selection_key(correct / len(arrays), nll / len(arrays), protocol.select)
+                if best is None or key > best[0]:          # the first pair and the earliest step on a tie
+                    best = (key, correct / len(arrays), lr, scale, step)
+    _, val_acc, lr, scale, step = best
+    model = train_steps(encoder, arrays, protocol, lr, scale, seed, steps=step, num_classes=classes)
+    return val_acc, accuracy(*model, test)
 
 
 def logistic_head(encoder, train, num_classes: int) -> torch.nn.Linear:
@@ -192,21 +240,25 @@ def logistic_head(encoder, train, num_classes: int) -> torch.nn.Linear:
     return head
 
 
-def train_head_and_encoder(encoder, train, val, protocol: Protocol, lr: float, scale: float, seed: int):
-    """(selection key, validation accuracy, (encoder, head) at the best step, step 0 included)."""
+def train_steps(encoder, train, protocol: Protocol, lr: float, scale: float, seed: int, steps: int | None = None,
+                on_eval=None, num_classes: int | None = None):
+    """A copy of ``encoder`` and a linear head (fitted as a logistic regression on the frozen embeddings first,
+    ``protocol.lp``, else random) trained ``steps`` (default ``protocol.steps``) AdamW steps on batches of up to
+    128 rows of ``train``; ``on_eval(step, encoder, head)`` is called every ``protocol.eval_every`` steps, at the
+    last and, with LP-FT, at step 0. Returns (encoder, head)."""
+    steps = protocol.steps if steps is None else steps
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     encoder = copy.deepcopy(encoder)
-    num_classes = int(max(train.labels.max(), val.labels.max())) + 1
+    num_classes = int(train.labels.max()) + 1 if num_classes is None else num_classes
     head = (logistic_head(encoder, train, num_classes) if protocol.lp
             else torch.nn.Linear(encoder.feature_size, num_classes))
     start = [p.detach().clone() for p in encoder.parameters()]
     opt = torch.optim.AdamW([{"params": list(encoder.parameters()), "lr": lr * scale},
                              {"params": list(head.parameters()), "lr": lr}], lr=lr,
                             weight_decay=protocol.weight_decay)
-    best, best_acc, best_state = None, 0.0, None
     batch = min(128, len(train))
-    for step in range(0, protocol.steps + 1):
+    for step in range(0, steps + 1):
         if step:
             encoder.train()
             idx = rng.choice(len(train), batch, replace=False)
@@ -218,20 +270,35 @@ def train_head_and_encoder(encoder, train, val, protocol: Protocol, lr: float, s
             opt.zero_grad()
             loss.backward()
             opt.step()
-        if (step or protocol.lp) and (step % protocol.eval_every == 0 or step == protocol.steps):
-            acc, nll = scores(encoder, head, val)
-            key = (acc, -nll) if protocol.select == "accuracy" else (-nll,)
-            if best is None or key > best:
-                best, best_acc, best_state = key, acc, copy.deepcopy((encoder.state_dict(), head.state_dict()))
-    encoder.load_state_dict(best_state[0])
-    head.load_state_dict(best_state[1])
-    return best, best_acc, (encoder, head)
+        if on_eval is not None and (step or protocol.lp) and (step % protocol.eval_every == 0 or step == steps):
+            on_eval(step, encoder, head)
+    encoder.eval()
+    return encoder, head
+
+
+def train_head_and_encoder(encoder, train, val, protocol: Protocol, lr: float, scale: float, seed: int):
+    """(selection key, validation accuracy, (encoder, head) at the step best on ``val``, step 0 included with
+    LP-FT)."""
+    kept = {}
+
+    def keep_best(step, enc, head):
+        acc, nll = scores(enc, head, val)
+        key = selection_key(acc, nll, protocol.select)
+        if "key" not in kept or key > kept["key"]:
+            kept.update(key=key, acc=acc, state=copy.deepcopy((enc.state_dict(), head.state_dict())))
+
+    encoder, head = train_steps(encoder, train, protocol, lr, scale, seed, on_eval=keep_best,
+                                num_classes=int(max(train.labels.max(), val.labels.max())) + 1)
+    encoder.load_state_dict(kept["state"][0])
+    head.load_state_dict(kept["state"][1])
+    return kept["key"], kept["acc"], (encoder, head)
 
 
 def protocol_of(args) -> Protocol:
-    return Protocol(steps=args.finetune_steps, lrs=tuple(args.finetune_lrs), encoder_lr_scales=tuple(args.encoder_lr_scales),
-                    lp=not args.no_lp, weight_decay=args.finetune_weight_decay, val_share=args.val_share,
-                    select=args.select, eval_every=args.eval_every, anchor=args.anchor)
+    return Protocol(steps=args.finetune_steps, lrs=tuple(args.finetune_lrs),
+                    encoder_lr_scales=tuple(args.encoder_lr_scales), lp=not args.no_lp,
+                    weight_decay=args.finetune_weight_decay, val_share=args.val_share,
+                    select=args.select, eval_every=args.eval_every, anchor=args.anchor, folds=args.folds)
 
 
 def labelled_subset(data, fraction: float, seed: int):
@@ -243,6 +310,37 @@ def labelled_subset(data, fraction: float, seed: int):
 def fresh_encoder(run, data, seed: int):
     torch.manual_seed(seed + 1)
     return pooled_encoder(build_objective(run, data.schema, 1).encoder())
+
+
+def few_label_probes(args, run, data, encoder, fraction: float) -> dict:
+    """The frozen encoders at few labels: per seed, a logistic regression (standardised, C from
+    :data:`~selfsup.evaluate.PROBE_C_GRID` by 5-fold cross-validation on the labelled rows alone) on the seed's
+    labelled rows, scored on the test rows, for the pretrained encoder, the scratch model's random init (the
+    encoder fine-tuning starts from) and the one-hot raw features."""
+    t0 = time.perf_counter()
+    cpu = torch.device("cpu")
+    test_x = {"ours": embeddings(encoder, data.test, cpu), "raw": one_hot_features(data.schema, data.test)}
+    figures = {"ours": [], "random_init": [], "raw": []}
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        subset = labelled_subset(data, fraction, seed)
+        fresh = fresh_encoder(run, data, seed)
+        for name, train_x, x_test in (
+                ("ours", embeddings(encoder, subset, cpu), test_x["ours"]),
+                ("random_init", embeddings(fresh, subset, cpu), embeddings(fresh, data.test, cpu)),
+                ("raw", one_hot_features(data.schema, subset), test_x["raw"])):
+            figures[name].append(linear_probe(train_x, subset.labels, x_test, data.test.labels, c=PROBE_C_GRID,
+                                              folds=5))
+    o, r, raw = (np.array(figures[k]) for k in ("ours", "random_init", "raw"))
+    diff = o - r
+    return {"name": f"adult/few_labels_{fraction:.0%}/frozen_probe_vs_random_init", "ours": float(o.mean()),
+            "ours_std": float(o.std()), "reference": float(r.mean()), "reference_std": float(r.std()),
+            "raw_one_hot": float(raw.mean()), "raw_one_hot_std": float(raw.std()), "unit": "test accuracy",
+            "ratio": float(o.mean() / r.mean()), "paired_difference": float(diff.mean()),
+            "paired_difference_std": float(diff.std()), "labels": int(round(fraction * len(data.train))),
+            "per_seed_ours": [round(float(x), 4) for x in o], "per_seed_random_init": [round(float(x), 4) for x in r],
+            "per_seed_raw_one_hot": [round(float(x), 4) for x in raw], "seeds": args.seeds,
+            "first_seed": args.first_seed, "method": args.method, "machine": machine(),
+            "minutes": (time.perf_counter() - t0) / 60}
 
 
 def few_labels(args, run, data, encoder, fraction: float) -> dict:
@@ -280,6 +378,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--pretrain_dir", type=Path, default=None,
                    help="keep the pretraining run here, and reuse it when it holds one with the same recipe flags")
     p.add_argument("--mask_ratio", type=float, default=0.3)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="the recipe's --temperature (two-view methods; default: the method's own, SCARF's 1.0)")
     p.add_argument("--finetune_steps", type=int, default=300)
     p.add_argument("--finetune_lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3],
                    help="fine-tuning learning rates; each model keeps the one best on its validation rows")
@@ -294,6 +394,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="L2-SP: this / 2 times the squared distance of the encoder's weights from where fine-tuning "
                         "starts (pretrained, or the scratch model's random init), added to the loss")
     p.add_argument("--val_share", type=float, default=0.2, help="share of the labelled subset held out to select on")
+    p.add_argument("--folds", type=int, default=0,
+                   help="choose the rates and the step by K-fold cross-validation over every labelled row, then "
+                        "train on all of them (0: one held-out --val_share)")
     p.add_argument("--select", default="accuracy", choices=["accuracy", "loss"],
                    help="what picks the step and rate on the validation rows (accuracy: ties to the lower loss)")
     p.add_argument("--eval_every", type=int, default=25)
@@ -306,6 +409,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     if args.anchor < 0:
         p.error(f"--anchor {args.anchor}: a penalty weight is 0 or more")
+    if args.folds == 1 or args.folds < 0:
+        p.error(f"--folds {args.folds}: 0 (a held-out share) or 2 or more folds")
     if args.quick:
         args.model_size, args.pretrain_steps, args.finetune_steps, args.seeds, args.eval_every = "tiny", 20, 20, 2, 10
     if not (args.data / "train.csv").is_file():
@@ -335,8 +440,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
               "published": PUBLISHED, **base, "minutes": (time.perf_counter() - t1) / 60}, lines)
         encoder = pretrained(run, data.schema, out, metrics["steps"])
         for fraction in args.fractions:
-            emit({**few_labels(args, run, data, encoder, fraction), "pretrain_steps": args.pretrain_steps,
-                  "model_size": args.model_size, "backbone": args.backbone}, lines)
+            for figure in (few_label_probes, few_labels):
+                emit({**figure(args, run, data, encoder, fraction), "pretrain_steps": args.pretrain_steps,
+                      "model_size": args.model_size, "backbone": args.backbone}, lines)
     return lines
 
 
