@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -190,6 +191,10 @@ def fine_tune(encoder, arrays, test, protocol: Protocol, seed: int) -> tuple[flo
 
 
 def selection_key(acc: float, nll: float, select: str) -> tuple[float, ...]:
+    """What picks the step and rates (larger is better); a step whose log loss is not finite (a diverged
+    fine-tune) ranks below every finite one."""
+    if not math.isfinite(nll):
+        return (-math.inf,) * (2 if select == "accuracy" else 1)
     return (acc, -nll) if select == "accuracy" else (-nll,)
 
 
@@ -199,6 +204,10 @@ def cross_validated_fine_tune(encoder, arrays, test, protocol: Protocol, seed: i
     are summed over the folds, and the (rates, step) best on them is trained again on every labelled row."""
     from sklearn.model_selection import StratifiedKFold
 
+    rarest = int(np.bincount(arrays.labels).min()) if len(arrays) else 0
+    if rarest < protocol.folds:
+        raise SystemExit(f"--folds {protocol.folds}: {len(arrays)} labelled rows, the rarest class has {rarest}; each "
+                         f"fold needs one of every class (fewer folds, or more labels)")
     folds = StratifiedKFold(protocol.folds, shuffle=True, random_state=seed).split(arrays.labels, arrays.labels)
     folds = [(arrays.subset(np.sort(a)), arrays.subset(np.sort(b))) for a, b in folds]
     classes = int(arrays.labels.max()) + 1

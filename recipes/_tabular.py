@@ -84,6 +84,9 @@ class TabularRun(RecipeSettings):
         if self.backbone == "mlp" and (self.num_heads or self.attention_dropout):
             raise SelfsupError("--num_heads and --attention_dropout are the Transformer's; --backbone mlp has no "
                                "attention (its flags: --token_size, --hidden_size, --num_layers, --dropout)")
+        if self.temperature is not None and self.method in ("masked_features", "data2vec"):
+            raise SelfsupError(f"--temperature is the two-view methods' loss temperature; --method {self.method} "
+                               "has none")
         if self.backbone != "mlp" and self.token_size:
             raise SelfsupError("--token_size is --backbone mlp's (the Transformer's tokens are --hidden_size wide)")
         if self.dataset_name and self.train_file:

@@ -125,3 +125,25 @@ def test_one_fold_stops_at_parse_time(capsys):
         main(["--folds", "1"])
     assert "--folds 1: 0 (a held-out share) or 2 or more folds" in capsys.readouterr().err
 
+
+
+def test_a_diverged_step_never_wins_the_selection():
+    from benchmarks.tabular_learning import selection_key
+
+    for select in ("accuracy", "loss"):
+        diverged = selection_key(0.99, float("nan"), select)
+        assert selection_key(0.5, 2.0, select) > diverged
+        assert selection_key(0.5, 2.0, select) > selection_key(0.9, float("inf"), select)
+    assert selection_key(0.8, 0.4, "accuracy") > selection_key(0.8, 0.5, "accuracy")     # ties to the lower loss
+
+
+def test_more_folds_than_the_rarest_class_stops_with_one_line():
+    import numpy as np
+
+    import benchmarks.tabular_learning as bench
+    from selfsup.modalities.tabular.data import TableArrays
+
+    labels = np.array([0] * 9 + [1] * 3)
+    arrays = TableArrays(np.zeros((12, 1), np.float32), np.zeros((12, 0), np.int64), labels)
+    with pytest.raises(SystemExit, match="--folds 5: 12 labelled rows, the rarest class has 3"):
+        bench.fine_tune(object(), arrays, arrays, bench.Protocol(folds=5), seed=0)

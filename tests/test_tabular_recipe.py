@@ -71,6 +71,8 @@ def test_bad_settings_and_input_stop_with_one_line(tmp_path):
         tabular.main(argv(tmp_path, "--backbone", "mlp", "--method", "scarf", "--num_heads", "2"))
     with pytest.raises(SelfsupError, match="--token_size is --backbone mlp's"):
         tabular.main(argv(tmp_path, "--token_size", "8"))
+    with pytest.raises(SelfsupError, match="--method masked_features has none"):
+        tabular.main(argv(tmp_path, "--temperature", "0.2"))
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(SelfsupError, match=r"empty\.csv: empty file"):
         tabular.main(argv(tmp_path, "--train_file", str(tmp_path / "empty.csv")))
